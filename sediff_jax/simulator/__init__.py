@@ -1,0 +1,34 @@
+"""The differentiable cardiac simulator (McSharry phase model, dipole channels, diffrax solve)."""
+
+from sediff_jax.simulator.dynamics import (
+    VectorFieldArgs,
+    dipole_vector_field,
+    dipole_waveform,
+    mcsharry_vector_field,
+)
+from sediff_jax.simulator.noise import NoiseConfig, add_noise
+from sediff_jax.simulator.params import (
+    DIPOLE_CHANNELS,
+    DIPOLE_WAVES,
+    MCSHARRY_WAVES,
+    BaselineParams,
+    ECGParams,
+    RhythmParams,
+    WaveParams,
+    dipole_params,
+    mcsharry_params,
+    stack_params,
+    validate_rhythm,
+    with_heart_rate,
+)
+from sediff_jax.simulator.presets import PRESETS, Preset, get_preset, preset_params
+from sediff_jax.simulator.projection import DOWER, KORS, dipole_to_leads, leads_to_dipole
+from sediff_jax.simulator.rhythm import rr_tachogram
+from sediff_jax.simulator.solve import (
+    SimulatorConfig,
+    prepare_args,
+    sample_times,
+    simulate,
+    simulate_batch,
+    solve_states,
+)

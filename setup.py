@@ -1,0 +1,33 @@
+"""sediff_jax: SE-Diff text-to-ECG latent diffusion with a differentiable simulator, in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.9",
+    "diffrax>=0.7.2",
+    "numpy>=1.26",
+    "wfdb>=4.1",
+    "absl-py>=2.0",
+    "ml_collections>=0.1.1",
+    "matplotlib>=3.8",
+]
+
+EXTRAS = {
+    # Reference implementations that the benchmarks compare against.
+    "bench": ["neurokit2>=0.2.10"],
+    "test": ["pytest>=8", "neurokit2>=0.2.10", "nbformat>=5.9"],
+}
+EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
+
+setup(
+    name="sediff_jax",
+    version="0.1.0",
+    description="SE-Diff (simulator- and experience-enhanced ECG diffusion) in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["sediff_jax", "sediff_jax.*", "experiments", "experiments.*"]),
+    install_requires=CORE,
+    extras_require=EXTRAS,
+)

@@ -1,0 +1,36 @@
+"""Test set-up: 8 fake CPU devices for sharding tests and a persistent XLA compilation cache.
+
+Both must be configured before JAX initialises its backend, hence at import time.
+"""
+
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_platforms", "cpu")
+_CACHE_DIR = Path(os.environ.get("SEDIFF_JAX_CACHE", Path.home() / ".cache" / "sediff_jax" / "xla"))
+jax.config.update("jax_compilation_cache_dir", str(_CACHE_DIR))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("SEDIFF_DATA_DIR", _REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """Root of the real PhysioNet records (`SEDIFF_DATA_DIR`, default ../shared/data); skips when absent."""
+    path = _data_dir()
+    if not (path / "ptb-xl").is_dir():
+        pytest.skip(f"real ECG data not found at {path} (set SEDIFF_DATA_DIR to the folder with ptb-xl/, ludb/)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return _REPO
