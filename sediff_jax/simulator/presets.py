@@ -186,7 +186,7 @@ PRESETS: dict[str, Preset] = {
             "horizontal/down-sloping shape is approximated by one Gaussian; no exercise dynamics",
             hr=80.0,
             hr_std=1.5,
-            morphology=_with_st([-0.12, -0.1, 0.05]),
+            morphology=_with_st([-0.2, -0.12, 0.05]),
         ),
         Preset(
             "inverted_t",

@@ -12,6 +12,7 @@ import pytest
 from sediff_jax import leads
 from sediff_jax import simulator as sim
 from sediff_jax.simulator import dynamics, solve
+from tests.helpers import r_peak_times
 
 
 def _relative_l2(a, b) -> float:
@@ -71,14 +72,6 @@ def test_dipole_solution_matches_closed_form_along_its_phase():
     assert _relative_l2(states[:, 2:], closed) < 5e-3
 
 
-def _r_peak_times(x: np.ndarray, fs: float) -> np.ndarray:
-    """Local maxima above half the maximum, refined by a parabola through three samples."""
-    thr = 0.5 * x.max()
-    idx = np.where((x[1:-1] > x[:-2]) & (x[1:-1] >= x[2:]) & (x[1:-1] > thr))[0] + 1
-    a, b, c = x[idx - 1], x[idx], x[idx + 1]
-    return (idx + 0.5 * (a - c) / (a - 2 * b + c)) / fs
-
-
 def test_heart_rate_and_variability_measured_on_the_output():
     hrs = np.array([40.0, 60.0, 90.0, 120.0, 150.0, 180.0])
     hr_std = 3.0
@@ -86,7 +79,7 @@ def test_heart_rate_and_variability_measured_on_the_output():
     params = sim.stack_params([sim.with_heart_rate(sim.dipole_params(), h, hr_std) for h in hrs])
     ecg = np.asarray(sim.simulate_batch(params, jax.random.split(jax.random.key(1), len(hrs)), config))
     for hr, record in zip(hrs, ecg):
-        rr = np.diff(_r_peak_times(record[:, leads.lead_index("II")], config.fs))
+        rr = np.diff(r_peak_times(record[:, leads.lead_index("II")], config.fs))
         assert abs(60.0 / rr.mean() - hr) < 1.0, (hr, 60.0 / rr.mean())
         assert np.std(60.0 / rr) == pytest.approx(hr_std, rel=0.2), (hr, np.std(60.0 / rr))
 
@@ -95,7 +88,7 @@ def test_constant_rate_is_exact():
     config = sim.SimulatorConfig(duration_s=20.0, fs=500.0)
     params = sim.with_heart_rate(sim.dipole_params(), 72.0, 0.0)
     ecg = np.asarray(sim.simulate(params, jax.random.key(0), config))
-    rr = np.diff(_r_peak_times(ecg[:, 1], config.fs))
+    rr = np.diff(r_peak_times(ecg[:, 1], config.fs))
     np.testing.assert_allclose(rr, 60.0 / 72.0, atol=2e-4)
 
 
@@ -154,7 +147,7 @@ def test_mcsharry_single_lead_model():
     ecg = np.asarray(sim.simulate(sim.mcsharry_params(hr_mean=60.0, hr_std=0.0), jax.random.key(0), config))
     assert ecg.shape == (2560, 1)
     assert ecg.min() == pytest.approx(-0.4, abs=1e-4) and ecg.max() == pytest.approx(1.2, abs=1e-4)
-    assert len(_r_peak_times(ecg[:, 0], config.fs)) in (9, 10, 11)
+    assert len(r_peak_times(ecg[:, 0], config.fs)) in (9, 10, 11)
 
 
 def test_output_rate_not_dividing_internal_rate():
