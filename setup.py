@@ -15,7 +15,7 @@ CORE = [
 EXTRAS = {
     # Reference implementations that the benchmarks compare against.
     "bench": ["neurokit2>=0.2.10"],
-    "test": ["pytest>=8", "neurokit2>=0.2.10", "nbformat>=5.9"],
+    "test": ["pytest>=8", "neurokit2>=0.2.10"],
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 

@@ -195,7 +195,9 @@ def stack_params(params_list) -> ECGParams:
 
 
 def validate_rhythm(hr_mean, hr_std) -> None:
-    """Raise ValueError for heart rates no heart produces. Accepts scalars or arrays (host values)."""
+    """Raise ValueError for heart rates no heart produces. Accepts scalars or arrays; traced values are skipped."""
+    if any(isinstance(v, jax.core.Tracer) for v in (hr_mean, hr_std)):
+        return
     hr = np.asarray(hr_mean, np.float64)
     std = np.asarray(hr_std, np.float64)
     lo, hi = HR_RANGE_BPM

@@ -1,5 +1,7 @@
 """WFDB, NPZ and PNG writers: round trips, atomicity, clear errors."""
 
+import os
+
 import numpy as np
 import pytest
 import wfdb
@@ -124,3 +126,12 @@ def test_plot_geometry_is_25mm_per_s_and_10mm_per_mv():
     assert rhythm[0, 1] - row_baseline == pytest.approx(10.0)  # 1 mV of lead II drawn 10 mm above
     with pytest.raises(ValueError, match=r"\(time, 12\)"):
         ecg_io.plot_ecg(np.zeros((10, 3)), fs=500)
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = ecg_io.write_npz(tmp_path / "a.npz", _ecg(), fs=500)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
