@@ -95,10 +95,6 @@ class ECGParams(NamedTuple):
     rhythm: RhythmParams
     baseline: BaselineParams
 
-    @property
-    def num_channels(self) -> int:
-        return self.waves.amplitude.shape[-2]
-
 
 def _f32(x) -> Array:
     return jnp.asarray(x, jnp.float32)

@@ -15,7 +15,7 @@ import numpy as np
 
 from sediff_jax.simulator.params import DIPOLE_WAVES, ECGParams, dipole_params, validate_rhythm, with_heart_rate
 
-_P, _Q, _R, _S, _ST, _T = (DIPOLE_WAVES.index(w) for w in DIPOLE_WAVES)
+_P, _Q, _R, _S, _ST, _T = (DIPOLE_WAVES.index(w) for w in ("P", "Q", "R", "S", "ST", "T"))
 _QRS = [_Q, _R, _S]
 
 
