@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
@@ -62,7 +63,7 @@ def main(argv):
     records = []
     for lo in range(0, FLAGS.num, chunk):
         k = keys[lo : lo + chunk]
-        padded = np.concatenate([k, k[:1].repeat(chunk - len(k), 0)]) if len(k) < chunk else k
+        padded = jnp.concatenate([k, jnp.broadcast_to(k[:1], (chunk - len(k),))]) if len(k) < chunk else k
         records.append(np.asarray(sim.simulate_batch(batch, padded, config))[: len(k)])
     ecg = np.concatenate(records)
     if FLAGS.noise:

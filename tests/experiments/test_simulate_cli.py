@@ -34,6 +34,15 @@ def test_writes_wfdb_npz_png(repo_root, tmp_path):
         assert np.abs(f0["ecg"] - f1["ecg"]).max() > 0.01  # different records
 
 
+def test_many_records_in_uneven_chunks(repo_root, tmp_path):
+    result = _run(repo_root, "--num=66", "--duration=0.5", "--fs=100", "--nopng", "--seed=1",
+                  f"--out={tmp_path / 'x'}")  # 64 + 2: the last chunk is padded
+    assert result.returncode == 0, result.stderr
+    assert len(list(tmp_path.glob("x_*.hea"))) == 66
+    with np.load(tmp_path / "x_64.npz") as a, np.load(tmp_path / "x_65.npz") as b:
+        assert a["ecg"].shape == (50, 12) and np.abs(a["ecg"] - b["ecg"]).max() > 1e-4
+
+
 @pytest.mark.parametrize(
     "flag, message",
     [
