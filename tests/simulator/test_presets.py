@@ -66,7 +66,7 @@ def test_normal_sinus_morphology(records):
     v6 = _window(rec, "V6", -60, 60)
     assert v6.max() > 3 * -v6.min()  # qR in V6
     p_wave = _window(rec, "II", -220, -100)
-    assert 0.07 < p_wave.max() - _pr_baseline(rec, "II") + 0.1 * 0 < 0.3
+    assert 0.07 < p_wave.max() - _pr_baseline(rec, "II") < 0.3
     t_wave = _window(rec, "II", 150, 400)
     assert t_wave.max() > 0.15
 
@@ -79,7 +79,7 @@ def test_sinus_arrhythmia_varies_more(records):
 
 
 def test_atrial_fibrillation(records):
-    af, nsr = records["atrial_fibrillation"], records["normal_sinus"]
+    af = records["atrial_fibrillation"]
     rr = np.diff(af["r"])
     assert np.std(rr) / np.mean(rr) > 0.08  # irregularly irregular
     assert np.abs(np.diff(rr)).mean() > 0.03
