@@ -26,6 +26,7 @@ class Preset:
     name: identifier used on the command line.  changes: what differs from normal sinus rhythm.
     limits: what the caricature does not reproduce.  hr, hr_std: default heart rate and its std, bpm.
     lf_hf_ratio, irregularity: RR spectrum (see RhythmParams).  morphology: edits the wave/baseline params.
+    report: the English report a cardiologist would write for such an ECG (text of the synthetic dataset).
     """
 
     name: str
@@ -36,6 +37,7 @@ class Preset:
     lf_hf_ratio: float = 0.5
     irregularity: float = 0.0
     morphology: Callable[[ECGParams], ECGParams] = lambda p: p
+    report: str = ""
 
 
 def _edit_waves(params: ECGParams, amplitude=None, width=None, theta=None) -> ECGParams:
@@ -129,6 +131,7 @@ PRESETS: dict[str, Preset] = {
             "one fixed heart geometry; real normal ECGs vary in axis, voltage and intervals",
             hr=70.0,
             hr_std=2.0,
+            report="Sinus rhythm. Normal ECG.",
         ),
         Preset(
             "sinus_bradycardia",
@@ -136,6 +139,7 @@ PRESETS: dict[str, Preset] = {
             "no change in morphology beyond ECGSYN's heart-rate scaling",
             hr=48.0,
             hr_std=1.5,
+            report="Sinus bradycardia. Otherwise normal ECG.",
         ),
         Preset(
             "sinus_tachycardia",
@@ -143,6 +147,7 @@ PRESETS: dict[str, Preset] = {
             "P and T do not merge as they may above ~150 bpm in real records",
             hr=120.0,
             hr_std=1.5,
+            report="Sinus tachycardia. Otherwise normal ECG.",
         ),
         Preset(
             "sinus_arrhythmia",
@@ -150,6 +155,7 @@ PRESETS: dict[str, Preset] = {
             "variability follows the spectrum, not an explicit coupling to the respiratory baseline",
             hr=70.0,
             hr_std=7.0,
+            report="Sinus arrhythmia. Otherwise normal ECG.",
             lf_hf_ratio=0.2,
         ),
         Preset(
@@ -160,6 +166,7 @@ PRESETS: dict[str, Preset] = {
             "a smooth 1 Hz-band process, not independent beat to beat",
             hr=100.0,
             hr_std=15.0,
+            report="Atrial fibrillation.",
             irregularity=1.0,
             morphology=_atrial_fibrillation,
         ),
@@ -170,6 +177,7 @@ PRESETS: dict[str, Preset] = {
             "no notching (RsR'), no explicit conduction sequence; RBBB is not separately modelled",
             hr=70.0,
             hr_std=1.5,
+            report="Sinus rhythm. Complete left bundle branch block.",
             morphology=_wide_qrs,
         ),
         Preset(
@@ -178,6 +186,7 @@ PRESETS: dict[str, Preset] = {
             "a smooth dome between S and T; no reciprocal evolution over time, no Q-wave formation",
             hr=75.0,
             hr_std=1.5,
+            report="Sinus rhythm. ST elevation in the anterior leads, consistent with acute anterior injury.",
             morphology=_with_st([0.05, 0.0, -0.25]),
         ),
         Preset(
@@ -186,6 +195,7 @@ PRESETS: dict[str, Preset] = {
             "horizontal/down-sloping shape is approximated by one Gaussian; no exercise dynamics",
             hr=80.0,
             hr_std=1.5,
+            report="Sinus rhythm. ST depression in the inferior and lateral leads, suggestive of ischemia.",
             morphology=_with_st([-0.2, -0.12, 0.05]),
         ),
         Preset(
@@ -194,6 +204,7 @@ PRESETS: dict[str, Preset] = {
             "uniform inversion; real T inversion is often regional",
             hr=70.0,
             hr_std=1.5,
+            report="Sinus rhythm. Widespread T wave inversion.",
             morphology=_inverted_t,
         ),
         Preset(
@@ -203,6 +214,7 @@ PRESETS: dict[str, Preset] = {
             "voltage only; no left-atrial P, no axis deviation",
             hr=70.0,
             hr_std=1.5,
+            report="Sinus rhythm. Left ventricular hypertrophy with repolarization abnormality.",
             morphology=_lvh,
         ),
         Preset(
@@ -211,6 +223,7 @@ PRESETS: dict[str, Preset] = {
             "uniform damping (as with effusion or obesity), no other change",
             hr=75.0,
             hr_std=1.5,
+            report="Sinus rhythm. Low QRS voltages.",
             morphology=_low_voltage,
         ),
     ]

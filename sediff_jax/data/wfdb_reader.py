@@ -1,0 +1,164 @@
+"""Reading WFDB records with checks that turn bad files into errors naming the file.
+
+`wfdb.rdrecord` on a truncated `.dat` fails with a reshape error, or silently returns garbage when a file
+is longer than its header says. `read_record` checks the header against the data files first (sizes,
+checksums, units, sampling rate) and returns physical units in mV.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import wfdb
+
+
+class RecordError(ValueError):
+    """A record that cannot be used as it stands. The message names the file and the problem; `reason` is a
+    short code that dataset builds count skipped records by."""
+
+    def __init__(self, message: str, reason: str = "unreadable"):
+        super().__init__(message)
+        self.reason = reason
+
+
+# Bytes per sample of each WFDB storage format (signals of one file are interleaved).
+_BYTES_PER_SAMPLE = {
+    "8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5, "310": 4 / 3, "311": 4 / 3,
+}
+# Physical units -> factor to mV.
+_UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "μv": 1e-3, "µv": 1e-3, "v": 1e3, "": 1.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class RawRecord:
+    """A record as stored: all its signals, in the header's order.
+
+    signal: (time, channels) float32, mV; NaN where the file marks a sample invalid.
+    """
+
+    path: str
+    signal: np.ndarray
+    lead_names: tuple[str, ...]
+    fs: float
+    comments: tuple[str, ...] = ()
+
+    @property
+    def duration_s(self) -> float:
+        return self.signal.shape[0] / self.fs
+
+
+def record_base(path: str | os.PathLike) -> str:
+    """A record path without the `.hea`/`.dat` extension."""
+    path = os.fspath(path)
+    for ext in (".hea", ".dat"):
+        if path.endswith(ext):
+            return path[: -len(ext)]
+    return path
+
+
+def read_record(
+    path: str | os.PathLike,
+    *,
+    expected_fs: float | None = None,
+    verify_checksum: bool = True,
+) -> RawRecord:
+    """Read a WFDB record (header + data files), validating it against its header.
+
+    Args:
+      path: record path, with or without `.hea`.
+      expected_fs: if given, a header with another sampling rate is an error (Hz).
+      verify_checksum: compare each signal's checksum with the header's, where the header has one.
+
+    Raises:
+      RecordError: missing or unparsable header, a data file missing, shorter or longer than the header
+        says, a checksum mismatch, unknown units, or the wrong sampling rate.
+    """
+    base = record_base(path)
+    header_path = base + ".hea"
+    if not os.path.exists(header_path):
+        raise RecordError(f"{header_path}: header file not found", reason="missing_file")
+    try:
+        header = wfdb.rdheader(base)
+    except Exception as e:  # wfdb raises assorted types for malformed headers
+        raise RecordError(f"{header_path}: cannot parse WFDB header ({type(e).__name__}: {e})", reason="bad_header") from e
+    if getattr(header, "n_seg", None):
+        raise RecordError(f"{header_path}: multi-segment records are not supported", reason="bad_header")
+    if not header.n_sig:
+        raise RecordError(f"{header_path}: header lists no signals", reason="bad_header")
+    if not header.fs or header.fs <= 0:
+        raise RecordError(f"{header_path}: invalid sampling rate {header.fs!r}", reason="bad_header")
+    if expected_fs is not None and not math.isclose(header.fs, expected_fs, rel_tol=1e-6):
+        raise RecordError(f"{header_path}: header says {header.fs:g} Hz, expected {expected_fs:g} Hz", reason="wrong_fs")
+    if not header.sig_len:
+        raise RecordError(f"{header_path}: header gives no signal length", reason="bad_header")
+    _check_data_files(header, os.path.dirname(base), header_path)
+
+    try:
+        record = wfdb.rdrecord(base, physical=False)
+    except Exception as e:
+        raise RecordError(f"{base}.dat: cannot read samples ({type(e).__name__}: {e})") from e
+    digital = record.d_signal
+    if digital.shape != (header.sig_len, header.n_sig):
+        raise RecordError(
+            f"{base}: read {digital.shape[0]} samples x {digital.shape[1]} signals, "
+            f"header says {header.sig_len} x {header.n_sig}",
+            reason="length_mismatch",
+        )
+    if verify_checksum and record.checksum is not None:
+        # A 16-bit checksum; headers write it signed or unsigned, so compare modulo 2**16.
+        actual = digital.astype(np.int64).sum(axis=0) % 65536
+        for k, expected in enumerate(record.checksum):
+            if expected is not None and int(actual[k]) != int(expected) % 65536:
+                raise RecordError(
+                    f"{os.path.join(os.path.dirname(base), record.file_name[k])}: checksum mismatch in signal "
+                    f"{record.sig_name[k]!r} (header {expected}, data {int(actual[k])}); the file is corrupt",
+                    reason="checksum",
+                )
+
+    physical = record.dac(expanded=False, return_res=32).astype(np.float32)
+    scale = np.ones(header.n_sig, np.float32)
+    for k, unit in enumerate(record.units or [None] * header.n_sig):
+        key = (unit or "").strip().lower()
+        if key not in _UNIT_TO_MV:
+            raise RecordError(f"{header_path}: signal {record.sig_name[k]!r} has unknown units {unit!r}", reason="units")
+        scale[k] = _UNIT_TO_MV[key]
+    return RawRecord(
+        path=base,
+        signal=physical * scale,
+        lead_names=tuple(str(n).strip() for n in record.sig_name),
+        fs=float(header.fs),
+        comments=tuple(record.comments or ()),
+    )
+
+
+def _check_data_files(header, directory: str, header_path: str) -> None:
+    """Each data file exists and holds exactly sig_len samples of each of its signals."""
+    files: dict[str, list[int]] = {}
+    for k, name in enumerate(header.file_name):
+        files.setdefault(name, []).append(k)
+    for name, signals in files.items():
+        data_path = os.path.join(directory, name)
+        if not os.path.exists(data_path):
+            raise RecordError(f"{data_path}: data file named in {header_path} not found", reason="missing_file")
+        fmt = str(header.fmt[signals[0]])
+        if fmt not in _BYTES_PER_SAMPLE:
+            continue  # compressed (FLAC) formats: size says nothing; the reader checks the length
+        offset = (header.byte_offset[signals[0]] or 0) if header.byte_offset else 0
+        expected = offset + math.ceil(header.sig_len * len(signals) * _BYTES_PER_SAMPLE[fmt])
+        actual = os.path.getsize(data_path)
+        if actual < expected:
+            raise RecordError(
+                f"{data_path}: truncated: {actual} bytes, header {Path(header_path).name} implies {expected} "
+                f"({header.sig_len} samples x {len(signals)} signals, format {fmt})",
+                reason="truncated",
+            )
+        if actual > expected:
+            raise RecordError(
+                f"{data_path}: header/data length mismatch: {actual} bytes, header {Path(header_path).name} "
+                f"implies {expected} ({header.sig_len} samples x {len(signals)} signals, format {fmt})",
+                reason="length_mismatch",
+            )
