@@ -97,42 +97,68 @@ def read_record(
         raise RecordError(f"{header_path}: header gives no signal length", reason="bad_header")
     _check_data_files(header, os.path.dirname(base), header_path)
 
-    try:
-        record = wfdb.rdrecord(base, physical=False)
-    except Exception as e:
-        raise RecordError(f"{base}.dat: cannot read samples ({type(e).__name__}: {e})") from e
-    digital = record.d_signal
+    if _is_plain_format16(header):
+        # Fast path for the common layout (PTB-XL, MIMIC-IV-ECG, LUDB): one interleaved 16-bit file.
+        digital = np.fromfile(os.path.join(os.path.dirname(base), header.file_name[0]), dtype="<i2")
+        digital = digital.reshape(header.sig_len, header.n_sig)
+        record = header
+    else:
+        try:
+            record = wfdb.rdrecord(base, physical=False)
+        except Exception as e:
+            raise RecordError(f"{base}.dat: cannot read samples ({type(e).__name__}: {e})") from e
+        digital = record.d_signal
     if digital.shape != (header.sig_len, header.n_sig):
         raise RecordError(
             f"{base}: read {digital.shape[0]} samples x {digital.shape[1]} signals, "
             f"header says {header.sig_len} x {header.n_sig}",
             reason="length_mismatch",
         )
-    if verify_checksum and record.checksum is not None:
+    if verify_checksum and header.checksum is not None:
         # A 16-bit checksum; headers write it signed or unsigned, so compare modulo 2**16.
         actual = digital.astype(np.int64).sum(axis=0) % 65536
-        for k, expected in enumerate(record.checksum):
+        for k, expected in enumerate(header.checksum):
             if expected is not None and int(actual[k]) != int(expected) % 65536:
                 raise RecordError(
-                    f"{os.path.join(os.path.dirname(base), record.file_name[k])}: checksum mismatch in signal "
-                    f"{record.sig_name[k]!r} (header {expected}, data {int(actual[k])}); the file is corrupt",
+                    f"{os.path.join(os.path.dirname(base), header.file_name[k])}: checksum mismatch in signal "
+                    f"{header.sig_name[k]!r} (header {expected}, data {int(actual[k])}); the file is corrupt",
                     reason="checksum",
                 )
 
-    physical = record.dac(expanded=False, return_res=32).astype(np.float32)
+    gain = np.array([g if g else 200.0 for g in header.adc_gain], np.float64)  # WFDB's default gain is 200
+    baseline = np.array([0 if b is None else b for b in header.baseline], np.float64)
+    physical = ((digital - baseline) / gain).astype(np.float32)
+    physical[digital == _invalid_sample(header)] = np.nan
     scale = np.ones(header.n_sig, np.float32)
-    for k, unit in enumerate(record.units or [None] * header.n_sig):
+    for k, unit in enumerate(header.units or [None] * header.n_sig):
         key = (unit or "").strip().lower()
         if key not in _UNIT_TO_MV:
-            raise RecordError(f"{header_path}: signal {record.sig_name[k]!r} has unknown units {unit!r}", reason="units")
+            raise RecordError(f"{header_path}: signal {header.sig_name[k]!r} has unknown units {unit!r}", reason="units")
         scale[k] = _UNIT_TO_MV[key]
     return RawRecord(
         path=base,
         signal=physical * scale,
-        lead_names=tuple(str(n).strip() for n in record.sig_name),
+        lead_names=tuple(str(n).strip() for n in header.sig_name),
         fs=float(header.fs),
-        comments=tuple(record.comments or ()),
+        comments=tuple(header.comments or ()),
     )
+
+
+def _is_plain_format16(header) -> bool:
+    return (
+        len(set(header.file_name)) == 1
+        and all(str(f) == "16" for f in header.fmt)
+        and not any(header.byte_offset or [])
+        and not any(getattr(header, "skew", None) or [])
+        and all(s in (None, 1) for s in (getattr(header, "samps_per_frame", None) or []))
+    )
+
+
+def _invalid_sample(header) -> np.ndarray:
+    """(n_sig,) the digital value each signal's format reserves for 'no sample' (WFDB convention)."""
+    invalid = {"8": -128, "16": -32768, "24": -(2**23), "32": -(2**31), "61": -32768, "80": -128, "160": -32768,
+               "212": -2048, "310": -512, "311": -512}
+    return np.array([invalid.get(str(f), np.iinfo(np.int64).min) for f in header.fmt], np.int64)
 
 
 def _check_data_files(header, directory: str, header_path: str) -> None:

@@ -42,3 +42,17 @@ def shard_batch(tree, mesh: Mesh):
         if leaf.shape[0] % size:
             raise ValueError(f"batch of {leaf.shape[0]} does not divide evenly over {size} devices")
     return jax.device_put(tree, batch_sharding(mesh))
+
+
+def host_local_to_global(batch: dict, mesh: Mesh) -> dict:
+    """Global batch-sharded arrays from each process's local slice of a batch (multi-host or not).
+
+    Numeric NumPy leaves (leading axis = this host's share of the batch) become `jax.Array`s of the global
+    batch via `jax.make_array_from_process_local_data`; string (object) fields stay on the host.
+    """
+    sharding = batch_sharding(mesh)
+    out = {}
+    for name, value in batch.items():
+        value = np.asarray(value)
+        out[name] = value if value.dtype == object else jax.make_array_from_process_local_data(sharding, value)
+    return out

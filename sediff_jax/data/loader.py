@@ -1,0 +1,239 @@
+"""Fixed-shape NumPy batches from a prepared dataset: seeded shuffling, exact resume, per-host sharding.
+
+The order of epoch `e` is a permutation drawn from `(seed, e)`; process `p` of `P` takes every P-th example
+of it, so the hosts read disjoint shards that together cover the split, and every host yields the same number
+of batches (SPMD steps stay in lockstep). The position is (epoch, batch index): `state()` after any batch and
+`BatchLoader(..., state=...)` continue with exactly the next batch. Turn a host's batch into global arrays
+with `sediff_jax.training.mesh.host_local_to_global`.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import json
+import math
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from sediff_jax.data.sources import MEASUREMENT_NAMES
+
+STRING_FIELDS = ("record_id", "patient_id", "text", "original_text", "codes", "superclasses", "repairs")
+NUMERIC_FIELDS = ("ecg", "hr_bpm", "age", "sex", "measurements")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderState:
+    """Where a loader is: the next batch is batch `batch` of epoch `epoch`. Plus what must not change."""
+
+    epoch: int
+    batch: int
+    seed: int
+    num_examples: int
+    process_index: int
+    process_count: int
+    global_batch_size: int
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "LoaderState":
+        return cls(**json.loads(text))
+
+
+class BatchLoader:
+    """Iterates batches of one split for this process.
+
+    Args:
+      source: random-access examples (`builder.open_split(...)`): len() and __getitems__(indices).
+      global_batch_size: examples per step over all processes (divisible by process_count).
+      seed: shuffling seed.  shuffle: draw a new order every epoch (False: dataset order).
+      drop_remainder: True (training) drops the examples that do not fill a batch in an epoch; False (eval)
+        pads the last batch, and `mask` marks real examples.
+      num_epochs: stop after this many epochs (None: forever).
+      process_index, process_count: this host and the number of hosts (default: from jax).
+      max_r_peaks: width of the padded `r_peaks` array (padding -1).
+      prefetch: batches decoded ahead in background threads.
+      state: a LoaderState to resume from.
+
+    Each batch is a dict: ecg (b, time, 12) float32 mV, r_peaks (b, max_r_peaks) int32, num_r_peaks (b,),
+    hr_bpm, age (b,) float32 (NaN unknown), sex (b,) int32 (0 male, 1 female, -1 unknown), measurements
+    (b, 9) float32, index (b,) int64 (position in the split), mask (b,) bool, and the text fields as (b,)
+    arrays of str. b = global_batch_size / process_count.
+    """
+
+    def __init__(
+        self,
+        source: Sequence,
+        global_batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_remainder: bool = True,
+        num_epochs: int | None = None,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        max_r_peaks: int = 51,
+        prefetch: int = 2,
+        state: LoaderState | None = None,
+    ):
+        if process_index is None or process_count is None:
+            import jax
+
+            process_index, process_count = jax.process_index(), jax.process_count()
+        if global_batch_size <= 0 or global_batch_size % process_count:
+            raise ValueError(f"global batch size {global_batch_size} must be a positive multiple of the "
+                             f"{process_count} processes")
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+        self.source = source
+        self.num_examples = len(source)
+        if self.num_examples == 0:
+            raise ValueError("the split is empty")
+        self.global_batch_size = global_batch_size
+        self.local_batch_size = global_batch_size // process_count
+        self.seed, self.shuffle, self.drop_remainder = seed, shuffle, drop_remainder
+        self.num_epochs = num_epochs
+        self.process_index, self.process_count = process_index, process_count
+        self.max_r_peaks = max_r_peaks
+        self.prefetch = max(0, prefetch)
+        if drop_remainder:
+            self.batches_per_epoch = (self.num_examples // process_count) // self.local_batch_size
+            if self.batches_per_epoch == 0:
+                raise ValueError(f"{self.num_examples} examples make no full batch of {global_batch_size}")
+        else:
+            per_host = math.ceil(self.num_examples / process_count)
+            self.batches_per_epoch = math.ceil(per_host / self.local_batch_size)
+        self._epoch, self._batch = 0, 0
+        if state is not None:
+            self._restore(state)
+        self._order_cache: tuple[int, np.ndarray] | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(max(1, self.prefetch)) if self.prefetch else None
+        self._pending: collections.deque = collections.deque()
+
+    # -- position ----------------------------------------------------------------------------------------
+    def state(self) -> LoaderState:
+        """The position of the next batch (batches fetched ahead but not yet returned do not count)."""
+        return LoaderState(self._epoch, self._batch, self.seed, self.num_examples, self.process_index,
+                           self.process_count, self.global_batch_size)
+
+    def _restore(self, state: LoaderState) -> None:
+        expected = dict(seed=self.seed, num_examples=self.num_examples, process_index=self.process_index,
+                        process_count=self.process_count, global_batch_size=self.global_batch_size)
+        for key, value in expected.items():
+            if getattr(state, key) != value:
+                raise ValueError(f"saved loader state has {key}={getattr(state, key)}, this loader {value}")
+        if not 0 <= state.batch <= self.batches_per_epoch:
+            raise ValueError(f"saved batch {state.batch} outside the epoch's {self.batches_per_epoch} batches")
+        self._epoch, self._batch = state.epoch, state.batch
+
+    # -- order -------------------------------------------------------------------------------------------
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """All example indices of `epoch` in the order all processes agree on."""
+        if self._order_cache is not None and self._order_cache[0] == epoch:
+            return self._order_cache[1]
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+        else:
+            order = np.arange(self.num_examples)
+        self._order_cache = (epoch, order)
+        return order
+
+    def host_indices(self, epoch: int) -> np.ndarray:
+        """This process's share of `epoch`: every process_count-th index of the epoch order."""
+        mine = self.epoch_order(epoch)[self.process_index :: self.process_count]
+        if self.drop_remainder:
+            mine = mine[: self.num_examples // self.process_count]
+        return mine
+
+    def batch_indices(self, epoch: int, batch: int) -> np.ndarray:
+        """Indices of one local batch; -1 marks padding (only without drop_remainder)."""
+        mine = self.host_indices(epoch)
+        chunk = mine[batch * self.local_batch_size : (batch + 1) * self.local_batch_size]
+        if len(chunk) < self.local_batch_size:
+            chunk = np.concatenate([chunk, np.full(self.local_batch_size - len(chunk), -1, np.int64)])
+        return chunk.astype(np.int64)
+
+    # -- batches -----------------------------------------------------------------------------------------
+    def _positions(self) -> Iterator[tuple[int, int]]:
+        epoch, batch = self._epoch, self._batch
+        while self.num_epochs is None or epoch < self.num_epochs:
+            if batch >= self.batches_per_epoch:
+                epoch, batch = epoch + 1, 0
+                continue
+            yield epoch, batch
+            batch += 1
+
+    def make_batch(self, indices: np.ndarray) -> dict[str, Any]:
+        """Read and stack the examples at `indices` (-1: a padding slot, filled with the first example)."""
+        mask = indices >= 0
+        real = indices[mask]
+        if real.size == 0:
+            raise ValueError("a batch needs at least one real example")
+        examples = self.source.__getitems__([int(i) for i in real])
+        fill = [examples[0]] * int((~mask).sum())
+        examples = list(examples) + fill
+        batch: dict[str, Any] = {
+            "ecg": np.stack([e["ecg"] for e in examples]).astype(np.float32, copy=False),
+            "hr_bpm": np.array([e["hr_bpm"] for e in examples], np.float32),
+            "age": np.array([e["age"] for e in examples], np.float32),
+            "sex": np.array([e["sex"] for e in examples], np.int32),
+            "measurements": np.stack([np.asarray(e["measurements"], np.float32) for e in examples]).reshape(
+                len(examples), len(MEASUREMENT_NAMES)),
+        }
+        peaks = np.full((len(examples), self.max_r_peaks), -1, np.int32)
+        counts = np.zeros(len(examples), np.int32)
+        for k, e in enumerate(examples):
+            p = np.asarray(e["r_peaks"], np.int32)[: self.max_r_peaks]
+            peaks[k, : len(p)], counts[k] = p, len(p)
+        batch["r_peaks"], batch["num_r_peaks"] = peaks, counts
+        for name in STRING_FIELDS:
+            batch[name] = np.array([_text(e[name]) for e in examples], dtype=object)
+        batch["index"] = np.concatenate([real, np.full(int((~mask).sum()), -1)]).astype(np.int64)
+        batch["mask"] = np.concatenate([np.ones(real.size, bool), np.zeros(int((~mask).sum()), bool)])
+        return batch
+
+    def __iter__(self) -> "BatchLoader":
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self._pool is None:
+            position = next(iter(self._positions()), None)
+            if position is None:
+                raise StopIteration
+            batch = self.make_batch(self.batch_indices(*position))
+        else:
+            if not self._pending:
+                self._positions_iter = self._positions()
+            while len(self._pending) < self.prefetch + 1:
+                position = next(self._positions_iter, None)
+                if position is None:
+                    break
+                self._pending.append(
+                    (position, self._pool.submit(self.make_batch, self.batch_indices(*position))))
+            if not self._pending:
+                raise StopIteration
+            position, future = self._pending.popleft()
+            batch = future.result()
+        epoch, index = position
+        self._epoch, self._batch = epoch, index + 1
+        return batch
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+            self._pending.clear()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
