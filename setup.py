@@ -7,6 +7,10 @@ CORE = [
     "diffrax>=0.7.2",
     "numpy>=1.26",
     "wfdb>=4.1",
+    "scipy>=1.11",
+    # Prepared datasets: TFDS writes and reads array_record without TensorFlow.
+    "tensorflow-datasets>=4.9.7",
+    "array_record>=0.5",
     "absl-py>=2.0",
     "ml_collections>=0.1.1",
     "matplotlib>=3.8",
