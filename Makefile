@@ -26,7 +26,8 @@ demo: $(VENV)/.base
 	$(PY) -m experiments.simulate --preset=normal_sinus --num=2 --seed=0 --out=$(DEMO_OUT)/normal_sinus
 	$(PY) -m experiments.simulate --preset=atrial_fibrillation --num=1 --seed=1 --noise --out=$(DEMO_OUT)/atrial_fibrillation
 	$(PY) -m experiments.simulate --preset=st_elevation --num=1 --seed=2 --out=$(DEMO_OUT)/st_elevation
-	@echo "Demo ECGs (WFDB .hea/.dat, .npz, .png) are in $(abspath $(DEMO_OUT))/"
+	$(PY) -m experiments.prepare_data --dataset=synthetic --num_synthetic=200 --fs=100 --overwrite --out_dir=$(DEMO_OUT)/prepared
+	@echo "Demo ECGs (WFDB .hea/.dat, .npz, .png) and a prepared synthetic dataset are in $(abspath $(DEMO_OUT))/"
 
 # Fast suite (what CI runs). Tests marked `slow` run with `make test-all`.
 test: $(VENV)/.test
@@ -37,6 +38,7 @@ test-all: $(VENV)/.test
 
 bench: $(VENV)/.test
 	$(PY) -m experiments.benchmarks.simulator
+	$(PY) -m experiments.benchmarks.data
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -29,7 +29,8 @@ flags.DEFINE_float("duration", 10.0, "Output length, s (longer records are cropp
 flags.DEFINE_float("highpass_hz", None, "Optional baseline-wander high-pass cut-off, Hz.")
 flags.DEFINE_bool("strict", False, "Stop at the first bad record instead of skipping it.")
 flags.DEFINE_bool("overwrite", False, "Rebuild a prepared dataset that already exists.")
-flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Processes reading records.")
+flags.DEFINE_integer("num_workers", max(1, (os.cpu_count() or 1) - 1),
+                     "Processes reading records (1: in this process; the main process serialises examples).")
 flags.DEFINE_integer("num_synthetic", 1000, "Records of the synthetic dataset (80/10/10 split).")
 flags.DEFINE_integer("seed", 0, "Seed of the synthetic dataset.")
 flags.DEFINE_string("mimic_patients_csv", None, "MIMIC-IV hosp/patients.csv, for age and sex of MIMIC-IV-ECG.")
