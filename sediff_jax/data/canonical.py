@@ -79,8 +79,9 @@ def canonical_lead_name(name: str) -> str | None:
     raise ValueError(f"unknown lead name {name!r}")
 
 
-def reorder_leads(raw: RawRecord, derive_limb_leads: bool = True) -> tuple[np.ndarray, list[str]]:
-    """(time, 12) in `LEAD_NAMES` order from a record's own channel order; NaN columns for missing leads.
+def reorder_leads(raw: RawRecord, derive_limb_leads: bool = True) -> np.ndarray:
+    """(time, 12) in `LEAD_NAMES` order from a record's own channel order; NaN columns for missing limb leads
+    (which `canonicalize` rebuilds from two present ones).
 
     Raises RecordError (reason 'unknown_lead', 'duplicate_lead' or 'missing_lead')."""
     out = np.full((raw.signal.shape[0], NUM_LEADS), np.nan, np.float32)
@@ -105,7 +106,7 @@ def reorder_leads(raw: RawRecord, derive_limb_leads: bool = True) -> tuple[np.nd
     hard_missing = [n for n in missing if not (derivable and n in LEAD_NAMES[:6])]
     if hard_missing:
         raise RecordError(f"{raw.path}: missing leads {', '.join(hard_missing)}", reason="missing_lead")
-    return out, [f"derived missing {n}" for n in missing]
+    return out
 
 
 def _interpolate_short_nan_runs(x: np.ndarray, max_gap: int) -> tuple[np.ndarray, int]:
@@ -163,7 +164,8 @@ def canonicalize(raw: RawRecord, config: CanonicalConfig = CanonicalConfig()) ->
       RecordError with `reason` one of: unknown_lead, duplicate_lead, missing_lead, too_short, nan_lead,
         flat_lead, no_r_peaks, heart_rate.
     """
-    ecg, repairs = reorder_leads(raw, config.derive_limb_leads)
+    ecg = reorder_leads(raw, config.derive_limb_leads)
+    repairs: list[str] = []
     fs_in = raw.fs
     start = int(round(config.offset_s * fs_in))
     length = int(math.ceil(config.duration_s * fs_in - 1e-6))
@@ -193,7 +195,7 @@ def canonicalize(raw: RawRecord, config: CanonicalConfig = CanonicalConfig()) ->
         rebuilt = _limb_from_pair(ecg, usable)
         if rebuilt is not None:
             ecg, derived = rebuilt
-            repairs = [r for r in repairs if not r.startswith("derived missing")] + derived
+            repairs += derived
             usable[:6] = True
     if not usable.all():
         k = int(np.flatnonzero(~usable)[0])

@@ -101,13 +101,11 @@ def read_record(
         # Fast path for the common layout (PTB-XL, MIMIC-IV-ECG, LUDB): one interleaved 16-bit file.
         digital = np.fromfile(os.path.join(os.path.dirname(base), header.file_name[0]), dtype="<i2")
         digital = digital.reshape(header.sig_len, header.n_sig)
-        record = header
     else:
         try:
-            record = wfdb.rdrecord(base, physical=False)
+            digital = wfdb.rdrecord(base, physical=False).d_signal
         except Exception as e:
             raise RecordError(f"{base}.dat: cannot read samples ({type(e).__name__}: {e})") from e
-        digital = record.d_signal
     if digital.shape != (header.sig_len, header.n_sig):
         raise RecordError(
             f"{base}: read {digital.shape[0]} samples x {digital.shape[1]} signals, "
