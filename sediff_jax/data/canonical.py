@@ -146,6 +146,12 @@ def _limb_from_pair(ecg: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, li
     return out, [f"derived {n} from the other limb leads" for n in repaired]
 
 
+def highpass(ecg: np.ndarray, fs: float, cutoff_hz: float) -> np.ndarray:
+    """Zero-phase 2nd-order Butterworth high-pass along time (baseline-wander removal): (time, leads) float32."""
+    sos = sps.butter(2, cutoff_hz, btype="highpass", fs=fs, output="sos")
+    return sps.sosfiltfilt(sos, ecg, axis=0).astype(np.float32)
+
+
 def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
     """Zero-phase polyphase resampling along axis 0 (anti-aliased, linear-trend padded edges)."""
     if math.isclose(fs_in, fs_out):
@@ -203,8 +209,7 @@ def canonicalize(raw: RawRecord, config: CanonicalConfig = CanonicalConfig()) ->
         raise RecordError(f"{raw.path}: lead {LEAD_NAMES[k]} is {what}", reason=problem[k])
 
     if config.highpass_hz:
-        sos = sps.butter(2, config.highpass_hz, btype="highpass", fs=fs_in, output="sos")
-        ecg = sps.sosfiltfilt(sos, ecg, axis=0).astype(np.float32)
+        ecg = highpass(ecg, fs_in, config.highpass_hz)
     source_ecg = ecg
     ecg = resample(ecg, fs_in, config.fs)
     first = int(round((start - lo) * config.fs / fs_in))

@@ -105,3 +105,54 @@ def save_ecg_png(path: str | os.PathLike, ecg: np.ndarray, fs: float, title: str
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     return path
+
+
+def plot_overlay(
+    real: np.ndarray,
+    fitted: np.ndarray,
+    times_s: np.ndarray,
+    title: str = "",
+    labels: tuple[str, str] = ("real", "fitted"),
+    lead_notes: list[str] | None = None,
+    dpi: int = 110,
+) -> Figure:
+    """Two 12-lead signals overlaid, one panel per lead (limb leads left, chest leads right).
+
+    real, fitted: (time, 12) mV in `LEAD_NAMES` order.  times_s: (time,) s for the x axis.
+    lead_notes: optional text per lead (e.g. the correlation), shown in the panel's corner.
+    """
+    fig = Figure(figsize=(11, 9), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(6, 2, sharex=True)
+    lo = min(float(np.min(real)), float(np.min(fitted)))
+    hi = max(float(np.max(real)), float(np.max(fitted)))
+    pad = 0.1 * max(hi - lo, 0.5)
+    for k, name in enumerate(LEAD_NAMES):
+        ax = axes[k % 6, k // 6]
+        ax.plot(times_s, real[:, k], color="black", lw=1.0, label=labels[0])
+        ax.plot(times_s, fitted[:, k], color="tab:red", lw=1.0, ls="--", label=labels[1])
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.grid(True, color=_MINOR_COLOR, lw=0.6)
+        ax.text(0.01, 0.95, name, transform=ax.transAxes, va="top", fontsize=9, fontweight="bold")
+        if lead_notes is not None:
+            ax.text(0.99, 0.95, lead_notes[k], transform=ax.transAxes, va="top", ha="right", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].legend(loc="lower left", fontsize=7, frameon=False)
+    for ax in axes[-1]:
+        ax.set_xlabel("time, s", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mV", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save_overlay_png(path: str | os.PathLike, real: np.ndarray, fitted: np.ndarray, times_s: np.ndarray,
+                     **kwargs) -> Path:
+    """`plot_overlay` written as a PNG, atomically."""
+    path = Path(path)
+    fig = plot_overlay(real, fitted, times_s, **kwargs)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    return path

@@ -124,11 +124,12 @@ def vector_field_for(config: SimulatorConfig):
     return dynamics.dipole_vector_field if config.model == "dipole" else dynamics.mcsharry_vector_field
 
 
-def solve_states(params: ECGParams, key: Array, config: SimulatorConfig) -> Array:
-    """The ODE state at the output samples: (num_samples, 2 + channels)."""
-    args = prepare_args(params, key, config)
-    y0 = initial_state(params, args, config)
-    # Step times computed in float64 on the host, then cast to the parameters' dtype; the output samples are
+def integrate(args: dynamics.VectorFieldArgs, y0: Array, config: SimulatorConfig) -> Array:
+    """Solve the ODE from `y0` with prepared `args`: the state at the output samples, (num_samples, 2 + channels).
+
+    The lower-level entry for callers that build `args` themselves (fitting uses an observed RR tachogram).
+    """
+    # Step times computed in float64 on the host, then cast to the state's dtype; the output samples are
     # every `substeps`-th step.
     step_times = np.arange(config.num_steps + 1, dtype=np.float64) / config.internal_fs
     step_times = jnp.asarray(step_times, y0.dtype)
@@ -146,6 +147,12 @@ def solve_states(params: ECGParams, key: Array, config: SimulatorConfig) -> Arra
         adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=config.num_steps),
     )
     return sol.ys[:: config.substeps]
+
+
+def solve_states(params: ECGParams, key: Array, config: SimulatorConfig) -> Array:
+    """The ODE state at the output samples: (num_samples, 2 + channels)."""
+    args = prepare_args(params, key, config)
+    return integrate(args, initial_state(params, args, config), config)
 
 
 def states_to_leads(states: Array, config: SimulatorConfig) -> Array:

@@ -1,0 +1,205 @@
+r"""Fit the simulator to 12-lead WFDB records: parameters, fit quality, wave timings and an overlay plot.
+
+    python -m experiments.fit_simulator --record=../shared/data/ptb-xl/records500/00000/00001_hr --out_dir=fits
+    python -m experiments.fit_simulator --records_file=records.txt --out_dir=fits --mode=strip
+
+For each record `<name>` (the record's file name) it writes to --out_dir:
+  <name>.json  fitted parameters with units, per-lead correlation and RMSE, P/Q/R/S/T peak times (ms from R),
+               iterations and the converged flag;
+  <name>.npz   `real` and `fitted` (time, 12) float32 mV at the record's rate, `fs`, `times_s`, `mask`;
+  <name>.png   real vs fitted, 12 leads.
+--records_file lists one record path per line (without extension; '#' starts a comment; relative paths are
+relative to the file). Records that cannot be fitted are reported with the reason and skipped; the exit status
+is then 1. Every file is written atomically, so an interrupted run leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("record", None, "WFDB record path without extension (e.g. data/00001_hr).")
+flags.DEFINE_string("records_file", None, "Text file with one WFDB record path per line.")
+flags.DEFINE_string("out_dir", None, "Where <name>.json/.npz/.png are written.", required=True)
+flags.DEFINE_enum("mode", "beat", ["beat", "strip"], "Fit the median beat or the whole strip.")
+flags.DEFINE_float("duration", 10.0, "Seconds of each record used (from --offset); shorter records are used whole.")
+flags.DEFINE_float("offset", 0.0, "Start of the used part of each record, s.")
+flags.DEFINE_float("fit_fs", None, "Fitting rate, Hz (default: the record's rate, or 500 Hz outside 100-1000 Hz). "
+                   "Outputs are always at the record's rate.")
+flags.DEFINE_integer("max_iterations", None, "Adam steps at most (default: FitConfig's).")
+flags.DEFINE_enum("solver", None, ["heun", "tsit5", "euler"], "ODE solver (default: FitConfig's).")
+flags.DEFINE_integer("batch_size", 64, "Records fitted together in one compiled batch.")
+flags.DEFINE_bool("png", True, "Write the overlay PNG.")
+
+flags.register_validator("duration", lambda v: v > 0, message="--duration must be > 0 seconds")
+flags.register_validator("offset", lambda v: v >= 0, message="--offset must be >= 0 seconds")
+flags.register_validator("fit_fs", lambda v: v is None or 100 <= v <= 2000, message="--fit_fs must be in [100, 2000] Hz")
+flags.register_validator("max_iterations", lambda v: v is None or v >= 1, message="--max_iterations must be >= 1")
+flags.register_validator("batch_size", lambda v: v >= 1, message="--batch_size must be >= 1")
+
+
+def record_paths(record: str | None, records_file: str | None) -> list[str]:
+    """The record paths the flags name; raises app.UsageError for a bad combination or an unreadable list."""
+    if (record is None) == (records_file is None):
+        raise app.UsageError("pass exactly one of --record and --records_file")
+    if record is not None:
+        return [record]
+    try:
+        lines = Path(records_file).read_text().splitlines()
+    except OSError as e:
+        raise app.UsageError(f"--records_file={records_file}: {e.strerror}") from None
+    base = Path(records_file).resolve().parent
+    paths = []
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            path = Path(line)
+            paths.append(str(path if path.is_absolute() else base / path))
+    if not paths:
+        raise app.UsageError(f"--records_file={records_file} lists no records")
+    names = [Path(p).name for p in paths]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise app.UsageError(f"--records_file={records_file}: several records are named {', '.join(duplicates)}; "
+                             "their output files would collide")
+    return paths
+
+
+def default_fit_fs(fs: float) -> float:
+    return fs if 100.0 <= fs <= 1000.0 else 500.0
+
+
+def load_for_fitting(path: str, fit_fs: float | None, duration_s: float, offset_s: float):
+    """Read and canonicalise one record: (CanonicalRecord at the fitting rate, RawRecord). Raises RecordError."""
+    from sediff_jax.data.canonical import CanonicalConfig, canonicalize
+    from sediff_jax.data.wfdb_reader import RecordError, read_record
+
+    raw = read_record(path)
+    available = raw.duration_s - offset_s
+    if available <= 0:
+        raise RecordError(f"{path}: {raw.duration_s:.2f} s long, --offset={offset_s:g} s is past its end",
+                          reason="too_short")
+    duration = min(duration_s, np.floor(available * raw.fs) / raw.fs)
+    config = CanonicalConfig(fs=fit_fs or default_fit_fs(raw.fs), duration_s=float(duration), offset_s=offset_s)
+    return canonicalize(raw, config), raw
+
+
+def write_outputs(out_dir: Path, name: str, result, record_fs: float, source: str, png: bool) -> list[Path]:
+    """<name>.json/.npz/.png for one fit, each written atomically; signals resampled to the record's rate."""
+    from sediff_jax.data.canonical import resample
+    from sediff_jax.io import atomic_path, save_overlay_png
+    from sediff_jax.leads import LEAD_NAMES
+
+    real, fitted, times = result.real, result.fitted, result.times_s
+    mask = result.mask
+    if abs(record_fs - result.fs) > 1e-6:
+        real, fitted = resample(real, result.fs, record_fs), resample(fitted, result.fs, record_fs)
+        times = times[0] + np.arange(real.shape[0]) / record_fs
+        mask = np.interp(times, result.times_s, result.mask.astype(float)) > 0.5
+    summary = {"record": source, "record_fs_hz": record_fs, **result.summary()}
+    written = []
+    json_path = out_dir / f"{name}.json"
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    written.append(json_path)
+    npz_path = out_dir / f"{name}.npz"
+    with atomic_path(npz_path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, real=real.astype(np.float32), fitted=fitted.astype(np.float32), fs=np.float32(record_fs),
+                     times_s=times.astype(np.float32), mask=mask, lead_names=np.array(LEAD_NAMES))
+    written.append(npz_path)
+    if png:
+        notes = [f"r={c:.3f}" for c in result.lead_correlation]
+        what = "median beat" if result.mode == "beat" else "strip"
+        title = (f"{name}: {what}, HR {float(result.params.rhythm.hr_mean):.0f} bpm, median r = "
+                 f"{np.median(result.lead_correlation):.3f}, {result.iterations} iterations")
+        written.append(save_overlay_png(out_dir / f"{name}.png", real, fitted, times, title=title, lead_notes=notes,
+                                        labels=("recorded", "simulator fit")))
+    return written
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from sediff_jax.data.wfdb_reader import RecordError
+    from sediff_jax.simulator.fitting import FitConfig, FitError, fit_ecgs, prepare_fit
+
+    paths = record_paths(FLAGS.record, FLAGS.records_file)
+    out_dir = Path(FLAGS.out_dir)
+    failures: list[str] = []
+    groups: dict[float, list] = {}
+    for path in paths:
+        try:
+            record, raw = load_for_fitting(path, FLAGS.fit_fs, FLAGS.duration, FLAGS.offset)
+        except RecordError as e:
+            failures.append(f"{path}: cannot fit: {_reason_text(e)}")
+            continue
+        groups.setdefault(record.fs, []).append((path, record, raw))
+
+    overrides = {k: v for k, v in (("max_iterations", FLAGS.max_iterations), ("solver", FLAGS.solver)) if v is not None}
+    num_written = 0
+    for fs, items in groups.items():
+        config = FitConfig(mode=FLAGS.mode, fs=fs, batch_size=min(FLAGS.batch_size, len(items)), **overrides)
+        if FLAGS.mode == "strip":
+            shortest = min(r.ecg.shape[0] for _, r, _ in items) / fs
+            config = dataclasses.replace(config, strip_duration_s=float(min(FLAGS.duration, shortest)))
+        fittable = []
+        for path, record, raw in items:
+            try:
+                prepare_fit(record.ecg, config, record.r_peaks, name=path)
+                fittable.append((path, record, raw))
+            except FitError as e:
+                failures.append(f"cannot fit: {e}")
+        if not fittable:
+            continue
+        start = time.perf_counter()
+        print(f"fitting {len(fittable)} record(s) at {fs:g} Hz ({config.mode} mode, up to {config.max_iterations} "
+              "iterations; the first batch compiles)...", flush=True)
+        results = fit_ecgs([r.ecg for _, r, _ in fittable], config, [r.r_peaks for _, r, _ in fittable],
+                           names=[p for p, _, _ in fittable],
+                           progress=lambda n: print(f"  {n}/{len(fittable)} fitted", flush=True))
+        elapsed = time.perf_counter() - start
+        for (path, _, raw), result in zip(fittable, results):
+            name = Path(path).name
+            write_outputs(out_dir, name, result, raw.fs, path, FLAGS.png)
+            num_written += 1
+            state = "converged" if result.converged else "not converged"
+            print(f"{name}: median lead r = {np.median(result.lead_correlation):.3f}, HR "
+                  f"{float(result.params.rhythm.hr_mean):.0f} bpm, {result.iterations} iterations ({state}) "
+                  f"-> {out_dir / name}.json/.npz" + ("/.png" if FLAGS.png else ""))
+        print(f"{len(fittable)} record(s) in {elapsed:.1f} s", flush=True)
+    for failure in failures:
+        print(failure, file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} of {len(paths)} record(s) could not be fitted; {num_written} written to {out_dir}",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+_REASONS = {
+    "unknown_lead": "not a 12-lead ECG header",
+    "missing_lead": "not a 12-lead ECG (leads missing)",
+    "duplicate_lead": "not a valid 12-lead ECG header",
+    "flat_lead": "flat signal",
+    "nan_lead": "signal missing (NaN)",
+    "too_short": "too short",
+    "no_r_peaks": "no detectable R peaks",
+    "heart_rate": "implausible heart rate",
+}
+
+
+def _reason_text(error) -> str:
+    reason = getattr(error, "reason", None)
+    return f"{_REASONS[reason]}: {error}" if reason in _REASONS else str(error)
+
+
+if __name__ == "__main__":
+    app.run(main)
