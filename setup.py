@@ -5,6 +5,7 @@ from setuptools import find_packages, setup
 CORE = [
     "jax>=0.9",
     "diffrax>=0.7.2",
+    "optax>=0.2.4",
     "numpy>=1.26",
     "wfdb>=4.1",
     "scipy>=1.11",
@@ -32,6 +33,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["sediff_jax", "sediff_jax.*", "experiments", "experiments.*"]),
+    package_data={"sediff_jax.simulator": ["priors/*.json"]},
+    include_package_data=True,
     install_requires=CORE,
     extras_require=EXTRAS,
 )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -77,16 +76,17 @@ def default_fit_fs(fs: float) -> float:
     return fs if 100.0 <= fs <= 1000.0 else 500.0
 
 
-def load_for_fitting(path: str, fit_fs: float | None, duration_s: float, offset_s: float):
-    """Read and canonicalise one record: (CanonicalRecord at the fitting rate, RawRecord). Raises RecordError."""
+def load_for_fitting(path: str, fit_fs: float | None, duration_s: float, offset_s: float, minimum_s: float):
+    """Read and canonicalise one record: (CanonicalRecord at the fitting rate, RawRecord). Raises RecordError
+    (reason too_short when less than `minimum_s` seconds are available)."""
     from sediff_jax.data.canonical import CanonicalConfig, canonicalize
     from sediff_jax.data.wfdb_reader import RecordError, read_record
 
     raw = read_record(path)
     available = raw.duration_s - offset_s
-    if available <= 0:
-        raise RecordError(f"{path}: {raw.duration_s:.2f} s long, --offset={offset_s:g} s is past its end",
-                          reason="too_short")
+    if available < minimum_s:
+        raise RecordError(f"{path}: {raw.duration_s:.2f} s long; fitting needs at least {minimum_s:g} s after "
+                          f"--offset={offset_s:g} s", reason="too_short")
     duration = min(duration_s, np.floor(available * raw.fs) / raw.fs)
     config = CanonicalConfig(fs=fit_fs or default_fit_fs(raw.fs), duration_s=float(duration), offset_s=offset_s)
     return canonicalize(raw, config), raw
@@ -138,7 +138,8 @@ def main(argv):
     groups: dict[float, list] = {}
     for path in paths:
         try:
-            record, raw = load_for_fitting(path, FLAGS.fit_fs, FLAGS.duration, FLAGS.offset)
+            record, raw = load_for_fitting(path, FLAGS.fit_fs, FLAGS.duration, FLAGS.offset,
+                                           minimum_s=sum(FitConfig().beat_window_s))
         except RecordError as e:
             failures.append(f"{path}: cannot fit: {_reason_text(e)}")
             continue
@@ -186,6 +187,7 @@ def main(argv):
 
 _REASONS = {
     "unknown_lead": "not a 12-lead ECG header",
+    "units": "not an ECG header",
     "missing_lead": "not a 12-lead ECG (leads missing)",
     "duplicate_lead": "not a valid 12-lead ECG header",
     "flat_lead": "flat signal",

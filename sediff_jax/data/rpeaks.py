@@ -15,6 +15,10 @@ MIN_RR_S = 0.2  # 300 bpm, the simulator's and the canonicaliser's upper bound
 QRS_HALF_WIDTH_S = 0.06
 # A maximum this close to either end of a record may be a cut-off QRS; it is not reported as a peak.
 EDGE_S = 0.025
+# A QRS has band-passed (5-15 Hz) RMS over its 80 ms window of at least this, averaged over leads (mV): real
+# complexes, low-voltage ones included, are >= 0.1 mV; below it the "peaks" are numerical residue of a signal
+# without QRS complexes (a flat or slowly varying trace), which must give no R peaks rather than invented ones.
+MIN_QRS_RMS_MV = 0.02
 
 
 def _bandpass(ecg: np.ndarray, fs: float, low_hz: float, high_hz: float) -> np.ndarray:
@@ -33,16 +37,15 @@ def qrs_locations(ecg: np.ndarray, fs: float, threshold: float = 0.3) -> np.ndar
     ecg = _as_2d(ecg)
     if ecg.shape[0] < int(fs):
         return np.zeros((0,), np.int64)
-    energy = np.sum(_bandpass(ecg, fs, 5.0, 15.0) ** 2, axis=1)
+    energy = np.mean(_bandpass(ecg, fs, 5.0, 15.0) ** 2, axis=1)
     window = max(1, int(round(0.08 * fs)))
     energy = np.convolve(energy, np.ones(window) / window, mode="same")
     candidates, props = sps.find_peaks(energy, distance=max(1, int(MIN_RR_S * fs)), height=0.0)
     if candidates.size == 0:
         return np.zeros((0,), np.int64)
     typical = np.percentile(props["peak_heights"], 90)
-    if typical <= 0:
-        return np.zeros((0,), np.int64)
-    return candidates[props["peak_heights"] >= threshold * typical].astype(np.int64)
+    floor = MIN_QRS_RMS_MV**2
+    return candidates[props["peak_heights"] >= max(threshold * typical, floor)].astype(np.int64)
 
 
 def _qrs_segments(wide: np.ndarray, beats: np.ndarray, fs: float):

@@ -1,0 +1,83 @@
+"""experiments/fit_simulator.py end to end (subprocess), on simulated and real records, with every bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.data.wfdb_fixtures import simulated_ecg, write_record
+
+
+def _run(repo_root, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.fit_simulator", *args], cwd=repo_root, capture_output=True, text=True,
+        timeout=600,
+    )
+
+
+def _is_png(path):
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_round_trip_and_bad_records(repo_root, tmp_path, data_dir):
+    records = tmp_path / "records"
+    good = write_record(str(records), "good", simulated_ecg(fs=500.0, duration_s=6.0, hr=75.0), 500.0)
+    flat = simulated_ecg(fs=500.0, duration_s=6.0)
+    flat[:, 8] = 0.0
+    write_record(str(records), "flat", flat, 500.0)
+    write_record(str(records), "short", simulated_ecg(fs=500.0, duration_s=6.0)[:300], 500.0)
+    t = np.arange(3000)[:, None] / 500.0
+    write_record(str(records), "no_peaks", np.tile(0.3 * np.sin(2 * np.pi * 0.2 * t), (1, 12)), 500.0)
+    write_record(str(records), "not_ecg", np.random.default_rng(0).normal(size=(3000, 2)), 500.0,
+                 lead_names=["ABP", "PLETH"], units="mmHg")
+    # A 2-lead Holter record is not a 12-lead ECG.
+    holter = data_dir / "wfdb-samples" / "100"
+    real = data_dir / "ptb-xl" / "records100" / "00000" / "00001_lr"
+    listing = tmp_path / "list.txt"
+    listing.write_text("# simulated and real records\nrecords/good\nrecords/flat\nrecords/short\n"
+                       f"records/no_peaks\nrecords/not_ecg\nrecords/missing\n{real}\n{holter}\n")
+    out = tmp_path / "out"
+    result = _run(repo_root, f"--records_file={listing}", f"--out_dir={out}", "--max_iterations=60")
+    assert result.returncode == 1, result.stderr  # some records could not be fitted
+    errors = result.stderr
+    assert "records/flat: cannot fit: flat signal" in errors
+    assert "records/short: cannot fit: too short" in errors
+    assert "records/no_peaks: cannot fit: no detectable R peaks" in errors
+    assert "records/not_ecg: cannot fit: not an ECG header" in errors and "'ABP'" in errors
+    assert "records/missing.hea: header file not found" in errors
+    assert "wfdb-samples/100: cannot fit: not a 12-lead ECG header" in errors and "'MLII'" in errors
+    assert "6 of 8 record(s) could not be fitted; 2 written" in errors
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{n}.{e}" for n in ("good", "00001_lr") for e in ("json", "npz", "png"))
+
+    summary = json.loads((out / "good.json").read_text())
+    assert summary["record"] == good and summary["record_fs_hz"] == 500.0 and summary["mode"] == "beat"
+    assert set(summary["wave_times_ms"]) == set("PQRST")
+    assert summary["parameters"]["heart_rate_bpm"] == pytest.approx(75.0, abs=1.5)
+    assert summary["parameters"]["waves"]["R"]["X"]["amplitude_mv"] > 0
+    assert isinstance(summary["converged"], bool) and summary["iterations"] <= 60
+    assert summary["quality"]["median_correlation"] > 0.95
+    assert len(summary["quality"]["lead_rmse_mv"]) == 12
+    with np.load(out / "good.npz") as f:
+        assert f["real"].shape == f["fitted"].shape == (600, 12) and f["real"].dtype == np.float32
+        assert float(f["fs"]) == 500.0
+    # A real 100 Hz PTB-XL record: outputs at the record's rate.
+    with np.load(out / "00001_lr.npz") as f:
+        assert float(f["fs"]) == 100.0 and f["fitted"].shape == (120, 12)
+        r = [np.corrcoef(f["real"][:, k], f["fitted"][:, k])[0, 1] for k in range(12)]
+        assert np.median(r) > 0.9
+    assert _is_png(out / "good.png") and _is_png(out / "00001_lr.png")
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+def test_flag_errors(repo_root, tmp_path):
+    result = _run(repo_root, f"--out_dir={tmp_path}")
+    assert result.returncode != 0 and "pass exactly one of --record and --records_file" in result.stderr
+    result = _run(repo_root, f"--records_file={tmp_path / 'nope.txt'}", f"--out_dir={tmp_path}")
+    assert result.returncode != 0 and "nope.txt" in result.stderr
+    listing = tmp_path / "dup.txt"
+    listing.write_text("a/rec\nb/rec\n")
+    result = _run(repo_root, f"--records_file={listing}", f"--out_dir={tmp_path}")
+    assert result.returncode != 0 and "several records are named rec" in result.stderr
