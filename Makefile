@@ -39,6 +39,7 @@ test-all: $(VENV)/.test
 bench: $(VENV)/.test
 	$(PY) -m experiments.benchmarks.simulator
 	$(PY) -m experiments.benchmarks.data
+	$(PY) -m experiments.benchmarks.fitting --reference
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

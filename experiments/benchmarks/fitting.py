@@ -39,31 +39,8 @@ def is_sinus(entry) -> bool:
     return ("sinus" in rhythm) and not paced
 
 
-def annotated_times_ms(path: str, r_peaks, fs: float):
-    """{wave: (12,) ms} median annotated peak time relative to the nearest R peak, NaN where a lead has none."""
-    import numpy as np
-
-    from sediff_jax.data.ludb import read_wave_annotations
-    from sediff_jax.leads import LEAD_NAMES
-
-    r_peaks = np.asarray(r_peaks)
-    rr = np.median(np.diff(r_peaks))
-    out = {w: np.full(len(LEAD_NAMES), np.nan) for w in WAVES}
-    for k, lead in enumerate(LEAD_NAMES):
-        marks = read_wave_annotations(path, lead)
-        for wave, arr in zip(WAVES, (marks.p, marks.qrs, marks.t)):
-            if len(arr) == 0:
-                continue
-            d = arr[:, 1][:, None] - r_peaks[None, :]
-            nearest = d[np.arange(len(arr)), np.argmin(np.abs(d), axis=1)]
-            nearest = nearest[np.abs(nearest) < 0.6 * rr]
-            if nearest.size:
-                out[wave][k] = np.median(nearest) / fs * 1000.0
-    return out
-
-
 def delineate_times_ms(ecg, r_peaks, fs: float):
-    """neurokit2 DWT delineation, per lead, in the same convention as `annotated_times_ms`."""
+    """neurokit2 DWT delineation, per lead, in the convention of `ludb.annotated_peak_times_ms`."""
     import neurokit2 as nk
     import numpy as np
 
@@ -95,7 +72,7 @@ def main(argv):
     import numpy as np
 
     from sediff_jax.data.canonical import CanonicalConfig, canonicalize
-    from sediff_jax.data.ludb import read_ludb
+    from sediff_jax.data.ludb import annotated_peak_times_ms, read_ludb
     from sediff_jax.data.wfdb_reader import read_record
     from sediff_jax.simulator.fitting import FitConfig, fit_ecgs
 
@@ -120,7 +97,7 @@ def main(argv):
 
     groups = {"sinus rhythm": [], "non-sinus or paced": []}
     for entry, record, result in zip(entries, records, results):
-        truth = annotated_times_ms(entry.path, record.r_peaks, record.fs)
+        truth = annotated_peak_times_ms(entry.path, record.r_peaks, record.fs)
         fitted = {w: result.lead_wave_times_ms[:, "PQRST".index(w)] for w in WAVES}
         row = {"truth": truth, "fitted": fitted, "corr": result.lead_correlation, "converged": result.converged}
         if FLAGS.reference:

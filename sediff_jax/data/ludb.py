@@ -87,3 +87,28 @@ def read_wave_annotations(record_path: str, lead: str) -> WaveAnnotations:
                     waves[name].append((samples[k - 1], samples[k], samples[k + 1]))
     as_array = lambda v: np.asarray(v, np.int64).reshape(-1, 3)  # noqa: E731
     return WaveAnnotations(p=as_array(waves["P"]), qrs=as_array(waves["QRS"]), t=as_array(waves["T"]))
+
+
+def annotated_peak_times_ms(record_path: str, r_peaks: np.ndarray, fs: float = FS) -> dict[str, np.ndarray]:
+    """Cardiologists' P, QRS ('R') and T peak times relative to the nearest R peak, per lead.
+
+    Args:
+      record_path: LUDB record path without extension.  r_peaks: (num_peaks,) sample indices at `fs`.
+    Returns:
+      {'P', 'R', 'T'}: (12,) ms, the median over the record's beats (marks farther than 0.6 RR from every R
+      peak are ignored); NaN where a lead has no such mark (no P waves in atrial fibrillation).
+    """
+    r_peaks = np.asarray(r_peaks)
+    rr = float(np.median(np.diff(r_peaks)))
+    out = {w: np.full(len(LEAD_NAMES), np.nan) for w in ("P", "R", "T")}
+    for k, lead in enumerate(LEAD_NAMES):
+        marks = read_wave_annotations(record_path, lead)
+        for wave, arr in zip(("P", "R", "T"), (marks.p, marks.qrs, marks.t)):
+            if len(arr) == 0:
+                continue
+            d = arr[:, 1][:, None] - r_peaks[None, :]
+            nearest = d[np.arange(len(arr)), np.argmin(np.abs(d), axis=1)]
+            nearest = nearest[np.abs(nearest) < 0.6 * rr]
+            if nearest.size:
+                out[wave][k] = np.median(nearest) / fs * 1000.0
+    return out

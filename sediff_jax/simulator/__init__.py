@@ -1,4 +1,5 @@
-"""The differentiable cardiac simulator (McSharry phase model, dipole channels, diffrax solve)."""
+"""The differentiable cardiac simulator (McSharry phase model, dipole channels, diffrax solve), fitting it to
+recordings (`fitting`) and per-class parameter priors (`priors`)."""
 
 from sediff_jax.simulator.dynamics import (
     VectorFieldArgs,
@@ -32,3 +33,5 @@ from sediff_jax.simulator.solve import (
     simulate_batch,
     solve_states,
 )
+from sediff_jax.simulator.fitting import FitConfig, FitError, FitResult, fit_ecg, fit_ecgs
+from sediff_jax.simulator.priors import SimulatorPrior, load_prior

@@ -192,3 +192,24 @@ def test_strip_longer_than_the_record_is_an_error():
     ecg = _record(_true_params(70.0), 1, duration_s=3.0)
     with pytest.raises(FitError, match="strip fitting needs 10 s"):
         fitting.prepare_fit(ecg, dataclasses.replace(FitConfig(), mode="strip"), name="r")
+
+
+@pytest.mark.data
+def test_ludb_fits_agree_with_cardiologists(data_dir):
+    """Four LUDB sinus records: fitted R/P/T peak times against the annotated peaks, and beat correlation."""
+    from sediff_jax.data.canonical import CanonicalConfig, canonicalize
+    from sediff_jax.data.ludb import annotated_peak_times_ms, read_ludb
+    from sediff_jax.data.wfdb_reader import read_record
+
+    entries = [e for e in read_ludb(str(data_dir / "ludb")) if e.codes and e.codes[0] == "Sinus rhythm"][:4]
+    records = [canonicalize(read_record(e.path), CanonicalConfig(fs=FS)) for e in entries]
+    results = fitting.fit_ecgs([r.ecg for r in records], FitConfig(batch_size=4, max_iterations=200),
+                               [r.r_peaks for r in records])
+    errors = {"P": [], "R": [], "T": []}
+    for entry, record, result in zip(entries, records, results):
+        truth = annotated_peak_times_ms(entry.path, record.r_peaks)
+        for wave, column in (("P", 0), ("R", 2), ("T", 4)):
+            errors[wave].append(np.abs(result.lead_wave_times_ms[:, column] - truth[wave]))
+        assert np.median(result.lead_correlation) > 0.93
+    median = {w: np.nanmedian(np.concatenate(e)) for w, e in errors.items()}
+    assert median["R"] <= 8.0 and median["P"] <= 20.0 and median["T"] <= 30.0, median
