@@ -6,7 +6,8 @@ Two modes (`FitConfig.mode`):
   cycle at the record's mean heart rate. Fitted: each dipole channel's wave angles, widths and amplitudes
   (3 channels x 6 waves x 3). Heart rate and its variability are measured from the R peaks.
 * `strip`: the whole strip (high-passed at `strip_highpass_hz`) against a simulation whose RR tachogram is
-  initialised from the R peaks and fitted sample by sample, with the initial phase and the respiratory baseline.
+  initialised from the R peaks and fitted sample by sample, with the initial phase and the respiratory baseline;
+  the waves start from a beat-mode fit (`strip_warm_start`).
 
 Both integrate the simulator with diffrax inside the loss (`solve.integrate`), vmapped over a batch of records
 and optimised with Adam (elementwise, so records in a batch do not interact). Parameters are mapped from
@@ -83,9 +84,12 @@ class FitConfig:
     beat_window_s: (before, after) the R peak, s; the misfit covers [-cycle_before * RR, (1 - cycle_before) * RR]
       inside it, i.e. exactly one cardiac cycle.
     strip_duration_s: length of the fitted strip, s; strip_highpass_hz: baseline-wander filter of the real strip
-      (None keeps it as recorded).
+      (None keeps it as recorded); strip_warm_start: start the strip's waves from a median-beat fit;
+      strip_learning_rate: Adam's rate in strip mode (smaller: the warm start is already close; on LUDB it
+      fits better than 0.02).
     max_iterations, check_every: Adam steps at most, and how often convergence is checked.
-    learning_rate: Adam's, in the unconstrained variables; decays by cosine to final_learning_rate_fraction.
+    learning_rate: Adam's in beat mode, in the unconstrained variables; decays by cosine to
+      final_learning_rate_fraction.
     tolerance: converged when the loss fell by less than this fraction over the last `check_every` steps.
     lead_floor_mv: each lead's squared error is divided by (its variance + floor^2), so small leads count.
     batch_size: records per compiled batch; the last batch is padded.
@@ -99,6 +103,8 @@ class FitConfig:
     cycle_before: float = 0.4
     strip_duration_s: float = 10.0
     strip_highpass_hz: float | None = 0.5
+    strip_warm_start: bool = True
+    strip_learning_rate: float = 0.005
     max_iterations: int = 400
     check_every: int = 100
     learning_rate: float = 0.02
@@ -326,9 +332,8 @@ def misfit(variables: dict[str, Array], target: FitTarget, config: FitConfig) ->
 
 
 def _optimizer(config: FitConfig) -> optax.GradientTransformation:
-    schedule = optax.cosine_decay_schedule(
-        config.learning_rate, config.max_iterations, alpha=config.final_learning_rate_fraction
-    )
+    rate = config.strip_learning_rate if config.mode == "strip" else config.learning_rate
+    schedule = optax.cosine_decay_schedule(rate, config.max_iterations, alpha=config.final_learning_rate_fraction)
     return optax.adam(schedule)
 
 
@@ -634,6 +639,12 @@ def fit_ecgs(
     names = list(names) if names is not None else [f"record {i}" for i in range(len(ecgs))]
     r_peaks = list(r_peaks) if r_peaks is not None else [None] * len(ecgs)
     prepared = [prepare_fit(e, config, p, n) for e, p, n in zip(ecgs, r_peaks, names)]
+    if config.mode == "strip" and config.strip_warm_start:
+        # The median beat pins the waves down cheaply; the strip fit then refines them with the rhythm.
+        beat_config = dataclasses.replace(config, mode="beat")
+        beat_fits = fit_ecgs(ecgs, beat_config, r_peaks, names)
+        for prep, beat_fit in zip(prepared, beat_fits):
+            prep.variables.update(variables_from_waves(beat_fit.params.waves))
     results: list[FitResult] = []
     for start in range(0, len(prepared), config.batch_size):
         chunk = prepared[start : start + config.batch_size]

@@ -6,7 +6,8 @@ import pytest
 
 from sediff_jax import simulator as sim
 from sediff_jax.leads import lead_index
-from tests.helpers import median_beat, r_peak_times
+from sediff_jax.data.beats import beat_window_samples, median_beat
+from tests.helpers import r_peak_times
 
 FS = 500.0
 
@@ -22,7 +23,8 @@ def records():
         # Time the beats on the spatial QRS: robust to any lead's polarity.
         magnitude = np.linalg.norm(np.asarray(sim.leads_to_dipole(x)), axis=-1)
         r = r_peak_times(magnitude, FS)
-        beat, r_index = median_beat(x, FS, r)
+        beat, _ = median_beat(x, np.round(r * FS).astype(int), FS, 0.35, 0.55)
+        r_index, _ = beat_window_samples(FS, 0.35, 0.55)
         out[name] = dict(ecg=x, r=r, beat=beat, r_index=r_index)
     return out
 
