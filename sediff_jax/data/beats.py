@@ -47,3 +47,34 @@ def median_beat(
             f"({ecg.shape[0] / fs:.2f} s, {len(r_peaks)} R peaks)"
         )
     return np.median(beats, axis=0).astype(np.float32), int(beats.shape[0])
+
+
+def beat_segments_jax(ecg, r_peaks, before: int, after: int):
+    """On-device twin of `beat_segments` for padded batches (inside jit).
+
+    Args:
+      ecg: (batch, time, leads).  r_peaks: (batch, max_peaks) int sample indices, -1 for padding.
+      before, after: window in samples (static ints), R at index `before`.
+    Returns:
+      beats (batch, max_peaks, before + after, leads) and valid (batch, max_peaks) bool: the peak exists and
+      its whole window lies inside the record (invalid beats hold clamped, meaningless samples).
+    """
+    import jax.numpy as jnp
+
+    length = ecg.shape[1]
+    valid = (r_peaks >= before) & (r_peaks + after <= length)
+    index = jnp.clip(r_peaks[..., None] + jnp.arange(-before, after), 0, length - 1)  # (B, K, W)
+    beats = jnp.take_along_axis(ecg[:, None, :, :], index[..., None], axis=2)
+    return beats, valid
+
+
+def median_beat_jax(ecg, r_peaks, before: int, after: int):
+    """On-device twin of `median_beat`: ((batch, before + after, leads), number of beats used (batch,)).
+    A record without a complete beat gets zeros and count 0 (mask it out of any loss)."""
+    import jax.numpy as jnp
+
+    beats, valid = beat_segments_jax(ecg, r_peaks, before, after)
+    masked = jnp.where(valid[..., None, None], beats, jnp.nan)
+    count = jnp.sum(valid, axis=1)
+    median = jnp.nanmedian(masked, axis=1)
+    return jnp.where((count > 0)[:, None, None], median, 0.0), count

@@ -1,0 +1,54 @@
+"""Noise schedules and parametrisations: published formulas, exact inversions, and q(x_t | x_0) moments."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sediff_jax.diffusion import add_noise, make_schedule, predict_epsilon, predict_x0, target
+
+
+def test_cosine_schedule_follows_nichol_dhariwal():
+    s = make_schedule("cosine", 1000)
+    f = lambda t: np.cos(((t / 1000) + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731
+    for t in (0, 10, 500, 900):
+        assert s.alphas_cumprod[t] == pytest.approx(f(t + 1) / f(0), rel=1e-6)
+    assert np.all(np.diff(s.alphas_cumprod) < 0) and 0 < s.alphas_cumprod[-1] < 1e-3
+    assert np.max(s.betas) <= 0.999 and np.all(s.betas > 0)
+
+
+def test_linear_schedule_is_ho_et_al():
+    s = make_schedule("linear", 1000)
+    np.testing.assert_allclose(s.betas, np.linspace(1e-4, 0.02, 1000), rtol=1e-9, atol=1e-12)
+    assert s.alphas_cumprod[-1] == pytest.approx(np.prod(1 - np.linspace(1e-4, 0.02, 1000)))
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_parametrisations_invert_exactly(prediction):
+    s = make_schedule("cosine", 1000)
+    k1, k2 = jax.random.split(jax.random.key(0))
+    x0 = jax.random.normal(k1, (6, 16, 4))
+    noise = jax.random.normal(k2, (6, 16, 4))
+    t = jnp.array([0, 1, 100, 500, 900, 998])
+    x_t = add_noise(s, x0, noise, t)
+    out = target(s, prediction, x0, noise, t)  # a perfect denoiser
+    np.testing.assert_allclose(predict_x0(s, prediction, x_t, out, t), x0, atol=2e-3 if prediction == "epsilon" else 1e-5)
+    np.testing.assert_allclose(predict_epsilon(s, prediction, x_t, out, t), noise, atol=1e-4)
+
+
+def test_forward_process_moments():
+    s = make_schedule("cosine", 1000)
+    t = jnp.full((200000,), 300)
+    x0 = jnp.full((200000, 1), 1.5)
+    x_t = add_noise(s, x0, jax.random.normal(jax.random.key(1), x0.shape), t)
+    a = s.alphas_cumprod[300]
+    assert float(jnp.mean(x_t)) == pytest.approx(1.5 * np.sqrt(a), abs=0.01)
+    assert float(jnp.var(x_t)) == pytest.approx(1 - a, rel=0.02)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="unknown"):
+        make_schedule("sigmoid")
+    s = make_schedule("cosine", 10)
+    with pytest.raises(ValueError, match="prediction 'x0' is unknown"):
+        target(s, "x0", jnp.zeros((1, 2)), jnp.zeros((1, 2)), jnp.zeros((1,), int))
