@@ -1,4 +1,5 @@
-"""Flax NNX models: the stage-1 ECG VAE with its beat decoder (the latent denoiser joins in stage 2)."""
+"""Flax NNX models: the stage-1 ECG VAE with its beat decoder, and the stage-2 latent denoiser."""
 
 from sediff_jax.models.vae import ECGVAE, BeatDecoder, Decoder, Encoder, VAEConfig
 from sediff_jax.models.vae_losses import VAELossConfig, kl_divergence, log_spectrum, vae_losses
+from sediff_jax.models.denoiser import DenoiserConfig, LatentDenoiser, timestep_embedding

@@ -1,0 +1,222 @@
+"""Stage 2 of SE-Diff: the latent denoiser, a 1-D U-Net with self-attention over time and cross-attention to
+condition tokens (report text, retrieved experience, and metadata: age, sex, heart rate), in Flax NNX.
+
+Conditions enter as tokens through real cross-attention (not one pooled vector repeated along time, which makes
+attention uniform). Classifier-free guidance: `drop` (batch, 3) replaces the text / experience / metadata tokens
+of a record by learned null tokens, so one network gives the conditional and the unconditional prediction.
+Unknown metadata (age NaN, sex -1, heart rate NaN) get learned "unknown" tokens of their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+TEXT, EXPERIENCE, METADATA = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class DenoiserConfig:
+    """latent_channels: C of the (time, C) latent.  channels: widths per U-Net level (each level after the first
+    halves the time axis).  attention: per level, whether blocks attend (self + cross).  num_heads: attention
+    heads.  context_dim: width of the condition tokens (the text encoder's, 384 for MiniLM).
+    time_embed_dim: width of the timestep embedding.  num_groups: GroupNorm groups."""
+
+    latent_channels: int = 4
+    channels: tuple[int, ...] = (64, 128, 128)
+    attention: tuple[bool, ...] = (False, True, True)
+    num_heads: int = 4
+    context_dim: int = 384
+    time_embed_dim: int = 128
+    num_groups: int = 8
+
+    def __post_init__(self):
+        if len(self.channels) != len(self.attention):
+            raise ValueError(f"channels {self.channels} and attention {self.attention} need one entry per level")
+
+    @property
+    def length_multiple(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+
+def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array:
+    """Sinusoidal embedding of integer or real timesteps: (batch,) -> (batch, dim)."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    angles = t.astype(jnp.float32)[:, None] * freqs[None]
+    return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+def _norm(c: int, groups: int, rngs: nnx.Rngs) -> nnx.GroupNorm:
+    return nnx.GroupNorm(c, num_groups=math.gcd(groups, c), rngs=rngs)
+
+
+class TimeResBlock(nnx.Module):
+    """Residual conv block whose second norm is modulated (scale, shift) by the timestep embedding."""
+
+    def __init__(self, c_in: int, c_out: int, config: DenoiserConfig, *, rngs: nnx.Rngs):
+        self.norm1 = _norm(c_in, config.num_groups, rngs)
+        self.conv1 = nnx.Conv(c_in, c_out, (3,), padding="SAME", rngs=rngs)
+        self.modulation = nnx.Linear(config.time_embed_dim, 2 * c_out, rngs=rngs)
+        self.norm2 = _norm(c_out, config.num_groups, rngs)
+        self.conv2 = nnx.Conv(c_out, c_out, (3,), padding="SAME", rngs=rngs)
+        self.skip = nnx.Conv(c_in, c_out, (1,), rngs=rngs) if c_in != c_out else None
+
+    def __call__(self, x: Array, temb: Array) -> Array:
+        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        scale, shift = jnp.split(self.modulation(jax.nn.silu(temb))[:, None, :], 2, axis=-1)
+        h = self.conv2(jax.nn.silu(self.norm2(h) * (1.0 + scale) + shift))
+        return h + (self.skip(x) if self.skip is not None else x)
+
+
+class Attention(nnx.Module):
+    """Multi-head attention of x (batch, n, c) over context (batch, m, d) with a key mask (batch, m)."""
+
+    def __init__(self, c: int, context_dim: int, num_heads: int, *, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        self.query = nnx.Linear(c, c, use_bias=False, rngs=rngs)
+        self.key = nnx.Linear(context_dim, c, use_bias=False, rngs=rngs)
+        self.value = nnx.Linear(context_dim, c, use_bias=False, rngs=rngs)
+        self.out = nnx.Linear(c, c, rngs=rngs)
+
+    def __call__(self, x: Array, context: Array, mask: Array) -> Array:
+        b, n, c = x.shape
+        h = self.num_heads
+        q = self.query(x).reshape(b, n, h, c // h)
+        k = self.key(context).reshape(b, context.shape[1], h, c // h)
+        v = self.value(context).reshape(b, context.shape[1], h, c // h)
+        logits = jnp.einsum("bnhc,bmhc->bhnm", q, k) / math.sqrt(c // h)
+        logits = jnp.where(mask[:, None, None, :], logits, -1e9)
+        return self.out(jnp.einsum("bhnm,bmhc->bnhc", jax.nn.softmax(logits, axis=-1), v).reshape(b, n, c))
+
+
+class AttentionBlock(nnx.Module):
+    """Pre-norm self-attention over time, cross-attention to the condition tokens, and a GELU MLP."""
+
+    def __init__(self, c: int, config: DenoiserConfig, *, rngs: nnx.Rngs):
+        self.norm_self = nnx.LayerNorm(c, rngs=rngs)
+        self.self_attention = Attention(c, c, config.num_heads, rngs=rngs)
+        self.norm_cross = nnx.LayerNorm(c, rngs=rngs)
+        self.cross_attention = Attention(c, config.context_dim, config.num_heads, rngs=rngs)
+        self.norm_mlp = nnx.LayerNorm(c, rngs=rngs)
+        self.mlp_in = nnx.Linear(c, 4 * c, rngs=rngs)
+        self.mlp_out = nnx.Linear(4 * c, c, rngs=rngs)
+
+    def __call__(self, x: Array, context: Array, context_mask: Array) -> Array:
+        h = self.norm_self(x)
+        x = x + self.self_attention(h, h, jnp.ones(h.shape[:2], bool))
+        x = x + self.cross_attention(self.norm_cross(x), context, context_mask)
+        return x + self.mlp_out(jax.nn.gelu(self.mlp_in(self.norm_mlp(x))))
+
+
+class ConditionTokens(nnx.Module):
+    """Text and experience tokens (projected), three metadata tokens, and learned null/unknown tokens."""
+
+    def __init__(self, config: DenoiserConfig, *, rngs: nnx.Rngs):
+        d = config.context_dim
+        self.text_proj = nnx.Linear(d, d, rngs=rngs)
+        self.experience_proj = nnx.Linear(d, d, rngs=rngs)
+        self.age_proj = nnx.Linear(1, d, rngs=rngs)
+        self.hr_proj = nnx.Linear(1, d, rngs=rngs)
+        self.sex_embed = nnx.Embed(3, d, rngs=rngs)  # male, female, unknown
+        init = nnx.initializers.normal(0.02)
+        self.null = nnx.Param(init(rngs.params(), (3, d)))  # text, experience, metadata when dropped
+        self.unknown = nnx.Param(init(rngs.params(), (2, d)))  # unknown age, unknown heart rate
+
+    def __call__(self, text, text_mask, experience, experience_mask, age, sex, hr, drop):
+        b = text.shape[0]
+        null = self.null[...]
+        age_known = jnp.isfinite(age)[:, None]
+        hr_known = jnp.isfinite(hr)[:, None]
+        age_token = jnp.where(age_known, self.age_proj(jnp.nan_to_num(age)[:, None] / 100.0), self.unknown[...][0])
+        hr_token = jnp.where(hr_known, self.hr_proj(jnp.nan_to_num(hr)[:, None] / 100.0), self.unknown[...][1])
+        sex_token = self.sex_embed(jnp.where((sex == 0) | (sex == 1), sex, 2).astype(jnp.int32))
+        metadata = jnp.stack([age_token, sex_token, hr_token], axis=1)
+
+        def group(tokens, mask, k):
+            dropped = drop[:, k][:, None, None]
+            tokens = jnp.where(dropped, 0.0, tokens)
+            mask = jnp.where(drop[:, k][:, None], False, mask)
+            null_token = jnp.broadcast_to(null[k], (b, 1, null.shape[-1]))
+            null_mask = drop[:, k][:, None]  # the null token is visible exactly when the group is dropped
+            return jnp.concatenate([tokens, null_token], 1), jnp.concatenate([mask, null_mask], 1)
+
+        t, tm = group(self.text_proj(text), text_mask, TEXT)
+        e, em = group(self.experience_proj(experience), experience_mask, EXPERIENCE)
+        m, mm = group(metadata, jnp.ones((b, 3), bool), METADATA)
+        return jnp.concatenate([t, e, m], 1), jnp.concatenate([tm, em, mm], 1)
+
+
+class LatentDenoiser(nnx.Module):
+    """`__call__(x_t, t, conditions, drop)` -> the prediction (epsilon or v), same shape as x_t.
+
+    x_t: (batch, time, latent_channels); t: (batch,) timesteps.  conditions: dict with text_tokens
+    (batch, Lt, d), text_mask (batch, Lt), experience_tokens (batch, Le, d), experience_mask, age (batch,)
+    years or NaN, sex (batch,) 0/1/-1, hr (batch,) bpm or NaN.  drop: (batch, 3) bool (text, experience,
+    metadata) for classifier-free guidance; None keeps every condition.
+    """
+
+    def __init__(self, config: DenoiserConfig = DenoiserConfig(), *, rngs: nnx.Rngs):
+        self.config = config
+        c, e = config.channels, config.time_embed_dim
+        self.time_in = nnx.Linear(e, e, rngs=rngs)
+        self.time_out = nnx.Linear(e, e, rngs=rngs)
+        self.conditions = ConditionTokens(config, rngs=rngs)
+        self.conv_in = nnx.Conv(config.latent_channels, c[0], (3,), padding="SAME", rngs=rngs)
+        down, down_attn, downsample, skips_c = [], [], [], []
+        c_prev = c[0]
+        for level, (width, attend) in enumerate(zip(c, config.attention)):
+            down.append(TimeResBlock(c_prev, width, config, rngs=rngs))
+            down_attn.append(AttentionBlock(width, config, rngs=rngs) if attend else None)
+            skips_c.append(width)
+            last = level == len(c) - 1
+            downsample.append(None if last else nnx.Conv(width, width, (4,), strides=(2,), padding="SAME", rngs=rngs))
+            c_prev = width
+        self.down, self.down_attn, self.downsample = nnx.List(down), nnx.List(down_attn), nnx.List(downsample)
+        self.mid1 = TimeResBlock(c_prev, c_prev, config, rngs=rngs)
+        self.mid_attn = AttentionBlock(c_prev, config, rngs=rngs)
+        self.mid2 = TimeResBlock(c_prev, c_prev, config, rngs=rngs)
+        up, up_attn, upsample = [], [], []
+        for level in reversed(range(len(c))):
+            width = c[level]
+            up.append(TimeResBlock(c_prev + skips_c[level], width, config, rngs=rngs))
+            up_attn.append(AttentionBlock(width, config, rngs=rngs) if config.attention[level] else None)
+            upsample.append(None if level == 0 else nnx.Conv(width, width, (3,), padding="SAME", rngs=rngs))
+            c_prev = width
+        self.up, self.up_attn, self.upsample = nnx.List(up), nnx.List(up_attn), nnx.List(upsample)
+        self.norm_out = _norm(c_prev, config.num_groups, rngs)
+        self.conv_out = nnx.Conv(c_prev, config.latent_channels, (3,), padding="SAME",
+                                 kernel_init=nnx.initializers.zeros, rngs=rngs)
+
+    def __call__(self, x_t: Array, t: Array, conditions: dict[str, Array], drop: Array | None = None) -> Array:
+        b, length, _ = x_t.shape
+        multiple = self.config.length_multiple
+        pad = (-length) % multiple
+        x = jnp.pad(x_t, ((0, 0), (0, pad), (0, 0)))
+        drop = jnp.zeros((b, 3), bool) if drop is None else drop
+        context, context_mask = self.conditions(
+            conditions["text_tokens"], conditions["text_mask"], conditions["experience_tokens"],
+            conditions["experience_mask"], conditions["age"], conditions["sex"], conditions["hr"], drop)
+        temb = self.time_out(jax.nn.silu(self.time_in(timestep_embedding(t, self.config.time_embed_dim))))
+        h = self.conv_in(x)
+        skips = []
+        for block, attn, down in zip(self.down, self.down_attn, self.downsample):
+            h = block(h, temb)
+            if attn is not None:
+                h = attn(h, context, context_mask)
+            skips.append(h)
+            if down is not None:
+                h = down(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, temb), context, context_mask), temb)
+        for block, attn, upsample in zip(self.up, self.up_attn, self.upsample):
+            h = block(jnp.concatenate([h, skips.pop()], axis=-1), temb)
+            if attn is not None:
+                h = attn(h, context, context_mask)
+            if upsample is not None:
+                h = upsample(jnp.repeat(h, 2, axis=1))
+        return self.conv_out(jax.nn.silu(self.norm_out(h)))[:, :length]
