@@ -46,8 +46,9 @@ def delineate_times_ms(ecg, r_peaks, fs: float):
     import neurokit2 as nk
     import numpy as np
 
+    from sediff_jax.data.ludb import median_offset_from_r_ms
+
     r_peaks = np.asarray(r_peaks)
-    rr = np.median(np.diff(r_peaks))
     out = {w: np.full(ecg.shape[1], np.nan) for w in WAVES}
     for k in range(ecg.shape[1]):
         try:
@@ -57,14 +58,8 @@ def delineate_times_ms(ecg, r_peaks, fs: float):
         # neurokit2's DWT gives P and T peaks; the R peak is the given one, refined to the lead's QRS maximum.
         qrs_max = [p - 15 + int(np.argmax(ecg[max(p - 15, 0) : p + 16, k])) for p in r_peaks]
         for wave, peaks in (("P", waves.get("ECG_P_Peaks", [])), ("R", qrs_max), ("T", waves.get("ECG_T_Peaks", []))):
-            peaks = np.asarray([p for p in peaks if p == p], np.float64)
-            if peaks.size == 0:
-                continue
-            d = peaks[:, None] - r_peaks[None, :]
-            nearest = d[np.arange(len(peaks)), np.argmin(np.abs(d), axis=1)]
-            nearest = nearest[np.abs(nearest) < 0.6 * rr]
-            if nearest.size:
-                out[wave][k] = np.median(nearest) / fs * 1000.0
+            peaks = np.asarray([p for p in peaks if p == p], np.float64)  # neurokit2 marks missing waves NaN
+            out[wave][k] = median_offset_from_r_ms(peaks, r_peaks, fs)
     return out
 
 

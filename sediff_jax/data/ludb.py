@@ -98,17 +98,22 @@ def annotated_peak_times_ms(record_path: str, r_peaks: np.ndarray, fs: float = F
       {'P', 'R', 'T'}: (12,) ms, the median over the record's beats (marks farther than 0.6 RR from every R
       peak are ignored); NaN where a lead has no such mark (no P waves in atrial fibrillation).
     """
-    r_peaks = np.asarray(r_peaks)
-    rr = float(np.median(np.diff(r_peaks)))
     out = {w: np.full(len(LEAD_NAMES), np.nan) for w in ("P", "R", "T")}
     for k, lead in enumerate(LEAD_NAMES):
         marks = read_wave_annotations(record_path, lead)
         for wave, arr in zip(("P", "R", "T"), (marks.p, marks.qrs, marks.t)):
-            if len(arr) == 0:
-                continue
-            d = arr[:, 1][:, None] - r_peaks[None, :]
-            nearest = d[np.arange(len(arr)), np.argmin(np.abs(d), axis=1)]
-            nearest = nearest[np.abs(nearest) < 0.6 * rr]
-            if nearest.size:
-                out[wave][k] = np.median(nearest) / fs * 1000.0
+            out[wave][k] = median_offset_from_r_ms(arr[:, 1], r_peaks, fs)
     return out
+
+
+def median_offset_from_r_ms(peaks: np.ndarray, r_peaks: np.ndarray, fs: float) -> float:
+    """Median of each peak's offset from its nearest R peak, ms; peaks farther than 0.6 RR are ignored.
+    NaN when no peak is left."""
+    peaks, r_peaks = np.asarray(peaks, np.float64), np.asarray(r_peaks, np.float64)
+    if peaks.size == 0 or r_peaks.size < 2:
+        return float("nan")
+    rr = float(np.median(np.diff(r_peaks)))
+    d = peaks[:, None] - r_peaks[None, :]
+    nearest = d[np.arange(len(peaks)), np.argmin(np.abs(d), axis=1)]
+    nearest = nearest[np.abs(nearest) < 0.6 * rr]
+    return float(np.median(nearest) / fs * 1000.0) if nearest.size else float("nan")

@@ -24,7 +24,9 @@ import jax.numpy as jnp
 
 from sediff_jax.leads import limb_lead_residuals
 from sediff_jax.simulator import dynamics
-from sediff_jax.simulator.params import DIPOLE_THETA_HR_EXPONENT, BaselineParams, WaveParams, default_rhythm, ECGParams
+from sediff_jax.simulator.params import (
+    DIPOLE_THETA_HR_EXPONENT, ECGParams, WaveParams, default_rhythm, zero_baseline,
+)
 from sediff_jax.simulator.projection import dipole_to_leads
 from sediff_jax.simulator.rhythm import heart_rate_scaled_waves, tachogram_num_samples
 from sediff_jax.simulator.solve import SimulatorConfig, initial_state, integrate, states_to_leads
@@ -48,11 +50,6 @@ def interlead_energy(beat: Array, fs: float) -> Array:
     return relative(beat) + relative(time_derivative(beat, fs) / fs)
 
 
-def _zero_baseline(dtype) -> BaselineParams:
-    zeros = jnp.zeros((3,), dtype)
-    return BaselineParams(zeros, jnp.asarray(0.25, dtype), zeros, jnp.asarray(6.0, dtype))
-
-
 def _scaled_fit(prediction: Array, reference: Array) -> Array:
     """Relative squared error after the best non-negative scale s of the reference: (batch,)."""
     dot = jnp.sum(prediction * reference, axis=(1, 2))
@@ -68,7 +65,7 @@ def vector_field_leads(waves: WaveParams, hr_mean: Array, num_samples: int, befo
     """
     rr = 60.0 / hr_mean
     scaled = heart_rate_scaled_waves(waves, hr_mean, DIPOLE_THETA_HR_EXPONENT)
-    args = dynamics.VectorFieldArgs(scaled, jnp.full((4,), rr), jnp.asarray(1.0, rr.dtype), _zero_baseline(rr.dtype))
+    args = dynamics.VectorFieldArgs(scaled, jnp.full((4,), rr), jnp.asarray(1.0, rr.dtype), zero_baseline(3, rr.dtype))
     t = (jnp.arange(num_samples) - before) / fs
     phase = 2.0 * math.pi * t / rr
 
@@ -94,7 +91,7 @@ def simulate_beat(waves: WaveParams, hr_mean: Array, num_samples: int, before: i
     scaled = heart_rate_scaled_waves(waves, hr_mean, DIPOLE_THETA_HR_EXPONENT)
     num_rr = tachogram_num_samples(config.duration_s, config.rr_fs)
     args = dynamics.VectorFieldArgs(scaled, jnp.full((num_rr,), rr), jnp.asarray(config.rr_fs, rr.dtype),
-                                    _zero_baseline(rr.dtype))
+                                    zero_baseline(3, rr.dtype))
     rhythm = default_rhythm(hr_std=0.0)._replace(hr_mean=hr_mean, initial_phase=-2.0 * math.pi * before / fs / rr)
     params = ECGParams(waves, rhythm, args.baseline)
     return states_to_leads(integrate(args, initial_state(params, args, config), config), config)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sediff_jax.leads import LEAD_NAMES, NUM_LEADS
+from sediff_jax.leads import LEAD_NAMES, NUM_LEADS, leads_from_independent
 from sediff_jax.simulator import dynamics
 from sediff_jax.simulator.params import (
     DIPOLE_CHANNELS,
@@ -42,8 +42,9 @@ from sediff_jax.simulator.params import (
     WaveParams,
     default_rhythm,
     dipole_params,
+    zero_baseline,
 )
-from sediff_jax.simulator.projection import KORS, dipole_to_leads
+from sediff_jax.simulator.projection import DOWER, KORS
 from sediff_jax.simulator.rhythm import heart_rate_scaled_waves, tachogram_num_samples
 from sediff_jax.simulator.solve import SimulatorConfig, initial_state, integrate, states_to_leads
 
@@ -284,11 +285,6 @@ def variables_from_waves(waves: WaveParams) -> dict[str, np.ndarray]:
     }
 
 
-def _zero_baseline(dtype) -> BaselineParams:
-    zeros = jnp.zeros((NUM_CHANNELS,), dtype)
-    return BaselineParams(zeros, jnp.asarray(0.25, dtype), zeros, jnp.asarray(6.0, dtype))
-
-
 def model_params(variables: dict[str, Array], target: FitTarget, config: FitConfig) -> tuple[ECGParams, Array]:
     """The simulator parameters and the RR tachogram (s) that the variables stand for, for one record."""
     waves = waves_from_variables(variables)
@@ -302,7 +298,7 @@ def model_params(variables: dict[str, Array], target: FitTarget, config: FitConf
             fib_frequency=jnp.asarray(6.0, rr.dtype),
         )
     else:
-        rr, initial_phase, baseline = target.rr, target.initial_phase, _zero_baseline(target.rr.dtype)
+        rr, initial_phase, baseline = target.rr, target.initial_phase, zero_baseline(NUM_CHANNELS, target.rr.dtype)
     rhythm = default_rhythm(hr_std=0.0)._replace(hr_mean=target.hr_mean, initial_phase=initial_phase)
     return ECGParams(waves, rhythm, baseline), rr
 
@@ -325,7 +321,10 @@ def lead_offsets(simulated: Array, target: FitTarget) -> Array:
 
 def misfit(variables: dict[str, Array], target: FitTarget, config: FitConfig) -> Array:
     """Lead-weighted mean squared error over the mask after the best per-lead offset: () dimensionless."""
-    simulated = simulate_fit(variables, target, config)
+    return _misfit_of(simulate_fit(variables, target, config), target)
+
+
+def _misfit_of(simulated: Array, target: FitTarget) -> Array:
     residual = (target.signal - simulated - lead_offsets(simulated, target)) * target.mask[:, None]
     per_lead = jnp.sum(residual**2, axis=0) / jnp.sum(target.mask)
     return jnp.sum(target.lead_weight * per_lead)
@@ -361,7 +360,7 @@ def _evaluate(variables, targets: FitTarget, config: FitConfig):
     def one(v, target):
         simulated = simulate_fit(v, target, config)
         offset = lead_offsets(simulated, target)
-        return simulated + offset, offset, misfit(v, target, config)
+        return simulated + offset, offset, _misfit_of(simulated, target)
 
     return jax.vmap(one)(variables, targets)
 
@@ -370,9 +369,10 @@ def _evaluate(variables, targets: FitTarget, config: FitConfig):
 # Host side: checks, targets and the initial guess (NumPy).
 
 
+@functools.lru_cache(maxsize=1)
 def lead_matrix() -> np.ndarray:
     """(12, 3): the linear map from the dipole (X, Y, Z) to the 12 leads (Dower plus the derived limb leads)."""
-    return np.asarray(dipole_to_leads(jnp.eye(NUM_CHANNELS, dtype=jnp.float32))).T
+    return leads_from_independent(DOWER.T.astype(np.float64)).T
 
 
 def _scaled(waves: WaveParams, hr_mean: float) -> tuple[np.ndarray, np.ndarray]:

@@ -175,6 +175,12 @@ def dipole_params(
     return ECGParams(waves, default_rhythm(hr_mean, hr_std, lf_hf_ratio), baseline)
 
 
+def zero_baseline(num_channels: int = 3, dtype=jnp.float32) -> BaselineParams:
+    """No respiration and no f-waves: the baseline of a single constant-rate cycle (fitting, simulator losses)."""
+    zeros = jnp.zeros((num_channels,), dtype)
+    return BaselineParams(zeros, jnp.asarray(0.25, dtype), zeros, jnp.asarray(6.0, dtype))
+
+
 def with_heart_rate(params: ECGParams, hr_mean=None, hr_std=None) -> ECGParams:
     """A copy of `params` with a new mean heart rate and/or heart-rate standard deviation (bpm)."""
     rhythm = params.rhythm
