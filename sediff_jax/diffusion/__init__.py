@@ -1,4 +1,4 @@
-"""Diffusion in the VAE latent: noise schedules and the forward process (samplers and losses join here)."""
+"""Diffusion in the VAE latent: noise schedules and the forward process and the SE-Diff training loss (samplers join here)."""
 
 from sediff_jax.diffusion.schedule import (
     PREDICTIONS,
@@ -10,3 +10,4 @@ from sediff_jax.diffusion.schedule import (
     predict_x0,
     target,
 )
+from sediff_jax.diffusion.losses import DiffusionLossConfig, diffusion_losses

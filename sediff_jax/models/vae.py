@@ -111,7 +111,7 @@ class BeatDecoder(nnx.Module):
         self.base = -(-config.beat_samples // 4)  # beat length before two x2 upsamplings
         self.conv_in = nnx.Conv(config.latent_channels, d, (3,), padding="SAME", rngs=rngs)
         self.block = ResBlock(d, d, config, rngs=rngs)
-        self.attention_logits = nnx.Linear(d, 1, rngs=rngs)
+        self.attention_logits = nnx.Linear(d, 1, use_bias=False, rngs=rngs)  # softmax ignores a shift
         self.to_beat = nnx.Linear(d, self.base * d, rngs=rngs)
         self.up1 = ResBlock(d, d // 2, config, rngs=rngs)
         self.up2 = ResBlock(d // 2, d // 2, config, rngs=rngs)

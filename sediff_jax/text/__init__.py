@@ -4,6 +4,7 @@ from sediff_jax.text.encoders import (
     ENCODERS,
     HashingEncoder,
     MiniLMEncoder,
+    TextCache,
     TextEncoding,
     encode_cached,
     make_text_encoder,

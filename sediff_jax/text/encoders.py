@@ -159,36 +159,68 @@ def make_text_encoder(name: str = "minilm", **kwargs):
     raise ValueError(f"text encoder {name!r} is unknown; expected one of {ENCODERS}")
 
 
+class TextCache:
+    """Encodings of distinct texts, computed on first use and kept in memory; `save()` writes them to
+    `cache_path` (NPZ, atomically), which a later TextCache of the same encoder reads back (another encoder's
+    or an unreadable file is ignored and rebuilt). `tokens` are stored as float16 (half the memory)."""
+
+    def __init__(self, encoder, cache_path: str | os.PathLike | None = None):
+        self.encoder, self.cache_path = encoder, (Path(cache_path) if cache_path is not None else None)
+        self._index: dict[str, int] = {}
+        self._parts: list[TextEncoding] = []
+        self._dirty = False
+        if self.cache_path is not None and self.cache_path.exists():
+            try:
+                with np.load(self.cache_path) as f:
+                    if str(f["encoder_id"]) == encoder.id:
+                        self._parts = [TextEncoding(f["tokens"], f["mask"], f["pooled"])]
+                        self._index = {t: i for i, t in enumerate(f["texts"].tolist())}
+            except (OSError, KeyError, ValueError):
+                self._index, self._parts = {}, []
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def _table(self) -> TextEncoding:
+        if len(self._parts) > 1:
+            self._parts = [TextEncoding(*(np.concatenate(x) for x in zip(
+                *((p.tokens, p.mask, p.pooled) for p in self._parts))))]
+        return self._parts[0]
+
+    def lookup(self, texts: Sequence[str]) -> TextEncoding:
+        """Encodings of `texts` (any order, repeats allowed); tokens float32."""
+        texts = _check_texts(texts)
+        missing = sorted({t for t in texts if t not in self._index})
+        if missing:
+            fresh = self.encoder.encode(missing)
+            fresh = TextEncoding(fresh.tokens.astype(np.float16), fresh.mask, fresh.pooled)
+            self._index.update({t: len(self._index) + i for i, t in enumerate(missing)})
+            self._parts.append(fresh)
+            self._dirty = True
+        if not texts:
+            return self.encoder.encode([])
+        table = self._table()
+        rows = np.array([self._index[t] for t in texts], np.int64)
+        return TextEncoding(table.tokens[rows].astype(np.float32), table.mask[rows], table.pooled[rows])
+
+    def save(self) -> None:
+        """Write the cache if anything was added since it was read or last saved."""
+        from sediff_jax.io import atomic_path
+
+        if self.cache_path is None or not self._dirty or not self._index:
+            return
+        table = self._table()
+        with atomic_path(self.cache_path, suffix=".npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, encoder_id=np.array(self.encoder.id), texts=np.array(list(self._index), dtype=str),
+                         tokens=table.tokens, mask=table.mask, pooled=table.pooled)
+        self._dirty = False
+
+
 def encode_cached(encoder, texts: Sequence[str], cache_path: str | os.PathLike) -> TextEncoding:
     """Encode `texts` (any order, repeats allowed) once per distinct text, reusing `cache_path` (NPZ) when it
     was written by the same encoder; the cache is (re)written atomically with every distinct text seen."""
-    from sediff_jax.io import atomic_path
-
-    texts = _check_texts(texts)
-    cache_path = Path(cache_path)
-    known: dict[str, int] = {}
-    cached = None
-    if cache_path.exists():
-        try:
-            with np.load(cache_path) as f:
-                if str(f["encoder_id"]) == encoder.id:
-                    cached = TextEncoding(f["tokens"], f["mask"], f["pooled"])
-                    known = {t: i for i, t in enumerate(f["texts"].tolist())}
-        except (OSError, KeyError, ValueError):
-            cached, known = None, {}  # unreadable or foreign cache: rebuilt below
-    missing = sorted({t for t in texts if t not in known})
-    if missing or cached is None:
-        fresh = encoder.encode(missing)
-        if cached is None:
-            all_texts, encoding = missing, fresh
-        else:
-            all_texts = list(known) + missing
-            encoding = TextEncoding(*(np.concatenate([a, b]) for a, b in zip(
-                (cached.tokens, cached.mask, cached.pooled), (fresh.tokens, fresh.mask, fresh.pooled))))
-        with atomic_path(cache_path, suffix=".npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, encoder_id=np.array(encoder.id), texts=np.array(all_texts, dtype=str),
-                         tokens=encoding.tokens, mask=encoding.mask, pooled=encoding.pooled)
-        known = {t: i for i, t in enumerate(all_texts)}
-        cached = encoding
-    return cached.take(np.array([known[t] for t in texts], np.int64))
+    cache = TextCache(encoder, cache_path)
+    encoding = cache.lookup(texts)
+    cache.save()
+    return encoding

@@ -157,6 +157,22 @@ def test_two_hosts_read_disjoint_shards_covering_the_split(synthetic_dataset):
         assert sorted(seen[0] + seen[1]) == list(range(48))
 
 
+def test_global_batch_does_not_depend_on_the_number_of_hosts(synthetic_dataset):
+    source = builder.open_split(synthetic_dataset.path, "train")
+    for drop_remainder, global_batch in ((True, 16), (False, 20)):
+        single = list(BatchLoader(source, global_batch, seed=5, process_index=0, process_count=1,
+                                  drop_remainder=drop_remainder, num_epochs=2))
+        hosts = [list(BatchLoader(source, global_batch, seed=5, process_index=p, process_count=4,
+                                  drop_remainder=drop_remainder, num_epochs=2)) for p in range(4)]
+        assert all(len(h) == len(single) for h in hosts)
+        for k, whole in enumerate(single):
+            joined = np.concatenate([h[k]["index"] for h in hosts])
+            np.testing.assert_array_equal(joined, whole["index"])
+            real = whole["mask"]  # padding slots hold filler
+            np.testing.assert_array_equal(np.concatenate([h[k]["mask"] for h in hosts]), real)
+            np.testing.assert_array_equal(np.concatenate([h[k]["ecg"] for h in hosts])[real], whole["ecg"][real])
+
+
 def test_eval_loader_pads_the_last_batch(synthetic_dataset):
     source = builder.open_split(synthetic_dataset.path, "validation")  # 6 examples
     batches = list(BatchLoader(source, 4, shuffle=False, drop_remainder=False, num_epochs=1, process_index=0,

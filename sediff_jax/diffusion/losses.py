@@ -1,0 +1,133 @@
+"""SE-Diff's stage-2 loss (pure function): L_DDPM + lambda L_Euler + gamma L_interlead + mu L_sim.
+
+The simulator terms judge the beat that the frozen beat decoder makes of the denoiser's x0-prediction, so their
+gradient reaches the denoiser through the x0-prediction (the paper's release computes them under no_grad). Each
+record's simulator terms are weighted by its noise level, w(t) = alpha_bar_t ** power (1 at t = 0, ~0 at pure
+noise), so they act where x0 is meaningful. A term whose weight is 0 is not computed at all (exactly zero, no
+cost), which is how the ablations switch them off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from sediff_jax.diffusion.schedule import NoiseSchedule, add_noise, predict_x0, target
+from sediff_jax.simulator.consistency import euler_energy, interlead_energy, simulation_energy
+from sediff_jax.simulator.params import WaveParams
+
+Array = jax.Array
+WEIGHTINGS = ("alpha_bar", "none")
+HR_CLIP_BPM = (30.0, 200.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionLossConfig:
+    """prediction: 'epsilon' or 'v'.  fs: Hz of the decoded ECG.  beat_before_s: R position in the decoded
+    beat, s.  euler_weight (lambda), interlead_weight (gamma), sim_weight (mu): term weights, 0 switches a term
+    off.  interlead_full_signal: also apply L_interlead to the full decoded 10 s ECG (one decoder pass).
+    weighting: 'alpha_bar' (w = alpha_bar_t ** weighting_power) or 'none' (w = 1)."""
+
+    prediction: str = "epsilon"
+    fs: float = 100.0
+    beat_before_s: float = 0.2
+    euler_weight: float = 0.05
+    interlead_weight: float = 0.05
+    sim_weight: float = 0.05
+    interlead_full_signal: bool = True
+    interlead_crop: float = 0.25
+    weighting: str = "alpha_bar"
+    weighting_power: float = 1.0
+
+    def __post_init__(self):
+        if not 0 < self.interlead_crop <= 1:
+            raise ValueError(f"interlead_crop={self.interlead_crop} must be in (0, 1]")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting {self.weighting!r} is unknown; expected one of {WEIGHTINGS}")
+        for name in ("euler_weight", "interlead_weight", "sim_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+
+    @property
+    def uses_simulator(self) -> bool:
+        return self.euler_weight > 0 or self.interlead_weight > 0 or self.sim_weight > 0
+
+    @property
+    def beat_before(self) -> int:
+        return int(round(self.beat_before_s * self.fs))
+
+
+def noise_level_weight(schedule: NoiseSchedule, t: Array, config: DiffusionLossConfig) -> Array:
+    """w(t): (batch,) in [0, 1]."""
+    if config.weighting == "none":
+        return jnp.ones(t.shape, jnp.float32)
+    signal, _ = schedule.signal_and_noise(t)
+    return (signal**2) ** config.weighting_power
+
+
+def _mean(x: Array, w: Array) -> Array:
+    return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1e-12)
+
+
+def diffusion_losses(
+    denoise: Callable[[Array, Array], Array],
+    decode_beat: Callable[[Array], Array],
+    decode_signal: Callable[[Array], Array] | None,
+    schedule: NoiseSchedule,
+    config: DiffusionLossConfig,
+    x0: Array,
+    t: Array,
+    noise: Array,
+    waves: WaveParams,
+    hr_bpm: Array,
+    weight: Array,
+    key: Array | None = None,
+    monitor: bool = False,
+) -> dict[str, Array]:
+    """All stage-2 terms as scalars (batch means weighted by `weight`) and their weighted sum, 'total'.
+
+    denoise(x_t, t) -> prediction (batch, time, C), with its conditions closed over.  decode_beat(x0) -> beat
+    (batch, samples, 12) mV with R at `config.beat_before`; decode_signal(x0) -> (batch, time, 12) mV (used when
+    `interlead_full_signal`).  x0, noise: (batch, time, C) scaled latents.  t: (batch,) int.  waves: the class
+    priors' waves, leaves (batch, 3, 6).  hr_bpm: (batch,) heart rate of the simulator terms (NaN: unknown,
+    that record gets no L_Euler / L_sim).  weight: (batch,) e.g. the loader's mask.  key: picks the decoded
+    window of `interlead_crop` (None: the start).  monitor: also compute the terms whose weight is 0 (for
+    evaluation, so that ablations report every energy); they do not enter 'total'.
+    """
+    weight = weight.astype(jnp.float32)
+    x_t = add_noise(schedule, x0, noise, t)
+    output = denoise(x_t, t)
+    ddpm = jnp.mean((output - target(schedule, config.prediction, x0, noise, t)) ** 2, axis=(1, 2))
+    terms = {"ddpm": _mean(ddpm, weight)}
+    total = terms["ddpm"]
+    if config.uses_simulator or monitor:
+        x0_hat = predict_x0(schedule, config.prediction, x_t, output, t)
+        beat = decode_beat(x0_hat)
+        w = noise_level_weight(schedule, t, config) * weight
+        hr_known = jnp.isfinite(hr_bpm)
+        hr = jnp.clip(jnp.where(hr_known, hr_bpm, 60.0), *HR_CLIP_BPM)
+        w_hr = w * hr_known.astype(jnp.float32)
+        before = config.beat_before
+        if config.euler_weight > 0 or monitor:
+            terms["euler"] = _mean(euler_energy(beat, config.fs, before, waves, hr), w_hr)
+            total = total + config.euler_weight * terms["euler"] if config.euler_weight > 0 else total
+        if config.interlead_weight > 0 or monitor:
+            energy = interlead_energy(beat, config.fs)
+            if config.interlead_full_signal:
+                if decode_signal is None:
+                    raise ValueError("interlead_full_signal needs decode_signal")
+                length = x0_hat.shape[1]
+                window = max(1, int(round(config.interlead_crop * length)))
+                start = 0 if key is None else jax.random.randint(key, (), 0, length - window + 1)
+                crop = jax.lax.dynamic_slice_in_dim(x0_hat, start, window, axis=1)
+                energy = energy + interlead_energy(decode_signal(crop), config.fs)
+            terms["interlead"] = _mean(energy, w)
+            total = total + config.interlead_weight * terms["interlead"] if config.interlead_weight > 0 else total
+        if config.sim_weight > 0 or monitor:
+            terms["sim"] = _mean(simulation_energy(beat, config.fs, before, waves, hr), w_hr)
+            total = total + config.sim_weight * terms["sim"] if config.sim_weight > 0 else total
+    terms["total"] = total
+    return terms

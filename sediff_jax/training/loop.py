@@ -1,0 +1,477 @@
+"""The training loop of both SE-Diff stages: data, model, jitted sharded steps, checkpoints, metrics, resume.
+
+`train(config, workdir)` runs `config.stage` ('vae', 'diffusion' or 'both') under `workdir`:
+```
+workdir/config.json            the resolved config of the last run
+workdir/text_cache.npz         MiniLM encodings of every report seen (stage 2)
+workdir/<stage>/checkpoints/   last N orbax checkpoints (state + loader position + meta)
+workdir/<stage>/best/          the checkpoint with the best validation metric
+workdir/<stage>/metrics.jsonl  one line per logged step (train) and per evaluation (validation)
+workdir/<stage>/tensorboard/   the same as TensorBoard events
+```
+A stage that finds a checkpoint in its directory resumes from it (state, optimiser, EMA, RNG, loader position)
+and reproduces the uninterrupted run. SIGTERM (preemption) saves a checkpoint after the current step and
+returns; so does orbax's multi-host preemption signal. Process 0 writes metrics and the progress bar; every
+process takes part in checkpointing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from sediff_jax.data.builder import VERSION, config_name, open_split
+from sediff_jax.data.canonical import CanonicalConfig
+from sediff_jax.data.loader import BatchLoader, LoaderState
+from sediff_jax.diffusion.losses import DiffusionLossConfig
+from sediff_jax.diffusion.schedule import make_schedule
+from sediff_jax.io.atomic import atomic_path
+from sediff_jax.models.denoiser import DenoiserConfig, LatentDenoiser
+from sediff_jax.models.vae import ECGVAE, VAEConfig
+from sediff_jax.models.vae_losses import VAELossConfig
+from sediff_jax.training import checkpoint as ckpt
+from sediff_jax.training.conditions import ConditionBuilder
+from sediff_jax.training.mesh import host_local_to_global, make_mesh, replicated_sharding
+from sediff_jax.training.metrics import MetricWriter
+from sediff_jax.training.state import (
+    OptimizerConfig, TrainState, abstract_like, init_state, make_optimizer, split_params,
+)
+from sediff_jax.training.steps import (
+    DIFFUSION_BATCH_KEYS, VAE_BATCH_KEYS, DiffusionStepConfig, latent_scale_from, make_diffusion_steps,
+    make_vae_steps,
+)
+
+STAGES = ("vae", "diffusion", "both")
+
+
+class TrainingDiverged(FloatingPointError):
+    """A loss term or the gradient became NaN/Inf; the message names the step and the term."""
+
+
+def from_config(cls, config: ml_collections.ConfigDict | dict, **overrides):
+    """Instantiate dataclass `cls` from the matching fields of `config` (lists become tuples)."""
+    values = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in dict(config).items():
+        if key in names:
+            values[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+    values.update(overrides)
+    return cls(**values)
+
+
+# -- data -----------------------------------------------------------------------------------------------------
+
+def canonical_config(config: ml_collections.ConfigDict) -> CanonicalConfig:
+    return CanonicalConfig(fs=float(config.data.fs), duration_s=float(config.data.duration_s),
+                           highpass_hz=config.data.get("highpass_hz"))
+
+
+def prepared_path(config: ml_collections.ConfigDict) -> str:
+    """The prepared dataset of `config.data`; built first when missing and `data.prepare_if_missing`."""
+    data = config.data
+    path = os.path.join(data.prepared_dir, data.dataset, config_name(canonical_config(config)), VERSION)
+    if os.path.exists(os.path.join(path, "dataset_info.json")):
+        return path
+    if not data.get("prepare_if_missing", True):
+        raise FileNotFoundError(f"{path}: prepared dataset not found (run experiments/prepare_data.py or set "
+                                "data.prepare_if_missing)")
+    if jax.process_count() > 1:
+        raise FileNotFoundError(f"{path}: prepare the dataset before a multi-host run")
+    from sediff_jax.data.prepare import PrepareConfig, prepare
+
+    source = data.get("source_dir") or ""
+    if data.dataset != "synthetic" and not source:
+        raise ValueError(f"data.source_dir is needed to prepare {data.dataset}")
+    logging.info("preparing %s into %s", data.dataset, path)
+    report = prepare(PrepareConfig(dataset=data.dataset, out_dir=data.prepared_dir, source_dir=source,
+                                   canonical=canonical_config(config), num_synthetic=data.get("num_synthetic", 200),
+                                   seed=data.get("synthetic_seed", 0), num_workers=data.get("num_workers", 1)))
+    logging.info("%s", report.summary())
+    return path
+
+
+def numeric_batch(batch: dict[str, Any], keys: tuple[str, ...], mesh) -> dict[str, jax.Array]:
+    """The step's inputs of a host batch as global batch-sharded arrays."""
+    return host_local_to_global({k: batch[k] for k in keys}, mesh)
+
+
+# -- the loop --------------------------------------------------------------------------------------------------
+
+class _StopFlag:
+    """Set by SIGTERM while training; the loop saves and returns after the current step. Single-process only:
+    with several processes, preemption goes through JAX's distributed preemption notifier, which orbax's
+    `reached_preemption` reads in sync on every host (a local flag would let the hosts diverge)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        if jax.process_count() > 1:
+            return self
+
+        def handler(signum, frame):
+            logging.warning("signal %d: saving a checkpoint after this step", signum)
+            self.requested = True
+
+        for sig in (signal.SIGTERM,):
+            try:
+                self._previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+def _bad_terms(metrics: dict[str, Any]) -> str:
+    """'name = value' of every non-finite metric, the loss terms before the total."""
+    bad = [(name, float(np.asarray(value))) for name, value in metrics.items()
+           if name != "finite" and not np.isfinite(np.asarray(value)).all()]
+    bad.sort(key=lambda item: item[0] == "total")
+    return ", ".join(f"{name} = {value}" for name, value in bad) or "the gradient norm"
+
+
+@dataclasses.dataclass
+class StageResult:
+    stage: str
+    step: int
+    stopped_early: bool
+    last_metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+    seconds: float
+    test_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def run_loop(
+    *,
+    stage: str,
+    stage_dir: str,
+    config: ml_collections.ConfigDict,
+    state: TrainState,
+    start_step: int,
+    loader: BatchLoader,
+    train_step: Callable[[TrainState, dict], tuple[TrainState, dict]],
+    to_inputs: Callable[[dict], dict],
+    evaluate: Callable[[TrainState], dict[str, float]],
+    best_metric: str,
+    meta: dict,
+    checkpointer: ckpt.Checkpointer,
+) -> tuple[TrainState, StageResult]:
+    """Steps `start_step` .. training.num_steps with logging, evaluation, checkpoints and the NaN guard."""
+    training = config.training
+    num_steps = int(training.num_steps)
+    writer = MetricWriter(stage_dir, tensorboard=training.get("tensorboard", True), resume_step=start_step)
+    progress = None
+    if jax.process_index() == 0 and training.get("progress_bar", True):
+        from tqdm import tqdm
+
+        progress = tqdm(total=num_steps, initial=start_step, desc=stage, unit="step", dynamic_ncols=True)
+    pending: tuple[int, dict] | None = None  # the previous step's metrics, checked one step late (no stall)
+    last, eval_metrics, stopped, t0 = {}, {}, False, time.time()
+
+    def check(step: int, metrics: dict) -> dict[str, float]:
+        host = jax.device_get(metrics)
+        if not bool(host["finite"]):
+            raise TrainingDiverged(
+                f"{stage} step {step}: {_bad_terms(host)} not finite; the update was skipped and training "
+                f"stopped (last checkpoint: step {checkpointer.latest_step()}). Lower the learning rate or check "
+                "the batch.")
+        return {k: float(v) for k, v in host.items() if k != "finite"}
+
+    step = start_step
+    try:
+        with _StopFlag() as stop:
+            while step < num_steps:
+                batch = next(loader)
+                state, metrics = train_step(state, to_inputs(batch))
+                step += 1
+                if pending is not None:
+                    check(*pending)
+                pending = (step, metrics)
+                final = step == num_steps
+                if step % training.log_every == 0 or final:
+                    last = check(*pending)
+                    writer.write(step, dict(last, learning_rate_step=step))
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{last['total']:.4g}")
+                if step % training.eval_every == 0 or final:
+                    eval_metrics = evaluate(state)
+                    writer.write(step, eval_metrics, prefix="validation")
+                    checkpointer.save_best(step, state, meta, eval_metrics[best_metric])
+                halt = training.get("halt_at_step", 0)
+                preempted = stop.requested or checkpointer.reached_preemption(step) or (halt and step == halt)
+                if step % training.checkpoint_every == 0 or final or preempted:
+                    checkpointer.save(step, state, json.loads(loader.state().to_json()), meta, force=True)
+                if progress is not None:
+                    progress.update(1)
+                if preempted and not final:
+                    logging.warning("%s: stopped at step %d on request; resume by running again", stage, step)
+                    stopped = True
+                    break
+            if pending is not None:
+                last = check(*pending) or last
+    finally:
+        checkpointer.wait()
+        writer.close()
+        if progress is not None:
+            progress.close()
+        loader.close()
+    return state, StageResult(stage, step, stopped, last, eval_metrics, time.time() - t0)
+
+
+def _resume(checkpointer: ckpt.Checkpointer, stage_dir: str, state: TrainState, mesh, meta: dict
+            ) -> tuple[TrainState, LoaderState | None, int, dict]:
+    step = checkpointer.latest_step()
+    if step is None:
+        return state, None, 0, meta
+    abstract = abstract_like(state, replicated_sharding(mesh))
+    state, loader_json, saved_meta, step = ckpt.restore(stage_dir, abstract, step)
+    for key in ("model", "stage"):
+        if key in meta and saved_meta.get(key) != meta[key]:
+            raise ckpt.CheckpointError(
+                f"{stage_dir}: the checkpoint at step {step} has {key} {saved_meta.get(key)!r}, this run "
+                f"{meta[key]!r}; use a new workdir or the same config")
+    logging.info("resumed %s at step %d", stage_dir, step)
+    loader_state = LoaderState(**loader_json) if loader_json else None
+    return state, loader_state, step, {**meta, **{k: v for k, v in saved_meta.items() if k not in meta}}
+
+
+def _open(config, split: str):
+    return open_split(prepared_path(config), split)
+
+
+def _eval_loader(config, source, batch_size: int) -> BatchLoader:
+    return BatchLoader(source, batch_size, shuffle=False, drop_remainder=False, num_epochs=1, prefetch=1)
+
+
+def _mesh_checked(config) -> Any:
+    mesh = make_mesh()
+    if config.training.batch_size % mesh.devices.size:
+        raise ValueError(f"training.batch_size {config.training.batch_size} must be a multiple of the "
+                         f"{mesh.devices.size} devices")
+    return mesh
+
+
+def vae_config(config: ml_collections.ConfigDict) -> VAEConfig:
+    fs = float(config.data.fs)
+    loss = from_config(VAELossConfig, config.vae.loss, fs=fs)
+    return from_config(VAEConfig, config.vae.model, beat_samples=loss.beat_samples)
+
+
+def build_vae(config: ml_collections.ConfigDict, seed: int) -> ECGVAE:
+    return ECGVAE(vae_config(config), rngs=nnx.Rngs(seed))
+
+
+def train_vae(config: ml_collections.ConfigDict, workdir: str) -> StageResult:
+    stage_dir = os.path.join(workdir, "vae")
+    mesh = _mesh_checked(config.vae)
+    training = config.vae.training
+    loss_config = from_config(VAELossConfig, config.vae.loss, fs=float(config.data.fs))
+    model = build_vae(config, config.seed)
+    graphdef, params = split_params(model)
+    opt = from_config(OptimizerConfig, config.vae.optimizer, total_steps=int(training.num_steps))
+    tx = make_optimizer(opt)
+    state = jax.device_put(init_state(params, tx, config.seed), replicated_sharding(mesh))
+    meta = {"stage": "vae", "model": dataclasses.asdict(vae_config(config)), "fs": float(config.data.fs),
+            "loss": dataclasses.asdict(loss_config)}
+    meta = json.loads(json.dumps(meta))
+    checkpointer = ckpt.Checkpointer(stage_dir, training.get("max_to_keep", 3))
+    state, loader_state, start, meta = _resume(checkpointer, stage_dir, state, mesh, meta)
+    train_step, eval_step = make_vae_steps(graphdef, tx, loss_config, opt.ema_decay, mesh)
+    loader = BatchLoader(_open(config, config.data.train_split), training.batch_size, seed=config.seed,
+                         state=loader_state, prefetch=config.data.get("prefetch", 2))
+    eval_source = _open(config, config.data.eval_split)
+
+    def evaluate(state: TrainState, source=eval_source, max_batches=training.get("max_eval_batches", 1 << 30)
+                 ) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        eval_loader = _eval_loader(config, source, training.batch_size)
+        for k, batch in enumerate(eval_loader):
+            if k >= max_batches:
+                break
+            s, _ = eval_step(state.ema_params, numeric_batch(batch, VAE_BATCH_KEYS, mesh))
+            for name, v in jax.device_get(s).items():
+                sums[name] = sums.get(name, 0.0) + float(v)
+        eval_loader.close()
+        n = max(sums.get("samples", 0.0), 1.0)
+        return {"mae_mv": sums["abs_error"] / n, "rmse_mv": math.sqrt(sums["squared_error"] / n)}
+
+    state, result = run_loop(stage="vae", stage_dir=stage_dir, config=config.vae, state=state, start_step=start,
+                             loader=loader, train_step=train_step,
+                             to_inputs=lambda b: numeric_batch(b, VAE_BATCH_KEYS, mesh), evaluate=evaluate,
+                             best_metric="mae_mv", meta=meta, checkpointer=checkpointer)
+    checkpointer.close()
+    return _test(config, result, lambda source: evaluate(state, source, 1 << 30), stage_dir)
+
+
+def load_vae(directory: str, which: str = "best") -> tuple[nnx.GraphDef, Any, dict]:
+    """(graphdef, EMA params, meta) of a trained VAE stage directory (`<workdir>/vae`)."""
+    meta, _ = ckpt.read_meta(directory, which)
+    if meta.get("stage") != "vae":
+        raise ckpt.CheckpointError(f"{directory}: not a VAE checkpoint (stage {meta.get('stage')!r})")
+    config = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items()})
+    model = ECGVAE(config, rngs=nnx.Rngs(0))
+    graphdef, params = split_params(model)
+    tx = make_optimizer(OptimizerConfig())
+    abstract = jax.eval_shape(lambda: init_state(params, tx, 0))
+    abstract = abstract_like(abstract, replicated_sharding(make_mesh()))
+    try:
+        state, _, meta, _ = ckpt.restore(directory, abstract, which=which)
+    except ckpt.CheckpointError:
+        raise
+    return graphdef, state.ema_params, meta
+
+
+def denoiser_config(config: ml_collections.ConfigDict, latent_channels: int, context_dim: int) -> DenoiserConfig:
+    return from_config(DenoiserConfig, config.diffusion.model, latent_channels=latent_channels,
+                       context_dim=context_dim)
+
+
+def train_diffusion(config: ml_collections.ConfigDict, workdir: str) -> StageResult:
+    from sediff_jax.simulator.priors import load_prior
+    from sediff_jax.text import TextCache, make_text_encoder
+
+    stage_dir = os.path.join(workdir, "diffusion")
+    dcfg = config.diffusion
+    mesh = _mesh_checked(dcfg)
+    training = dcfg.training
+    vae_dir = dcfg.get("vae_checkpoint") or os.path.join(workdir, "vae")
+    vae_graphdef, vae_params, vae_meta = load_vae(vae_dir, which="best")
+    vae_params = jax.device_put(vae_params, replicated_sharding(mesh))
+    if abs(float(vae_meta["fs"]) - float(config.data.fs)) > 1e-6:
+        raise ckpt.CheckpointError(f"{vae_dir}: the VAE was trained at {vae_meta['fs']} Hz, data.fs is {config.data.fs}")
+    vae_model = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vae_meta["model"].items()})
+
+    encoder = make_text_encoder(config.text.encoder, max_length=config.text.max_length)
+    text_cache = TextCache(encoder, os.path.join(workdir, f"text_cache_{config.text.encoder}.npz"))
+    prior = load_prior(dcfg.get("prior") or None)
+    class_names = prior.class_names
+    wave_table = prior.wave_table(class_names)
+    conditions = ConditionBuilder(text_cache, class_names)
+
+    def save_text_cache():
+        if jax.process_index() == 0:  # one writer of the shared workdir
+            text_cache.save()
+
+    model_config = denoiser_config(config, vae_model.latent_channels, encoder.dim)
+    model = LatentDenoiser(model_config, rngs=nnx.Rngs(config.seed + 1))
+    graphdef, params = split_params(model)
+    opt = from_config(OptimizerConfig, dcfg.optimizer, total_steps=int(training.num_steps))
+    tx = make_optimizer(opt)
+    state = jax.device_put(init_state(params, tx, config.seed + 1), replicated_sharding(mesh))
+    loss_config = from_config(DiffusionLossConfig, dcfg.loss, fs=float(config.data.fs),
+                              beat_before_s=float(config.vae.loss.beat_before_s))
+    meta = {"stage": "diffusion", "model": dataclasses.asdict(model_config),
+            "vae": {"directory": os.path.abspath(vae_dir), "model": vae_meta["model"]},
+            "schedule": {"kind": dcfg.schedule.kind, "num_steps": int(dcfg.schedule.num_steps)},
+            "loss": dataclasses.asdict(loss_config), "fs": float(config.data.fs),
+            "duration_s": float(config.data.duration_s), "text_encoder": encoder.id,
+            "prior": str(dcfg.get("prior") or "default"),
+            "prior_classes": list(class_names)}
+    meta = json.loads(json.dumps(meta))
+    checkpointer = ckpt.Checkpointer(stage_dir, training.get("max_to_keep", 3))
+    state, loader_state, start, meta = _resume(checkpointer, stage_dir, state, mesh, meta)
+    train_source = _open(config, config.data.train_split)
+
+    if "latent_scale" not in meta:  # a fresh run: unit-variance latents, from the first training examples
+        vae = nnx.merge(vae_graphdef, vae_params)
+        encode = jax.jit(lambda ecg: vae.encode(ecg)[0])
+        probe = BatchLoader(train_source, training.batch_size, seed=config.seed, shuffle=False, num_epochs=1,
+                            prefetch=0, process_index=0, process_count=1)
+        batches = [b["ecg"] for _, b in zip(range(dcfg.get("latent_scale_batches", 4)), probe)]
+        probe.close()
+        meta["latent_scale"] = latent_scale_from(encode, batches)
+        logging.info("latent scale %.4f", meta["latent_scale"])
+    schedule = make_schedule(dcfg.schedule.kind, int(dcfg.schedule.num_steps))
+    step_config = DiffusionStepConfig(latent_scale=float(meta["latent_scale"]),
+                                      condition_dropout=tuple(dcfg.condition_dropout))
+    train_step, eval_step = make_diffusion_steps(graphdef, vae_graphdef, tx, schedule, loss_config, step_config,
+                                                 wave_table, opt.ema_decay, mesh)
+    loader = BatchLoader(train_source, training.batch_size, seed=config.seed, state=loader_state,
+                         prefetch=config.data.get("prefetch", 2))
+    eval_source = _open(config, config.data.eval_split)
+
+    def to_inputs(batch):
+        return numeric_batch(conditions(batch), DIFFUSION_BATCH_KEYS, mesh)
+
+    def evaluate(state: TrainState, source=eval_source, max_batches=training.get("max_eval_batches", 1 << 30)
+                 ) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        count = 0.0
+        eval_loader = _eval_loader(config, source, training.batch_size)
+        for k, batch in enumerate(eval_loader):  # fixed noise per batch: comparable across evaluations
+            if k >= max_batches:
+                break
+            terms, n = eval_step(state.ema_params, vae_params, jax.random.PRNGKey(1000 + k), to_inputs(batch))
+            n = float(n)
+            for name, v in jax.device_get(terms).items():
+                sums[name] = sums.get(name, 0.0) + float(v) * n
+            count += n
+        eval_loader.close()
+        save_text_cache()
+        return {name: v / max(count, 1.0) for name, v in sums.items()}
+
+    state, result = run_loop(stage="diffusion", stage_dir=stage_dir, config=dcfg, state=state, start_step=start,
+                             loader=loader, train_step=lambda s, b: train_step(s, vae_params, b),
+                             to_inputs=to_inputs, evaluate=evaluate, best_metric="ddpm", meta=meta,
+                             checkpointer=checkpointer)
+    result = _test(config, result, lambda source: evaluate(state, source, 1 << 30), stage_dir)
+    save_text_cache()
+    checkpointer.close()
+    return result
+
+
+def _test(config, result: StageResult, evaluate: Callable, stage_dir: str) -> StageResult:
+    """After a completed stage: evaluate the final EMA weights on the whole test split (`data.test_split`,
+    '' to skip) and write `<stage>/test_metrics.json`."""
+    split = config.data.get("test_split", "")
+    if result.stopped_early or not split:
+        return result
+    result.test_metrics = evaluate(_open(config, split))
+    if jax.process_index() == 0:
+        with atomic_path(os.path.join(stage_dir, "test_metrics.json")) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"split": split, "step": result.step, **result.test_metrics}, f, indent=1)
+    return result
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    with atomic_path(os.path.join(workdir, "config.json")) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> list[StageResult]:
+    """Run `config.stage` under `workdir`; returns one StageResult per stage run."""
+    if config.stage not in STAGES:
+        raise ValueError(f"stage {config.stage!r} is unknown; expected one of {STAGES}")
+    if not config.data.prepared_dir:
+        with config.unlocked():
+            config.data.prepared_dir = os.path.join(workdir, "prepared")
+    write_config(config, workdir)
+    results = []
+    if config.stage in ("vae", "both"):
+        results.append(train_vae(config, workdir))
+        if results[-1].stopped_early:
+            return results
+    if config.stage in ("diffusion", "both"):
+        results.append(train_diffusion(config, workdir))
+    return results
+

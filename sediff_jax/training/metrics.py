@@ -1,0 +1,76 @@
+"""Metric writers: one JSON line per logged step (`metrics.jsonl`) and TensorBoard events (tensorboardX), from
+process 0 only. Lines are flushed as written, so a killed run keeps everything logged so far; on resume, lines
+for steps after the restored checkpoint are dropped first (they are about to be recomputed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Mapping
+
+import jax
+
+
+class MetricWriter:
+    def __init__(self, directory: str, tensorboard: bool = True, resume_step: int | None = None):
+        self.active = jax.process_index() == 0
+        self.path = os.path.join(directory, "metrics.jsonl")
+        self._tb = None
+        if not self.active:
+            return
+        os.makedirs(directory, exist_ok=True)
+        if resume_step is not None and os.path.exists(self.path):
+            self._truncate_after(resume_step)
+        self._file = open(self.path, "a", encoding="utf-8")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(directory, "tensorboard"))
+
+    def _truncate_after(self, step: int) -> None:
+        keep = []
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    if json.loads(line)["step"] <= step:
+                        keep.append(line if line.endswith("\n") else line + "\n")
+                except (ValueError, KeyError):
+                    continue  # a line cut by a kill
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(keep)
+        os.replace(tmp, self.path)
+
+    def write(self, step: int, metrics: Mapping[str, float], prefix: str = "train") -> None:
+        if not self.active:
+            return
+        values = {k: float(v) for k, v in metrics.items()}
+        record = {"step": int(step), "split": prefix,
+                  **{k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                self._tb.add_scalar(f"{prefix}/{k}", v, step)
+
+    def close(self) -> None:
+        if not self.active:
+            return
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: str, split: str | None = "train") -> list[dict]:
+    """The records of a metrics.jsonl (optionally of one split), in order."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if split is None or record.get("split") == split:
+                records.append(record)
+    return records

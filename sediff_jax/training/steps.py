@@ -1,0 +1,173 @@
+"""Jitted, data-parallel train and eval steps of both stages.
+
+Each step is one `jax.jit` over a `Mesh` (DESIGN.md, "Parallelism"): the train state is replicated, the batch is
+sharded along `data`, XLA inserts the gradient all-reduce, and random numbers are drawn for the global batch
+from `fold_in(state.rng, state.step)` (partitionable threefry), so the same seed gives the same step on 1 or N
+devices. A step whose loss terms or gradient norm are not finite leaves the state unchanged and reports
+`finite = False`; the loop then stops and names the step and term.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from sediff_jax.diffusion.losses import DiffusionLossConfig, diffusion_losses
+from sediff_jax.diffusion.schedule import NoiseSchedule
+from sediff_jax.models.denoiser import METADATA, TEXT
+from sediff_jax.models.vae_losses import VAELossConfig, vae_losses
+from sediff_jax.simulator.params import WaveParams
+from sediff_jax.training.mesh import batch_sharding, replicated_sharding
+from sediff_jax.training.state import TrainState, apply_gradients, keep_if_finite
+
+Array = jax.Array
+Batch = dict[str, Array]
+VAE_BATCH_KEYS = ("ecg", "r_peaks", "mask")
+DIFFUSION_BATCH_KEYS = ("ecg", "mask", "hr_bpm", "age", "sex", "text_tokens", "text_mask", "experience_tokens",
+                        "experience_mask", "class_index")
+
+
+def _finite(terms: dict[str, Array], grads) -> Array:
+    ok = jnp.all(jnp.stack([jnp.isfinite(v) for v in terms.values()]))
+    return ok & jnp.isfinite(optax.tree.norm(grads))
+
+
+def _jit(fn: Callable, mesh: Mesh, num_replicated: int, donate: bool = True) -> Callable:
+    """jit `fn(state, *replicated_inputs, batch)` with the state and inputs replicated and the batch sharded."""
+    rep, data = replicated_sharding(mesh), batch_sharding(mesh)
+    return jax.jit(fn, in_shardings=(rep,) * num_replicated + (data,), out_shardings=(rep, rep),
+                   donate_argnums=(0,) if donate else ())
+
+
+# -- stage 1 -------------------------------------------------------------------------------------------------
+
+def make_vae_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_config: VAELossConfig,
+                   ema_decay: float, mesh: Mesh) -> tuple[Callable, Callable]:
+    """(train_step(state, batch) -> (state, metrics), eval_step(params, batch) -> (sums, count)).
+
+    batch: ecg (b, time, 12) mV, r_peaks (b, max_peaks) int32 (-1 padded), mask (b,) bool.
+    eval sums: 'abs_error' (mV, summed over samples and leads), 'squared_error', 'samples' (count).
+    """
+
+    def loss_fn(params, batch, key):
+        outputs = nnx.merge(graphdef, params)(batch["ecg"], key)
+        terms = vae_losses(outputs, batch["ecg"], batch["r_peaks"], loss_config, batch["mask"])
+        return terms["total"], terms
+
+    def train_step(state: TrainState, batch: Batch):
+        key = jax.random.fold_in(state.rng, state.step)
+        (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
+        finite = _finite(terms, grads)
+        new = apply_gradients(state, grads, tx, ema_decay)
+        metrics = dict(terms, grad_norm=optax.tree.norm(grads), finite=finite)
+        return keep_if_finite(finite, new, state), metrics
+
+    def eval_step(params, batch: Batch):
+        outputs = nnx.merge(graphdef, params)(batch["ecg"], None)
+        w = batch["mask"].astype(jnp.float32)[:, None, None]
+        error = (outputs["reconstruction"] - batch["ecg"]) * w
+        sums = {"abs_error": jnp.sum(jnp.abs(error)), "squared_error": jnp.sum(error**2),
+                "samples": jnp.sum(w) * error.shape[1] * error.shape[2]}
+        return sums, jnp.sum(batch["mask"])
+
+    return _jit(train_step, mesh, 1), _jit(eval_step, mesh, 1, donate=False)
+
+
+# -- stage 2 -------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionStepConfig:
+    """latent_scale: multiplies the VAE latent mean into the diffusion latent (unit variance).
+    condition_dropout: probability of dropping (text, experience, metadata) per record, for guidance."""
+
+    latent_scale: float = 1.0
+    condition_dropout: tuple[float, float, float] = (0.1, 0.1, 0.1)
+
+
+def conditions_from_batch(batch: Batch) -> dict[str, Array]:
+    return {"text_tokens": batch["text_tokens"], "text_mask": batch["text_mask"],
+            "experience_tokens": batch["experience_tokens"], "experience_mask": batch["experience_mask"],
+            "age": batch["age"], "sex": batch["sex"], "hr": batch["hr_bpm"]}
+
+
+def make_diffusion_steps(
+    graphdef: nnx.GraphDef,
+    vae_graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    schedule: NoiseSchedule,
+    loss_config: DiffusionLossConfig,
+    step_config: DiffusionStepConfig,
+    wave_table: WaveParams,
+    ema_decay: float,
+    mesh: Mesh,
+) -> tuple[Callable, Callable]:
+    """(train_step(state, vae_params, batch) -> (state, metrics), eval_step(params, vae_params, batch, key)).
+
+    The VAE is frozen: its parameters are an input (replicated), not a compiled-in constant. batch: ecg
+    (b, time, 12) mV, mask, hr_bpm, age, sex, text_tokens (b, Lt, d), text_mask, experience_tokens (b, Le, d),
+    experience_mask, class_index (b,) int32 into `wave_table` (leaves (num_classes, 3, 6)).
+    Evaluation reports every simulator energy, also those switched off for training (ablations).
+    The simulator terms (L_Euler, L_sim) count only for records whose text and metadata were kept (the model
+    was told the class and heart rate); L_interlead counts for every record.
+    """
+    scale = step_config.latent_scale
+    dropout = jnp.asarray(step_config.condition_dropout, jnp.float32)
+
+    def losses(params, vae_params, batch, key, drop_conditions: bool):
+        k_t, k_noise, k_drop, k_crop = jax.random.split(key, 4)
+        vae = nnx.merge(vae_graphdef, vae_params)
+        mean, _ = vae.encode(batch["ecg"])
+        x0 = jax.lax.stop_gradient(mean) * scale
+        b = x0.shape[0]
+        t = jax.random.randint(k_t, (b,), 0, schedule.num_steps)
+        noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+        if drop_conditions:
+            drop = jax.random.uniform(k_drop, (b, 3)) < dropout
+        else:
+            drop = jnp.zeros((b, 3), bool)
+        denoiser = nnx.merge(graphdef, params)
+        conditions = conditions_from_batch(batch)
+        waves = jax.tree.map(lambda table: table[batch["class_index"]], wave_table)
+        told = ~(drop[:, TEXT] | drop[:, METADATA])
+        hr = jnp.where(told, batch["hr_bpm"], jnp.nan)
+        return diffusion_losses(
+            lambda x_t, t_: denoiser(x_t, t_, conditions, drop),
+            lambda x: vae.beat_decoder(x / scale),
+            lambda x: vae.decoder(x / scale),
+            schedule, loss_config, x0, t, noise, waves, hr, batch["mask"], k_crop, monitor=not drop_conditions)
+
+    def loss_fn(params, vae_params, batch, key):
+        terms = losses(params, vae_params, batch, key, True)
+        return terms["total"], terms
+
+    def train_step(state: TrainState, vae_params, batch: Batch):
+        key = jax.random.fold_in(state.rng, state.step)
+        (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, vae_params, batch, key)
+        finite = _finite(terms, grads)
+        new = apply_gradients(state, grads, tx, ema_decay)
+        metrics = dict(terms, grad_norm=optax.tree.norm(grads), finite=finite)
+        return keep_if_finite(finite, new, state), metrics
+
+    def eval_step(params, vae_params, key, batch: Batch):
+        terms = losses(params, vae_params, batch, key, False)
+        return terms, jnp.sum(batch["mask"])
+
+    rep, data = replicated_sharding(mesh), batch_sharding(mesh)
+    train = jax.jit(train_step, in_shardings=(rep, rep, data), out_shardings=(rep, rep), donate_argnums=(0,))
+    evaluate = jax.jit(eval_step, in_shardings=(rep, rep, rep, data), out_shardings=(rep, rep))
+    return train, evaluate
+
+
+def latent_scale_from(encode: Callable[[Any], Array], batches) -> float:
+    """1 / std of the VAE latent means over `batches` (host iterable of ECG arrays), as in latent diffusion."""
+    values = [jnp.asarray(encode(b)).ravel() for b in batches]
+    std = float(jnp.std(jnp.concatenate(values)))
+    if not std > 0:
+        raise ValueError(f"the VAE latents have std {std}; is the VAE trained?")
+    return 1.0 / std

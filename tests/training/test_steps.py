@@ -1,0 +1,224 @@
+"""Train steps of both stages: 8-device sharded vs single device, simulator-loss gradients, the NaN guard."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sediff_jax import simulator as sim
+from sediff_jax.data.rpeaks import detect_r_peaks
+from sediff_jax.diffusion.losses import DiffusionLossConfig, diffusion_losses
+from sediff_jax.diffusion.schedule import make_schedule
+from sediff_jax.models.denoiser import DenoiserConfig, LatentDenoiser
+from sediff_jax.models.vae import ECGVAE, VAEConfig
+from sediff_jax.models.vae_losses import VAELossConfig
+from sediff_jax.simulator.priors import load_prior
+from sediff_jax.training.mesh import make_mesh, replicated_sharding
+from sediff_jax.training.state import OptimizerConfig, init_state, make_optimizer, split_params
+from sediff_jax.training.steps import (
+    DIFFUSION_BATCH_KEYS, VAE_BATCH_KEYS, DiffusionStepConfig, conditions_from_batch, make_diffusion_steps,
+    make_vae_steps,
+)
+
+FS = 100.0
+B = 8
+VAE_CONFIG = VAEConfig(channels=(8, 16, 16), beat_hidden=16, num_groups=4, beat_samples=60)
+DENOISER_CONFIG = DenoiserConfig(channels=(16, 16), attention=(False, True), num_heads=2, context_dim=32,
+                                 time_embed_dim=16, num_groups=4)
+PRIOR = load_prior()
+_SCHEDULES = {"cosine50": make_schedule("cosine", 50)}
+WAVES = PRIOR.wave_table(PRIOR.class_names)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """8 simulated 10 s records at 100 Hz with their R peaks and made-up conditions."""
+    names = list(sim.PRESETS)
+    params = sim.stack_params([sim.preset_params(names[i % len(names)]) for i in range(B)])
+    ecg = np.asarray(sim.simulate_batch(params, jax.random.split(jax.random.key(0), B),
+                                        sim.SimulatorConfig(duration_s=10.0, fs=FS)), np.float32)
+    peaks = np.full((B, 51), -1, np.int32)
+    for i in range(B):
+        p = detect_r_peaks(ecg[i], FS)[:51]
+        peaks[i, : len(p)] = p
+    rng = np.random.default_rng(0)
+    mask = np.ones(B, bool)
+    mask[-1] = False  # a padding slot
+    return {
+        "ecg": ecg, "r_peaks": peaks, "mask": mask,
+        "hr_bpm": np.array([60, 75, np.nan, 90, 110, 50, 70, 80], np.float32),
+        "age": np.array([50, np.nan, 30, 70, 60, 45, 80, 20], np.float32),
+        "sex": np.array([0, 1, -1, 0, 1, 0, 1, 0], np.int32),
+        "text_tokens": rng.normal(size=(B, 6, 32)).astype(np.float32),
+        "text_mask": np.arange(6)[None] < rng.integers(1, 7, size=(B, 1)),
+        "experience_tokens": np.zeros((B, 1, 32), np.float32), "experience_mask": np.zeros((B, 1), bool),
+        "class_index": rng.integers(0, len(PRIOR.class_names), size=B).astype(np.int32),
+    }
+
+
+def _vae_setup():
+    graphdef, params = split_params(ECGVAE(VAE_CONFIG, rngs=nnx.Rngs(0)))
+    tx = make_optimizer(OptimizerConfig(learning_rate=1e-3, warmup_steps=1, total_steps=10))
+    return graphdef, params, tx
+
+
+def _tree_allclose(a, b, **kw):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)
+
+
+def _run(steps_for_mesh, state, inputs, mesh, num_steps=2):
+    state = jax.device_put(jax.tree.map(np.array, state), replicated_sharding(mesh))  # own buffers (donated)
+    metrics = []
+    for _ in range(num_steps):
+        state, m = steps_for_mesh(state, inputs)
+        metrics.append(jax.device_get(m))
+    return jax.device_get(state), metrics
+
+
+def test_vae_step_sharded_over_8_devices_matches_single_device(batch):
+    assert len(jax.devices()) == 8
+    graphdef, params, tx = _vae_setup()
+    loss_config = VAELossConfig(fs=FS)
+    inputs = {k: batch[k] for k in VAE_BATCH_KEYS}
+    results = {}
+    for n in (1, 8):
+        mesh = make_mesh(jax.devices()[:n])
+        step, _ = make_vae_steps(graphdef, tx, loss_config, 0.9, mesh)
+        results[n] = _run(step, init_state(params, tx, 0), inputs, mesh)
+    (s1, m1), (s8, m8) = results[1], results[8]
+    for a, b in zip(m1, m8):
+        assert a["finite"] and b["finite"]
+        np.testing.assert_allclose(a["total"], b["total"], rtol=1e-5)
+    _tree_allclose(s1.params, s8.params, rtol=1e-4, atol=1e-6)
+    _tree_allclose(s1.ema_params, s8.ema_params, rtol=1e-4, atol=1e-6)
+    assert int(s8.step) == 2
+    assert not np.allclose(jax.tree.leaves(s8.params)[0], jax.tree.leaves(params)[0])  # it did train
+
+
+def _diffusion_setup(loss_config):
+    vae_graphdef, vae_params = split_params(ECGVAE(VAE_CONFIG, rngs=nnx.Rngs(0)))
+    graphdef, params = split_params(LatentDenoiser(DENOISER_CONFIG, rngs=nnx.Rngs(1)))
+    tx = make_optimizer(OptimizerConfig(learning_rate=1e-3, warmup_steps=1, total_steps=10))
+    return vae_graphdef, vae_params, graphdef, params, tx, "cosine50"
+
+
+def test_diffusion_step_with_simulator_terms_sharded_matches_single_device(batch):
+    loss_config = DiffusionLossConfig(fs=FS)  # every term on, including the diffrax solve
+    vae_graphdef, vae_params, graphdef, params, tx, schedule = _diffusion_setup(loss_config)
+    inputs = {k: batch[k] for k in DIFFUSION_BATCH_KEYS}
+    results = {}
+    for n in (1, 8):
+        mesh = make_mesh(jax.devices()[:n])
+        step, _ = make_diffusion_steps(graphdef, vae_graphdef, tx, _SCHEDULES[schedule], loss_config,
+                                       DiffusionStepConfig(latent_scale=2.0), WAVES, 0.99, mesh)
+        vae = jax.device_put(vae_params, replicated_sharding(mesh))
+        results[n] = _run(lambda s, b: step(s, vae, b), init_state(params, tx, 3), inputs, mesh)
+    (s1, m1), (s8, m8) = results[1], results[8]
+    for a, b in zip(m1, m8):
+        assert a["finite"] and b["finite"]
+        for term in ("ddpm", "euler", "interlead", "sim", "total"):
+            np.testing.assert_allclose(a[term], b[term], rtol=1e-4, err_msg=term)
+    _tree_allclose(s1.params, s8.params, rtol=1e-4, atol=1e-6)
+
+
+def _loss_and_grads(loss_config, batch, params, graphdef, vae_graphdef, vae_params, schedule):
+    return _jitted_loss_and_grads(loss_config, graphdef, vae_graphdef, schedule)(batch, params, vae_params)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_loss_and_grads(loss_config, graphdef, vae_graphdef, schedule_id):
+    schedule = _SCHEDULES[schedule_id]
+    return jax.jit(functools.partial(_loss_and_grads_impl, loss_config, graphdef=graphdef,
+                                     vae_graphdef=vae_graphdef, schedule=schedule))
+
+
+def _loss_and_grads_impl(loss_config, batch, params, vae_params, *, graphdef, vae_graphdef, schedule):
+    """Total loss and its gradient w.r.t. the denoiser's parameters, with every condition kept."""
+    b = {k: jnp.asarray(v) for k, v in batch.items()}
+    vae = nnx.merge(vae_graphdef, vae_params)
+    x0 = vae.encode(b["ecg"])[0] * 2.0
+    key_t, key_n = jax.random.split(jax.random.key(5))
+    t = jax.random.randint(key_t, (B,), 0, 10)  # low noise: the simulator weights are large
+    noise = jax.random.normal(key_n, x0.shape)
+    waves = jax.tree.map(lambda table: table[b["class_index"]], WAVES)
+
+    def loss(p):
+        denoiser = nnx.merge(graphdef, p)
+        terms = diffusion_losses(lambda x, tt: denoiser(x, tt, conditions_from_batch(b)),
+                                 lambda x: vae.beat_decoder(x / 2.0), lambda x: vae.decoder(x / 2.0),
+                                 schedule, loss_config, x0, t, noise, waves, b["hr_bpm"], b["mask"])
+        return terms["total"], terms
+
+    return jax.value_and_grad(loss, has_aux=True)(params)
+
+
+@pytest.mark.parametrize("term", ["euler_weight", "interlead_weight", "sim_weight"])
+def test_each_simulator_term_moves_the_denoiser_and_is_exactly_zero_when_off(batch, term):
+    off = DiffusionLossConfig(fs=FS, euler_weight=0.0, interlead_weight=0.0, sim_weight=0.0)
+    vae_graphdef, vae_params, graphdef, params, _, schedule = _diffusion_setup(off)
+    # A denoiser whose output is not identically zero (the output conv starts at zero).
+    params = jax.tree.map(lambda x: x + 0.02 * jax.random.normal(jax.random.key(x.size), x.shape), params)
+    args = (batch, params, graphdef, vae_graphdef, vae_params, schedule)
+    (loss_off, terms_off), grads_off = _loss_and_grads(off, *args)
+    assert set(terms_off) == {"ddpm", "total"} and float(loss_off) == float(terms_off["ddpm"])
+    on = dataclasses.replace(off, **{term: 1.0})
+    (loss_on, terms_on), grads_on = _loss_and_grads(on, *args)
+    assert float(terms_on["ddpm"]) == float(terms_off["ddpm"])
+    name = {"euler_weight": "euler", "interlead_weight": "interlead", "sim_weight": "sim"}[term]
+    assert float(terms_on[name]) > 0
+    np.testing.assert_allclose(float(loss_on), float(terms_on["ddpm"] + terms_on[name]), rtol=1e-6)
+    difference = jax.tree.map(lambda a, b: a - b, grads_on, grads_off)  # the term's own gradient
+    norms = [float(jnp.linalg.norm(d)) for d in jax.tree.leaves(difference)]
+    assert max(norms) > 1e-6, f"{name} has no gradient w.r.t. the denoiser"
+    assert sum(n > 0 for n in norms) > len(norms) // 2, "the gradient should reach most of the network"
+
+
+@pytest.mark.slow
+def test_simulator_gradient_matches_finite_differences(batch):
+    """The directional derivative of the full loss (all simulator terms on) by autodiff vs a central difference
+    (float32 losses of order 1: agreement to a few per cent is what the arithmetic allows)."""
+    config = DiffusionLossConfig(fs=FS, euler_weight=1.0, interlead_weight=1.0, sim_weight=1.0)
+    vae_graphdef, vae_params, graphdef, params, _, schedule = _diffusion_setup(config)
+    params = jax.tree.map(lambda x: x + 0.02 * jax.random.normal(jax.random.key(x.size), x.shape), params)
+    direction = jax.tree.map(lambda x: jax.random.normal(jax.random.key(7), x.shape) * 0.01, params)
+    args = (batch, graphdef, vae_graphdef, vae_params, schedule)
+    (_, _), grads = _loss_and_grads(config, batch, params, *args[1:])
+    analytic = sum(float(jnp.vdot(g, d)) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
+    eps = 1e-2
+    shifted = [jax.tree.map(lambda p, d: p + s * eps * d, params, direction) for s in (1.0, -1.0)]
+    plus, minus = (float(_loss_and_grads(config, batch, p, *args[1:])[0][0]) for p in shifted)
+    np.testing.assert_allclose(analytic, (plus - minus) / (2 * eps), rtol=0.08)
+
+
+def test_non_finite_step_leaves_the_state_unchanged(batch):
+    graphdef, params, tx = _vae_setup()
+    mesh = make_mesh(jax.devices()[:1])
+    step, _ = make_vae_steps(graphdef, tx, VAELossConfig(fs=FS), 0.9, mesh)
+    inputs = {k: np.array(batch[k]) for k in VAE_BATCH_KEYS}
+    inputs["ecg"][2, 100, 3] = np.nan
+    state0 = jax.device_get(init_state(params, tx, 0))
+    state, metrics = step(jax.device_put(jax.tree.map(np.array, state0), replicated_sharding(mesh)), inputs)
+    assert not bool(metrics["finite"])
+    assert not np.isfinite(float(metrics["reconstruction"]))
+    assert int(state.step) == 1
+    _tree_allclose(state.params, state0.params, rtol=0, atol=0)
+
+
+def test_evaluation_reports_every_energy_even_when_switched_off(batch):
+    off = DiffusionLossConfig(fs=FS, euler_weight=0.0, interlead_weight=0.0, sim_weight=0.0)
+    vae_graphdef, vae_params, graphdef, params, tx, schedule = _diffusion_setup(off)
+    mesh = make_mesh(jax.devices()[:1])
+    train_step, eval_step = make_diffusion_steps(graphdef, vae_graphdef, tx, _SCHEDULES[schedule], off,
+                                                 DiffusionStepConfig(), WAVES, 0.99, mesh)
+    inputs = {k: batch[k] for k in DIFFUSION_BATCH_KEYS}
+    terms, count = eval_step(params, vae_params, jax.random.key(0), inputs)
+    assert {"euler", "interlead", "sim"} <= set(terms) and int(count) == B - 1
+    assert float(terms["total"]) == float(terms["ddpm"])
+    state = jax.device_put(jax.tree.map(np.array, init_state(params, tx, 0)), replicated_sharding(mesh))
+    _, metrics = train_step(state, vae_params, inputs)
+    assert set(metrics) == {"ddpm", "total", "grad_norm", "finite"}  # training computes none of them

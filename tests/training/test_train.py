@@ -1,0 +1,159 @@
+"""The training loop end to end on the tiny config: checkpoints, metrics, resume that reproduces the
+uninterrupted run bit for bit, the NaN guard, and configs."""
+
+import importlib
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from experiments.configs import common
+from experiments.configs import tiny
+from sediff_jax.training import checkpoint as ckpt
+from sediff_jax.training.loop import TrainingDiverged, load_vae, run_loop, train
+from sediff_jax.training.metrics import read_metrics
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def prepared_dir(tmp_path_factory):
+    """One synthetic prepared dataset shared by the runs of this module."""
+    from sediff_jax.data.canonical import CanonicalConfig
+    from sediff_jax.data.prepare import PrepareConfig, prepare
+
+    out = tmp_path_factory.mktemp("prepared")
+    prepare(PrepareConfig(dataset="synthetic", out_dir=str(out), canonical=CanonicalConfig(fs=100.0),
+                          num_synthetic=48))
+    return str(out)
+
+
+def _config(prepared_dir, vae_halt=0, diffusion_halt=0):
+    c = tiny.get_config()
+    c.data.prepared_dir = prepared_dir
+    c.data.num_synthetic = 48
+    for stage, halt in ((c.vae, vae_halt), (c.diffusion, diffusion_halt)):
+        stage.training.update(num_steps=STEPS, log_every=1, eval_every=2, checkpoint_every=2, halt_at_step=halt,
+                              progress_bar=False)
+    return c
+
+
+def _saved_state(stage_dir, step):
+    path = os.path.join(stage_dir, "checkpoints", str(step), "state")
+    return ocp.StandardCheckpointer().restore(path)
+
+
+def _assert_trees_equal(a, b):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(prepared_dir, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    results = train(_config(prepared_dir), workdir)
+    return workdir, results
+
+
+def test_tiny_run_writes_checkpoints_metrics_and_config(uninterrupted):
+    workdir, results = uninterrupted
+    assert [r.stage for r in results] == ["vae", "diffusion"]
+    assert all(r.step == STEPS and not r.stopped_early for r in results)
+    assert np.isfinite(results[0].eval_metrics["mae_mv"])
+    assert {"ddpm", "euler", "interlead", "sim", "total"} <= set(results[1].last_metrics)
+    for stage in ("vae", "diffusion"):
+        stage_dir = os.path.join(workdir, stage)
+        assert sorted(int(s) for s in os.listdir(os.path.join(stage_dir, "checkpoints"))) == [2, 4]
+        assert len(os.listdir(os.path.join(stage_dir, "best"))) == 1
+        train_lines = read_metrics(os.path.join(stage_dir, "metrics.jsonl"))
+        assert [r["step"] for r in train_lines] == list(range(1, STEPS + 1))
+        assert len(read_metrics(os.path.join(stage_dir, "metrics.jsonl"), "validation")) == 2
+        assert os.listdir(os.path.join(stage_dir, "tensorboard"))
+    meta, step = ckpt.read_meta(os.path.join(workdir, "diffusion"))
+    assert step == STEPS and meta["latent_scale"] > 0 and meta["stage"] == "diffusion"
+    assert json.load(open(os.path.join(workdir, "config.json")))["variant"] == "full"
+    assert os.path.exists(os.path.join(workdir, "text_cache_minilm.npz"))
+    graphdef, params, vae_meta = load_vae(os.path.join(workdir, "vae"))
+    assert vae_meta["stage"] == "vae" and jax.tree.leaves(params)
+
+
+def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_one(uninterrupted, prepared_dir, tmp_path):
+    reference, _ = uninterrupted
+    workdir = str(tmp_path / "resumed")
+    first = train(_config(prepared_dir, vae_halt=2), workdir)  # "killed" after step 2 of stage 1
+    assert [(r.stage, r.step, r.stopped_early) for r in first] == [("vae", 2, True)]
+    second = train(_config(prepared_dir, diffusion_halt=2), workdir)  # resumes stage 1, stops stage 2 at 2
+    assert [(r.stage, r.step, r.stopped_early) for r in second] == [("vae", STEPS, False), ("diffusion", 2, True)]
+    third = train(_config(prepared_dir), workdir)
+    assert [(r.stage, r.step) for r in third] == [("vae", STEPS), ("diffusion", STEPS)]
+    for stage in ("vae", "diffusion"):
+        _assert_trees_equal(_saved_state(os.path.join(reference, stage), STEPS),
+                            _saved_state(os.path.join(workdir, stage), STEPS))
+        ref = read_metrics(os.path.join(reference, stage, "metrics.jsonl"))
+        got = read_metrics(os.path.join(workdir, stage, "metrics.jsonl"))
+        assert [r["step"] for r in got] == list(range(1, STEPS + 1))  # no duplicated steps after resume
+        assert ref == got
+
+
+def test_a_run_refuses_a_workdir_of_another_model(uninterrupted, prepared_dir, tmp_path):
+    reference, _ = uninterrupted
+    config = _config(prepared_dir)
+    config.vae.model.channels = (8, 16, 16)
+    with pytest.raises(ckpt.CheckpointError, match="model"):
+        train(config, reference)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint"):
+        load_vae(str(tmp_path / "nowhere"))
+
+
+def test_nan_loss_stops_with_the_step_and_term(prepared_dir, tmp_path):
+    from sediff_jax.training.checkpoint import Checkpointer
+
+    class Loader:
+        def __init__(self):
+            self.k = 0
+
+        def __next__(self):
+            self.k += 1
+            return {"x": np.float32(np.nan if self.k == 3 else 1.0)}
+
+        def state(self):
+            from sediff_jax.data.loader import LoaderState
+
+            return LoaderState(0, self.k, 0, 1, 0, 1, 1)
+
+        def close(self):
+            pass
+
+    def step(state, batch):
+        loss = batch["x"] * 2.0
+        return {"w": state["w"] + 1}, {"total": loss, "reconstruction": loss, "finite": np.isfinite(loss)}
+
+    config = _config(prepared_dir).vae
+    config.training.num_steps = 10
+    checkpointer = Checkpointer(str(tmp_path / "stage"))
+    with pytest.raises(TrainingDiverged, match=r"vae step 3: reconstruction = nan, total = nan not finite.*last checkpoint: step 2"):
+        run_loop(stage="vae", stage_dir=str(tmp_path / "stage"), config=config, state={"w": np.zeros(2)}, start_step=0,
+                 loader=Loader(), train_step=step, to_inputs=lambda b: b, evaluate=lambda s: {"mae_mv": 0.0},
+                 best_metric="mae_mv", meta={}, checkpointer=checkpointer)
+    checkpointer.close()
+
+
+@pytest.mark.parametrize("name", ["tiny", "synthetic", "ptbxl100", "ptbxl500", "mimic", "pod"])
+def test_configs_load_with_every_variant(name):
+    module = importlib.import_module(f"experiments.configs.{name}")
+    for variant in common.VARIANTS:
+        c = module.get_config(variant)
+        assert c.variant == variant
+        assert c.vae.training.batch_size > 0 and c.diffusion.training.num_steps > 0
+    assert module.get_config("no_interlead").diffusion.loss.interlead_weight == 0.0
+    assert module.get_config("no_simulator").diffusion.loss.euler_weight == 0.0
+    with pytest.raises(ValueError, match="variant"):
+        module.get_config("no_such_variant")
