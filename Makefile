@@ -41,6 +41,7 @@ bench: $(VENV)/.test
 	$(PY) -m experiments.benchmarks.simulator
 	$(PY) -m experiments.benchmarks.data
 	$(PY) -m experiments.benchmarks.fitting --reference
+	$(PY) -m experiments.benchmarks.train_step
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

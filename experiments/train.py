@@ -45,6 +45,8 @@ def main(argv):
     if FLAGS.distributed or FLAGS.coordinator_address:
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    from sediff_jax.data.sources import LayoutError
+    from sediff_jax.simulator.priors import PriorError
     from sediff_jax.training.checkpoint import CheckpointError
     from sediff_jax.training.loop import TrainingDiverged, train
 
@@ -52,7 +54,7 @@ def main(argv):
                  jax.device_count(), jax.local_device_count())
     try:
         results = train(FLAGS.config, FLAGS.workdir)
-    except (TrainingDiverged, CheckpointError, FileNotFoundError) as e:
+    except (TrainingDiverged, CheckpointError, FileNotFoundError, LayoutError, PriorError) as e:
         raise SystemExit(f"error: {e}") from None
     if jax.process_index() == 0:
         for r in results:

@@ -350,7 +350,11 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str) -> StageRes
     mesh = _mesh_checked(dcfg)
     training = dcfg.training
     vae_dir = dcfg.get("vae_checkpoint") or os.path.join(workdir, "vae")
-    vae_graphdef, vae_params, vae_meta = load_vae(vae_dir, which="best")
+    try:
+        vae_graphdef, vae_params, vae_meta = load_vae(vae_dir, which="best")
+    except ckpt.CheckpointError as e:
+        raise ckpt.CheckpointError(f"stage 2 needs a trained VAE: {e}. Train stage 1 first (--config.stage=vae or "
+                                   "both) or point --config.diffusion.vae_checkpoint at a VAE stage directory") from e
     vae_params = jax.device_put(vae_params, replicated_sharding(mesh))
     if abs(float(vae_meta["fs"]) - float(config.data.fs)) > 1e-6:
         raise ckpt.CheckpointError(f"{vae_dir}: the VAE was trained at {vae_meta['fs']} Hz, data.fs is {config.data.fs}")
