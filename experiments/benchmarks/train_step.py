@@ -6,8 +6,9 @@ For each named config: the VAE step, and the diffusion step as plain DDPM (the r
 release trains, since its simulator terms carry no gradient), with each simulator term alone, and with all of
 them (full SE-Diff, including the diffrax solve inside the step). The batch is simulated 10 s 12-lead records
 at the config's rate with made-up text tokens, so no data is needed; models, schedule, batch size and loss
-weights are the config's. Reports median step time over `--steps` timed steps after one warm-up (compile
-time separately), samples/s, and the overhead of each variant against DDPM in the same run. The target is
+weights are the config's. Variants are compiled first (compile time reported separately), then
+take turns for `--rounds` rounds of `--steps` steps, so that the shared machine's slow spells hit them alike;
+reported: median step time, samples/s, and the median over rounds of each variant's time / the DDPM time. The target is
 full SE-Diff <= 1.25x the DDPM step.
 """
 
@@ -23,26 +24,40 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["tiny", "ptbxl100"], "Configs of experiments/configs to time.")
-flags.DEFINE_integer("steps", 10, "Timed steps per variant (median reported).")
+flags.DEFINE_integer("steps", 4, "Timed steps per variant per round.")
+flags.DEFINE_integer("rounds", 5, "Rounds in which the variants take turns (medians reported).")
 flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's diffusion batch size).")
+flags.DEFINE_float("interlead_crop", None, "Override the configs' diffusion.loss.interlead_crop.")
 flags.DEFINE_list("variants", ["ddpm_only", "interlead", "euler", "sim", "full"],
                   "Diffusion variants: ddpm_only, interlead, euler, sim (one term alone) or full.")
 
 
-def _timed(step, state, inputs, steps: int):
+def _compile(step, state, inputs):
     import jax
 
     start = time.perf_counter()
     state, metrics = step(state, inputs)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        state, metrics = step(state, inputs)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - start)
-    return compile_s, statistics.median(times)
+    jax.block_until_ready((state, metrics))
+    return state, time.perf_counter() - start
+
+
+def _interleaved(runs: dict, rounds: int, steps: int) -> dict[str, list[float]]:
+    """Median step time of each variant in each of `rounds` rounds; the variants take turns within a round, so
+    a slow spell of the (shared) machine hits all of them alike."""
+    import jax
+
+    per_round = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            step, inputs = run["step"], run["inputs"]
+            times = []
+            for _ in range(steps):
+                start = time.perf_counter()
+                run["state"], metrics = step(run["state"], inputs)
+                jax.block_until_ready((run["state"], metrics))
+                times.append(time.perf_counter() - start)
+            per_round[name].append(statistics.median(times))
+    return per_round
 
 
 def _batch(config, batch_size: int, context_dim: int):
@@ -108,15 +123,18 @@ def main(argv):
         tx = make_optimizer(OptimizerConfig(total_steps=1000))
         vae_step, _ = make_vae_steps(vae_graphdef, tx, from_config(VAELossConfig, config.vae.loss,
                                                                    fs=float(config.data.fs)), 0.99, mesh)
+        runs, compile_s = {}, {}
         state = jax.device_put(jax.tree.map(jax.numpy.array, init_state(vae_params, tx, 0)), rep)
-        compile_s, step_s = _timed(vae_step, state, shard_batch({k: host[k] for k in VAE_BATCH_KEYS}, mesh),
-                                   FLAGS.steps)
-        rows.append((name, "VAE", batch_size, compile_s, step_s, None))
+        vae_inputs = shard_batch({k: host[k] for k in VAE_BATCH_KEYS}, mesh)
+        state, compile_s["VAE"] = _compile(vae_step, state, vae_inputs)
+        runs["VAE"] = {"step": vae_step, "state": state, "inputs": vae_inputs}
 
         frozen = jax.device_put(vae_params, rep)
         graphdef, params = split_params(LatentDenoiser(denoiser_config(config, vae_config(config).latent_channels, 384),
                                                        rngs=nnx.Rngs(1)))
         base = from_config(DiffusionLossConfig, config.diffusion.loss, fs=float(config.data.fs))
+        if FLAGS.interlead_crop is not None:
+            base = dataclasses.replace(base, interlead_crop=FLAGS.interlead_crop)
         weights = {"euler_weight": base.euler_weight or 0.05, "interlead_weight": base.interlead_weight or 0.05,
                    "sim_weight": base.sim_weight or 0.05}
         off = {k: 0.0 for k in weights}
@@ -125,21 +143,24 @@ def main(argv):
                     "sim": dict(off, sim_weight=weights["sim_weight"]), "full": weights}
         inputs = shard_batch({k: host[k] for k in DIFFUSION_BATCH_KEYS}, mesh)
         schedule = make_schedule(config.diffusion.schedule.kind, int(config.diffusion.schedule.num_steps))
-        reference = None
         for variant in FLAGS.variants:
             loss_config = dataclasses.replace(base, **variants[variant])
             step, _ = make_diffusion_steps(graphdef, vae_graphdef, tx, schedule, loss_config,
                                            DiffusionStepConfig(latent_scale=1.0), waves, 0.999, mesh)
+            step_with_vae = (lambda step: lambda s, b: step(s, frozen, b))(step)
             state = jax.device_put(jax.tree.map(jax.numpy.array, init_state(params, tx, 1)), rep)
-            compile_s, step_s = _timed(lambda s, b: step(s, frozen, b), state, inputs, FLAGS.steps)
-            if variant == "ddpm_only":
-                reference = step_s
-            rows.append((name, f"diffusion: {variant}", batch_size, compile_s, step_s,
-                         step_s / reference if reference else None))
-            print(f"{name} {variant}: {step_s * 1e3:.0f} ms/step", flush=True)
+            state, compile_s[variant] = _compile(step_with_vae, state, inputs)
+            runs[variant] = {"step": step_with_vae, "state": state, "inputs": inputs}
+        per_round = _interleaved(runs, FLAGS.rounds, FLAGS.steps)
+        for variant, times in per_round.items():
+            ratio = None
+            if variant != "VAE" and "ddpm_only" in per_round:
+                ratio = statistics.median(t / r for t, r in zip(times, per_round["ddpm_only"]))
+            label = "VAE" if variant == "VAE" else f"diffusion: {variant}"
+            rows.append((name, label, batch_size, compile_s[variant], statistics.median(times), ratio))
 
     print(f"\nTrain step, {device}, {platform.processor() or platform.machine()}, jax {jax.__version__}; "
-          f"median of {FLAGS.steps} steps after one warm-up\n")
+          f"{FLAGS.rounds} rounds x {FLAGS.steps} steps, variants taking turns; medians\n")
     print("| config | step | batch | compile s | ms/step | samples/s | x DDPM step |")
     print("|---|---|---|---|---|---|---|")
     for name, what, b, compile_s, step_s, ratio in rows:
