@@ -329,10 +329,7 @@ def load_vae(directory: str, which: str = "best") -> tuple[nnx.GraphDef, Any, di
     tx = make_optimizer(OptimizerConfig())
     abstract = jax.eval_shape(lambda: init_state(params, tx, 0))
     abstract = abstract_like(abstract, replicated_sharding(make_mesh()))
-    try:
-        state, _, meta, _ = ckpt.restore(directory, abstract, which=which)
-    except ckpt.CheckpointError:
-        raise
+    state, _, meta, _ = ckpt.restore(directory, abstract, which=which)
     return graphdef, state.ema_params, meta
 
 

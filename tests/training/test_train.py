@@ -19,18 +19,6 @@ from sediff_jax.training.metrics import read_metrics
 STEPS = 4
 
 
-@pytest.fixture(scope="module")
-def prepared_dir(tmp_path_factory):
-    """One synthetic prepared dataset shared by the runs of this module."""
-    from sediff_jax.data.canonical import CanonicalConfig
-    from sediff_jax.data.prepare import PrepareConfig, prepare
-
-    out = tmp_path_factory.mktemp("prepared")
-    prepare(PrepareConfig(dataset="synthetic", out_dir=str(out), canonical=CanonicalConfig(fs=100.0),
-                          num_synthetic=48))
-    return str(out)
-
-
 def _config(prepared_dir, vae_halt=0, diffusion_halt=0):
     c = tiny.get_config()
     c.data.prepared_dir = prepared_dir

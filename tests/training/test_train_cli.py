@@ -28,17 +28,6 @@ def _command(workdir, prepared_dir, *overrides):
             "--config.vae.training.progress_bar=False", *overrides]
 
 
-@pytest.fixture(scope="module")
-def prepared_dir(tmp_path_factory):
-    from sediff_jax.data.canonical import CanonicalConfig
-    from sediff_jax.data.prepare import PrepareConfig, prepare
-
-    out = tmp_path_factory.mktemp("prepared")
-    prepare(PrepareConfig(dataset="synthetic", out_dir=str(out), canonical=CanonicalConfig(fs=100.0),
-                          num_synthetic=48))
-    return str(out)
-
-
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(prepared_dir, tmp_path, repo_root):
     workdir = tmp_path / "run"
     args = ["--config.stage=vae", "--config.vae.training.num_steps=100000", "--config.vae.training.log_every=1",
