@@ -9,7 +9,8 @@ at the config's rate with made-up text tokens, so no data is needed; models, sch
 weights are the config's. Variants are compiled first (compile time reported separately), then
 take turns for `--rounds` rounds of `--steps` steps, so that the shared machine's slow spells hit them alike;
 reported: median step time, samples/s, and the median over rounds of each variant's time / the DDPM time. The target is
-full SE-Diff <= 1.25x the DDPM step.
+full SE-Diff <= 1.25x the DDPM step. The simulator terms run on the config's `sim_fraction` of the batch (a random
+half by default); `full_every_record` shows the cost with them on every record.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ flags.DEFINE_integer("steps", 4, "Timed steps per variant per round.")
 flags.DEFINE_integer("rounds", 5, "Rounds in which the variants take turns (medians reported).")
 flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's diffusion batch size).")
 flags.DEFINE_float("interlead_crop", None, "Override the configs' diffusion.loss.interlead_crop.")
-flags.DEFINE_list("variants", ["ddpm_only", "interlead", "euler", "sim", "full"],
-                  "Diffusion variants: ddpm_only, interlead, euler, sim (one term alone) or full.")
+flags.DEFINE_float("sim_fraction", None, "Override the configs' diffusion.loss.sim_fraction.")
+flags.DEFINE_list("variants", ["ddpm_only", "interlead", "euler", "sim", "full", "full_every_record"],
+                  "Diffusion variants: ddpm_only, interlead, euler, sim (one term alone), full, or "
+                  "full_every_record (full with the simulator terms on every record: sim_fraction = 1).")
 
 
 def _compile(step, state, inputs):
@@ -135,12 +138,15 @@ def main(argv):
         base = from_config(DiffusionLossConfig, config.diffusion.loss, fs=float(config.data.fs))
         if FLAGS.interlead_crop is not None:
             base = dataclasses.replace(base, interlead_crop=FLAGS.interlead_crop)
+        if FLAGS.sim_fraction is not None:
+            base = dataclasses.replace(base, sim_fraction=FLAGS.sim_fraction)
         weights = {"euler_weight": base.euler_weight or 0.05, "interlead_weight": base.interlead_weight or 0.05,
                    "sim_weight": base.sim_weight or 0.05}
         off = {k: 0.0 for k in weights}
         variants = {"ddpm_only": off, "interlead": dict(off, interlead_weight=weights["interlead_weight"]),
                     "euler": dict(off, euler_weight=weights["euler_weight"]),
-                    "sim": dict(off, sim_weight=weights["sim_weight"]), "full": weights}
+                    "sim": dict(off, sim_weight=weights["sim_weight"]), "full": weights,
+                    "full_every_record": dict(weights, sim_fraction=1.0)}
         inputs = shard_batch({k: host[k] for k in DIFFUSION_BATCH_KEYS}, mesh)
         schedule = make_schedule(config.diffusion.schedule.kind, int(config.diffusion.schedule.num_steps))
         for variant in FLAGS.variants:

@@ -68,7 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion.schedule = ml_collections.ConfigDict(dict(kind="cosine", num_steps=1000))
     c.diffusion.loss = ml_collections.ConfigDict(dict(
         prediction="epsilon", euler_weight=0.05, interlead_weight=0.05, sim_weight=0.05,
-        interlead_full_signal=True, interlead_crop=0.25, weighting="alpha_bar", weighting_power=1.0))
+        interlead_full_signal=True, interlead_crop=0.25, weighting="alpha_bar", weighting_power=1.0,
+        sim_fraction=0.5))
     c.diffusion.condition_dropout = (0.1, 0.1, 0.1)
     c.diffusion.prior = ""  # a simulator prior JSON; "" = the shipped PTB-XL prior
     c.diffusion.vae_checkpoint = ""  # a VAE stage directory; "" = <workdir>/vae

@@ -120,7 +120,7 @@ def make_diffusion_steps(
     dropout = jnp.asarray(step_config.condition_dropout, jnp.float32)
 
     def losses(params, vae_params, batch, key, drop_conditions: bool):
-        k_t, k_noise, k_drop, k_crop = jax.random.split(key, 4)
+        k_t, k_noise, k_drop, k_sim = jax.random.split(key, 4)
         vae = nnx.merge(vae_graphdef, vae_params)
         mean, _ = vae.encode(batch["ecg"])
         x0 = jax.lax.stop_gradient(mean) * scale
@@ -140,7 +140,7 @@ def make_diffusion_steps(
             lambda x_t, t_: denoiser(x_t, t_, conditions, drop),
             lambda x: vae.beat_decoder(x / scale),
             lambda x: vae.decoder(x / scale),
-            schedule, loss_config, x0, t, noise, waves, hr, batch["mask"], k_crop, monitor=not drop_conditions)
+            schedule, loss_config, x0, t, noise, waves, hr, batch["mask"], k_sim, monitor=not drop_conditions)
 
     def loss_fn(params, vae_params, batch, key):
         terms = losses(params, vae_params, batch, key, True)

@@ -11,7 +11,7 @@ from flax import nnx
 
 from sediff_jax import simulator as sim
 from sediff_jax.data.rpeaks import detect_r_peaks
-from sediff_jax.diffusion.losses import DiffusionLossConfig, diffusion_losses
+from sediff_jax.diffusion.losses import DiffusionLossConfig, diffusion_losses, simulator_rows
 from sediff_jax.diffusion.schedule import make_schedule
 from sediff_jax.models.denoiser import DenoiserConfig, LatentDenoiser
 from sediff_jax.models.vae import ECGVAE, VAEConfig
@@ -176,6 +176,33 @@ def test_each_simulator_term_moves_the_denoiser_and_is_exactly_zero_when_off(bat
     norms = [float(jnp.linalg.norm(d)) for d in jax.tree.leaves(difference)]
     assert max(norms) > 1e-6, f"{name} has no gradient w.r.t. the denoiser"
     assert sum(n > 0 for n in norms) > len(norms) // 2, "the gradient should reach most of the network"
+
+
+def test_simulator_rows_are_a_uniform_random_subset_of_the_real_records():
+    mask = np.ones(B, np.float32)
+    mask[[1, 6]] = 0  # padding slots
+    draws = np.stack([np.asarray(simulator_rows(jnp.asarray(mask), 0.5, jax.random.key(i))) for i in range(600)])
+    assert draws.shape == (600, B // 2)
+    assert all(len(set(d)) == B // 2 and not {1, 6} & set(d) for d in draws)
+    counts = np.bincount(draws.ravel(), minlength=B)[[0, 2, 3, 4, 5, 7]] / 600  # expected 4/6 each
+    np.testing.assert_allclose(counts, 4 / 6, atol=0.08)
+    np.testing.assert_array_equal(simulator_rows(jnp.asarray(mask), 0.5, None), [0, 2, 3, 4])
+    np.testing.assert_array_equal(simulator_rows(jnp.asarray(mask), 1.0, jax.random.key(0)), np.arange(B))
+    with pytest.raises(ValueError, match="sim_fraction"):
+        DiffusionLossConfig(sim_fraction=0.0)
+
+
+def test_simulator_terms_on_a_fraction_equal_the_terms_with_the_other_records_masked(batch):
+    half = DiffusionLossConfig(fs=FS, euler_weight=1.0, interlead_weight=1.0, sim_weight=1.0, sim_fraction=0.5)
+    vae_graphdef, vae_params, graphdef, params, _, schedule = _diffusion_setup(half)
+    params = jax.tree.map(lambda x: x + 0.02 * jax.random.normal(jax.random.key(x.size), x.shape), params)
+    rows = np.asarray(simulator_rows(jnp.asarray(batch["mask"], jnp.float32), 0.5, None))  # key None, as here
+    masked = dict(batch, mask=np.isin(np.arange(B), rows))
+    args = (graphdef, vae_graphdef, vae_params, schedule)
+    (_, terms_half), _ = _loss_and_grads(half, batch, params, *args)
+    (_, terms_all), _ = _loss_and_grads(dataclasses.replace(half, sim_fraction=1.0), masked, params, *args)
+    for name in ("euler", "interlead", "sim"):
+        np.testing.assert_allclose(float(terms_half[name]), float(terms_all[name]), rtol=1e-5, err_msg=name)
 
 
 @pytest.mark.slow
