@@ -34,3 +34,19 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return _REPO
+
+
+@pytest.fixture(scope="session")
+def exported_model_dir(tmp_path_factory) -> Path:
+    """A small random-weight SE-Diff model exported as a model directory (tests/generation/small_model.py)."""
+    from sediff_jax.generation.model import export_model
+    from tests.generation.small_model import small_model
+
+    return export_model(small_model(), tmp_path_factory.mktemp("model") / "small")
+
+
+@pytest.fixture(scope="session")
+def model(exported_model_dir):
+    from sediff_jax.generation.model import load_model
+
+    return load_model(exported_model_dir)

@@ -1,0 +1,99 @@
+r"""Sampling speed and heart-rate fidelity: DDPM-1000 (the paper's sampler) vs DDIM-50 and DDIM-20, in one run.
+
+    python -m experiments.benchmarks.sampling [--checkpoint=checkpoints/sediff_ptbxl100] [--num=16]
+
+Generates `--num` ECGs per sampler from prompts with requested heart rates spread over 50-120 bpm (the same
+prompts and seed for every sampler), times them after compilation (ms per generated ECG), and measures each
+ECG's heart rate from its detected R peaks (`sediff_jax.data.rpeaks`). Reported: ms/ECG, speed-up over
+DDPM-1000, median and mean |measured - requested| / requested, and how many ECGs had too few beats to measure.
+Targets: DDIM-50 >= 15x faster than DDPM-1000, with a heart-rate error at most 10% above DDPM's.
+`--simulator_guidance` adds DDIM-50 rows with simulator guidance at that scale.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "Model (default: the shipped checkpoint).")
+flags.DEFINE_integer("num", 16, "ECGs per sampler.")
+flags.DEFINE_list("samplers", ["ddpm-1000", "ddim-50", "ddim-20"], "kind-steps entries.")
+flags.DEFINE_float("guidance_scale", 1.0, "Classifier-free guidance scale of every sampler.")
+flags.DEFINE_list("simulator_guidance", [], "Scales for extra DDIM-50 rows with simulator guidance.")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+
+TEXTS = ("sinus rhythm, normal ECG", "sinus bradycardia, otherwise normal ECG",
+         "sinus tachycardia", "sinus rhythm, left ventricular hypertrophy")
+
+
+def heart_rate_errors(ecg, fs: float, requested) -> tuple[list[float], int]:
+    """Relative |measured - requested| per ECG with >= 2 detected beats, and the count of unmeasurable ones."""
+    import numpy as np
+
+    from sediff_jax.data.rpeaks import detect_r_peaks, heart_rate_bpm
+
+    errors, failed = [], 0
+    for record, hr in zip(ecg, requested):
+        peaks = detect_r_peaks(np.asarray(record), fs)
+        if len(peaks) < 2:
+            failed += 1
+            continue
+        errors.append(abs(heart_rate_bpm(peaks, fs) - hr) / hr)
+    return errors, failed
+
+
+def main(argv):
+    del argv
+    import jax
+    import numpy as np
+
+    from experiments.sample import DEFAULT_CHECKPOINT
+    from sediff_jax.diffusion.sampling import SamplerConfig
+    from sediff_jax.generation import Generator, load_model, make_prompt
+
+    model = load_model(FLAGS.checkpoint or DEFAULT_CHECKPOINT)
+    generator = Generator(model)
+    rng = np.random.default_rng(0)
+    requested = np.round(np.linspace(50, 120, FLAGS.num))
+    prompts = [make_prompt(TEXTS[i % len(TEXTS)], age=float(rng.integers(25, 80)), sex="MF"[i % 2], hr=hr)
+               for i, hr in enumerate(requested)]
+    runs = [(s, 0.0) for s in FLAGS.samplers] + [("ddim-50", float(g)) for g in FLAGS.simulator_guidance]
+    rows = []
+    for name, sim_scale in runs:
+        kind, steps = name.split("-")
+        config = SamplerConfig(kind=kind, num_steps=int(steps), guidance_scale=FLAGS.guidance_scale,
+                               simulator_guidance=sim_scale)
+        start = time.perf_counter()
+        generator.generate(prompts[: generator.mesh.devices.size], FLAGS.seed, config)  # compile
+        compile_s = time.perf_counter() - start
+        start = time.perf_counter()
+        ecg = generator.generate(prompts, FLAGS.seed, config)
+        seconds = time.perf_counter() - start
+        errors, failed = heart_rate_errors(ecg, model.fs, requested)
+        label = name + (f" + simulator guidance {sim_scale:g}" if sim_scale else "")
+        rows.append((label, compile_s, 1e3 * seconds / len(prompts), errors, failed))
+
+    reference = {r[0]: r for r in rows}.get("ddpm-1000")
+    print(f"\nSampling, {jax.devices()[0].device_kind} x{len(jax.devices())}, {platform.machine()}, jax "
+          f"{jax.__version__}; model {model.id} ({model.source}); {FLAGS.num} ECGs of {model.num_samples / model.fs:g} s "
+          f"at {model.fs:g} Hz, guidance {FLAGS.guidance_scale:g}\n")
+    print("| sampler | compile s | ms / ECG | speed-up vs DDPM-1000 | HR error median | HR error mean | "
+          "HR error vs DDPM-1000 | unmeasurable |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, compile_s, ms, errors, failed in rows:
+        median = float(np.median(errors)) if errors else float("nan")
+        mean = float(np.mean(errors)) if errors else float("nan")
+        speed = ratio = ""
+        if reference is not None:
+            speed = f"{reference[2] / ms:.1f}x"
+            ref_mean = float(np.mean(reference[3])) if reference[3] else float("nan")
+            ratio = f"{mean / ref_mean:.2f}x" if ref_mean > 0 else ""
+        print(f"| {label} | {compile_s:.1f} | {ms:.0f} | {speed} | {100 * median:.1f}% | {100 * mean:.1f}% | "
+              f"{ratio} | {failed} |")
+
+
+if __name__ == "__main__":
+    app.run(main)

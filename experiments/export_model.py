@@ -1,0 +1,51 @@
+r"""Export a trained SE-Diff run (the best EMA denoiser + its VAE) as a self-contained model directory.
+
+    python -m experiments.export_model --workdir=runs/ptbxl100 --out=checkpoints/sediff_ptbxl100
+
+writes <out>/config.json and <out>/model.safetensors (what experiments/sample.py --checkpoint reads; no orbax,
+no optimiser state), atomically. --metrics adds a JSON file's contents (e.g. an evaluation) to the config.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Training workdir (with diffusion/) or a diffusion stage directory.",
+                    required=True)
+flags.DEFINE_string("out", None, "Output model directory.", required=True)
+flags.DEFINE_string("command", "", "The training command, recorded in the config for reproduction.")
+flags.DEFINE_string("metrics", None, "A JSON file to record under 'metrics' in the config.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from sediff_jax.generation import export_model, load_model
+    from sediff_jax.generation.model import WEIGHTS_FILE
+    from sediff_jax.training.checkpoint import CheckpointError
+
+    try:
+        model = load_model(FLAGS.workdir)
+        training = dict(model.config.get("training", {}))
+        training.pop("workdir", None)
+        if FLAGS.command:
+            training["command"] = FLAGS.command
+        extra = {"training": training}
+        if FLAGS.metrics:
+            with open(FLAGS.metrics) as f:
+                extra["metrics"] = json.load(f)
+        out = export_model(model, FLAGS.out, extra, overwrite=FLAGS.overwrite)
+    except (CheckpointError, FileExistsError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    size = (out / WEIGHTS_FILE).stat().st_size / 2**20
+    print(f"exported {model.source} (id {model.id}) to {out} ({size:.1f} MB)")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,183 @@
+r"""Generate 12-lead ECGs from text (+ age, sex, heart rate) with a trained SE-Diff model.
+
+    python -m experiments.sample --text="sinus bradycardia, otherwise normal ECG" --age=63 --sex=M --hr=52 \
+        --num_samples=4 --out_dir=out/brady
+    python -m experiments.sample --prompts=prompts.csv --sampler=ddpm --steps=1000 --out_dir=out/batch
+
+The default checkpoint is the one shipped in checkpoints/ (see checkpoints/README.md). Writes to --out_dir, per
+ECG, a WFDB record `ecg_<prompt>_<sample>.hea/.dat` (12 named leads, mV, the prompt in the header comments) and
+a standard-layout PNG; `samples.npz` with every ECG and its conditions; `manifest.json` (prompts, seed, sampler,
+checkpoint id, measured heart rates, time). Input errors stop before anything is written, naming the flag (and
+the row of a prompt file); files appear in --out_dir only once every ECG has been generated.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CHECKPOINT = REPO / "checkpoints" / "sediff_ptbxl100"
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "Exported model directory or training workdir (default: the shipped "
+                    f"checkpoint, {DEFAULT_CHECKPOINT.relative_to(REPO)}).")
+flags.DEFINE_string("text", None, "The report to generate from (or use --prompts).")
+flags.DEFINE_float("age", None, "Age, years (0-120).")
+flags.DEFINE_string("sex", None, "M or F.")
+flags.DEFINE_float("hr", None, "Heart rate, bpm (20-300).")
+flags.DEFINE_string("prompts", None, "CSV (header: text[,age,sex,hr]) or JSONL file of prompts.")
+flags.DEFINE_integer("num_samples", 1, "ECGs per prompt (>= 1).")
+flags.DEFINE_integer("seed", 0, "Random seed; the same seed and prompts give the same ECGs on any device count.")
+flags.DEFINE_enum("sampler", "ddim", ["ddim", "ddpm"], "DDIM (deterministic at --eta=0) or ancestral DDPM.")
+flags.DEFINE_integer("steps", 50, "Reverse steps (1 .. the model's training steps, e.g. 1000 for full DDPM).")
+flags.DEFINE_float("guidance_scale", 1.0, "Classifier-free guidance: 0 unconditional, 1 conditional, > 1 stronger.")
+flags.DEFINE_float("eta", 0.0, "DDIM noise in [0, 1] (1 = DDPM).")
+flags.DEFINE_float("simulator_guidance", 0.0, "Simulator-consistency guidance scale (0: off; see README).")
+flags.DEFINE_enum("experience", "auto", ["auto", "off"], "Retrieved clinical experience (auto: when available).")
+flags.DEFINE_string("out_dir", None, "Output directory.", required=True)
+flags.DEFINE_bool("png", True, "Write a standard-layout 12-lead PNG per ECG.")
+flags.DEFINE_integer("max_batch", 64, "ECGs sampled together (memory).")
+
+
+class UsageError(Exception):
+    """Bad flags or inputs: printed as one line, exit status 2."""
+
+
+def _prompts():
+    from sediff_jax.generation import PromptError, make_prompt, read_prompts
+
+    if FLAGS.num_samples < 1:
+        raise UsageError(f"--num_samples={FLAGS.num_samples} must be >= 1")
+    if FLAGS.prompts is not None:
+        if FLAGS.text is not None or any(v is not None for v in (FLAGS.age, FLAGS.sex, FLAGS.hr)):
+            raise UsageError("--prompts cannot be combined with --text/--age/--sex/--hr (put them in the file)")
+        try:
+            return read_prompts(FLAGS.prompts)
+        except PromptError as e:
+            raise UsageError(str(e)) from None
+    if FLAGS.text is None:
+        raise UsageError("--text or --prompts is required")
+    try:
+        return [make_prompt(FLAGS.text, FLAGS.age, FLAGS.sex, FLAGS.hr)]
+    except PromptError as e:
+        raise UsageError(str(e)) from None
+
+
+def _sampler_config(model):
+    from sediff_jax.diffusion.sampling import SamplerConfig
+
+    limit = model.schedule.num_steps
+    if not 1 <= FLAGS.steps <= limit:
+        raise UsageError(f"--steps={FLAGS.steps} must be within 1-{limit} (the model's diffusion steps)")
+    try:
+        return SamplerConfig(kind=FLAGS.sampler, num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale,
+                             eta=FLAGS.eta, simulator_guidance=FLAGS.simulator_guidance)
+    except ValueError as e:
+        raise UsageError(f"--{str(e).split('=')[0]}: {e}") from None
+
+
+def generate_files(out_dir: Path, prompts, model, config, seed: int, num_samples: int, png: bool,
+                   experience: str, max_batch: int) -> dict:
+    """Generate and write everything; returns the manifest."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from sediff_jax import io as ecg_io
+    from sediff_jax.data.rpeaks import detect_r_peaks, heart_rate_bpm
+    from sediff_jax.generation import Generator
+
+    generator = Generator(model, max_batch=max_batch)
+    expanded = [(i, k, p) for i, p in enumerate(prompts) for k in range(num_samples)]
+    start = time.perf_counter()
+    total = config.num_steps * -(-len(expanded) // generator.max_batch)
+    with tqdm(total=total, desc=f"{config.kind}-{config.num_steps}", unit="step", disable=None) as bar:
+        ecg = generator.generate([p for _, _, p in expanded], seed, config, experience, bar.update)
+    seconds = time.perf_counter() - start
+    if not np.all(np.isfinite(ecg)):
+        raise RuntimeError(f"{model.source}: the model produced non-finite ECGs (nothing was written)")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(exist_ok=True)
+    records = []
+    with ecg_io.atomic_directory(out_dir) as tmp:
+        for n, (i, k, p) in enumerate(expanded):
+            name = f"ecg_{i:03d}_{k:02d}"
+            peaks = detect_r_peaks(ecg[n], model.fs)
+            measured = heart_rate_bpm(peaks, model.fs) if len(peaks) >= 2 else float("nan")
+            comments = ["sediff_jax generated ECG (synthetic; not for clinical use)", f"text: {p.text}",
+                        f"age: {'' if p.age is None else f'{p.age:g}'}", f"sex: {p.sex or ''}",
+                        f"hr_bpm: {'' if p.hr is None else f'{p.hr:g}'}", f"seed: {seed}", f"sample: {k}",
+                        f"sampler: {config.kind}-{config.num_steps} guidance {config.guidance_scale:g}",
+                        f"checkpoint: {model.id}"]
+            ecg_io.write_wfdb(tmp / name, ecg[n], model.fs, comments=comments)
+            files = [f"{name}.hea", f"{name}.dat"]
+            if png:
+                title = f"Generated: {p.text[:70]}" + (f" | HR {p.hr:g}" if p.hr is not None else "")
+                ecg_io.save_ecg_png(tmp / f"{name}.png", ecg[n], model.fs, title=title)
+                files.append(f"{name}.png")
+            records.append({"prompt": i, "sample": k, "files": files,
+                            "measured_hr_bpm": None if not np.isfinite(measured) else round(float(measured), 1)})
+        nan = float("nan")
+        ecg_io.write_npz(tmp / "samples.npz", ecg, model.fs,
+                         text=np.array([p.text for _, _, p in expanded]),
+                         age=np.array([nan if p.age is None else p.age for _, _, p in expanded], np.float32),
+                         sex=np.array([p.sex or "" for _, _, p in expanded]),
+                         hr_bpm=np.array([nan if p.hr is None else p.hr for _, _, p in expanded], np.float32),
+                         prompt_index=np.array([i for i, _, _ in expanded]),
+                         sample_index=np.array([k for _, k, _ in expanded]), seed=seed, checkpoint_id=model.id)
+        import jax
+
+        manifest = {
+            "prompts": [p.as_dict() for p in prompts], "num_samples": num_samples, "seed": seed,
+            "sampler": {"kind": config.kind, "steps": config.num_steps, "guidance_scale": config.guidance_scale,
+                        "eta": config.eta, "simulator_guidance": config.simulator_guidance},
+            "experience": "off (retrieval not available)" if experience == "auto" else experience,
+            "checkpoint": {"path": str(model.source), "id": model.id,
+                           "training": model.config.get("training", {})},
+            "fs": model.fs, "samples": len(expanded), "records": records, "npz": "samples.npz",
+            "seconds": round(seconds, 2), "device": f"{jax.devices()[0].device_kind} x{len(jax.devices())}",
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "python": platform.python_version(),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        for f in sorted(tmp.iterdir(), key=lambda f: f.name == "manifest.json"):  # the manifest last
+            os.replace(f, out_dir / f.name)
+    return manifest
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from sediff_jax.generation import load_model
+    from sediff_jax.training.checkpoint import CheckpointError
+
+    try:
+        prompts = _prompts()
+        checkpoint = FLAGS.checkpoint or str(DEFAULT_CHECKPOINT)
+        try:
+            model = load_model(checkpoint)
+        except CheckpointError as e:
+            raise UsageError(f"--checkpoint: {e}") from None
+        config = _sampler_config(model)
+        out_dir = Path(FLAGS.out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UsageError(f"--out_dir={out_dir} exists and is not a directory")
+        manifest = generate_files(out_dir, prompts, model, config, FLAGS.seed, FLAGS.num_samples, FLAGS.png,
+                                  FLAGS.experience, FLAGS.max_batch)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {manifest['samples']} ECG(s) ({config.kind}-{config.num_steps}, guidance "
+          f"{config.guidance_scale:g}, {manifest['seconds']:.1f} s) to {Path(FLAGS.out_dir).resolve()}/")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,168 @@
+"""Samplers of the latent diffusion model: ancestral DDPM (Ho et al. 2020, the paper's) and DDIM (Song et al. 2021),
+both on any subsequence of the training timesteps, with classifier-free guidance (Ho & Salimans 2022) and optional
+simulator guidance. Pure functions of arrays; the model is a callable.
+
+One reverse step from t to the previous kept timestep s (s = -1 at the end, alpha_bar_{-1} = 1):
+
+    eps    = eps_u + w (eps_c - eps_u)                    guidance scale w (0: unconditional, 1: conditional)
+    x0     = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)
+    DDIM:  x_s = sqrt(a_s) x0 + sqrt(1 - a_s - sigma^2) eps + sigma z,
+           sigma = eta sqrt((1 - a_s) / (1 - a_t)) sqrt(1 - a_t / a_s)
+    DDPM:  x_s ~ q(x_s | x_t, x0), the Gaussian posterior of the forward process (mean mu~, variance beta~)
+
+DDIM with eta = 1 is the DDPM ancestral step (same mean, same variance; the tests check this identity), eta = 0
+is the deterministic probability-flow sampler. Simulator guidance (off by default) moves x0 down the gradient of a
+consistency energy E(x0) (e.g. L_Euler + L_interlead + L_sim of the decoded beat) before the step:
+x0 <- x0 - scale * sqrt(1 - a_t) * dE_i/dx0_i per record i, and eps is recomputed from the moved x0 so the step
+stays on the same noise level (the nudge fades to zero at the clean end). It back-propagates through the energy (beat decoder, simulator), not through the
+denoiser, so it costs one decoder pass per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sediff_jax.diffusion.schedule import NoiseSchedule, predict_epsilon
+
+Array = jax.Array
+SAMPLERS = ("ddim", "ddpm")
+# Model call: (x_t (n, time, C), t (n,) int32, drop (n, 3) bool) -> output (epsilon or v). With guidance n is twice
+# the batch (the conditional copy, then the unconditional one): the model repeats its conditions n // batch times.
+Model = Callable[[Array, Array, Array], Array]
+INITIAL_NOISE_STREAM = 2**31 - 1  # fold_in index of x_T's noise (step j's noise uses index j)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """kind: 'ddim' or 'ddpm'.  num_steps: reverse steps, 1..T (T: every training timestep).  guidance_scale: w of
+    classifier-free guidance (0 unconditional, 1 conditional, > 1 stronger).  guidance_drop: which condition
+    groups (text, experience, metadata) the unconditional branch drops, as in training's condition dropout.
+    eta: DDIM's noise (0 deterministic, 1 = DDPM).  clip_x0: clip the predicted x0 to +-clip_x0 (latent units;
+    None: no clipping).  simulator_guidance: scale of the simulator-energy nudge (0: off)."""
+
+    kind: str = "ddim"
+    num_steps: int = 50
+    guidance_scale: float = 1.0
+    guidance_drop: tuple[bool, bool, bool] = (True, True, True)
+    eta: float = 0.0
+    clip_x0: float | None = None
+    simulator_guidance: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in SAMPLERS:
+            raise ValueError(f"sampler {self.kind!r} is unknown; expected one of {SAMPLERS}")
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps={self.num_steps} must be >= 1")
+        if self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale={self.guidance_scale} must be >= 0")
+        if not 0 <= self.eta <= 1:
+            raise ValueError(f"eta={self.eta} must be in [0, 1]")
+        if self.simulator_guidance < 0:
+            raise ValueError(f"simulator_guidance={self.simulator_guidance} must be >= 0")
+        if len(self.guidance_drop) != 3 or not any(self.guidance_drop):
+            raise ValueError(f"guidance_drop={self.guidance_drop} must name 3 groups and drop at least one")
+
+
+def sampling_timesteps(num_train_steps: int, num_steps: int) -> np.ndarray:
+    """The kept timesteps, descending from T-1 to 0, evenly spaced: (num_steps,) int32."""
+    if not 1 <= num_steps <= num_train_steps:
+        raise ValueError(f"num_steps={num_steps} must be in [1, {num_train_steps}] (the schedule's length)")
+    if num_steps == 1:
+        return np.array([num_train_steps - 1], np.int32)
+    return np.unique(np.round(np.linspace(0, num_train_steps - 1, num_steps)).astype(np.int32))[::-1].copy()
+
+
+def guided_epsilon(model: Model, schedule: NoiseSchedule, prediction: str, x_t: Array, t: Array,
+                   scale: float, drop: tuple[bool, bool, bool] = (True, True, True)) -> Array:
+    """eps_u + scale (eps_c - eps_u), one batched model call of 2 x batch (one call when scale is 0 or 1)."""
+    b = x_t.shape[0]
+    keep = jnp.zeros((b, 3), bool)
+    dropped = jnp.broadcast_to(jnp.asarray(drop, bool), (b, 3))
+    if scale == 1.0:
+        return predict_epsilon(schedule, prediction, x_t, model(x_t, t, keep), t)
+    if scale == 0.0:
+        return predict_epsilon(schedule, prediction, x_t, model(x_t, t, dropped), t)
+    both = model(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]), jnp.concatenate([keep, dropped]))
+    eps_c, eps_u = jnp.split(predict_epsilon(schedule, prediction, jnp.concatenate([x_t, x_t]), both,
+                                             jnp.concatenate([t, t])), 2)
+    return eps_u + scale * (eps_c - eps_u)
+
+
+def _alpha_bar(schedule: NoiseSchedule, t: Array) -> Array:
+    """alpha_bar at t, with alpha_bar(-1) = 1 (the clean end)."""
+    table = jnp.asarray(schedule.alphas_cumprod, jnp.float32)
+    return jnp.where(t >= 0, table[jnp.maximum(t, 0)], 1.0)
+
+
+def reverse_step(schedule: NoiseSchedule, config: SamplerConfig, x_t: Array, eps: Array, t: Array, t_prev: Array,
+                 noise: Array, energy: Callable[[Array], Array] | None = None) -> tuple[Array, Array]:
+    """(x_{t_prev}, x0) from x_t and the (guided) eps. t, t_prev: scalars (t_prev = -1: the last step)."""
+    a_t, a_s = _alpha_bar(schedule, t), _alpha_bar(schedule, t_prev)
+    x0 = (x_t - jnp.sqrt(1.0 - a_t) * eps) / jnp.sqrt(a_t)
+    if config.clip_x0 is not None:
+        x0 = jnp.clip(x0, -config.clip_x0, config.clip_x0)
+    if energy is not None and config.simulator_guidance > 0:
+        grad = jax.grad(lambda x: jnp.sum(energy(x)))(x0)
+        x0 = x0 - config.simulator_guidance * jnp.sqrt(1.0 - a_t) * grad
+    if energy is not None or config.clip_x0 is not None:
+        eps = (x_t - jnp.sqrt(a_t) * x0) / jnp.sqrt(1.0 - a_t)
+    if config.kind == "ddpm":
+        alpha = a_t / a_s  # of the (respaced) step t -> t_prev
+        beta = 1.0 - alpha
+        mean = (jnp.sqrt(a_s) * beta / (1.0 - a_t)) * x0 + (jnp.sqrt(alpha) * (1.0 - a_s) / (1.0 - a_t)) * x_t
+        sigma = jnp.sqrt(beta * (1.0 - a_s) / (1.0 - a_t))
+        return mean + sigma * noise, x0
+    sigma = config.eta * jnp.sqrt((1.0 - a_s) / (1.0 - a_t)) * jnp.sqrt(jnp.maximum(1.0 - a_t / a_s, 0.0))
+    direction = jnp.sqrt(jnp.maximum(1.0 - a_s - sigma**2, 0.0)) * eps
+    return jnp.sqrt(a_s) * x0 + direction + sigma * noise, x0
+
+
+def record_keys(key: Array, batch: int) -> Array:
+    """(batch,) keys, one per record, from one sampling key."""
+    return jax.random.split(key, batch)
+
+
+def initial_latents(keys: Array, shape: tuple[int, ...]) -> Array:
+    """x_T ~ N(0, I): (batch, ...) from the records' keys (batch,); the step noise uses fold_in(key, step)."""
+    draw = lambda k: jax.random.normal(jax.random.fold_in(k, INITIAL_NOISE_STREAM), shape[1:], jnp.float32)  # noqa: E731
+    return jax.vmap(draw)(keys)
+
+
+def denoise_steps(model: Model, schedule: NoiseSchedule, prediction: str, config: SamplerConfig, x: Array,
+                  keys: Array, first: Array | int = 0, count: int | None = None,
+                  energy: Callable[[Array], Array] | None = None) -> Array:
+    """Reverse steps `first` .. `first + count - 1` of the `config.num_steps` (count None: to the end), traceable
+    (a `fori_loop`; jit it with the model's parameters and conditions as arguments). keys: (batch,), one per
+    record: record i's noise at step j is drawn from fold_in(keys[i], j), so a record's sample depends only on
+    its key and conditions, not on the batch it shares, how the batch is sharded, or how the steps are split
+    into calls."""
+    timesteps = sampling_timesteps(schedule.num_steps, config.num_steps)
+    table = jnp.asarray(np.concatenate([timesteps, [-1]]), jnp.int32)
+    count = len(timesteps) - int(first) if count is None else count
+    guide = energy if config.simulator_guidance > 0 else None
+
+    def body(i, x):
+        index = first + i
+        t, t_prev = table[index], table[index + 1]
+        eps = guided_epsilon(model, schedule, prediction, x, jnp.full((x.shape[0],), t, jnp.int32),
+                             config.guidance_scale, config.guidance_drop)
+        noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, index), x.shape[1:], jnp.float32))(keys)
+        return reverse_step(schedule, config, x, eps, t, t_prev, noise, guide)[0]
+
+    return jax.lax.fori_loop(0, count, body, x)
+
+
+def sample(model: Model, schedule: NoiseSchedule, prediction: str, config: SamplerConfig, shape: tuple[int, ...],
+           key: Array, energy: Callable[[Array], Array] | None = None) -> Array:
+    """Latents x0, `shape` = (batch, time, C) float32, from pure noise by `config.num_steps` reverse steps.
+
+    model(x_t, t, drop) closes over the conditions; energy(x0) -> (batch,) is the simulator-guidance energy (used
+    when config.simulator_guidance > 0). Traceable; deterministic for a key (record i uses record_keys(key)[i]).
+    """
+    keys = record_keys(key, shape[0])
+    return denoise_steps(model, schedule, prediction, config, initial_latents(keys, shape), keys, energy=energy)

@@ -1,0 +1,182 @@
+"""Text (+ age, sex, heart rate) to 12-lead ECG with a trained SE-Diff model: condition tokens, the sampler over a
+device mesh, and the VAE decoder.
+
+    model = load_model("checkpoints/sediff_ptbxl100")
+    ecg = Generator(model).generate([make_prompt("sinus rhythm, normal ECG", age=54, sex="F", hr=70)], seed=0)
+    # ecg: (1, 1000, 12) float32, mV, at model.fs
+
+Record i of a call is drawn from fold_in(key(seed), i): the same seed and prompts give the same ECGs on any
+number of devices and with any `max_batch`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+
+from sediff_jax.diffusion.sampling import SamplerConfig, denoise_steps, initial_latents, sampling_timesteps
+from sediff_jax.generation.model import SEDiffModel
+from sediff_jax.generation.prompts import Prompt
+from sediff_jax.training.checkpoint import CheckpointError
+from sediff_jax.training.conditions import prior_class_index
+from sediff_jax.training.mesh import batch_sharding, make_mesh, replicated_sharding
+
+CONDITION_KEYS = ("text_tokens", "text_mask", "experience_tokens", "experience_mask", "age", "sex", "hr")
+EXPERIENCE_MODES = ("auto", "off")
+
+
+def text_encoder_for(model: SEDiffModel):
+    """The text encoder the model was trained with (its id names the encoder, weights digest and length)."""
+    from sediff_jax.text import make_text_encoder
+
+    encoder_id = str(model.config["text_encoder"])
+    name = encoder_id.split("-")[0].split("/")[0]
+    try:
+        length = int(encoder_id.rsplit("/len", 1)[1])
+    except (IndexError, ValueError):
+        raise CheckpointError(f"{model.source}: unreadable text encoder id {encoder_id!r}") from None
+    kwargs = {"max_length": length}
+    if name == "hashing":
+        kwargs["dim"] = int(encoder_id.split("/dim")[1].split("/")[0])
+    encoder = make_text_encoder(name, **kwargs)
+    if encoder.id != encoder_id:
+        raise CheckpointError(f"{model.source}: trained with text encoder {encoder_id}, this machine has "
+                              f"{encoder.id} (other weights)")
+    return encoder
+
+
+class Generator:
+    """Generates ECGs from prompts with `model`, batch-sharded over `mesh` (default: every device)."""
+
+    def __init__(self, model: SEDiffModel, mesh=None, text_encoder=None, prior=None, max_batch: int = 64,
+                 chunk_steps: int = 25):
+        from sediff_jax.simulator.priors import load_prior
+
+        self.model = model
+        self.mesh = make_mesh() if mesh is None else mesh
+        self.encoder = text_encoder_for(model) if text_encoder is None else text_encoder
+        prior_path = model.config.get("prior", "default")
+        self.prior = prior if prior is not None else load_prior(None if prior_path in ("default", "") else prior_path)
+        self.class_names = tuple(model.config.get("prior_classes") or self.prior.class_names)
+        missing = [c for c in self.class_names if c not in self.prior.classes]
+        if missing:
+            raise CheckpointError(f"{model.source}: the simulator prior lacks the model's classes {missing[:3]}")
+        self.wave_table = self.prior.wave_table(self.class_names)
+        devices = self.mesh.devices.size
+        self.max_batch = max(devices, max_batch - max_batch % devices)
+        self.chunk_steps = chunk_steps
+        rep = replicated_sharding(self.mesh)
+        self.params = jax.device_put((model.denoiser_params, model.vae_params), rep)
+        vae = model.vae()
+        self.latent_shape = jax.eval_shape(lambda e: vae.encode(e)[0],
+                                           jax.ShapeDtypeStruct((1, model.num_samples, 12), jnp.float32)).shape[1:]
+        self._runners: dict = {}
+
+    # Conditions ------------------------------------------------------------------------------------------------
+    def conditions(self, prompts: Sequence[Prompt], experience: str = "auto") -> dict[str, np.ndarray]:
+        """Host arrays of the denoiser's conditions plus `class_index` (simulator prior class) per prompt.
+
+        Experience tokens (retrieval) are not available yet: 'auto' and 'off' both give the masked-out
+        experience segment, which is what the model saw when experience was absent or dropped."""
+        if experience not in EXPERIENCE_MODES:
+            raise ValueError(f"experience={experience!r}; expected one of {EXPERIENCE_MODES}")
+        texts = [p.text for p in prompts]
+        encoding = self.encoder.encode(texts)
+        b = len(prompts)
+        return {
+            "text_tokens": encoding.tokens.astype(np.float32), "text_mask": encoding.mask,
+            "experience_tokens": np.zeros((b, 1, self.encoder.dim), np.float32),
+            "experience_mask": np.zeros((b, 1), bool),
+            "age": np.array([np.nan if p.age is None else p.age for p in prompts], np.float32),
+            "sex": np.array([p.sex_code for p in prompts], np.int32),
+            "hr": np.array([np.nan if p.hr is None else p.hr for p in prompts], np.float32),
+            "class_index": prior_class_index(texts, self.class_names),
+        }
+
+    # Sampling --------------------------------------------------------------------------------------------------
+    def _energy(self, vae, batch):
+        """Simulator-guidance energy of latents x0 (batch, time, C): L_Euler + L_interlead + L_sim of the
+        decoded beat, with the prompts' prior classes and heart rates (70 bpm where none is given)."""
+        from sediff_jax.simulator.consistency import euler_energy, interlead_energy, simulation_energy
+
+        fs, scale = self.model.fs, self.model.latent_scale
+        before = int(round(float(self.model.config.get("beat_before_s", 0.2)) * fs))
+        waves = jax.tree.map(lambda table: table[batch["class_index"]], self.wave_table)
+        hr = jnp.clip(jnp.where(jnp.isfinite(batch["hr"]), batch["hr"], 70.0), 30.0, 200.0)
+
+        def energy(x0):
+            beat = vae.beat_decoder(x0 / scale)
+            return (euler_energy(beat, fs, before, waves, hr) + interlead_energy(beat, fs)
+                    + simulation_energy(beat, fs, before, waves, hr))
+
+        return energy
+
+    def _runner(self, config: SamplerConfig, count: int, decode: bool) -> Callable:
+        key = (config, count, decode)
+        if key not in self._runners:
+            model = self.model
+            schedule, prediction, scale = model.schedule, model.prediction, model.latent_scale
+            denoiser_graphdef, vae_graphdef = model.denoiser_graphdef, model.vae_graphdef
+
+            def run(params, batch, x, keys, first):
+                from flax import nnx
+
+                denoiser = nnx.merge(denoiser_graphdef, params[0])
+                vae = nnx.merge(vae_graphdef, params[1])
+                conditions = {k: batch[k] for k in CONDITION_KEYS}
+
+                def net(x_t, t, drop):  # x_t holds 1 or 2 (guidance) copies of the batch
+                    copies = x_t.shape[0] // x.shape[0]
+                    tiled = jax.tree.map(lambda c: jnp.concatenate([c] * copies), conditions)
+                    return denoiser(x_t, t, tiled, drop)
+
+                x = denoise_steps(net, schedule, prediction, config, x, keys, first, count,
+                                  self._energy(vae, batch))
+                return vae.decoder(x / scale) if decode else x
+
+            data = batch_sharding(self.mesh)
+            self._runners[key] = jax.jit(run, in_shardings=(replicated_sharding(self.mesh), data, data, data, None),
+                                         out_shardings=data)
+        return self._runners[key]
+
+    def generate(self, prompts: Sequence[Prompt], seed: int = 0, sampler: SamplerConfig = SamplerConfig(),
+                 experience: str = "auto", progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """ECGs (len(prompts), time, 12) float32 mV at `model.fs`; progress(n) is called with the number of
+        reverse steps just done (summed over batches)."""
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("no prompts to generate from")
+        sampling_timesteps(self.model.schedule.num_steps, sampler.num_steps)  # validates num_steps
+        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(len(prompts)))
+        outputs = []
+        for start in range(0, len(prompts), self.max_batch):
+            part = prompts[start:start + self.max_batch]
+            outputs.append(self._generate_batch(part, keys[start:start + len(part)], sampler, experience, progress))
+        return np.concatenate(outputs)[: len(prompts)]
+
+    def _generate_batch(self, prompts, keys, sampler, experience, progress) -> np.ndarray:
+        n = len(prompts)
+        devices = self.mesh.devices.size
+        padded = math.ceil(n / devices) * devices
+        batch = self.conditions(prompts + [prompts[-1]] * (padded - n), experience)
+        keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], padded - n, axis=0)])
+        data = batch_sharding(self.mesh)
+        batch = jax.device_put(batch, data)
+        keys = jax.device_put(keys, data)
+        x = jax.device_put(initial_latents(keys, (padded, *self.latent_shape)), data)
+        total = sampler.num_steps
+        first = 0
+        while first < total:
+            count = min(self.chunk_steps, total - first)
+            last = first + count == total
+            x = self._runner(sampler, count, last)(self.params, batch, x, keys, jnp.int32(first))
+            first += count
+            if progress is not None:
+                jax.block_until_ready(x)
+                progress(count)
+        return np.asarray(jax.device_get(x), np.float32)[:n]

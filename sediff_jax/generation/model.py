@@ -1,0 +1,235 @@
+"""A trained SE-Diff model for generation: the denoiser's EMA weights, the VAE, and what sampling needs to know.
+
+Two on-disk forms load the same way (`load_model`):
+  * an exported model directory: `config.json` (format `sediff_jax.model`, version 1: model configs, schedule,
+    prediction, fs, latent scale, text encoder, simulator prior) and `model.safetensors` (`denoiser/...`,
+    `vae/...` float tensors). Written by `export_model` (experiments/export_model.py); the shipped checkpoint
+    is one.
+  * a training workdir (with `diffusion/`) or a diffusion stage directory: the best EMA checkpoint, and the VAE
+    stage its meta points to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from sediff_jax.diffusion.schedule import NoiseSchedule, make_schedule
+from sediff_jax.models.denoiser import DenoiserConfig, LatentDenoiser
+from sediff_jax.models.vae import ECGVAE, VAEConfig
+from sediff_jax.training.checkpoint import CheckpointError
+from sediff_jax.training.state import split_params
+
+MODEL_FORMAT = "sediff_jax.model"
+MODEL_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+def _dataclass_from(cls, fields: dict[str, Any]):
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+@dataclasses.dataclass
+class SEDiffModel:
+    """denoiser / vae: (graphdef, params) pairs, params as pure dicts of arrays.  config: the `config.json` dict
+    (see the module docstring).  source: where it was loaded from.  id: 12 hex digits of the weights' hash."""
+
+    denoiser_graphdef: nnx.GraphDef
+    denoiser_params: Any
+    vae_graphdef: nnx.GraphDef
+    vae_params: Any
+    config: dict[str, Any]
+    source: str
+    id: str
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return make_schedule(self.config["schedule"]["kind"], int(self.config["schedule"]["num_steps"]))
+
+    @property
+    def fs(self) -> float:
+        return float(self.config["fs"])
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(float(self.config["duration_s"]) * self.fs))
+
+    @property
+    def latent_scale(self) -> float:
+        return float(self.config["latent_scale"])
+
+    @property
+    def prediction(self) -> str:
+        return str(self.config["prediction"])
+
+    def denoiser(self) -> LatentDenoiser:
+        return nnx.merge(self.denoiser_graphdef, self.denoiser_params)
+
+    def vae(self) -> ECGVAE:
+        return nnx.merge(self.vae_graphdef, self.vae_params)
+
+
+def _flatten(params: Any, prefix: str) -> dict[str, np.ndarray]:
+    flat = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+        flat[f"{prefix}/{name}"] = np.asarray(leaf)
+    return flat
+
+
+def _unflatten(template: Any, flat: dict[str, np.ndarray], prefix: str, where: str) -> Any:
+    """`template`'s tree with its leaves taken from `flat`; every name and shape must match."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+    leaves, wanted = [], set()
+    for path, leaf in paths:
+        name = f"{prefix}/" + "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+        wanted.add(name)
+        if name not in flat:
+            raise CheckpointError(f"{where}: incompatible checkpoint, tensor {name!r} is missing")
+        value = flat[name]
+        if value.shape != leaf.shape:
+            raise CheckpointError(f"{where}: incompatible checkpoint, tensor {name!r} has shape {value.shape}, "
+                                  f"the model needs {leaf.shape}")
+        leaves.append(np.asarray(value, np.float32) if np.issubdtype(value.dtype, np.floating) else value)
+    extra = sorted(k for k in flat if k.startswith(prefix + "/") and k not in wanted)
+    if extra:
+        raise CheckpointError(f"{where}: incompatible checkpoint, unexpected tensors {extra[:3]}")
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _build(config: dict[str, Any]) -> tuple[nnx.GraphDef, Any, nnx.GraphDef, Any]:
+    denoiser = LatentDenoiser(_dataclass_from(DenoiserConfig, config["denoiser"]), rngs=nnx.Rngs(0))
+    vae = ECGVAE(_dataclass_from(VAEConfig, config["vae"]), rngs=nnx.Rngs(0))
+    return (*split_params(denoiser), *split_params(vae))
+
+
+def _weights_id(flat: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(flat):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(flat[name]).tobytes())
+    return digest.hexdigest()[:12]
+
+
+def load_exported(directory: str | os.PathLike) -> SEDiffModel:
+    from safetensors.numpy import load_file
+
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{config_path}: unreadable model config ({e})") from None
+    if config.get("format") != MODEL_FORMAT:
+        raise CheckpointError(f"{config_path}: not an SE-Diff model (format {config.get('format')!r})")
+    if config.get("version") != MODEL_VERSION:
+        raise CheckpointError(f"{config_path}: model version {config.get('version')!r}; this sediff_jax reads "
+                              f"version {MODEL_VERSION}")
+    for key in ("denoiser", "vae", "schedule", "prediction", "fs", "duration_s", "latent_scale", "text_encoder"):
+        if key not in config:
+            raise CheckpointError(f"{config_path}: incompatible checkpoint, the config has no {key!r}")
+    try:
+        flat = load_file(str(weights_path))
+    except FileNotFoundError:
+        raise CheckpointError(f"{weights_path}: missing (the model directory needs {WEIGHTS_FILE})") from None
+    except Exception as e:  # safetensors raises its own error types for truncated or corrupt files
+        raise CheckpointError(f"{weights_path}: unreadable weights ({e})") from None
+    denoiser_graphdef, denoiser_template, vae_graphdef, vae_template = _build(config)
+    return SEDiffModel(
+        denoiser_graphdef, _unflatten(denoiser_template, flat, "denoiser", str(weights_path)),
+        vae_graphdef, _unflatten(vae_template, flat, "vae", str(weights_path)),
+        config, str(directory), _weights_id(flat))
+
+
+def _stage_dir(path: Path) -> Path | None:
+    if (path / "diffusion").is_dir():
+        return path / "diffusion"
+    if (path / "best").is_dir() or (path / "checkpoints").is_dir():
+        return path
+    return None
+
+
+def load_training_run(stage_dir: str | os.PathLike, which: str = "best") -> SEDiffModel:
+    """The EMA denoiser of a diffusion stage directory (its best checkpoint by default) with its VAE."""
+    from sediff_jax.training import checkpoint as ckpt
+    from sediff_jax.training.loop import load_vae
+    from sediff_jax.training.mesh import make_mesh, replicated_sharding
+    from sediff_jax.training.state import OptimizerConfig, abstract_like, init_state, make_optimizer
+
+    stage_dir = Path(stage_dir)
+    meta, _ = ckpt.read_meta(str(stage_dir), which)
+    if meta.get("stage") != "diffusion":
+        raise CheckpointError(f"{stage_dir}: not a diffusion checkpoint (stage {meta.get('stage')!r})")
+    graphdef, params = split_params(LatentDenoiser(_dataclass_from(DenoiserConfig, meta["model"]), rngs=nnx.Rngs(0)))
+    tx = make_optimizer(OptimizerConfig())
+    abstract = abstract_like(jax.eval_shape(lambda: init_state(params, tx, 0)), replicated_sharding(make_mesh()))
+    state, _, meta, step = ckpt.restore(str(stage_dir), abstract, which=which)
+    vae_dir = meta["vae"]["directory"]
+    if not os.path.isdir(vae_dir):
+        raise CheckpointError(f"{stage_dir}: its VAE stage {vae_dir} is missing")
+    vae_graphdef, vae_params, _ = load_vae(vae_dir, which="best")
+    loss = meta.get("loss", {})
+    config = {
+        "format": MODEL_FORMAT, "version": MODEL_VERSION,
+        "denoiser": meta["model"], "vae": meta["vae"]["model"], "schedule": meta["schedule"],
+        "prediction": loss.get("prediction", "epsilon"), "fs": meta["fs"], "duration_s": meta["duration_s"],
+        "latent_scale": meta["latent_scale"], "beat_before_s": loss.get("beat_before_s", 0.2),
+        "text_encoder": meta["text_encoder"], "prior": meta.get("prior", "default"),
+        "prior_classes": meta.get("prior_classes", []), "loss": loss,
+        "training": {"step": int(step), "workdir": str(stage_dir.parent)},
+    }
+    denoiser_params = jax.device_get(state.ema_params)
+    vae_params = jax.device_get(vae_params)
+    flat = {**_flatten(denoiser_params, "denoiser"), **_flatten(vae_params, "vae")}
+    return SEDiffModel(graphdef, denoiser_params, vae_graphdef, vae_params, config, str(stage_dir),
+                       _weights_id(flat))
+
+
+def load_model(path: str | os.PathLike) -> SEDiffModel:
+    """An exported model directory, a training workdir, or a diffusion stage directory; CheckpointError names
+    the path and what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    if (path / WEIGHTS_FILE).is_file() or (path / CONFIG_FILE).is_file() and _stage_dir(path) is None:
+        return load_exported(path)  # (a training workdir has a config.json of its own, and diffusion/)
+    stage = _stage_dir(path)
+    if stage is None:
+        raise CheckpointError(f"{path}: no SE-Diff model here (expected {CONFIG_FILE} + {WEIGHTS_FILE}, or a "
+                              "training workdir with diffusion/)")
+    return load_training_run(stage)
+
+
+def export_model(model: SEDiffModel, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None,
+                 overwrite: bool = False) -> Path:
+    """Write `model` as an exported model directory (config.json + model.safetensors), atomically: the files
+    are written to a temporary sibling directory that is renamed into place."""
+    from safetensors.numpy import save_file
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} exists (pass overwrite=True / --overwrite to replace it)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    config = dict(model.config, **(extra or {}))
+    flat = {**_flatten(model.denoiser_params, "denoiser"), **_flatten(model.vae_params, "vae")}
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, str(tmp / WEIGHTS_FILE))
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

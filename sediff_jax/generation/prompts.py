@@ -1,0 +1,111 @@
+"""Generation prompts: a report text plus optional age, sex and heart rate, validated with messages that name the
+field (or flag) and, for prompt files, the row."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+
+AGE_RANGE = (0.0, 120.0)  # years
+HR_RANGE = (20.0, 300.0)  # bpm
+SEXES = {"M": 0, "F": 1}
+FIELDS = ("text", "age", "sex", "hr")
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be generated from; the message names the field and where it came from."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    """text: the report (English).  age: years or None.  sex: 'M', 'F' or None.  hr: heart rate, bpm, or None."""
+
+    text: str
+    age: float | None = None
+    sex: str | None = None
+    hr: float | None = None
+
+    @property
+    def sex_code(self) -> int:
+        """0 male, 1 female, -1 unknown (the loader's coding)."""
+        return SEXES.get(self.sex, -1) if self.sex is not None else -1
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _number(value, name: str, where: str) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PromptError(f"{where}{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise PromptError(f"{where}{name} must be finite, got {value!r}")
+    return number
+
+
+def make_prompt(text, age=None, sex=None, hr=None, where: str = "--") -> Prompt:
+    """A validated Prompt. `where` prefixes the field name in errors ('--' for flags, 'prompts.csv row 3: ')."""
+    if not isinstance(text, str) or not text.strip():
+        raise PromptError(f"{where}text must be a non-empty report, got {text!r}")
+    age = _number(age, "age", where)
+    if age is not None and not AGE_RANGE[0] <= age <= AGE_RANGE[1]:
+        raise PromptError(f"{where}age={age:g} is outside {AGE_RANGE[0]:g}-{AGE_RANGE[1]:g} years")
+    hr = _number(hr, "hr", where)
+    if hr is not None and not HR_RANGE[0] <= hr <= HR_RANGE[1]:
+        raise PromptError(f"{where}hr={hr:g} is outside {HR_RANGE[0]:g}-{HR_RANGE[1]:g} bpm")
+    if sex is not None and not (isinstance(sex, str) and sex.strip() == ""):
+        code = str(sex).strip().upper()
+        code = {"MALE": "M", "FEMALE": "F"}.get(code, code)
+        if code not in SEXES:
+            raise PromptError(f"{where}sex={sex!r} is unknown; expected M or F")
+        sex = code
+    else:
+        sex = None
+    return Prompt(" ".join(text.split()), age, sex, hr)
+
+
+def read_prompts(path: str | os.PathLike) -> list[Prompt]:
+    """Prompts from a CSV (header with `text` and any of age, sex, hr) or JSONL file (one object per line)."""
+    path = Path(path)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PromptError(f"--prompts={path}: unreadable ({e})") from None
+    rows: list[tuple[int, dict]] = []
+    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        for number, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise PromptError(f"--prompts={path} row {number}: not valid JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise PromptError(f"--prompts={path} row {number}: expected a JSON object, got {type(row).__name__}")
+            rows.append((number, row))
+    else:
+        reader = csv.DictReader(raw.splitlines())
+        if reader.fieldnames is None or "text" not in [f.strip() for f in reader.fieldnames]:
+            raise PromptError(f"--prompts={path}: the CSV needs a header with a 'text' column (and optionally "
+                              f"age, sex, hr), got {reader.fieldnames}")
+        for number, row in enumerate(reader, 2):  # row 1 is the header
+            if None in row:
+                raise PromptError(f"--prompts={path} row {number}: more values than header columns")
+            rows.append((number, {k.strip(): v for k, v in row.items()}))
+    prompts = []
+    for number, row in rows:
+        unknown = sorted(set(row) - set(FIELDS))
+        if unknown:
+            raise PromptError(f"--prompts={path} row {number}: unknown columns {unknown}; expected {list(FIELDS)}")
+        prompts.append(make_prompt(row.get("text"), row.get("age"), row.get("sex"), row.get("hr"),
+                                   where=f"--prompts={path} row {number}: "))
+    if not prompts:
+        raise PromptError(f"--prompts={path}: no prompts in the file")
+    return prompts

@@ -1,0 +1,137 @@
+"""Sampler maths against closed forms: for Gaussian data x0 ~ N(mu, s^2) the optimal denoiser is known exactly,
+so DDPM and DDIM must return N(mu, s^2) samples, and classifier-free guidance between two such models must return
+N(mu_u + w (mu_c - mu_u), s^2). DDIM with eta = 1 must be the DDPM ancestral step (Song et al. 2021)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sediff_jax.diffusion.sampling import (
+    SamplerConfig, denoise_steps, guided_epsilon, initial_latents, record_keys, reverse_step, sample, sampling_timesteps,
+)
+from sediff_jax.diffusion.schedule import make_schedule, target
+
+SCHEDULE = make_schedule("cosine", 1000)
+SHAPE = (4000, 3, 2)  # 24k scalars: standard error of a mean ~0.006 s
+MU_C, MU_U, S = 1.5, -0.5, 0.7
+
+
+def gaussian_epsilon(x_t, t, mu, s=S):
+    """E[eps | x_t] for x0 ~ N(mu, s^2) per coordinate."""
+    a = jnp.asarray(SCHEDULE.alphas_cumprod, jnp.float32)[t][:, None, None]
+    return jnp.sqrt(1 - a) * (x_t - jnp.sqrt(a) * mu) / (a * s**2 + 1 - a)
+
+
+def gaussian_model(x_t, t, drop):
+    """Conditional mean MU_C; with the text group dropped, MU_U."""
+    mu = jnp.where(drop[:, 0][:, None, None], MU_U, MU_C)
+    return gaussian_epsilon(x_t, t, mu)
+
+
+def _run(config, key=0, model=gaussian_model, prediction="epsilon", energy=None):
+    return np.asarray(jax.jit(lambda k: sample(model, SCHEDULE, prediction, config, SHAPE, k, energy))(
+        jax.random.key(key)))
+
+
+def test_timesteps_descend_from_the_last_to_zero():
+    for n in (1, 2, 20, 50, 999, 1000):
+        ts = sampling_timesteps(1000, n)
+        assert len(ts) == n and ts[0] == 999 and (n == 1 or ts[-1] == 0) and np.all(np.diff(ts) < 0)
+    np.testing.assert_array_equal(sampling_timesteps(1000, 1000), np.arange(999, -1, -1))
+    with pytest.raises(ValueError, match="num_steps"):
+        sampling_timesteps(1000, 1001)
+
+
+@pytest.mark.parametrize("num_steps", [1000, 50])
+def test_ddim_with_eta_one_is_the_ddpm_ancestral_step(num_steps):
+    key = jax.random.key(3)
+    ddpm = SamplerConfig(kind="ddpm", num_steps=num_steps)
+    ddim = SamplerConfig(kind="ddim", num_steps=num_steps, eta=1.0)
+    # Over a whole chain the two float32 formulas drift apart by round-off only (~1e-3 after 1000 steps).
+    np.testing.assert_allclose(_run(ddpm, 3), _run(ddim, 3), rtol=1e-3, atol=3e-3)
+    x = jax.random.normal(key, (16, 3, 2))
+    eps = jax.random.normal(jax.random.key(4), x.shape)
+    noise = jax.random.normal(jax.random.key(5), x.shape)
+    for t, t_prev in ((999, 979), (500, 499), (10, 0), (0, -1)):
+        a, _ = reverse_step(SCHEDULE, ddpm, x, eps, jnp.int32(t), jnp.int32(t_prev), noise)
+        b, _ = reverse_step(SCHEDULE, ddim, x, eps, jnp.int32(t), jnp.int32(t_prev), noise)
+        # Near t = T-1, x0 = (x - sqrt(1-a) eps) / sqrt(a) divides by sqrt(a) ~ 1e-3: float32 round-off ~1e-4.
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=5e-4, atol=5e-4)
+
+
+@pytest.mark.parametrize("kind,num_steps,std_tolerance",
+                         [("ddpm", 1000, 0.04), ("ddpm", 100, 0.04), ("ddim", 50, 0.04), ("ddim", 20, 0.10)])
+def test_samplers_recover_the_gaussian_data_distribution(kind, num_steps, std_tolerance):
+    """DDIM-20's coarse steps shrink the spread a little (discretisation error of the probability-flow ODE)."""
+    x = _run(SamplerConfig(kind=kind, num_steps=num_steps))
+    assert abs(x.mean() - MU_C) < 0.03, x.mean()
+    assert abs(x.std() - S) / S < std_tolerance, x.std()
+
+
+def test_v_prediction_gives_the_same_samples_as_epsilon_prediction():
+    def v_model(x_t, t, drop):
+        eps = gaussian_model(x_t, t, drop)
+        a = jnp.asarray(SCHEDULE.alphas_cumprod, jnp.float32)[t][:, None, None]
+        x0 = (x_t - jnp.sqrt(1 - a) * eps) / jnp.sqrt(a)
+        return target(SCHEDULE, "v", x0, eps, t)
+
+    config = SamplerConfig(kind="ddim", num_steps=20, guidance_scale=2.0)
+    np.testing.assert_allclose(_run(config, 1, v_model, "v"), _run(config, 1), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.0, 3.0])
+def test_guidance_interpolates_and_extrapolates_between_the_two_models(scale):
+    x = _run(SamplerConfig(kind="ddim", num_steps=50, guidance_scale=scale))
+    expected = MU_U + scale * (MU_C - MU_U)
+    assert abs(x.mean() - expected) < 0.03 + 0.01 * scale, (x.mean(), expected)
+
+
+def test_guidance_scale_zero_and_one_are_the_unconditional_and_conditional_models():
+    x = jax.random.normal(jax.random.key(0), (8, 3, 2))
+    t = jnp.full((8,), 400, jnp.int32)
+    keep, dropped = jnp.zeros((8, 3), bool), jnp.ones((8, 3), bool)
+    cond, uncond = gaussian_model(x, t, keep), gaussian_model(x, t, dropped)
+    np.testing.assert_array_equal(guided_epsilon(gaussian_model, SCHEDULE, "epsilon", x, t, 0.0), uncond)
+    np.testing.assert_array_equal(guided_epsilon(gaussian_model, SCHEDULE, "epsilon", x, t, 1.0), cond)
+    np.testing.assert_allclose(guided_epsilon(gaussian_model, SCHEDULE, "epsilon", x, t, 2.5),
+                               uncond + 2.5 * (cond - uncond), rtol=1e-6, atol=1e-6)
+    # Only the named groups are dropped in the unconditional branch: keeping text keeps MU_C.
+    np.testing.assert_allclose(guided_epsilon(gaussian_model, SCHEDULE, "epsilon", x, t, 2.5, (False, True, True)),
+                               cond, rtol=1e-6, atol=1e-6)
+
+
+def test_same_key_same_samples_and_chunked_calls_match_one_call():
+    config = SamplerConfig(kind="ddpm", num_steps=30, guidance_scale=1.5)
+    a, b, c = _run(config, 7), _run(config, 7), _run(config, 8)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    keys = record_keys(jax.random.key(7), SHAPE[0])
+    x = initial_latents(keys, SHAPE)
+    for first, count in ((0, 10), (10, 7), (17, 13)):
+        x = denoise_steps(gaussian_model, SCHEDULE, "epsilon", config, x, keys, first, count)
+    np.testing.assert_allclose(np.asarray(x), a, rtol=1e-5, atol=1e-5)
+    # A record's sample depends only on its key: the first 100 records alone give the same samples.
+    few = denoise_steps(gaussian_model, SCHEDULE, "epsilon", config, initial_latents(keys[:100], (100,) + SHAPE[1:]),
+                        keys[:100])
+    np.testing.assert_allclose(np.asarray(few), a[:100], rtol=1e-5, atol=1e-5)
+
+
+def test_simulator_guidance_pulls_samples_down_the_energy_and_is_off_at_zero():
+    def energy(x0):  # a stand-in consistency energy with its minimum at 0.5
+        return 0.5 * jnp.sum((x0 - 0.5) ** 2, axis=(1, 2))
+
+    plain = SamplerConfig(kind="ddim", num_steps=50)
+    np.testing.assert_array_equal(_run(plain, 2, energy=energy), _run(plain, 2))
+    guided = _run(dataclasses.replace(plain, simulator_guidance=0.3), 2, energy=energy)
+    assert abs(guided.mean() - 0.5) < abs(_run(plain, 2).mean() - 0.5) - 0.2
+
+
+def test_bad_sampler_settings_are_refused():
+    for kwargs, match in (({"kind": "euler"}, "sampler"), ({"num_steps": 0}, "num_steps"),
+                          ({"guidance_scale": -1.0}, "guidance_scale"), ({"eta": 2.0}, "eta"),
+                          ({"guidance_drop": (False, False, False)}, "guidance_drop")):
+        with pytest.raises(ValueError, match=match):
+            SamplerConfig(**kwargs)

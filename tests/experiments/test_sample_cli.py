@@ -1,0 +1,76 @@
+"""experiments/sample.py end to end, in a subprocess as a user runs it, on a small exported model."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import wfdb
+
+from sediff_jax.leads import LEAD_NAMES
+
+
+def _run(repo_root, *args):
+    return subprocess.run([sys.executable, "-m", "experiments.sample", *args], cwd=repo_root, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_writes_wfdb_png_npz_and_manifest(repo_root, exported_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"text": "sinus bradycardia", "age": 70, "sex": "M", "hr": 50}\n'
+                       '{"text": "sinus tachycardia", "hr": 120}\n')
+    out = tmp_path / "out"
+    result = _run(repo_root, f"--checkpoint={exported_model_dir}", f"--prompts={prompts}", "--num_samples=2",
+                  "--steps=4", "--guidance_scale=1.5", "--seed=5", f"--out_dir={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = sorted(p.name for p in out.iterdir())
+    expected = [f"ecg_{i:03d}_{k:02d}.{ext}" for i in range(2) for k in range(2) for ext in ("dat", "hea", "png")]
+    assert names == sorted(expected + ["manifest.json", "samples.npz"])
+    record = wfdb.rdrecord(str(out / "ecg_001_01"))
+    assert record.fs == 100 and record.sig_len == 256 and record.sig_name == list(LEAD_NAMES)
+    assert "text: sinus tachycardia" in record.comments and "hr_bpm: 120" in record.comments
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 5 and manifest["sampler"] == {"kind": "ddim", "steps": 4, "guidance_scale": 1.5,
+                                                             "eta": 0.0, "simulator_guidance": 0.0}
+    assert manifest["samples"] == 4 and len(manifest["checkpoint"]["id"]) == 12
+    with np.load(out / "samples.npz") as f:
+        assert f["ecg"].shape == (4, 256, 12)
+        np.testing.assert_allclose(f["ecg"][3], record.p_signal, atol=1e-3)
+        assert list(f["text"]) == ["sinus bradycardia"] * 2 + ["sinus tachycardia"] * 2
+        assert np.isnan(f["age"][2]) and f["hr_bpm"][0] == 50
+        assert np.abs(f["ecg"][0] - f["ecg"][1]).max() > 1e-3  # two samples of one prompt differ
+
+
+# Each case is a fresh interpreter (~5 s); the prompt checks themselves are tested in-process in
+# tests/generation, so the cases that only repeat them through the CLI are marked slow.
+@pytest.mark.parametrize("args,message", [
+    pytest.param(["--text=  "], "--text must be a non-empty", marks=pytest.mark.slow),
+    (["--text=normal ECG", "--age=130"], "--age=130 is outside 0-120"),
+    pytest.param(["--text=normal ECG", "--hr=10"], "--hr=10 is outside 20-300", marks=pytest.mark.slow),
+    pytest.param(["--text=normal ECG", "--sex=X"], "--sex='X' is unknown", marks=pytest.mark.slow),
+    (["--prompts=BAD"], "row 3: hr=400"),
+    pytest.param(["--text=normal ECG", "--checkpoint=MISSING"], "--checkpoint: .*no such checkpoint",
+                 marks=pytest.mark.slow),
+    (["--text=normal ECG", "--checkpoint=INCOMPATIBLE"], "--checkpoint: .*incompatible checkpoint"),
+    pytest.param(["--text=normal ECG", "--steps=5000"], "--steps=5000 must be within 1-100",
+                 marks=pytest.mark.slow),
+])
+def test_bad_input_names_the_flag_and_writes_nothing(repo_root, exported_model_dir, tmp_path, args, message):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,age,sex,hr\nnormal ECG,40,M,60\nsinus tachycardia,,,400\n")
+    incompatible = tmp_path / "incompatible"
+    incompatible.mkdir()
+    config = json.loads((exported_model_dir / "config.json").read_text())
+    config["denoiser"]["time_embed_dim"] = 32
+    (incompatible / "config.json").write_text(json.dumps(config))
+    (incompatible / "model.safetensors").write_bytes((exported_model_dir / "model.safetensors").read_bytes())
+    args = [a.replace("BAD", str(bad)).replace("MISSING", str(tmp_path / "nowhere"))
+            .replace("INCOMPATIBLE", str(incompatible)) for a in args]
+    if not any(a.startswith("--checkpoint") for a in args):
+        args.append(f"--checkpoint={exported_model_dir}")
+    out = tmp_path / "out"
+    result = _run(repo_root, *args, f"--out_dir={out}")
+    assert result.returncode == 2, (result.stdout, result.stderr[-2000:])
+    assert __import__("re").search(message, result.stderr), result.stderr[-2000:]
+    assert not out.exists()
