@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine with only Python:
-#   make demo   simulate 12-lead ECGs from the embedded presets (no download, no key)
+#   make demo   generate 12-lead ECGs from text with the shipped checkpoint (no download, no key)
 #   make test   run the test suite
 # Each creates the virtualenv $(VENV) with what it needs. PYTHON=python3.12 picks another interpreter.
 
@@ -10,7 +10,7 @@ PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?=
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo demo-simulator test test-all bench clean
 
 $(VENV)/.base: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -24,11 +24,17 @@ $(VENV)/.test: $(VENV)/.base
 	touch $@
 
 demo: $(VENV)/.base
-	$(PY) -m experiments.simulate --preset=normal_sinus --num=2 --seed=0 --out=$(DEMO_OUT)/normal_sinus
-	$(PY) -m experiments.simulate --preset=atrial_fibrillation --num=1 --seed=1 --noise --out=$(DEMO_OUT)/atrial_fibrillation
-	$(PY) -m experiments.simulate --preset=st_elevation --num=1 --seed=2 --out=$(DEMO_OUT)/st_elevation
+	$(PY) -m experiments.sample --prompts=experiments/prompts/demo.csv --num_samples=1 --seed=0 \
+		--sampler=ddim --steps=50 --out_dir=$(DEMO_OUT)
+	@echo "Generated ECGs (WFDB .hea/.dat, .png, samples.npz, manifest.json) from experiments/prompts/demo.csv are in $(abspath $(DEMO_OUT))/"
+
+# The simulator alone: 12-lead ECGs from the embedded presets, and a prepared synthetic dataset.
+demo-simulator: $(VENV)/.base
+	$(PY) -m experiments.simulate --preset=normal_sinus --num=2 --seed=0 --out=$(DEMO_OUT)/simulated/normal_sinus
+	$(PY) -m experiments.simulate --preset=atrial_fibrillation --num=1 --seed=1 --noise --out=$(DEMO_OUT)/simulated/atrial_fibrillation
+	$(PY) -m experiments.simulate --preset=st_elevation --num=1 --seed=2 --out=$(DEMO_OUT)/simulated/st_elevation
 	$(PY) -m experiments.prepare_data --dataset=synthetic --num_synthetic=200 --fs=100 --overwrite --out_dir=$(DEMO_OUT)/prepared
-	@echo "Demo ECGs (WFDB .hea/.dat, .npz, .png) and a prepared synthetic dataset are in $(abspath $(DEMO_OUT))/"
+	@echo "Simulated ECGs and a prepared synthetic dataset are in $(abspath $(DEMO_OUT))/"
 
 # Fast suite (what CI runs). Tests marked `slow` run with `make test-all`.
 test: $(VENV)/.test
@@ -42,6 +48,7 @@ bench: $(VENV)/.test
 	$(PY) -m experiments.benchmarks.data
 	$(PY) -m experiments.benchmarks.fitting --reference
 	$(PY) -m experiments.benchmarks.train_step
+	$(PY) -m experiments.benchmarks.sampling
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

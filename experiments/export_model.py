@@ -20,6 +20,8 @@ flags.DEFINE_string("out", None, "Output model directory.", required=True)
 flags.DEFINE_string("command", "", "The training command, recorded in the config for reproduction.")
 flags.DEFINE_string("metrics", None, "A JSON file to record under 'metrics' in the config.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
+flags.DEFINE_enum("which", "best", ["best", "latest"], "The best checkpoint on validation, or the latest.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "float16"], "Stored weight precision (float16: half the size).")
 
 
 def main(argv):
@@ -30,7 +32,7 @@ def main(argv):
     from sediff_jax.training.checkpoint import CheckpointError
 
     try:
-        model = load_model(FLAGS.workdir)
+        model = load_model(FLAGS.workdir, FLAGS.which)
         training = dict(model.config.get("training", {}))
         training.pop("workdir", None)
         if FLAGS.command:
@@ -39,12 +41,12 @@ def main(argv):
         if FLAGS.metrics:
             with open(FLAGS.metrics) as f:
                 extra["metrics"] = json.load(f)
-        out = export_model(model, FLAGS.out, extra, overwrite=FLAGS.overwrite)
+        out = export_model(model, FLAGS.out, extra, overwrite=FLAGS.overwrite, dtype=FLAGS.dtype)
     except (CheckpointError, FileExistsError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     size = (out / WEIGHTS_FILE).stat().st_size / 2**20
-    print(f"exported {model.source} (id {model.id}) to {out} ({size:.1f} MB)")
+    print(f"exported {model.source} to {out} ({size:.1f} MB, model id {load_model(out).id})")
 
 
 if __name__ == "__main__":

@@ -23,12 +23,13 @@ from pathlib import Path
 
 from absl import app, flags
 
+from sediff_jax.generation.model import SHIPPED_CHECKPOINT
+
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CHECKPOINT = REPO / "checkpoints" / "sediff_ptbxl100"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Exported model directory or training workdir (default: the shipped "
-                    f"checkpoint, {DEFAULT_CHECKPOINT.relative_to(REPO)}).")
+                    f"checkpoint, {SHIPPED_CHECKPOINT.relative_to(REPO)}).")
 flags.DEFINE_string("text", None, "The report to generate from (or use --prompts).")
 flags.DEFINE_float("age", None, "Age, years (0-120).")
 flags.DEFINE_string("sex", None, "M or F.")
@@ -161,7 +162,7 @@ def main(argv):
 
     try:
         prompts = _prompts()
-        checkpoint = FLAGS.checkpoint or str(DEFAULT_CHECKPOINT)
+        checkpoint = FLAGS.checkpoint or str(SHIPPED_CHECKPOINT)
         try:
             model = load_model(checkpoint)
         except CheckpointError as e:

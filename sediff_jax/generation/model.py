@@ -32,6 +32,8 @@ from sediff_jax.training.state import split_params
 MODEL_FORMAT = "sediff_jax.model"
 MODEL_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+# The checkpoint shipped with the repository (checkpoints/README.md is its model card).
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "sediff_ptbxl100"
 
 
 def _dataclass_from(cls, fields: dict[str, Any]):
@@ -194,9 +196,9 @@ def load_training_run(stage_dir: str | os.PathLike, which: str = "best") -> SEDi
                        _weights_id(flat))
 
 
-def load_model(path: str | os.PathLike) -> SEDiffModel:
-    """An exported model directory, a training workdir, or a diffusion stage directory; CheckpointError names
-    the path and what is wrong."""
+def load_model(path: str | os.PathLike, which: str = "best") -> SEDiffModel:
+    """An exported model directory, a training workdir, or a diffusion stage directory (its `which` checkpoint:
+    'best' on validation or 'latest'); CheckpointError names the path and what is wrong."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
@@ -206,27 +208,34 @@ def load_model(path: str | os.PathLike) -> SEDiffModel:
     if stage is None:
         raise CheckpointError(f"{path}: no SE-Diff model here (expected {CONFIG_FILE} + {WEIGHTS_FILE}, or a "
                               "training workdir with diffusion/)")
-    return load_training_run(stage)
+    return load_training_run(stage, which)
 
 
 def export_model(model: SEDiffModel, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None,
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, dtype: str = "float32") -> Path:
     """Write `model` as an exported model directory (config.json + model.safetensors), atomically: the files
-    are written to a temporary sibling directory that is renamed into place."""
+    are written to a temporary sibling directory that is renamed into place. dtype: 'float32' (exact) or
+    'float16' (half the size; loaded back as float32)."""
     from safetensors.numpy import save_file
 
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype={dtype!r}; expected float32 or float16")
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists (pass overwrite=True / --overwrite to replace it)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    config = dict(model.config, **(extra or {}))
-    flat = {**_flatten(model.denoiser_params, "denoiser"), **_flatten(model.vae_params, "vae")}
+    config = {**model.config, **(extra or {}), "weights_dtype": dtype}
+    flat = {name: value.astype(dtype) if np.issubdtype(value.dtype, np.floating) else value
+            for name, value in {**_flatten(model.denoiser_params, "denoiser"),
+                                **_flatten(model.vae_params, "vae")}.items()}
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, str(tmp / WEIGHTS_FILE))
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
+        for f in (tmp / WEIGHTS_FILE, tmp / CONFIG_FILE):
+            f.chmod(0o644)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

@@ -108,3 +108,13 @@ def test_prompt_files_report_the_bad_row(tmp_path):
     headless.write_text("report,age\nx,3\n")
     with pytest.raises(PromptError, match="'text' column"):
         read_prompts(headless)
+
+
+def test_float16_export_halves_the_file_and_loads_as_float32(exported_model_dir, model, tmp_path):
+    half = load_model(export_model(model, tmp_path / "half", dtype="float16"))
+    size = lambda d: (d / "model.safetensors").stat().st_size  # noqa: E731
+    assert size(tmp_path / "half") < 0.55 * size(exported_model_dir)
+    assert half.config["weights_dtype"] == "float16"
+    for a, b in zip(jax.tree.leaves(model.denoiser_params), jax.tree.leaves(half.denoiser_params)):
+        assert b.dtype == np.float32
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-3, atol=1e-4)

@@ -1,0 +1,20 @@
+"""The shipped checkpoint (checkpoints/sediff_ptbxl100): present, within the size budget, loadable, and matching
+this code's text encoder and simulator prior. (colab/quickstart.ipynb's test generates from it.)"""
+
+import json
+
+from sediff_jax.generation import Generator, load_model
+from sediff_jax.generation.model import CONFIG_FILE, MODEL_FORMAT, MODEL_VERSION, WEIGHTS_FILE
+
+
+def test_shipped_checkpoint_loads_with_its_text_encoder_and_prior(repo_root):
+    directory = repo_root / "checkpoints" / "sediff_ptbxl100"
+    assert (directory / WEIGHTS_FILE).stat().st_size <= 30 * 2**20
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    assert config["format"] == MODEL_FORMAT and config["version"] == MODEL_VERSION
+    assert config["training"]["command"].startswith("python -m experiments.train")
+    assert (repo_root / "checkpoints" / "README.md").is_file()
+    model = load_model(directory)
+    assert model.fs == 100.0 and model.num_samples == 1000 and model.schedule.num_steps == 1000
+    generator = Generator(model)  # raises if the MiniLM weights or the prior classes differ
+    assert generator.latent_shape == (125, 4)
