@@ -41,6 +41,8 @@ flags.DEFINE_enum("sampler", "ddim", ["ddim", "ddpm"], "DDIM (deterministic at -
 flags.DEFINE_integer("steps", 50, "Reverse steps (1 .. the model's training steps, e.g. 1000 for full DDPM).")
 flags.DEFINE_float("guidance_scale", 1.0, "Classifier-free guidance: 0 unconditional, 1 conditional, > 1 stronger.")
 flags.DEFINE_float("eta", 0.0, "DDIM noise in [0, 1] (1 = DDPM).")
+flags.DEFINE_float("clip_x0", None, "Clip the predicted clean latent to +-this (default: the model's, 3 for unit-"
+                   "variance latents; inf: no clipping).")
 flags.DEFINE_float("simulator_guidance", 0.0, "Simulator-consistency guidance scale (0: off; see README).")
 flags.DEFINE_enum("experience", "auto", ["auto", "off"], "Retrieved clinical experience (auto: when available).")
 flags.DEFINE_string("out_dir", None, "Output directory.", required=True)
@@ -80,7 +82,7 @@ def _sampler_config(model):
         raise UsageError(f"--steps={FLAGS.steps} must be within 1-{limit} (the model's diffusion steps)")
     try:
         return SamplerConfig(kind=FLAGS.sampler, num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale,
-                             eta=FLAGS.eta, simulator_guidance=FLAGS.simulator_guidance)
+                             eta=FLAGS.eta, simulator_guidance=FLAGS.simulator_guidance, clip_x0=FLAGS.clip_x0)
     except ValueError as e:
         raise UsageError(f"--{str(e).split('=')[0]}: {e}") from None
 
@@ -139,7 +141,8 @@ def generate_files(out_dir: Path, prompts, model, config, seed: int, num_samples
         manifest = {
             "prompts": [p.as_dict() for p in prompts], "num_samples": num_samples, "seed": seed,
             "sampler": {"kind": config.kind, "steps": config.num_steps, "guidance_scale": config.guidance_scale,
-                        "eta": config.eta, "simulator_guidance": config.simulator_guidance},
+                        "eta": config.eta, "simulator_guidance": config.simulator_guidance,
+                        "clip_x0": generator.latent_clip if config.clip_x0 is None else config.clip_x0},
             "experience": "off (retrieval not available)" if experience == "auto" else experience,
             "checkpoint": {"path": str(model.source), "id": model.id,
                            "training": model.config.get("training", {})},

@@ -43,7 +43,7 @@ class SamplerConfig:
     classifier-free guidance (0 unconditional, 1 conditional, > 1 stronger).  guidance_drop: which condition
     groups (text, experience, metadata) the unconditional branch drops, as in training's condition dropout.
     eta: DDIM's noise (0 deterministic, 1 = DDPM).  clip_x0: clip the predicted x0 to +-clip_x0 (latent units;
-    None: no clipping).  simulator_guidance: scale of the simulator-energy nudge (0: off)."""
+    None: no clipping; as in Ho et al.'s sampler, which clips x0 to the data range).  simulator_guidance: scale of the simulator-energy nudge (0: off)."""
 
     kind: str = "ddim"
     num_steps: int = 50
@@ -62,6 +62,8 @@ class SamplerConfig:
             raise ValueError(f"guidance_scale={self.guidance_scale} must be >= 0")
         if not 0 <= self.eta <= 1:
             raise ValueError(f"eta={self.eta} must be in [0, 1]")
+        if self.clip_x0 is not None and not self.clip_x0 > 0:
+            raise ValueError(f"clip_x0={self.clip_x0} must be > 0 (None: no clipping)")
         if self.simulator_guidance < 0:
             raise ValueError(f"simulator_guidance={self.simulator_guidance} must be >= 0")
         if len(self.guidance_drop) != 3 or not any(self.guidance_drop):

@@ -11,6 +11,7 @@ number of devices and with any `max_batch`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Sequence
 
@@ -26,6 +27,10 @@ from sediff_jax.training.checkpoint import CheckpointError
 from sediff_jax.training.conditions import prior_class_index
 from sediff_jax.training.mesh import batch_sharding, make_mesh, replicated_sharding
 
+# x0 is clipped to +-DEFAULT_LATENT_CLIP (unit-variance latents; ~ the 99th percentile of |latent| on PTB-XL) unless
+# the model's config or the sampler says otherwise. Without it the first reverse step divides the eps error by
+# sqrt(alpha_bar_{T-1}) ~ 1e-4 (cosine schedule) and the shipped model's latents end with std ~1000 (measured).
+DEFAULT_LATENT_CLIP = 3.0
 CONDITION_KEYS = ("text_tokens", "text_mask", "experience_tokens", "experience_mask", "age", "sex", "hr")
 EXPERIENCE_MODES = ("auto", "off")
 
@@ -67,6 +72,7 @@ class Generator:
         if missing:
             raise CheckpointError(f"{model.source}: the simulator prior lacks the model's classes {missing[:3]}")
         self.wave_table = self.prior.wave_table(self.class_names)
+        self.latent_clip = float(model.config.get("latent_clip", DEFAULT_LATENT_CLIP))
         devices = self.mesh.devices.size
         self.max_batch = max(devices, max_batch - max_batch % devices)
         self.chunk_steps = chunk_steps
@@ -147,8 +153,13 @@ class Generator:
     def generate(self, prompts: Sequence[Prompt], seed: int = 0, sampler: SamplerConfig = SamplerConfig(),
                  experience: str = "auto", progress: Callable[[int], None] | None = None) -> np.ndarray:
         """ECGs (len(prompts), time, 12) float32 mV at `model.fs`; progress(n) is called with the number of
-        reverse steps just done (summed over batches)."""
+        reverse steps just done (summed over batches). `sampler.clip_x0` None means the model's latent clip
+        (`latent_clip` in its config, else DEFAULT_LATENT_CLIP); pass inf for none."""
         prompts = list(prompts)
+        if sampler.clip_x0 is None:
+            sampler = dataclasses.replace(sampler, clip_x0=self.latent_clip)
+        if not math.isfinite(sampler.clip_x0):
+            sampler = dataclasses.replace(sampler, clip_x0=None)
         if not prompts:
             raise ValueError("no prompts to generate from")
         sampling_timesteps(self.model.schedule.num_steps, sampler.num_steps)  # validates num_steps

@@ -1,5 +1,6 @@
 """Model export/load, prompt validation and the generator: same seed, same ECGs on 1 and 8 devices."""
 
+import dataclasses
 import json
 import shutil
 
@@ -61,10 +62,10 @@ def test_same_seed_gives_identical_ecgs_on_1_and_8_devices(model):
     one = Generator(model, mesh=make_mesh(jax.devices()[:1])).generate(PROMPTS, seed=3, sampler=SAMPLER)
     eight = Generator(model, mesh=make_mesh(jax.devices())).generate(PROMPTS, seed=3, sampler=SAMPLER)
     assert one.shape == (3, 256, 12) and np.all(np.isfinite(one))
-    np.testing.assert_allclose(one, eight, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one, eight, rtol=1e-4, atol=1e-5)
     # Batching does not matter either: record i depends on (seed, i, prompt i) only.
     small_batches = Generator(model, mesh=make_mesh(jax.devices()[:1]), max_batch=1, chunk_steps=4)
-    np.testing.assert_allclose(small_batches.generate(PROMPTS, seed=3, sampler=SAMPLER), one, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(small_batches.generate(PROMPTS, seed=3, sampler=SAMPLER), one, rtol=1e-4, atol=1e-5)
     other_seed = Generator(model, mesh=make_mesh(jax.devices()[:1])).generate(PROMPTS, seed=4, sampler=SAMPLER)
     assert not np.allclose(other_seed, one, atol=1e-3)
 
@@ -118,3 +119,15 @@ def test_float16_export_halves_the_file_and_loads_as_float32(exported_model_dir,
     for a, b in zip(jax.tree.leaves(model.denoiser_params), jax.tree.leaves(half.denoiser_params)):
         assert b.dtype == np.float32
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-3, atol=1e-4)
+
+
+def test_the_model_latent_clip_is_the_default_and_inf_turns_it_off(model):
+    generator = Generator(model, mesh=make_mesh(jax.devices()[:1]))
+    assert generator.latent_clip == 3.0  # DEFAULT_LATENT_CLIP: the small model's config has none
+    default = generator.generate(PROMPTS[:1], seed=0, sampler=SAMPLER)
+    explicit = generator.generate(PROMPTS[:1], seed=0, sampler=dataclasses.replace(SAMPLER, clip_x0=3.0))
+    np.testing.assert_array_equal(default, explicit)
+    tight = generator.generate(PROMPTS[:1], seed=0, sampler=dataclasses.replace(SAMPLER, clip_x0=0.01))
+    assert not np.allclose(tight, default, atol=1e-4)
+    unclipped = generator.generate(PROMPTS[:1], seed=0, sampler=dataclasses.replace(SAMPLER, clip_x0=float("inf")))
+    assert np.all(np.isfinite(unclipped))
