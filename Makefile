@@ -25,7 +25,7 @@ $(VENV)/.test: $(VENV)/.base
 
 demo: $(VENV)/.base
 	$(PY) -m experiments.sample --prompts=experiments/prompts/demo.csv --num_samples=1 --seed=0 \
-		--sampler=ddim --steps=50 --out_dir=$(DEMO_OUT)
+		--sampler=ddim --steps=50 --guidance_scale=2 --out_dir=$(DEMO_OUT)
 	@echo "Generated ECGs (WFDB .hea/.dat, .png, samples.npz, manifest.json) from experiments/prompts/demo.csv are in $(abspath $(DEMO_OUT))/"
 
 # The simulator alone: 12-lead ECGs from the embedded presets, and a prepared synthetic dataset.

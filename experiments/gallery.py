@@ -19,7 +19,7 @@ flags.DEFINE_string("split", "test", "Split to take the records from.")
 flags.DEFINE_integer("records", 3, "Number of records.")
 flags.DEFINE_integer("skip", 0, "Records to skip before picking.")
 flags.DEFINE_integer("steps", 50, "DDIM steps.")
-flags.DEFINE_float("guidance_scale", 1.0, "Classifier-free guidance scale.")
+flags.DEFINE_float("guidance_scale", 2.0, "Classifier-free guidance scale.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("out", "gallery.png", "Output PNG.")
 

@@ -39,7 +39,7 @@ flags.DEFINE_integer("num_samples", 1, "ECGs per prompt (>= 1).")
 flags.DEFINE_integer("seed", 0, "Random seed; the same seed and prompts give the same ECGs on any device count.")
 flags.DEFINE_enum("sampler", "ddim", ["ddim", "ddpm"], "DDIM (deterministic at --eta=0) or ancestral DDPM.")
 flags.DEFINE_integer("steps", 50, "Reverse steps (1 .. the model's training steps, e.g. 1000 for full DDPM).")
-flags.DEFINE_float("guidance_scale", 1.0, "Classifier-free guidance: 0 unconditional, 1 conditional, > 1 stronger.")
+flags.DEFINE_float("guidance_scale", 2.0, "Classifier-free guidance: 0 unconditional, 1 conditional, > 1 stronger.")
 flags.DEFINE_float("eta", 0.0, "DDIM noise in [0, 1] (1 = DDPM).")
 flags.DEFINE_float("clip_x0", None, "Clip the predicted clean latent to +-this (default: the model's, 3 for unit-"
                    "variance latents; inf: no clipping).")
