@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from sediff_jax.simulator.priors import FIELDS, load_prior
 from tests.data.test_datasets import write_mimic_fixture
@@ -16,6 +17,7 @@ def _run(repo_root, *args):
     )
 
 
+@pytest.mark.slow  # CI time; runs in `make test-all`
 def test_mimic_prior_and_rebuild_from_fits(repo_root, tmp_path):
     root = write_mimic_fixture(tmp_path / "mimic")
     out, fits = tmp_path / "prior.json", tmp_path / "fits.npz"

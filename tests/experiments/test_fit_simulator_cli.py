@@ -21,6 +21,7 @@ def _is_png(path):
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # CI time; runs in `make test-all`
 def test_round_trip_and_bad_records(repo_root, tmp_path, data_dir):
     records = tmp_path / "records"
     good = write_record(str(records), "good", simulated_ecg(fs=500.0, duration_s=6.0, hr=75.0), 500.0)

@@ -53,7 +53,8 @@ def test_writes_wfdb_png_npz_and_manifest(repo_root, exported_model_dir, tmp_pat
     (["--prompts=BAD"], "row 3: hr=400"),
     pytest.param(["--text=normal ECG", "--checkpoint=MISSING"], "--checkpoint: .*no such checkpoint",
                  marks=pytest.mark.slow),
-    (["--text=normal ECG", "--checkpoint=INCOMPATIBLE"], "--checkpoint: .*incompatible checkpoint"),
+    pytest.param(["--text=normal ECG", "--checkpoint=INCOMPATIBLE"], "--checkpoint: .*incompatible checkpoint",
+                 marks=pytest.mark.slow),
     pytest.param(["--text=normal ECG", "--steps=5000"], "--steps=5000 must be within 1-100",
                  marks=pytest.mark.slow),
 ])

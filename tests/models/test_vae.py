@@ -75,6 +75,7 @@ def test_device_median_beat_matches_numpy_on_real_records(data_dir):
         np.testing.assert_allclose(np.asarray(beats[i]), expected, atol=1e-6)
 
 
+@pytest.mark.slow  # CI time; runs in `make test-all`
 def test_every_term_has_gradient_and_beatless_records_are_masked():
     model = ECGVAE(_small(), rngs=nnx.Rngs(0))
     ecg, r_peaks = _batch(3)

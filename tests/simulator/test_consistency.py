@@ -52,6 +52,7 @@ def test_energies_ignore_voltage_scale_and_interlead_catches_broken_limb_leads()
     assert float(consistency.interlead_energy(broken, FS)[0]) > 0.1
 
 
+@pytest.mark.slow  # CI time; runs in `make test-all`
 def test_gradients_match_finite_differences():
     with jax.enable_x64(True):
         beats, waves, hr = _beats(["normal_sinus", "lvh"], 70.0)

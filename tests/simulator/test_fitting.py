@@ -79,6 +79,7 @@ def test_beat_fit_matches_the_noiseless_beat(beat_fits):
         assert np.sqrt(np.mean(residual**2)) < 0.02
 
 
+@pytest.mark.slow  # CI time; runs in `make test-all`
 def test_strip_fit_follows_the_rhythm():
     truth = _true_params(80.0, hr_std=3.0)
     ecg = _record(truth, 7, duration_s=4.0, noise_mv=0.01)
@@ -90,6 +91,7 @@ def test_strip_fit_follows_the_rhythm():
     assert result.loss_history[-1] < result.loss_history[0]
 
 
+@pytest.mark.slow  # CI time; runs in `make test-all`
 def test_misfit_gradient_matches_finite_differences():
     with jax.enable_x64(True):
         truth = _true_params(70.0)

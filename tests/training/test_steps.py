@@ -192,6 +192,7 @@ def test_simulator_rows_are_a_uniform_random_subset_of_the_real_records():
         DiffusionLossConfig(sim_fraction=0.0)
 
 
+@pytest.mark.slow  # CI time; runs in `make test-all`
 def test_simulator_terms_on_a_fraction_equal_the_terms_with_the_other_records_masked(batch):
     half = DiffusionLossConfig(fs=FS, euler_weight=1.0, interlead_weight=1.0, sim_weight=1.0, sim_fraction=0.5)
     vae_graphdef, vae_params, graphdef, params, _, schedule = _diffusion_setup(half)

@@ -28,6 +28,7 @@ def _command(workdir, prepared_dir, *overrides):
             "--config.vae.training.progress_bar=False", *overrides]
 
 
+@pytest.mark.slow  # CI time; runs in `make test-all`
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(prepared_dir, tmp_path, repo_root):
     workdir = tmp_path / "run"
     args = ["--config.stage=vae", "--config.vae.training.num_steps=100000", "--config.vae.training.log_every=1",
