@@ -90,6 +90,7 @@ def _sampler_config(model):
 def generate_files(out_dir: Path, prompts, model, config, seed: int, num_samples: int, png: bool,
                    experience: str, max_batch: int) -> dict:
     """Generate and write everything; returns the manifest."""
+    import jax
     import numpy as np
     from tqdm import tqdm
 
@@ -136,8 +137,6 @@ def generate_files(out_dir: Path, prompts, model, config, seed: int, num_samples
                          hr_bpm=np.array([nan if p.hr is None else p.hr for _, _, p in expanded], np.float32),
                          prompt_index=np.array([i for i, _, _ in expanded]),
                          sample_index=np.array([k for _, k, _ in expanded]), seed=seed, checkpoint_id=model.id)
-        import jax
-
         manifest = {
             "prompts": [p.as_dict() for p in prompts], "num_samples": num_samples, "seed": seed,
             "sampler": {"kind": config.kind, "steps": config.num_steps, "guidance_scale": config.guidance_scale,

@@ -80,12 +80,14 @@ class SEDiffModel:
         return nnx.merge(self.vae_graphdef, self.vae_params)
 
 
+def _tensor_name(prefix: str, path) -> str:
+    """'denoiser/down/0/conv1/kernel' for a pytree key path."""
+    return "/".join([prefix] + [str(getattr(p, "key", getattr(p, "idx", p))) for p in path])
+
+
 def _flatten(params: Any, prefix: str) -> dict[str, np.ndarray]:
-    flat = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        name = "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
-        flat[f"{prefix}/{name}"] = np.asarray(leaf)
-    return flat
+    return {_tensor_name(prefix, path): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
 def _unflatten(template: Any, flat: dict[str, np.ndarray], prefix: str, where: str) -> Any:
@@ -93,7 +95,7 @@ def _unflatten(template: Any, flat: dict[str, np.ndarray], prefix: str, where: s
     paths, treedef = jax.tree_util.tree_flatten_with_path(template)
     leaves, wanted = [], set()
     for path, leaf in paths:
-        name = f"{prefix}/" + "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+        name = _tensor_name(prefix, path)
         wanted.add(name)
         if name not in flat:
             raise CheckpointError(f"{where}: incompatible checkpoint, tensor {name!r} is missing")
