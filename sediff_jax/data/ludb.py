@@ -117,3 +117,32 @@ def median_offset_from_r_ms(peaks: np.ndarray, r_peaks: np.ndarray, fs: float) -
     nearest = d[np.arange(len(peaks)), np.argmin(np.abs(d), axis=1)]
     nearest = nearest[np.abs(nearest) < 0.6 * rr]
     return float(np.median(nearest) / fs * 1000.0) if nearest.size else float("nan")
+
+
+
+def annotated_intervals_ms(record_path: str, fs: float = FS) -> dict[str, float]:
+    """The cardiologists' PR, QRS and QT of a record, ms: per lead, the median over its beats of
+    (QRS onset - P onset), (QRS offset - QRS onset) and (T offset - QRS onset); then the median over leads.
+
+    The median over leads is the consensus boundary: LUDB's per-lead marks scatter by about +-10 ms from lead to
+    lead, so the earliest onset / latest offset over 12 leads would widen every interval by that scatter.
+    Returns keys pr, qrs, qt (NaN where no lead marks that wave, e.g. P in atrial fibrillation) and the number of
+    leads with each."""
+    per_lead = {"pr": [], "qrs": [], "qt": []}
+    for lead in LEAD_NAMES:
+        marks = read_wave_annotations(record_path, lead)
+        pr, qrs, qt = [], [], []
+        for onset, _, offset in marks.qrs:
+            qrs.append(offset - onset)
+            p = marks.p[(marks.p[:, 0] < onset) & (marks.p[:, 0] >= onset - 0.45 * fs)] if marks.p.size else marks.p
+            if p.size:
+                pr.append(onset - p[:, 0].max())
+            t = marks.t[(marks.t[:, 2] > offset) & (marks.t[:, 2] <= offset + 0.6 * fs)] if marks.t.size else marks.t
+            if t.size:
+                qt.append(t[:, 2].min() - onset)
+        for name, values in zip(per_lead, (pr, qrs, qt)):
+            if values:
+                per_lead[name].append(float(np.median(values)) / fs * 1000.0)
+    out = {k: float(np.median(v)) if v else float("nan") for k, v in per_lead.items()}
+    out.update({f"{k}_leads": len(v) for k, v in per_lead.items()})
+    return out

@@ -21,7 +21,8 @@ EDGE_S = 0.025
 MIN_QRS_RMS_MV = 0.02
 
 
-def _bandpass(ecg: np.ndarray, fs: float, low_hz: float, high_hz: float) -> np.ndarray:
+def bandpass(ecg: np.ndarray, fs: float, low_hz: float, high_hz: float) -> np.ndarray:
+    """Zero-phase 2nd-order Butterworth band-pass along time (axis 0); `high_hz` is capped at 0.45 fs."""
     high_hz = min(high_hz, 0.45 * fs)
     sos = sps.butter(2, [low_hz, high_hz], btype="bandpass", fs=fs, output="sos")
     return sps.sosfiltfilt(sos, ecg, axis=0)
@@ -37,7 +38,7 @@ def qrs_locations(ecg: np.ndarray, fs: float, threshold: float = 0.3) -> np.ndar
     ecg = _as_2d(ecg)
     if ecg.shape[0] < int(fs):
         return np.zeros((0,), np.int64)
-    energy = np.mean(_bandpass(ecg, fs, 5.0, 15.0) ** 2, axis=1)
+    energy = np.mean(bandpass(ecg, fs, 5.0, 15.0) ** 2, axis=1)
     window = max(1, int(round(0.08 * fs)))
     energy = np.convolve(energy, np.ones(window) / window, mode="same")
     candidates, props = sps.find_peaks(energy, distance=max(1, int(MIN_RR_S * fs)), height=0.0)
@@ -61,7 +62,7 @@ def dominant_lead(ecg: np.ndarray, fs: float, beats: np.ndarray | None = None) -
     beats = qrs_locations(ecg, fs) if beats is None else beats
     if beats.size == 0:
         return 0, 1.0
-    _, segments = _qrs_segments(_bandpass(ecg, fs, 0.5, 40.0), beats, fs)
+    _, segments = _qrs_segments(bandpass(ecg, fs, 0.5, 40.0), beats, fs)
     extremes = np.stack([s[np.argmax(np.abs(s), axis=0), np.arange(s.shape[1])] for s in segments])
     lead = int(np.argmax(np.median(np.abs(extremes), axis=0)))
     return lead, (1.0 if np.median(extremes[:, lead]) >= 0 else -1.0)
@@ -94,7 +95,7 @@ def detect_r_peaks(
         chosen_lead, chosen_polarity = dominant_lead(ecg, fs, beats)
         lead = chosen_lead if lead is None else lead
         polarity = chosen_polarity if polarity is None else polarity
-    starts, segments = _qrs_segments(_bandpass(ecg, fs, 0.5, 40.0), beats, fs)
+    starts, segments = _qrs_segments(bandpass(ecg, fs, 0.5, 40.0), beats, fs)
     peaks = np.array([a + int(np.argmax(polarity * s[:, lead])) for a, s in zip(starts, segments)], np.int64)
     # Refinement can move two detections onto one deflection; keep the first.
     keep = np.concatenate([[True], np.diff(peaks) >= int(MIN_RR_S * fs)])
