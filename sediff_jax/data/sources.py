@@ -7,11 +7,12 @@ entries; the waveforms are read later, one record at a time, by `wfdb_reader.rea
 from __future__ import annotations
 
 import csv
+import gzip
 import dataclasses
 import hashlib
 import math
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 SPLITS = ("train", "validation", "test")
 SEX_CODES = {"male": 0, "female": 1, "unknown": -1}
@@ -53,18 +54,26 @@ class RecordEntry:
     measurements: dict = dataclasses.field(default_factory=dict)
 
 
-def read_csv(path: str | os.PathLike, required: Sequence[str]) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts; a missing file or required column is a LayoutError naming both."""
+def iter_csv(path: str | os.PathLike, required: Sequence[str]) -> Iterator[dict[str, str]]:
+    """Rows of a CSV file (plain or .gz) as dicts, streamed; a missing file or required column is a LayoutError
+    naming both."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise LayoutError(f"{path}: file not found")
-    with open(path, newline="", encoding="utf-8") as f:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
         missing = [c for c in required if c not in columns]
         if missing:
             raise LayoutError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(columns)})")
-        return list(reader)
+        yield from reader
+
+
+def read_csv(path: str | os.PathLike, required: Sequence[str]) -> list[dict[str, str]]:
+    """Rows of a CSV file (plain or .gz) as dicts; a missing file or required column is a LayoutError naming
+    both."""
+    return list(iter_csv(path, required))
 
 
 def hashed_split(key: str, fractions: Sequence[float] = (0.8, 0.1, 0.1), salt: str = "sediff") -> str:

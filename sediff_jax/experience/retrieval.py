@@ -1,0 +1,144 @@
+"""Weighted-Jaccard top-k retrieval over a profile corpus (SE-Diff's experience neighbours).
+
+    similarity(q, x) = sum_v lambda_v * |Q_v & X_v| / |Q_v | X_v|     (a view where both sets are empty adds 0)
+
+The index keeps, per view, an inverted list (code -> corpus rows, ascending) and each row's set size. A query
+touches only the rows that share a code with it: the intersection counts are one `np.bincount` over the
+concatenated posting lists, so a query costs O(corpus + total posting length), with no sort of the corpus.
+
+Leak-proof by construction: the index holds only the profiles of `RetrievalConfig.corpus_splits` (default: the
+training split), and a query never returns a record of its own patient. Ties are broken by corpus order
+(ascending record id), so results are deterministic. With `distinct_patients`, the k neighbours are k
+different patients (MIMIC-IV has many ECGs per stay; without this the top-k is one patient's ECGs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from sediff_jax.experience.profiles import Profile, ProfileCorpus
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalConfig:
+    """weights: view -> lambda (views absent from the corpus are an error; views not listed weigh 0).
+    k: neighbours per query.  corpus_splits: the splits the index may hold.  distinct_patients: one record
+    per patient among the neighbours.  min_similarity: neighbours must score above this (0: share a code)."""
+
+    weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    k: int = 5
+    corpus_splits: tuple[str, ...] = ("train",)
+    distinct_patients: bool = True
+    min_similarity: float = 0.0
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        bad = {v: w for v, w in self.weights.items() if not (w >= 0)}
+        if bad:
+            raise ValueError(f"view weights must be >= 0, got {bad}")
+
+
+def default_weights(views: Sequence[str]) -> dict[str, float]:
+    """Equal lambdas summing to 1."""
+    return {v: 1.0 / len(views) for v in views}
+
+
+@dataclasses.dataclass(frozen=True)
+class Neighbours:
+    """rows: (m,) int64 corpus rows, best first (m <= k).  scores: (m,) float64 similarities."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+
+
+class ExperienceIndex:
+    """Inverted index of a corpus for weighted-Jaccard top-k queries."""
+
+    def __init__(self, corpus: ProfileCorpus, config: RetrievalConfig = RetrievalConfig()):
+        weights = dict(config.weights) or default_weights(corpus.views)
+        unknown = sorted(set(weights) - set(corpus.views))
+        if unknown:
+            raise ValueError(f"weights for view(s) {unknown} the corpus does not have (it has {list(corpus.views)})")
+        keep = np.isin(corpus.splits, np.array(config.corpus_splits, dtype=str))
+        self.corpus = corpus.take(np.flatnonzero(keep)) if not keep.all() else corpus
+        self.config = dataclasses.replace(config, weights=weights)
+        n = len(self.corpus)
+        self._views = []
+        for view, weight in weights.items():
+            if weight == 0:
+                continue
+            sets = self.corpus.codes[view]
+            order = np.argsort(sets.indices, kind="stable")  # rows ascending within each code
+            rows = np.repeat(np.arange(n, dtype=np.int32), np.diff(sets.indptr))[order]
+            postings_ptr = np.zeros(len(sets.vocab) + 1, np.int64)
+            postings_ptr[1:] = np.cumsum(np.bincount(sets.indices, minlength=len(sets.vocab)))
+            vocab = {c: i for i, c in enumerate(sets.vocab)}
+            self._views.append((view, float(weight), vocab, postings_ptr, rows, sets.sizes()))
+        patients, self._patient_of_row = np.unique(self.corpus.patient_ids, return_inverse=True)
+        self._patient_code = {p: i for i, p in enumerate(patients.tolist())}
+        self._row_of: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.corpus)
+
+    def similarities(self, codes: Mapping[str, Sequence[str]]) -> np.ndarray:
+        """(len(corpus),) float64 weighted Jaccard of the query `codes` (view -> codes) with every profile."""
+        n = len(self.corpus)
+        score = np.zeros(n, np.float64)
+        for view, weight, vocab, ptr, rows, sizes in self._views:
+            query = set(codes.get(view, ()))
+            if not query:
+                continue
+            ids = [vocab[c] for c in query if c in vocab]
+            if not ids:
+                continue
+            hits = np.concatenate([rows[ptr[i]:ptr[i + 1]] for i in ids])
+            counts = np.bincount(hits, minlength=n)
+            touched = np.flatnonzero(counts)
+            inter = counts[touched]
+            score[touched] += weight * inter / (len(query) + sizes[touched] - inter)
+        return score
+
+    def query(self, codes: Mapping[str, Sequence[str]], patient_id: str | None = None,
+              exclude_record: str | None = None, k: int | None = None) -> Neighbours:
+        """The k most similar profiles (fewer if fewer score above `min_similarity`), never of `patient_id`.
+
+        Ordered by similarity, then corpus order; with `distinct_patients` only each patient's best record."""
+        k = self.config.k if k is None else k
+        score = self.similarities(codes)
+        if patient_id is not None and patient_id in self._patient_code:
+            score[self._patient_of_row == self._patient_code[patient_id]] = -np.inf
+        if exclude_record is not None:
+            if self._row_of is None:
+                self._row_of = self.corpus.row_of()
+            if exclude_record in self._row_of:
+                score[self._row_of[exclude_record]] = -np.inf
+        candidates = np.flatnonzero(score > self.config.min_similarity)
+        want = k * 8 if self.config.distinct_patients else k
+        while True:
+            if candidates.size > want:
+                part = np.argpartition(-score[candidates], want - 1)[:want]
+                # everything tied with the cut-off score must stay in, or corpus order would not decide ties
+                cutoff = score[candidates[part]].min()
+                chosen = candidates[score[candidates] >= cutoff]
+            else:
+                chosen = candidates
+            chosen = chosen[np.lexsort((chosen, -score[chosen]))]
+            if self.config.distinct_patients:
+                _, first = np.unique(self._patient_of_row[chosen], return_index=True)
+                picked = chosen[np.sort(first)]
+            else:
+                picked = chosen
+            if len(picked) >= k or chosen.size == candidates.size:
+                picked = picked[:k]
+                return Neighbours(picked.astype(np.int64), score[picked])
+            want *= 4
+
+    def query_profile(self, profile: Profile, k: int | None = None) -> Neighbours:
+        """Neighbours of a profile: its own patient's records (and the profile itself) are excluded."""
+        return self.query(profile.codes, patient_id=profile.patient_id or None,
+                          exclude_record=profile.record_id or None, k=k)
