@@ -87,6 +87,16 @@ def _sampler_config(model):
         raise UsageError(f"--{str(e).split('=')[0]}: {e}") from None
 
 
+def experience_summary(generator, prompts, experience: str) -> dict:
+    """What experience the prompts were conditioned on, for the manifest."""
+    if experience == "off":
+        return {"mode": "off"}
+    if generator.prompt_experience is None:
+        return {"mode": "auto", "used": False, "why": "the model was trained without experience (or its corpus "
+                                                      "is missing)"}
+    return {"mode": "auto", "used": True, "reports": generator.experience_reports(prompts, experience)}
+
+
 def generate_files(out_dir: Path, prompts, model, config, seed: int, num_samples: int, png: bool,
                    experience: str, max_batch: int) -> dict:
     """Generate and write everything; returns the manifest."""
@@ -142,7 +152,7 @@ def generate_files(out_dir: Path, prompts, model, config, seed: int, num_samples
             "sampler": {"kind": config.kind, "steps": config.num_steps, "guidance_scale": config.guidance_scale,
                         "eta": config.eta, "simulator_guidance": config.simulator_guidance,
                         "clip_x0": generator.latent_clip if config.clip_x0 is None else config.clip_x0},
-            "experience": "off (retrieval not available)" if experience == "auto" else experience,
+            "experience": experience_summary(generator, prompts, experience),
             "checkpoint": {"path": str(model.source), "id": model.id,
                            "training": model.config.get("training", {})},
             "fs": model.fs, "samples": len(expanded), "records": records, "npz": "samples.npz",

@@ -20,7 +20,8 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Model (default: the shipped checkpoint).")
 flags.DEFINE_integer("num", 16, "ECGs per sampler.")
-flags.DEFINE_list("samplers", ["ddpm-1000", "ddim-50", "ddim-20"], "kind-steps entries.")
+flags.DEFINE_list("samplers", ["ddpm-1000", "ddim-50", "ddim-20"],
+                  "kind-steps[-eta<value>] entries, e.g. ddim-50-eta0.5 (DDIM's eta; 0 is deterministic).")
 flags.DEFINE_float("guidance_scale", 1.0, "Classifier-free guidance scale of every sampler.")
 flags.DEFINE_list("simulator_guidance", [], "Scales for extra DDIM-50 rows with simulator guidance.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -62,8 +63,9 @@ def main(argv):
     runs = [(s, 0.0) for s in FLAGS.samplers] + [("ddim-50", float(g)) for g in FLAGS.simulator_guidance]
     rows = []
     for name, sim_scale in runs:
-        kind, steps = name.split("-")
-        config = SamplerConfig(kind=kind, num_steps=int(steps), guidance_scale=FLAGS.guidance_scale,
+        kind, steps, *rest = name.split("-")
+        eta = float(rest[0].removeprefix("eta")) if rest else 0.0
+        config = SamplerConfig(kind=kind, num_steps=int(steps), guidance_scale=FLAGS.guidance_scale, eta=eta,
                                simulator_guidance=sim_scale)
         start = time.perf_counter()
         generator.generate(prompts, FLAGS.seed + 1, config)  # compile (same shapes as the timed call)

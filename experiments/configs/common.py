@@ -2,8 +2,8 @@
 
 Variants (`--config=experiments/configs/<name>.py:<variant>`) switch SE-Diff's loss terms for ablations:
 full (default), no_simulator (L_Euler and L_sim off), no_euler, no_sim_solve (L_sim off), no_interlead,
-ddpm_only (every simulator term off), no_experience (experience tokens off; experience retrieval is not wired
-yet, so today this equals full).
+ddpm_only (every simulator term off), no_experience (experience tokens off: `experience.dir` cleared, the
+paper's "w/o Exp").
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ VARIANTS = {
     "no_sim_solve": {"sim_weight": 0.0},
     "no_interlead": {"interlead_weight": 0.0},
     "ddpm_only": {"euler_weight": 0.0, "sim_weight": 0.0, "interlead_weight": 0.0},
-    "no_experience": {},
+    "no_experience": {"experience.dir": ""},
 }
 
 
@@ -53,6 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
         highpass_hz=None, num_synthetic=200, synthetic_seed=0, num_workers=1, train_split="train",
         eval_split="validation", test_split="test", prefetch=2))
     c.text = ml_collections.ConfigDict(dict(encoder="minilm", max_length=64))
+    # Retrieved experience (experiments/build_experience.py output); "" trains without (the "w/o Exp" ablation).
+    c.experience = ml_collections.ConfigDict(dict(dir="", max_tokens=128))
 
     c.vae = ml_collections.ConfigDict()
     c.vae.model = ml_collections.ConfigDict(dict(
@@ -86,5 +88,8 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str | None) -> ml_
         raise ValueError(f"config variant {variant!r} is unknown; expected one of {', '.join(VARIANTS)}")
     config.variant = variant
     for key, value in VARIANTS[variant].items():
-        config.diffusion.loss[key] = value
+        if key == "experience.dir":
+            config.experience.dir = value
+        else:
+            config.diffusion.loss[key] = value
     return config

@@ -73,7 +73,7 @@ class ExperienceIndex:
                 continue
             sets = self.corpus.codes[view]
             order = np.argsort(sets.indices, kind="stable")  # rows ascending within each code
-            rows = np.repeat(np.arange(n, dtype=np.int32), np.diff(sets.indptr))[order]
+            rows = np.repeat(np.arange(n, dtype=np.intp), np.diff(sets.indptr))[order]
             postings_ptr = np.zeros(len(sets.vocab) + 1, np.int64)
             postings_ptr[1:] = np.cumsum(np.bincount(sets.indices, minlength=len(sets.vocab)))
             vocab = {c: i for i, c in enumerate(sets.vocab)}
@@ -91,16 +91,13 @@ class ExperienceIndex:
         score = np.zeros(n, np.float64)
         for view, weight, vocab, ptr, rows, sizes in self._views:
             query = set(codes.get(view, ()))
-            if not query:
-                continue
             ids = [vocab[c] for c in query if c in vocab]
             if not ids:
                 continue
             hits = np.concatenate([rows[ptr[i]:ptr[i + 1]] for i in ids])
-            counts = np.bincount(hits, minlength=n)
-            touched = np.flatnonzero(counts)
-            inter = counts[touched]
-            score[touched] += weight * inter / (len(query) + sizes[touched] - inter)
+            inter = np.bincount(hits, minlength=n).astype(np.float64)
+            # rows without a shared code add weight * 0 / (|Q| + |X|) = 0, so the whole corpus can be updated
+            score += weight * inter / (len(query) + sizes - inter)
         return score
 
     def query(self, codes: Mapping[str, Sequence[str]], patient_id: str | None = None,
@@ -117,23 +114,24 @@ class ExperienceIndex:
                 self._row_of = self.corpus.row_of()
             if exclude_record in self._row_of:
                 score[self._row_of[exclude_record]] = -np.inf
-        candidates = np.flatnonzero(score > self.config.min_similarity)
+        floor = np.nextafter(self.config.min_similarity, np.inf)  # neighbours score at least this
         want = k * 8 if self.config.distinct_patients else k
         while True:
-            if candidates.size > want:
-                part = np.argpartition(-score[candidates], want - 1)[:want]
-                # everything tied with the cut-off score must stay in, or corpus order would not decide ties
-                cutoff = score[candidates[part]].min()
-                chosen = candidates[score[candidates] >= cutoff]
+            if want < len(score):
+                part = np.argpartition(-score, want - 1)[:want]
+                lowest = score[part].min()
+                exhausted = lowest < floor
+                # everything tied with the cut-off score stays in, so corpus order decides ties
+                chosen = np.flatnonzero(score >= max(lowest, floor))
             else:
-                chosen = candidates
+                chosen, exhausted = np.flatnonzero(score >= floor), True
             chosen = chosen[np.lexsort((chosen, -score[chosen]))]
             if self.config.distinct_patients:
                 _, first = np.unique(self._patient_of_row[chosen], return_index=True)
                 picked = chosen[np.sort(first)]
             else:
                 picked = chosen
-            if len(picked) >= k or chosen.size == candidates.size:
+            if len(picked) >= k or exhausted:
                 picked = picked[:k]
                 return Neighbours(picked.astype(np.int64), score[picked])
             want *= 4

@@ -24,7 +24,7 @@ from sediff_jax.diffusion.sampling import SamplerConfig, denoise_steps, initial_
 from sediff_jax.generation.model import SEDiffModel
 from sediff_jax.generation.prompts import Prompt
 from sediff_jax.training.checkpoint import CheckpointError
-from sediff_jax.training.conditions import prior_class_index
+from sediff_jax.training.conditions import experience_condition, prior_class_index
 from sediff_jax.training.mesh import batch_sharding, make_mesh, replicated_sharding
 
 # x0 is clipped to +-DEFAULT_LATENT_CLIP (unit-variance latents; ~ the 99th percentile of |latent| on PTB-XL) unless
@@ -73,6 +73,7 @@ class Generator:
             raise CheckpointError(f"{model.source}: the simulator prior lacks the model's classes {missing[:3]}")
         self.wave_table = self.prior.wave_table(self.class_names)
         self.latent_clip = float(model.config.get("latent_clip", DEFAULT_LATENT_CLIP))
+        self.prompt_experience, self.experience_cache = self._experience_source()
         devices = self.mesh.devices.size
         self.max_batch = max(devices, max_batch - max_batch % devices)
         self.chunk_steps = chunk_steps
@@ -83,21 +84,52 @@ class Generator:
                                            jax.ShapeDtypeStruct((1, model.num_samples, 12), jnp.float32)).shape[1:]
         self._runners: dict = {}
 
+    def _experience_source(self):
+        """(PromptExperience, TextCache) for a model trained with experience whose corpus is at hand, else
+        (None, None): such a model gets the masked segment, as in its condition-dropout training."""
+        from sediff_jax.experience import ExperienceIndex, ProfileCorpus, RetrievalConfig
+        from sediff_jax.experience.distill import OfflineDistiller
+        from sediff_jax.experience.reports import PromptExperience
+        from sediff_jax.generation.model import experience_profiles_path
+        from sediff_jax.text import TextCache
+
+        path = experience_profiles_path(self.model)
+        if path is None:
+            return None, None
+        experience = self.model.config["experience"]
+        retrieval = experience.get("retrieval") or {}
+        config = RetrievalConfig(weights=retrieval.get("weights") or {}, k=int(retrieval.get("k", 5)))
+        index = ExperienceIndex(ProfileCorpus.load(path), config)
+        from sediff_jax.text import HashingEncoder, MiniLMEncoder
+
+        length = int(experience.get("max_tokens", 128))
+        encoder = (HashingEncoder(dim=self.encoder.dim, max_length=length) if isinstance(self.encoder, HashingEncoder)
+                   else MiniLMEncoder(max_length=length))
+        return PromptExperience(index, OfflineDistiller()), TextCache(encoder)
+
+    def experience_reports(self, prompts: Sequence[Prompt], experience: str = "auto") -> list[str]:
+        """Each prompt's experience report ('' where none: experience off, a model trained without it, or no
+        corpus code named in the prompt)."""
+        if experience == "off" or self.prompt_experience is None:
+            return [""] * len(prompts)
+        return [self.prompt_experience.report(p.text)[0] for p in prompts]
+
     # Conditions ------------------------------------------------------------------------------------------------
     def conditions(self, prompts: Sequence[Prompt], experience: str = "auto") -> dict[str, np.ndarray]:
         """Host arrays of the denoiser's conditions plus `class_index` (simulator prior class) per prompt.
 
-        Experience tokens (retrieval) are not available yet: 'auto' and 'off' both give the masked-out
-        experience segment, which is what the model saw when experience was absent or dropped."""
+        experience='auto' retrieves and distils a report per prompt for a model trained with experience (see
+        `experience_reports`); 'off', or a model trained without, gives the masked-out experience segment, which
+        is what the model saw when experience was absent or dropped."""
         if experience not in EXPERIENCE_MODES:
             raise ValueError(f"experience={experience!r}; expected one of {EXPERIENCE_MODES}")
         texts = [p.text for p in prompts]
         encoding = self.encoder.encode(texts)
-        b = len(prompts)
+        experience_tokens, experience_mask = experience_condition(
+            self.experience_reports(prompts, experience), self.experience_cache, self.encoder.dim)
         return {
             "text_tokens": encoding.tokens.astype(np.float32), "text_mask": encoding.mask,
-            "experience_tokens": np.zeros((b, 1, self.encoder.dim), np.float32),
-            "experience_mask": np.zeros((b, 1), bool),
+            "experience_tokens": experience_tokens, "experience_mask": experience_mask,
             "age": np.array([np.nan if p.age is None else p.age for p in prompts], np.float32),
             "sex": np.array([p.sex_code for p in prompts], np.int32),
             "hr": np.array([np.nan if p.hr is None else p.hr for p in prompts], np.float32),

@@ -213,6 +213,22 @@ def load_model(path: str | os.PathLike, which: str = "best") -> SEDiffModel:
     return load_training_run(stage, which)
 
 
+EXPERIENCE_PROFILES_FILE = "experience_profiles.npz"
+
+
+def experience_profiles_path(model: SEDiffModel) -> Path | None:
+    """The profile corpus a model trained with experience retrieves from: the copy in an exported model's
+    directory, else the experience directory it was trained with; None for a model trained without."""
+    experience = model.config.get("experience") or {}
+    if not experience.get("used"):
+        return None
+    for candidate in (Path(model.source) / EXPERIENCE_PROFILES_FILE,
+                      Path(experience.get("dir", "")) / "profiles.npz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def export_model(model: SEDiffModel, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None,
                  overwrite: bool = False, dtype: str = "float32") -> Path:
     """Write `model` as an exported model directory (config.json + model.safetensors), atomically: the files
@@ -236,7 +252,10 @@ def export_model(model: SEDiffModel, out_dir: str | os.PathLike, extra: dict[str
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, str(tmp / WEIGHTS_FILE))
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
-        for f in (tmp / WEIGHTS_FILE, tmp / CONFIG_FILE):
+        profiles = experience_profiles_path(model)
+        if profiles is not None:  # the retrieval corpus travels with the model: --experience=auto works offline
+            shutil.copyfile(profiles, tmp / EXPERIENCE_PROFILES_FILE)
+        for f in tmp.iterdir():
             f.chmod(0o644)
         if out_dir.exists():
             shutil.rmtree(out_dir)

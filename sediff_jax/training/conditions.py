@@ -33,19 +33,39 @@ def prior_class_index(texts: Sequence[str], class_names: Sequence[str]) -> np.nd
     return out
 
 
+def experience_condition(reports: Sequence[str], cache: TextCache | None, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Experience tokens (b, Le, d) float32 and mask (b, Le) bool for `reports`; an empty report (no
+    neighbours) and `cache=None` (experience off) give an all-masked segment, the "w/o experience" condition.
+    Le is the cache's encoder length (1 when off)."""
+    b = len(reports)
+    if cache is None:
+        return np.zeros((b, 1, dim), np.float32), np.zeros((b, 1), bool)
+    length = cache.encoder.max_length
+    tokens, mask = np.zeros((b, length, dim), np.float32), np.zeros((b, length), bool)
+    rows = [i for i, r in enumerate(reports) if r.strip()]
+    if rows:
+        encoding = cache.lookup([reports[i] for i in rows])
+        tokens[rows], mask[rows] = encoding.tokens, encoding.mask
+    return tokens, mask
+
+
 class ConditionBuilder:
     """Adds text_tokens (b, Lt, d) float32, text_mask (b, Lt) bool, experience_tokens (b, Le, d),
     experience_mask, class_index (b,) int32 to a loader batch (host NumPy).
 
-    Experience (issue: retrieval) is not wired yet: every record gets one masked-out experience token, which is
-    exactly the "w/o experience" condition.
+    Experience: each record's report from `experience` (an `ExperienceTable`, by record_id), encoded through
+    `experience_cache`; without them every record gets one masked-out experience token (the "w/o experience"
+    ablation).
     """
 
-    def __init__(self, text_cache: TextCache, class_names: Sequence[str], experience_length: int = 1):
+    def __init__(self, text_cache: TextCache, class_names: Sequence[str], experience=None,
+                 experience_cache: TextCache | None = None):
+        if (experience is None) != (experience_cache is None):
+            raise ValueError("experience and experience_cache go together")
         self.text_cache = text_cache
         self.class_names = tuple(class_names)
         self.dim = text_cache.encoder.dim
-        self.experience_length = experience_length
+        self.experience, self.experience_cache = experience, experience_cache
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         texts = [str(t) for t in batch["text"]]
@@ -53,7 +73,9 @@ class ConditionBuilder:
         b = len(texts)
         out = dict(batch)
         out["text_tokens"], out["text_mask"] = encoding.tokens, encoding.mask
-        out["experience_tokens"] = np.zeros((b, self.experience_length, self.dim), np.float32)
-        out["experience_mask"] = np.zeros((b, self.experience_length), bool)
+        reports = ([self.experience.report(str(r)) for r in batch["record_id"]] if self.experience is not None
+                   else [""] * b)
+        out["experience_tokens"], out["experience_mask"] = experience_condition(
+            reports, self.experience_cache, self.dim)
         out["class_index"] = prior_class_index(texts, self.class_names)
         return out

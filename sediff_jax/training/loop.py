@@ -362,11 +362,29 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str) -> StageRes
     prior = load_prior(dcfg.get("prior") or None)
     class_names = prior.class_names
     wave_table = prior.wave_table(class_names)
-    conditions = ConditionBuilder(text_cache, class_names)
+    experience, experience_cache, experience_meta = None, None, {"used": False}
+    experience_dir = config.get("experience", {}).get("dir", "")
+    if experience_dir:
+        from sediff_jax.experience.reports import ExperienceTable
+
+        experience = ExperienceTable.load(os.path.join(experience_dir, "experience.jsonl"))
+        max_tokens = int(config.experience.max_tokens)
+        experience_cache = TextCache(make_text_encoder(config.text.encoder, max_length=max_tokens),
+                                     os.path.join(workdir, f"experience_cache_{config.text.encoder}.npz"))
+        experience_meta = {"used": True, "dir": os.path.abspath(experience_dir), "max_tokens": max_tokens,
+                           "records": len(experience)}
+        manifest = os.path.join(experience_dir, "manifest.json")
+        if os.path.exists(manifest):
+            with open(manifest) as f:
+                built = json.load(f)
+            experience_meta.update(retrieval=built.get("retrieval"), distiller=built.get("distiller"))
+    conditions = ConditionBuilder(text_cache, class_names, experience, experience_cache)
 
     def save_text_cache():
         if jax.process_index() == 0:  # one writer of the shared workdir
             text_cache.save()
+            if experience_cache is not None:
+                experience_cache.save()
 
     model_config = denoiser_config(config, vae_model.latent_channels, encoder.dim)
     model = LatentDenoiser(model_config, rngs=nnx.Rngs(config.seed + 1))
@@ -382,7 +400,7 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str) -> StageRes
             "loss": dataclasses.asdict(loss_config), "fs": float(config.data.fs),
             "duration_s": float(config.data.duration_s), "text_encoder": encoder.id,
             "prior": str(dcfg.get("prior") or "default"),
-            "prior_classes": list(class_names)}
+            "prior_classes": list(class_names), "experience": experience_meta}
     meta = json.loads(json.dumps(meta))
     checkpointer = ckpt.Checkpointer(stage_dir, training.get("max_to_keep", 3))
     state, loader_state, start, meta = _resume(checkpointer, stage_dir, state, mesh, meta)
