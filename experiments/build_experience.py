@@ -18,7 +18,6 @@ key from the environment variable `--llm_api_key_env`) and falls back to the off
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -63,11 +62,10 @@ def main(argv):
     from tqdm import tqdm
 
     from sediff_jax.data.sources import LayoutError
-    from sediff_jax.experience import ExperienceIndex, RetrievalConfig, corpus_summary
+    from sediff_jax.experience import ExperienceIndex, RetrievalConfig
     from sediff_jax.experience.builders import BuildReport, ludb_profiles, mimic_profiles, ptbxl_profiles
     from sediff_jax.experience.distill import LLMConfig, make_distiller
-    from sediff_jax.experience.reports import ExperienceTable, build_reports
-    from sediff_jax.io.atomic import atomic_path
+    from sediff_jax.experience.reports import build_reports, save_experience
 
     weights = parse_weights(FLAGS.weights)
     if FLAGS.dataset == "mimic" and not FLAGS.hosp_dir:
@@ -98,21 +96,13 @@ def main(argv):
     distiller = make_distiller(FLAGS.distiller, llm if FLAGS.distiller == "llm" else None)
     with tqdm(total=len(corpus), desc="retrieve + distil", unit="record") as bar:
         entries = build_reports(corpus, index, distiller, progress=bar.update)
-    out.mkdir(parents=True, exist_ok=True)
-    corpus.save(out / "profiles.npz")
-    ExperienceTable(entries).save(out / "experience.jsonl")
+    save_experience(out, corpus, index, entries, dataset=FLAGS.dataset, source_dir=FLAGS.source_dir,
+                    distiller=FLAGS.distiller,
+                    llm={"base_url": llm.base_url, "model": llm.model} if llm.base_url else None,
+                    build_report=dataclasses.asdict(report),
+                    seconds={"profiles": round(profiles_s, 2), "total": round(time.perf_counter() - start, 2)},
+                    command=" ".join(sys.argv))
     with_report = sum(bool(e["report"]) for e in entries)
-    manifest = {
-        "format": "sediff_jax.experience", "dataset": FLAGS.dataset, "source_dir": FLAGS.source_dir,
-        "retrieval": {**dataclasses.asdict(index.config), "weights": index.config.weights},
-        "distiller": FLAGS.distiller, "llm": {"base_url": llm.base_url, "model": llm.model} if llm.base_url else None,
-        "corpus": corpus_summary(corpus), "index_profiles": len(index),
-        "records_with_report": with_report, "build_report": dataclasses.asdict(report),
-        "seconds": {"profiles": round(profiles_s, 2), "total": round(time.perf_counter() - start, 2)},
-        "command": " ".join(sys.argv),
-    }
-    with atomic_path(out / "manifest.json") as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2))
     print(f"{len(corpus)} profiles ({len(index)} in the training index), {with_report} with an experience report; "
           f"wrote {out}/profiles.npz, experience.jsonl, manifest.json")
     return 0

@@ -72,11 +72,11 @@ def scipy_reference(corpus, k: int):
                 continue
             vec = np.zeros(len(vocab[v]), np.float32)
             vec[[vocab[v][c] for c in q if c in vocab[v]]] = 1
-            inter = mats[v] @ vec
+            inter = (mats[v] @ vec).astype(np.float64)  # counts are exact in float32; the score is float64
             score += w * inter / (len(q) + sizes[v] - inter)
         score[patient == patient_id] = -np.inf
         top = np.argpartition(-score, k * 8)[: k * 8]
-        return top[np.lexsort((top, -score[top]))]
+        return top[np.lexsort((top, -score[top]))], score
 
     return query
 
@@ -106,11 +106,12 @@ def main(argv):
         ref_times, agree = [], 0
         for q, ours in zip(queries[: FLAGS.reference_queries], results):
             start = time.perf_counter()
-            ranked = reference(q.codes, q.patient_id)
+            _, score = reference(q.codes, q.patient_id)
             ref_times.append(time.perf_counter() - start)
-            # the reference's best record per patient, first five patients
+            # untimed: the whole corpus in (score, row) order, so ties at the reference's cut-off cannot differ;
+            # then the best record per patient, first five patients
             seen, top = set(), []
-            for r in ranked:
+            for r in np.lexsort((np.arange(size), -score))[:500]:
                 if corpus.patient_ids[r] not in seen:
                     seen.add(corpus.patient_ids[r])
                     top.append(int(r))

@@ -82,6 +82,31 @@ class ExperienceTable:
         return cls(entries)
 
 
+EXPERIENCE_FILES = ("profiles.npz", "experience.jsonl", "manifest.json")
+
+
+def save_experience(out_dir: str | os.PathLike, corpus: ProfileCorpus, index: ExperienceIndex,
+                    entries: list[Mapping], **manifest: object) -> Path:
+    """Write an experience directory: profiles.npz, experience.jsonl, then manifest.json (each atomically, the
+    manifest last, so a directory with a manifest is complete). `manifest` adds fields (dataset, distiller, ...)
+    to the retrieval config and counts. This is what training's `experience.dir` reads."""
+    import dataclasses
+
+    from sediff_jax.experience.profiles import corpus_summary
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    corpus.save(out / "profiles.npz")
+    ExperienceTable(entries).save(out / "experience.jsonl")
+    content = {"format": "sediff_jax.experience",
+               "retrieval": {**dataclasses.asdict(index.config), "weights": dict(index.config.weights)},
+               "corpus": corpus_summary(corpus), "index_profiles": len(index),
+               "records_with_report": sum(bool(e["report"]) for e in entries), **manifest}
+    with atomic_path(out / "manifest.json") as tmp:
+        tmp.write_text(json.dumps(content, indent=2))
+    return out
+
+
 def codes_from_text(text: str, corpus: ProfileCorpus) -> dict[str, tuple[str, ...]]:
     """view -> corpus codes named in `text`: by description (case-insensitive, whole words) or by code."""
     lowered = " ".join(text.lower().split())

@@ -189,6 +189,7 @@ def load_training_run(stage_dir: str | os.PathLike, which: str = "best") -> SEDi
         "latent_scale": meta["latent_scale"], "beat_before_s": loss.get("beat_before_s", 0.2),
         "text_encoder": meta["text_encoder"], "prior": meta.get("prior", "default"),
         "prior_classes": meta.get("prior_classes", []), "loss": loss, "latent_clip": 3.0,
+        "experience": meta.get("experience", {"used": False}),
         "training": {"step": int(step), "workdir": str(stage_dir.parent)},
     }
     denoiser_params = jax.device_get(state.ema_params)

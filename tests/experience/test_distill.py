@@ -20,7 +20,9 @@ DESCRIPTIONS = {"NORM": "normal ECG", "LVH": "left ventricular hypertrophy", "SR
                 "AFIB": "atrial fibrillation", "IMI": "inferior myocardial infarction"}
 
 
-def corpus_of_neighbours(seed=0, n=6) -> ProfileCorpus:
+def corpus_of_neighbours(seed=0, n=6, record_ids=None) -> ProfileCorpus:
+    """n training-split PTB-XL-like profiles (record ids r0.. unless given; one patient each)."""
+    record_ids = record_ids or [f"r{i}" for i in range(n)]
     rng = np.random.default_rng(seed)
     profiles = []
     for i in range(n):
@@ -30,7 +32,7 @@ def corpus_of_neighbours(seed=0, n=6) -> ProfileCorpus:
                                             rng.uniform(350, 440), rng.uniform(380, 460), rng.uniform(-30, 90)]))
         if i == 0:
             features["pr_ms"] = float("nan")  # a neighbour without P waves
-        profiles.append(Profile(f"r{i}", f"p{i}", "train", float(rng.integers(30, 85)),
+        profiles.append(Profile(record_ids[i], f"p{i}", "train", float(rng.integers(30, 85)),
                                 str(rng.choice(["male", "female"])), codes, features))
     return ProfileCorpus.from_profiles(profiles, VIEWS, DESCRIPTIONS)
 

@@ -166,3 +166,52 @@ def test_a_trained_run_generates_and_exports_to_the_same_model(uninterrupted, tm
     b = Generator(exported, mesh=mesh, text_encoder=None).generate(prompts, seed=1, sampler=sampler)
     assert a.shape == (1, int(from_run.num_samples), 12) and np.all(np.isfinite(a))
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_trained_with_experience_ships_its_corpus_and_samples_with_reports(uninterrupted, prepared_dir,
+                                                                                  repo_root, tmp_path):
+    """Stage 2 with an experience directory: the run records it, the export carries the profile corpus, and
+    sample.py --experience=auto retrieves a report per prompt (listed in the manifest) that changes the ECG."""
+    import subprocess
+    import sys
+
+    from sediff_jax.diffusion.sampling import SamplerConfig
+    from sediff_jax.experience import ExperienceIndex
+    from sediff_jax.experience.distill import OfflineDistiller
+    from sediff_jax.experience.reports import build_reports, save_experience
+    from sediff_jax.generation import Generator, export_model, load_model, make_prompt
+    from sediff_jax.generation.model import EXPERIENCE_PROFILES_FILE
+    from sediff_jax.training.mesh import make_mesh
+    from tests.experience.test_distill import corpus_of_neighbours
+
+    workdir, _ = uninterrupted
+    corpus = corpus_of_neighbours(n=12, record_ids=[f"synthetic/train/{i:06d}" for i in range(12)])
+    index = ExperienceIndex(corpus)
+    entries = build_reports(corpus, index, OfflineDistiller())
+    save_experience(tmp_path / "exp", corpus, index, entries, dataset="test")
+    c = _config(prepared_dir)
+    c.stage = "diffusion"
+    c.diffusion.vae_checkpoint = os.path.join(workdir, "vae")
+    c.diffusion.training.num_steps = 2
+    c.experience.dir = str(tmp_path / "exp")
+    train(c, str(tmp_path / "run"))
+
+    model = load_model(export_model(load_model(str(tmp_path / "run")), tmp_path / "model"))
+    assert model.config["experience"]["used"] and model.config["experience"]["records"] == 12
+    assert (tmp_path / "model" / EXPERIENCE_PROFILES_FILE).is_file()
+    generator = Generator(model, mesh=make_mesh(jax.devices()[:1]))
+    prompt = make_prompt("Sinus rhythm. Left ventricular hypertrophy.", age=60, sex="M", hr=70)
+    report, = generator.experience_reports([prompt])
+    assert report.startswith("Experience from") and "left ventricular hypertrophy" in report
+    sampler = SamplerConfig(num_steps=2, guidance_scale=1.0)
+    with_experience = generator.generate([prompt], seed=0, sampler=sampler, experience="auto")
+    without = generator.generate([prompt], seed=0, sampler=sampler, experience="off")
+    assert np.all(np.isfinite(with_experience)) and not np.array_equal(with_experience, without)
+
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "experiments.sample", f"--checkpoint={tmp_path / 'model'}",
+                             "--text=Sinus rhythm. Left ventricular hypertrophy.", "--hr=70", "--steps=2",
+                             f"--out_dir={out}"], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["experience"] == {"mode": "auto", "used": True, "reports": [report]}
