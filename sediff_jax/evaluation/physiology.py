@@ -1,0 +1,80 @@
+"""Physiological metrics: beat detection scored against reference annotations, heart-rate error against a
+requested rate, and interval errors (PR, QRS, QT, QTc) against a target or a paired record.
+
+Beat matching follows ANSI/AAMI EC57: a detection matches a reference beat within +-150 ms, each at most once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from sediff_jax.data.rpeaks import detect_r_peaks, heart_rate_bpm
+
+MATCH_WINDOW_S = 0.15
+
+
+@dataclasses.dataclass(frozen=True)
+class BeatScores:
+    """true_positives, false_negatives (missed), false_positives (extra) and the derived rates."""
+
+    true_positives: int
+    false_negatives: int
+    false_positives: int
+
+    @property
+    def sensitivity(self) -> float:
+        return self.true_positives / max(self.true_positives + self.false_negatives, 1)
+
+    @property
+    def positive_predictive_value(self) -> float:
+        return self.true_positives / max(self.true_positives + self.false_positives, 1)
+
+
+def match_beats(detected: np.ndarray, reference: np.ndarray, fs: float,
+                window_s: float = MATCH_WINDOW_S) -> BeatScores:
+    """Score detected beat positions (samples) against reference ones: each reference beat takes the nearest
+    unmatched detection within `window_s`, in time order."""
+    detected = np.sort(np.asarray(detected, np.int64))
+    reference = np.sort(np.asarray(reference, np.int64))
+    tolerance = window_s * fs
+    used = np.zeros(len(detected), bool)
+    matched = 0
+    for beat, i in zip(reference, np.searchsorted(detected, reference)):
+        candidates = [c for c in (i - 1, i, i + 1) if 0 <= c < len(detected) and not used[c]
+                      and abs(detected[c] - beat) <= tolerance]
+        if candidates:
+            used[min(candidates, key=lambda c: abs(detected[c] - beat))] = True
+            matched += 1
+    return BeatScores(matched, len(reference) - matched, len(detected) - matched)
+
+
+def heart_rate_errors(ecg: np.ndarray, fs: float, requested_bpm: Sequence[float]) -> tuple[np.ndarray, int]:
+    """Relative |measured - requested| / requested heart rate of each ECG with >= 2 detected R peaks, and the
+    number of ECGs whose rate could not be measured.  ecg: (batch, time, leads) mV."""
+    errors, unmeasurable = [], 0
+    for record, hr in zip(np.asarray(ecg), requested_bpm):
+        peaks = detect_r_peaks(record, fs) if np.isfinite(record).all() else np.zeros(0)
+        if len(peaks) < 2:
+            unmeasurable += 1
+            continue
+        errors.append(abs(heart_rate_bpm(peaks, fs) - hr) / hr)
+    return np.asarray(errors, np.float64), unmeasurable
+
+
+def interval_errors(measured: Sequence[Mapping[str, float]], target: Sequence[Mapping[str, float]],
+                    names: Sequence[str] = ("hr_bpm", "pr_ms", "qrs_ms", "qt_ms", "qtc_bazett_ms",
+                                            "qtc_fridericia_ms")) -> dict[str, dict[str, float]]:
+    """Per interval: median and mean |measured - target| and the number of pairs where both are finite.
+    measured, target: per ECG, e.g. `Delineation.intervals()` of a generated ECG and of its paired record."""
+    if len(measured) != len(target):
+        raise ValueError(f"{len(measured)} measured and {len(target)} target interval sets")
+    out = {}
+    for name in names:
+        diff = np.array([m.get(name, np.nan) - t.get(name, np.nan) for m, t in zip(measured, target)], np.float64)
+        diff = np.abs(diff[np.isfinite(diff)])
+        out[name] = {"median": float(np.median(diff)) if diff.size else float("nan"),
+                     "mean": float(np.mean(diff)) if diff.size else float("nan"), "n": int(diff.size)}
+    return out
