@@ -51,17 +51,23 @@ def match_beats(detected: np.ndarray, reference: np.ndarray, fs: float,
     return BeatScores(matched, len(reference) - matched, len(detected) - matched)
 
 
-def heart_rate_errors(ecg: np.ndarray, fs: float, requested_bpm: Sequence[float]) -> tuple[np.ndarray, int]:
-    """Relative |measured - requested| / requested heart rate of each ECG with >= 2 detected R peaks, and the
-    number of ECGs whose rate could not be measured.  ecg: (batch, time, leads) mV."""
-    errors, unmeasurable = [], 0
-    for record, hr in zip(np.asarray(ecg), requested_bpm):
+def measured_heart_rates(ecg: np.ndarray, fs: float) -> np.ndarray:
+    """(batch,) heart rate of each ECG from its detected R peaks, bpm; NaN where fewer than 2 peaks are found
+    or the ECG is not finite.  ecg: (batch, time, leads) mV."""
+    rates = []
+    for record in np.asarray(ecg):
         peaks = detect_r_peaks(record, fs) if np.isfinite(record).all() else np.zeros(0)
-        if len(peaks) < 2:
-            unmeasurable += 1
-            continue
-        errors.append(abs(heart_rate_bpm(peaks, fs) - hr) / hr)
-    return np.asarray(errors, np.float64), unmeasurable
+        rates.append(heart_rate_bpm(peaks, fs) if len(peaks) >= 2 else np.nan)
+    return np.asarray(rates, np.float64)
+
+
+def heart_rate_errors(ecg: np.ndarray, fs: float, requested_bpm: Sequence[float]) -> tuple[np.ndarray, int]:
+    """Relative |measured - requested| / requested heart rate of each ECG whose rate can be measured, and the
+    number of ECGs whose rate could not be.  ecg: (batch, time, leads) mV."""
+    measured = measured_heart_rates(ecg, fs)
+    requested = np.asarray(requested_bpm, np.float64)
+    ok = np.isfinite(measured)
+    return np.abs(measured[ok] - requested[ok]) / requested[ok], int((~ok).sum())
 
 
 def interval_errors(measured: Sequence[Mapping[str, float]], target: Sequence[Mapping[str, float]],

@@ -1,0 +1,126 @@
+"""SE-Diff's paired protocol: generate one ECG from each real record's conditions (report, age, sex, heart
+rate) and compare it with that record: signal fidelity, heart rate, intervals, limb-lead consistency.
+
+`real_pairs` reads and canonicalises a dataset split; `paired_metrics` scores generated ECGs against it;
+`markdown_table` renders the summary. Distribution metrics (FID, CLIP) need an ECG encoder and live in
+`sediff_jax.evaluation.distribution`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from sediff_jax.data.delineation import DelineationError, delineate
+from sediff_jax.evaluation.physiology import interval_errors, measured_heart_rates
+from sediff_jax.evaluation.signal import limb_lead_residual_mv, paired_mae_mv, paired_nrmse
+
+INTERVALS = ("pr_ms", "qrs_ms", "qt_ms", "qtc_bazett_ms", "qtc_fridericia_ms", "qrs_axis_deg")
+
+
+@dataclasses.dataclass(frozen=True)
+class RealPairs:
+    """record_ids: (n,).  ecg: (n, time, 12) float32 mV.  fs: Hz.  prompts: the conditions of each record
+    (`sediff_jax.generation.Prompt`).  skipped: record id -> why it could not be used."""
+
+    record_ids: list[str]
+    ecg: np.ndarray
+    fs: float
+    prompts: list
+    skipped: dict[str, str]
+
+
+def real_pairs(entries: Sequence, canonical, split: str, limit: int | None = None) -> RealPairs:
+    """The records of `split` (in dataset order, the first `limit`), canonicalised, with their prompts.
+
+    entries: `RecordEntry`s (`sediff_jax.data.prepare.read_entries`).  canonical: `CanonicalConfig`."""
+    from sediff_jax.data.builder import load_and_canonicalize
+    from sediff_jax.generation import PromptError, make_prompt
+
+    chosen = [e for e in entries if e.split == split]
+    if not chosen:
+        raise ValueError(f"no records in split {split!r} (splits present: {sorted({e.split for e in entries})})")
+    ids, ecgs, prompts, skipped = [], [], [], {}
+    for entry in chosen:
+        if limit is not None and len(ids) >= limit:
+            break
+        _, record = load_and_canonicalize(entry, canonical)
+        if isinstance(record, Exception):
+            skipped[entry.record_id] = str(record)
+            continue
+        try:
+            prompt = make_prompt(entry.text, age=None if math.isnan(entry.age) else entry.age,
+                                 sex=entry.sex if entry.sex in ("male", "female") else None,
+                                 hr=record.hr_bpm if math.isfinite(record.hr_bpm) else None,
+                                 where=f"{entry.record_id}: ")
+        except PromptError as e:
+            skipped[entry.record_id] = str(e)
+            continue
+        ids.append(entry.record_id)
+        ecgs.append(record.ecg)
+        prompts.append(prompt)
+    if not ids:
+        raise ValueError(f"none of the {len(chosen)} records of split {split!r} could be used: "
+                         f"{next(iter(skipped.values()), '')}")
+    return RealPairs(ids, np.stack(ecgs).astype(np.float32), float(canonical.fs), prompts, skipped)
+
+
+def _intervals(ecg: np.ndarray, fs: float) -> list[dict[str, float]]:
+    out = []
+    for record in ecg:
+        try:
+            out.append(delineate(record, fs).intervals())
+        except DelineationError:
+            out.append({})
+    return out
+
+
+def _summary(values: np.ndarray) -> dict[str, float]:
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return {"median": float("nan"), "mean": float("nan"), "n": 0}
+    return {"median": float(np.median(values)), "mean": float(np.mean(values)), "n": int(values.size)}
+
+
+def paired_metrics(generated: np.ndarray, real: np.ndarray, fs: float,
+                   requested_hr: Sequence[float | None]) -> dict[str, Any]:
+    """Summaries (median, mean, n) of the paired metrics.
+
+    generated, real: (n, time, 12) mV, row i generated from record i's conditions.  requested_hr: bpm per row.
+    Returns {"mae_mv", "nrmse", "hr_error_bpm", "hr_error_rel", "limb_residual_mv" (generated),
+    "limb_residual_real_mv", "intervals": {name: |generated - real| summary}, "unmeasurable_hr": count,
+    "undelineated": count}."""
+    requested = np.array([np.nan if h is None else h for h in requested_hr], np.float64)
+    measured = measured_heart_rates(generated, fs)
+    hr_error = np.abs(measured - requested)
+    gen_intervals, real_intervals = _intervals(generated, fs), _intervals(real, fs)
+    return {
+        "n": int(len(generated)),
+        "mae_mv": _summary(paired_mae_mv(generated, real)),
+        "nrmse": _summary(paired_nrmse(generated, real)),
+        "hr_error_bpm": _summary(hr_error),
+        "hr_error_rel": _summary(hr_error / requested),
+        "unmeasurable_hr": int(np.sum(~np.isfinite(measured))),
+        "limb_residual_mv": _summary(limb_lead_residual_mv(generated)),
+        "limb_residual_real_mv": _summary(limb_lead_residual_mv(real)),
+        "intervals": interval_errors(gen_intervals, real_intervals, INTERVALS),
+        "undelineated": int(sum(not g for g in gen_intervals)),
+    }
+
+
+def markdown_table(metrics: dict[str, Any]) -> str:
+    """The paired metrics as a Markdown table (metric | median | mean | n)."""
+    rows = [("MAE (mV)", metrics["mae_mv"]), ("NRMSE", metrics["nrmse"]),
+            ("HR error (bpm)", metrics["hr_error_bpm"]), ("HR error (relative)", metrics["hr_error_rel"])]
+    rows += [(f"{label} error ({'deg' if name.endswith('deg') else 'ms'})", metrics["intervals"][name])
+             for name, label in zip(INTERVALS, ("PR", "QRS", "QT", "QTc Bazett", "QTc Fridericia", "QRS axis"))]
+    rows += [("limb-lead residual, generated (mV)", metrics["limb_residual_mv"]),
+             ("limb-lead residual, real (mV)", metrics["limb_residual_real_mv"])]
+    lines = ["| metric | median | mean | n |", "|---|---:|---:|---:|"]
+    for label, s in rows:
+        lines.append(f"| {label} | {s['median']:.4g} | {s['mean']:.4g} | {s['n']} |")
+    return "\n".join(lines)
