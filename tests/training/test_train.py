@@ -169,12 +169,9 @@ def test_a_trained_run_generates_and_exports_to_the_same_model(uninterrupted, tm
 
 
 def test_a_run_trained_with_experience_ships_its_corpus_and_samples_with_reports(uninterrupted, prepared_dir,
-                                                                                  repo_root, tmp_path):
+                                                                                  tmp_path):
     """Stage 2 with an experience directory: the run records it, the export carries the profile corpus, and
     sample.py --experience=auto retrieves a report per prompt (listed in the manifest) that changes the ECG."""
-    import subprocess
-    import sys
-
     from sediff_jax.diffusion.sampling import SamplerConfig
     from sediff_jax.experience import ExperienceIndex
     from sediff_jax.experience.distill import OfflineDistiller
@@ -208,10 +205,9 @@ def test_a_run_trained_with_experience_ships_its_corpus_and_samples_with_reports
     without = generator.generate([prompt], seed=0, sampler=sampler, experience="off")
     assert np.all(np.isfinite(with_experience)) and not np.array_equal(with_experience, without)
 
-    out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "experiments.sample", f"--checkpoint={tmp_path / 'model'}",
-                             "--text=Sinus rhythm. Left ventricular hypertrophy.", "--hr=70", "--steps=2",
-                             f"--out_dir={out}"], cwd=repo_root, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    manifest = json.loads((out / "manifest.json").read_text())
+    from experiments.sample import generate_files
+
+    manifest = generate_files(tmp_path / "out", [prompt], model, sampler, seed=0, num_samples=1, png=False,
+                              experience="auto", max_batch=8)
     assert manifest["experience"] == {"mode": "auto", "used": True, "reports": [report]}
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["experience"] == manifest["experience"]
