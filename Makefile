@@ -49,6 +49,7 @@ bench: $(VENV)/.test
 	$(PY) -m experiments.benchmarks.fitting --reference
 	$(PY) -m experiments.benchmarks.train_step
 	$(PY) -m experiments.benchmarks.sampling
+	$(PY) -m experiments.benchmarks.retrieval
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

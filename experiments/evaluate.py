@@ -33,7 +33,7 @@ flags.DEFINE_integer("num_samples", 64, "Records (one generated ECG each).")
 flags.DEFINE_enum("sampler", "ddim", ["ddim", "ddpm"], "Sampler.")
 flags.DEFINE_integer("steps", 50, "Reverse steps.")
 flags.DEFINE_float("guidance_scale", 2.0, "Classifier-free guidance scale.")
-flags.DEFINE_float("eta", 0.0, "DDIM noise in [0, 1].")
+flags.DEFINE_float("eta", 1.0, "DDIM noise in [0, 1] (as experiments/sample.py).")
 flags.DEFINE_enum("experience", "auto", ["auto", "off"], "Retrieved clinical experience (auto: when the model "
                   "was trained with it).")
 flags.DEFINE_float("highpass_hz", None, "Baseline filter of the real records (as in the model's training data).")

@@ -20,6 +20,7 @@ flags.DEFINE_integer("records", 3, "Number of records.")
 flags.DEFINE_integer("skip", 0, "Records to skip before picking.")
 flags.DEFINE_integer("steps", 50, "DDIM steps.")
 flags.DEFINE_float("guidance_scale", 2.0, "Classifier-free guidance scale.")
+flags.DEFINE_float("eta", 1.0, "DDIM noise (as experiments/sample.py).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("out", "gallery.png", "Output PNG.")
 
@@ -55,7 +56,7 @@ def main(argv):
     prompts = [make_prompt(text, None if not np.isfinite(e["age"]) else float(e["age"]), sex.get(int(e["sex"])),
                            None if not np.isfinite(e["hr_bpm"]) else float(e["hr_bpm"])) for text, e in examples]
     generated = Generator(model).generate(prompts, FLAGS.seed, SamplerConfig(
-        kind="ddim", num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale))
+        kind="ddim", num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale, eta=FLAGS.eta))
 
     leads = [LEAD_NAMES.index("II"), LEAD_NAMES.index("V2")]
     fig, axes = plt.subplots(2 * len(prompts), 2, figsize=(14, 2.0 * 2 * len(prompts)), sharex=True, squeeze=False)

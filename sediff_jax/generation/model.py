@@ -223,11 +223,10 @@ def experience_profiles_path(model: SEDiffModel) -> Path | None:
     experience = model.config.get("experience") or {}
     if not experience.get("used"):
         return None
-    for candidate in (Path(model.source) / EXPERIENCE_PROFILES_FILE,
-                      Path(experience.get("dir", "")) / "profiles.npz"):
-        if candidate.is_file():
-            return candidate
-    return None
+    candidates = [Path(model.source) / EXPERIENCE_PROFILES_FILE]
+    if experience.get("dir"):
+        candidates.append(Path(experience["dir"]) / "profiles.npz")
+    return next((c for c in candidates if c.is_file()), None)
 
 
 def export_model(model: SEDiffModel, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None,
@@ -244,6 +243,9 @@ def export_model(model: SEDiffModel, out_dir: str | os.PathLike, extra: dict[str
         raise FileExistsError(f"{out_dir} exists (pass overwrite=True / --overwrite to replace it)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     config = {**model.config, **(extra or {}), "weights_dtype": dtype}
+    profiles = experience_profiles_path(model)
+    if profiles is not None:  # the corpus travels with the model; the training machine's path means nothing
+        config["experience"] = {**config["experience"], "dir": None}
     flat = {name: value.astype(dtype) if np.issubdtype(value.dtype, np.floating) else value
             for name, value in {**_flatten(model.denoiser_params, "denoiser"),
                                 **_flatten(model.vae_params, "vae")}.items()}
@@ -253,7 +255,6 @@ def export_model(model: SEDiffModel, out_dir: str | os.PathLike, extra: dict[str
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, str(tmp / WEIGHTS_FILE))
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
-        profiles = experience_profiles_path(model)
         if profiles is not None:  # the retrieval corpus travels with the model: --experience=auto works offline
             shutil.copyfile(profiles, tmp / EXPERIENCE_PROFILES_FILE)
         for f in tmp.iterdir():

@@ -32,7 +32,7 @@ def test_writes_wfdb_png_npz_and_manifest(repo_root, exported_model_dir, tmp_pat
     assert "text: sinus tachycardia" in record.comments and "hr_bpm: 120" in record.comments
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seed"] == 5 and manifest["sampler"] == {"kind": "ddim", "steps": 4, "guidance_scale": 1.5,
-                                                             "eta": 0.0, "simulator_guidance": 0.0,
+                                                             "eta": 1.0, "simulator_guidance": 0.0,
                                                              "clip_x0": 3.0}
     assert manifest["samples"] == 4 and len(manifest["checkpoint"]["id"]) == 12
     with np.load(out / "samples.npz") as f:

@@ -3,8 +3,10 @@ this code's text encoder and simulator prior. (colab/quickstart.ipynb's test gen
 
 import json
 
-from sediff_jax.generation import Generator, load_model
-from sediff_jax.generation.model import CONFIG_FILE, MODEL_FORMAT, MODEL_VERSION, WEIGHTS_FILE
+from sediff_jax.generation import Generator, load_model, make_prompt
+from sediff_jax.generation.model import (
+    CONFIG_FILE, EXPERIENCE_PROFILES_FILE, MODEL_FORMAT, MODEL_VERSION, WEIGHTS_FILE,
+)
 
 
 def test_shipped_checkpoint_loads_with_its_text_encoder_and_prior(repo_root):
@@ -18,3 +20,8 @@ def test_shipped_checkpoint_loads_with_its_text_encoder_and_prior(repo_root):
     assert model.fs == 100.0 and model.num_samples == 1000 and model.schedule.num_steps == 1000
     generator = Generator(model)  # raises if the MiniLM weights or the prior classes differ
     assert generator.latent_shape == (125, 4)
+    # trained with experience: its PTB-XL profile corpus ships with it, so --experience=auto retrieves offline
+    assert config["experience"]["used"] and (directory / EXPERIENCE_PROFILES_FILE).is_file()
+    prompt = make_prompt("Atrial fibrillation. Left ventricular hypertrophy.", age=74, sex="M", hr=95)
+    report, = generator.experience_reports([prompt])
+    assert report.startswith("Experience from 5 similar patients") and "atrial fibrillation" in report

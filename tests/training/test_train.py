@@ -196,6 +196,7 @@ def test_a_run_trained_with_experience_ships_its_corpus_and_samples_with_reports
     model = load_model(export_model(load_model(str(tmp_path / "run")), tmp_path / "model"))
     assert model.config["experience"]["used"] and model.config["experience"]["records"] == 12
     assert (tmp_path / "model" / EXPERIENCE_PROFILES_FILE).is_file()
+    assert model.config["experience"]["dir"] is None  # the export stands alone
     generator = Generator(model, mesh=make_mesh(jax.devices()[:1]))
     prompt = make_prompt("Sinus rhythm. Left ventricular hypertrophy.", age=60, sex="M", hr=70)
     report, = generator.experience_reports([prompt])
