@@ -34,8 +34,8 @@ def main(argv):
     import numpy as np
 
     from sediff_jax.data.builder import open_split
-    from sediff_jax.data.rpeaks import detect_r_peaks, heart_rate_bpm
     from sediff_jax.diffusion.sampling import SamplerConfig
+    from sediff_jax.evaluation import measured_heart_rates
     from sediff_jax.generation import SHIPPED_CHECKPOINT, Generator, load_model, make_prompt
     from sediff_jax.io import atomic_path
     from sediff_jax.leads import LEAD_NAMES
@@ -61,10 +61,11 @@ def main(argv):
     leads = [LEAD_NAMES.index("II"), LEAD_NAMES.index("V2")]
     fig, axes = plt.subplots(2 * len(prompts), 2, figsize=(14, 2.0 * 2 * len(prompts)), sharex=True, squeeze=False)
     t = np.arange(model.num_samples) / model.fs
-    for row, (prompt, (_, example), fake) in enumerate(zip(prompts, examples, generated)):
-        for col, (ecg, what) in enumerate(((np.asarray(example["ecg"]), "real"), (fake, "generated"))):
-            peaks = detect_r_peaks(ecg, model.fs)
-            hr = heart_rate_bpm(peaks, model.fs) if len(peaks) >= 2 else float("nan")
+    real = np.stack([np.asarray(e["ecg"]) for _, e in examples])
+    rates = measured_heart_rates(np.concatenate([real, generated]), model.fs).reshape(2, len(prompts))
+    for row, (prompt, fake) in enumerate(zip(prompts, generated)):
+        for col, (ecg, what) in enumerate(((real[row], "real"), (fake, "generated"))):
+            hr = rates[col, row]
             for k, lead in enumerate(leads):
                 ax = axes[2 * row + k, col]
                 ax.plot(t, ecg[:, lead], lw=0.8, color="black" if col == 0 else "tab:blue")

@@ -106,7 +106,7 @@ def generate_files(out_dir: Path, prompts, model, config, seed: int, num_samples
     from tqdm import tqdm
 
     from sediff_jax import io as ecg_io
-    from sediff_jax.data.rpeaks import detect_r_peaks, heart_rate_bpm
+    from sediff_jax.evaluation import measured_heart_rates
     from sediff_jax.generation import Generator
 
     generator = Generator(model, max_batch=max_batch)
@@ -122,11 +122,11 @@ def generate_files(out_dir: Path, prompts, model, config, seed: int, num_samples
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(exist_ok=True)
     records = []
+    measured_hr = measured_heart_rates(ecg, model.fs)
     with ecg_io.atomic_directory(out_dir) as tmp:
         for n, (i, k, p) in enumerate(expanded):
             name = f"ecg_{i:03d}_{k:02d}"
-            peaks = detect_r_peaks(ecg[n], model.fs)
-            measured = heart_rate_bpm(peaks, model.fs) if len(peaks) >= 2 else float("nan")
+            measured = measured_hr[n]
             comments = ["sediff_jax generated ECG (synthetic; not for clinical use)", f"text: {p.text}",
                         f"age: {'' if p.age is None else f'{p.age:g}'}", f"sex: {p.sex or ''}",
                         f"hr_bpm: {'' if p.hr is None else f'{p.hr:g}'}", f"seed: {seed}", f"sample: {k}",

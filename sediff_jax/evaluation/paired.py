@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sediff_jax.data.delineation import DelineationError, delineate
-from sediff_jax.evaluation.physiology import interval_errors, measured_heart_rates
+from sediff_jax.evaluation.physiology import interval_errors, measured_heart_rates, summarize
 from sediff_jax.evaluation.signal import limb_lead_residual_mv, paired_mae_mv, paired_nrmse
 
 INTERVALS = ("pr_ms", "qrs_ms", "qt_ms", "qtc_bazett_ms", "qtc_fridericia_ms", "qrs_axis_deg")
@@ -78,14 +78,6 @@ def _intervals(ecg: np.ndarray, fs: float) -> list[dict[str, float]]:
     return out
 
 
-def _summary(values: np.ndarray) -> dict[str, float]:
-    values = np.asarray(values, np.float64)
-    values = values[np.isfinite(values)]
-    if not values.size:
-        return {"median": float("nan"), "mean": float("nan"), "n": 0}
-    return {"median": float(np.median(values)), "mean": float(np.mean(values)), "n": int(values.size)}
-
-
 def paired_metrics(generated: np.ndarray, real: np.ndarray, fs: float,
                    requested_hr: Sequence[float | None]) -> dict[str, Any]:
     """Summaries (median, mean, n) of the paired metrics.
@@ -100,13 +92,13 @@ def paired_metrics(generated: np.ndarray, real: np.ndarray, fs: float,
     gen_intervals, real_intervals = _intervals(generated, fs), _intervals(real, fs)
     return {
         "n": int(len(generated)),
-        "mae_mv": _summary(paired_mae_mv(generated, real)),
-        "nrmse": _summary(paired_nrmse(generated, real)),
-        "hr_error_bpm": _summary(hr_error),
-        "hr_error_rel": _summary(hr_error / requested),
+        "mae_mv": summarize(paired_mae_mv(generated, real)),
+        "nrmse": summarize(paired_nrmse(generated, real)),
+        "hr_error_bpm": summarize(hr_error),
+        "hr_error_rel": summarize(hr_error / requested),
         "unmeasurable_hr": int(np.sum(~np.isfinite(measured))),
-        "limb_residual_mv": _summary(limb_lead_residual_mv(generated)),
-        "limb_residual_real_mv": _summary(limb_lead_residual_mv(real)),
+        "limb_residual_mv": summarize(limb_lead_residual_mv(generated)),
+        "limb_residual_real_mv": summarize(limb_lead_residual_mv(real)),
         "intervals": interval_errors(gen_intervals, real_intervals, INTERVALS),
         "undelineated": int(sum(not g for g in gen_intervals)),
     }

@@ -70,6 +70,15 @@ def heart_rate_errors(ecg: np.ndarray, fs: float, requested_bpm: Sequence[float]
     return np.abs(measured[ok] - requested[ok]) / requested[ok], int((~ok).sum())
 
 
+def summarize(values) -> dict[str, float]:
+    """{"median", "mean", "n"} of the finite values (NaN statistics and n = 0 when there are none)."""
+    values = np.asarray(values, np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return {"median": float("nan"), "mean": float("nan"), "n": 0}
+    return {"median": float(np.median(values)), "mean": float(np.mean(values)), "n": int(values.size)}
+
+
 def interval_errors(measured: Sequence[Mapping[str, float]], target: Sequence[Mapping[str, float]],
                     names: Sequence[str] = ("hr_bpm", "pr_ms", "qrs_ms", "qt_ms", "qtc_bazett_ms",
                                             "qtc_fridericia_ms")) -> dict[str, dict[str, float]]:
@@ -77,10 +86,5 @@ def interval_errors(measured: Sequence[Mapping[str, float]], target: Sequence[Ma
     measured, target: per ECG, e.g. `Delineation.intervals()` of a generated ECG and of its paired record."""
     if len(measured) != len(target):
         raise ValueError(f"{len(measured)} measured and {len(target)} target interval sets")
-    out = {}
-    for name in names:
-        diff = np.array([m.get(name, np.nan) - t.get(name, np.nan) for m, t in zip(measured, target)], np.float64)
-        diff = np.abs(diff[np.isfinite(diff)])
-        out[name] = {"median": float(np.median(diff)) if diff.size else float("nan"),
-                     "mean": float(np.mean(diff)) if diff.size else float("nan"), "n": int(diff.size)}
-    return out
+    return {name: summarize(np.abs([m.get(name, np.nan) - t.get(name, np.nan) for m, t in zip(measured, target)]))
+            for name in names}

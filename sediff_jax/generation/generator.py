@@ -91,7 +91,7 @@ class Generator:
         from sediff_jax.experience.distill import OfflineDistiller
         from sediff_jax.experience.reports import PromptExperience
         from sediff_jax.generation.model import experience_profiles_path
-        from sediff_jax.text import TextCache
+        from sediff_jax.text import HashingEncoder, MiniLMEncoder, TextCache
 
         path = experience_profiles_path(self.model)
         if path is None:
@@ -100,8 +100,6 @@ class Generator:
         retrieval = experience.get("retrieval") or {}
         config = RetrievalConfig(weights=retrieval.get("weights") or {}, k=int(retrieval.get("k", 5)))
         index = ExperienceIndex(ProfileCorpus.load(path), config)
-        from sediff_jax.text import HashingEncoder, MiniLMEncoder
-
         length = int(experience.get("max_tokens", 128))
         encoder = (HashingEncoder(dim=self.encoder.dim, max_length=length) if isinstance(self.encoder, HashingEncoder)
                    else MiniLMEncoder(max_length=length))
