@@ -7,8 +7,9 @@ For each of the first --num_samples records of --split, one ECG is generated fro
 (report, age, sex, measured heart rate) and compared with the record: MAE and NRMSE, heart-rate error (from the
 generated ECG's R peaks, against the record's rate), interval errors (PR, QRS, QT, QTc, axis; median-beat
 delineation of both), and the Einthoven/Goldberger residual. Writes --out/metrics.json and --out/report.md
-(atomically). Distribution metrics (FID, rFID, CLIP) need the ECG encoder, which is not trained yet, and are
-reported as not computed.
+(atomically). With the ECG-text CLIP model (--encoder; default the shipped one, trained on PTB-XL folds 1-8 at
+100 Hz by experiments/train_clip.py) it adds FID, rFID, k-NN precision/recall, CLIP score and rCLIP on its
+features; an encoder for another rate or length is reported as not applicable.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ flags.DEFINE_enum("experience", "auto", ["auto", "off"], "Retrieved clinical exp
 flags.DEFINE_float("highpass_hz", None, "Baseline filter of the real records (as in the model's training data).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("max_batch", 64, "ECGs sampled together (memory).")
+flags.DEFINE_string("encoder", "shipped", "ECG-text CLIP checkpoint for FID/CLIP ('shipped', a path, or '' for "
+                    "none).")
 flags.DEFINE_string("out", None, "Output directory (metrics.json, report.md).", required=True)
 flags.register_validator("num_samples", lambda v: v >= 1, message="--num_samples must be >= 1")
 
@@ -46,15 +49,15 @@ flags.register_validator("num_samples", lambda v: v >= 1, message="--num_samples
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    import numpy as np
-
     from experiments.configs.common import data_dir
     from sediff_jax.data.canonical import CanonicalConfig
     from sediff_jax.data.prepare import PrepareConfig, read_entries
     from sediff_jax.data.sources import LayoutError
     from sediff_jax.diffusion.sampling import SamplerConfig
-    from sediff_jax.evaluation.paired import markdown_table, paired_metrics, real_pairs
-    from sediff_jax.generation import SHIPPED_CHECKPOINT, Generator, load_model
+    from sediff_jax.evaluation.clip import load_clip
+    from sediff_jax.evaluation.paired import real_pairs
+    from sediff_jax.evaluation.runner import NonFiniteECG, generate_paired, markdown_report, score
+    from sediff_jax.generation import SHIPPED_CHECKPOINT, load_model
     from sediff_jax.io.atomic import atomic_path
     from sediff_jax.training.checkpoint import CheckpointError
 
@@ -64,6 +67,11 @@ def main(argv):
         model = load_model(checkpoint)
     except CheckpointError as e:
         print(f"error: --checkpoint: {e}", file=sys.stderr)
+        return 2
+    try:
+        encoder = None if not FLAGS.encoder else load_clip(None if FLAGS.encoder == "shipped" else FLAGS.encoder)
+    except CheckpointError as e:
+        print(f"error: --encoder: {e}", file=sys.stderr)
         return 2
     canonical = CanonicalConfig(fs=model.fs, duration_s=float(model.config["duration_s"]),
                                 highpass_hz=FLAGS.highpass_hz)
@@ -76,34 +84,30 @@ def main(argv):
         return 2
     sampler = SamplerConfig(kind=FLAGS.sampler, num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale,
                             eta=FLAGS.eta)
-    start = time.perf_counter()
-    generated = Generator(model, max_batch=FLAGS.max_batch).generate(pairs.prompts, FLAGS.seed, sampler,
-                                                                     FLAGS.experience)
-    seconds = time.perf_counter() - start
-    if not np.all(np.isfinite(generated)):
-        print(f"error: {model.source}: the model produced non-finite ECGs", file=sys.stderr)
+    try:
+        generated, seconds = generate_paired(model, pairs, sampler, FLAGS.seed, FLAGS.experience, FLAGS.max_batch)
+    except NonFiniteECG as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
-    metrics = paired_metrics(generated, pairs.ecg, pairs.fs, [p.hr for p in pairs.prompts])
+    scores = score(generated, pairs, encoder)
     result = {
         "checkpoint": {"path": str(model.source), "id": model.id},
         "dataset": FLAGS.dataset, "source_dir": source, "split": FLAGS.split, "records": pairs.record_ids,
         "skipped": pairs.skipped, "sampler": {"kind": sampler.kind, "steps": sampler.num_steps,
                                               "guidance_scale": sampler.guidance_scale, "eta": sampler.eta},
         "experience": FLAGS.experience, "seed": FLAGS.seed, "generation_seconds": round(seconds, 2),
-        "paired": metrics,
-        "distribution": {"computed": False, "why": "FID, rFID and CLIP need the ECG encoder (not trained yet)"},
+        **scores,
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "python": platform.python_version(),
     }
     out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = (f"# Evaluation: {model.id} on {FLAGS.dataset} {FLAGS.split}\n\n"
-              f"{len(pairs.record_ids)} records ({len(pairs.skipped)} skipped), one ECG each "
-              f"({sampler.kind}-{sampler.num_steps}, guidance {sampler.guidance_scale:g}, experience "
-              f"{FLAGS.experience}, seed {FLAGS.seed}); generated vs the record whose conditions it was "
-              f"generated from. HR: {metrics['unmeasurable_hr']} generated ECGs had too few beats to measure.\n\n"
-              f"{markdown_table(metrics)}\n\nDistribution metrics (FID, rFID, CLIP): not computed, "
-              "the ECG encoder is not trained yet.\n")
+    summary = (f"{len(pairs.record_ids)} records ({len(pairs.skipped)} skipped), one ECG each "
+               f"({sampler.kind}-{sampler.num_steps}, eta {sampler.eta:g}, guidance {sampler.guidance_scale:g}, "
+               f"experience {FLAGS.experience}, seed {FLAGS.seed}); generated vs the record whose conditions it was "
+               f"generated from. HR: {scores['paired']['unmeasurable_hr']} generated ECGs had too few beats to "
+               "measure.")
+    report = markdown_report(f"Evaluation: {model.id} on {FLAGS.dataset} {FLAGS.split}", summary, scores)
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n")
     with atomic_path(out / "report.md") as tmp:

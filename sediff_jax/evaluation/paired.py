@@ -24,13 +24,19 @@ INTERVALS = ("pr_ms", "qrs_ms", "qt_ms", "qtc_bazett_ms", "qtc_fridericia_ms", "
 @dataclasses.dataclass(frozen=True)
 class RealPairs:
     """record_ids: (n,).  ecg: (n, time, 12) float32 mV.  fs: Hz.  prompts: the conditions of each record
-    (`sediff_jax.generation.Prompt`).  skipped: record id -> why it could not be used."""
+    (`sediff_jax.generation.Prompt`).  skipped: record id -> why it could not be used.  superclasses: each
+    record's diagnostic superclasses (PTB-XL), else empty tuples."""
 
     record_ids: list[str]
     ecg: np.ndarray
     fs: float
     prompts: list
     skipped: dict[str, str]
+    superclasses: list[tuple[str, ...]] = dataclasses.field(default_factory=list)
+
+    @property
+    def texts(self) -> list[str]:
+        return [p.text for p in self.prompts]
 
 
 def real_pairs(entries: Sequence, canonical, split: str, limit: int | None = None) -> RealPairs:
@@ -43,7 +49,7 @@ def real_pairs(entries: Sequence, canonical, split: str, limit: int | None = Non
     chosen = [e for e in entries if e.split == split]
     if not chosen:
         raise ValueError(f"no records in split {split!r} (splits present: {sorted({e.split for e in entries})})")
-    ids, ecgs, prompts, skipped = [], [], [], {}
+    ids, ecgs, prompts, skipped, superclasses = [], [], [], {}, []
     for entry in chosen:
         if limit is not None and len(ids) >= limit:
             break
@@ -60,12 +66,13 @@ def real_pairs(entries: Sequence, canonical, split: str, limit: int | None = Non
             skipped[entry.record_id] = str(e)
             continue
         ids.append(entry.record_id)
+        superclasses.append(tuple(entry.superclasses))
         ecgs.append(record.ecg)
         prompts.append(prompt)
     if not ids:
         raise ValueError(f"none of the {len(chosen)} records of split {split!r} could be used: "
                          f"{next(iter(skipped.values()), '')}")
-    return RealPairs(ids, np.stack(ecgs).astype(np.float32), float(canonical.fs), prompts, skipped)
+    return RealPairs(ids, np.stack(ecgs).astype(np.float32), float(canonical.fs), prompts, skipped, superclasses)
 
 
 def _intervals(ecg: np.ndarray, fs: float) -> list[dict[str, float]]:

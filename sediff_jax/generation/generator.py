@@ -37,22 +37,12 @@ EXPERIENCE_MODES = ("auto", "off")
 
 def text_encoder_for(model: SEDiffModel):
     """The text encoder the model was trained with (its id names the encoder, weights digest and length)."""
-    from sediff_jax.text import make_text_encoder
+    from sediff_jax.text import encoder_from_id
 
-    encoder_id = str(model.config["text_encoder"])
-    name = encoder_id.split("-")[0].split("/")[0]
     try:
-        length = int(encoder_id.rsplit("/len", 1)[1])
-    except (IndexError, ValueError):
-        raise CheckpointError(f"{model.source}: unreadable text encoder id {encoder_id!r}") from None
-    kwargs = {"max_length": length}
-    if name == "hashing":
-        kwargs["dim"] = int(encoder_id.split("/dim")[1].split("/")[0])
-    encoder = make_text_encoder(name, **kwargs)
-    if encoder.id != encoder_id:
-        raise CheckpointError(f"{model.source}: trained with text encoder {encoder_id}, this machine has "
-                              f"{encoder.id} (other weights)")
-    return encoder
+        return encoder_from_id(str(model.config["text_encoder"]))
+    except ValueError as e:
+        raise CheckpointError(f"{model.source}: {e}") from None
 
 
 class Generator:

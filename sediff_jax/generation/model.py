@@ -85,12 +85,13 @@ def _tensor_name(prefix: str, path) -> str:
     return "/".join([prefix] + [str(getattr(p, "key", getattr(p, "idx", p))) for p in path])
 
 
-def _flatten(params: Any, prefix: str) -> dict[str, np.ndarray]:
+def flatten_params(params: Any, prefix: str) -> dict[str, np.ndarray]:
+    """{'<prefix>/<path>': array} of a params pytree (the safetensors layout of exported models)."""
     return {_tensor_name(prefix, path): np.asarray(leaf)
             for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
-def _unflatten(template: Any, flat: dict[str, np.ndarray], prefix: str, where: str) -> Any:
+def unflatten_params(template: Any, flat: dict[str, np.ndarray], prefix: str, where: str) -> Any:
     """`template`'s tree with its leaves taken from `flat`; every name and shape must match."""
     paths, treedef = jax.tree_util.tree_flatten_with_path(template)
     leaves, wanted = [], set()
@@ -116,7 +117,8 @@ def _build(config: dict[str, Any]) -> tuple[nnx.GraphDef, Any, nnx.GraphDef, Any
     return (*split_params(denoiser), *split_params(vae))
 
 
-def _weights_id(flat: dict[str, np.ndarray]) -> str:
+def weights_id(flat: dict[str, np.ndarray]) -> str:
+    """12 hex digits of SHA-256 over the tensors' names and bytes: the id of a set of weights."""
     digest = hashlib.sha256()
     for name in sorted(flat):
         digest.update(name.encode())
@@ -149,9 +151,9 @@ def load_exported(directory: str | os.PathLike) -> SEDiffModel:
         raise CheckpointError(f"{weights_path}: unreadable weights ({e})") from None
     denoiser_graphdef, denoiser_template, vae_graphdef, vae_template = _build(config)
     return SEDiffModel(
-        denoiser_graphdef, _unflatten(denoiser_template, flat, "denoiser", str(weights_path)),
-        vae_graphdef, _unflatten(vae_template, flat, "vae", str(weights_path)),
-        config, str(directory), _weights_id(flat))
+        denoiser_graphdef, unflatten_params(denoiser_template, flat, "denoiser", str(weights_path)),
+        vae_graphdef, unflatten_params(vae_template, flat, "vae", str(weights_path)),
+        config, str(directory), weights_id(flat))
 
 
 def _stage_dir(path: Path) -> Path | None:
@@ -194,9 +196,9 @@ def load_training_run(stage_dir: str | os.PathLike, which: str = "best") -> SEDi
     }
     denoiser_params = jax.device_get(state.ema_params)
     vae_params = jax.device_get(vae_params)
-    flat = {**_flatten(denoiser_params, "denoiser"), **_flatten(vae_params, "vae")}
+    flat = {**flatten_params(denoiser_params, "denoiser"), **flatten_params(vae_params, "vae")}
     return SEDiffModel(graphdef, denoiser_params, vae_graphdef, vae_params, config, str(stage_dir),
-                       _weights_id(flat))
+                       weights_id(flat))
 
 
 def load_model(path: str | os.PathLike, which: str = "best") -> SEDiffModel:
@@ -247,13 +249,13 @@ def export_model(model: SEDiffModel, out_dir: str | os.PathLike, extra: dict[str
     if profiles is not None:  # the corpus travels with the model; the training machine's path means nothing
         config["experience"] = {**config["experience"], "dir": None}
     flat = {name: value.astype(dtype) if np.issubdtype(value.dtype, np.floating) else value
-            for name, value in {**_flatten(model.denoiser_params, "denoiser"),
-                                **_flatten(model.vae_params, "vae")}.items()}
+            for name, value in {**flatten_params(model.denoiser_params, "denoiser"),
+                                **flatten_params(model.vae_params, "vae")}.items()}
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, str(tmp / WEIGHTS_FILE))
+        save_file({k: np.array(v, order="C") for k, v in flat.items()}, str(tmp / WEIGHTS_FILE))  # keeps 0-d
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
         if profiles is not None:  # the retrieval corpus travels with the model: --experience=auto works offline
             shutil.copyfile(profiles, tmp / EXPERIENCE_PROFILES_FILE)

@@ -7,5 +7,6 @@ from sediff_jax.text.encoders import (
     TextCache,
     TextEncoding,
     encode_cached,
+    encoder_from_id,
     make_text_encoder,
 )

@@ -159,6 +159,22 @@ def make_text_encoder(name: str = "minilm", **kwargs):
     raise ValueError(f"text encoder {name!r} is unknown; expected one of {ENCODERS}")
 
 
+def encoder_from_id(encoder_id: str):
+    """The text encoder whose `id` is `encoder_id` (name, weights digest, length); ValueError when this machine's
+    encoder of that name has other weights or the id is unreadable."""
+    name = encoder_id.split("-")[0].split("/")[0]
+    try:
+        kwargs = {"max_length": int(encoder_id.rsplit("/len", 1)[1])}
+        if name == "hashing":
+            kwargs["dim"] = int(encoder_id.split("/dim")[1].split("/")[0])
+    except (IndexError, ValueError):
+        raise ValueError(f"unreadable text encoder id {encoder_id!r}") from None
+    encoder = make_text_encoder(name, **kwargs)
+    if encoder.id != encoder_id:
+        raise ValueError(f"trained with text encoder {encoder_id}, this machine has {encoder.id} (other weights)")
+    return encoder
+
+
 class TextCache:
     """Encodings of distinct texts, computed on first use and kept in memory; `save()` writes them to
     `cache_path` (NPZ, atomically), which a later TextCache of the same encoder reads back (another encoder's

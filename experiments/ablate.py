@@ -1,0 +1,151 @@
+r"""SE-Diff's ablation: train the diffusion stage once per variant on one shared VAE, evaluate each on a real
+split with the paired protocol, and print the paper-style table with the paper's numbers beside ours.
+
+    python -m experiments.build_experience --dataset=ptbxl --source_dir=../shared/data/ptb-xl --fs=100 \
+        --out_dir=runs/exp_ptbxl100
+    python -m experiments.ablate --config=ptbxl100 --workdir=runs/ablate_ptbxl100 \
+        --experience_dir=runs/exp_ptbxl100 --num_steps=1000 --num_samples=66
+
+Variants (experiments/configs/common.py): full, no_simulator (L_Euler and L_sim off), no_interlead,
+no_experience, and the finer no_euler, no_sim_solve, ddpm_only. Layout under --workdir: prepared/ (the dataset),
+vae/ (stage 1, trained first unless --vae_checkpoint), <variant>/ (stage 2), ablation/ (per-variant
+metrics.json, table.md, ablation.json). Every stage resumes: running the command again after a kill continues
+training, and with everything trained it only re-evaluates (e.g. with a new --encoder).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", "ptbxl100", "Config name in experiments/configs.")
+flags.DEFINE_list("variants", ["full", "no_simulator", "no_interlead", "no_experience"], "Variants to compare.")
+flags.DEFINE_string("workdir", None, "Root of the runs (see the layout above).", required=True)
+flags.DEFINE_string("vae_checkpoint", None, "A trained VAE stage directory to share (default: train <workdir>/vae).")
+flags.DEFINE_string("prepared_dir", None, "Prepared dataset root (default: <workdir>/prepared).")
+flags.DEFINE_string("experience_dir", None, "experiments/build_experience.py output (needed by every variant but "
+                    "no_experience).")
+flags.DEFINE_integer("num_steps", None, "Diffusion steps per variant (default: the config's).")
+flags.DEFINE_integer("vae_steps", None, "VAE steps (default: the config's).")
+flags.DEFINE_bool("train", True, "Train (or resume) before evaluating; --notrain evaluates what exists.")
+flags.DEFINE_string("split", "test", "Split to evaluate on.")
+flags.DEFINE_integer("num_samples", 66, "Records of --split (one generated ECG each).")
+flags.DEFINE_integer("steps", 50, "DDIM steps.")
+flags.DEFINE_float("guidance_scale", 2.0, "Classifier-free guidance scale.")
+flags.DEFINE_float("eta", 1.0, "DDIM noise.")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_string("encoder", "shipped", "ECG-text CLIP checkpoint for FID/CLIP ('shipped', a path, or '' for "
+                    "none).")
+flags.DEFINE_string("out", None, "Output directory (default: <workdir>/ablation).")
+
+LABELS = {"full": "SE-Diff (full)", "no_simulator": "w/o simulator", "no_interlead": "w/o inter-lead",
+          "no_experience": "w/o experience", "no_euler": "w/o L_Euler", "no_sim_solve": "w/o L_sim",
+          "ddpm_only": "L_DDPM only"}
+PAPER_HR_ERROR_BPM = {"full": 8.43, "no_simulator": 14.28, "no_interlead": 19.21, "no_experience": 15.06}
+
+
+def variant_config(variant: str):
+    module = importlib.import_module(f"experiments.configs.{FLAGS.config}")
+    config = module.get_config(variant)
+    root = os.path.abspath(FLAGS.workdir)
+    config.data.prepared_dir = os.path.abspath(FLAGS.prepared_dir) if FLAGS.prepared_dir else os.path.join(root, "prepared")
+    config.diffusion.vae_checkpoint = os.path.abspath(FLAGS.vae_checkpoint or os.path.join(root, "vae"))
+    if variant != "no_experience":
+        config.experience.dir = os.path.abspath(FLAGS.experience_dir)
+    if FLAGS.num_steps:
+        config.diffusion.training.num_steps = FLAGS.num_steps
+    if FLAGS.vae_steps:
+        config.vae.training.num_steps = FLAGS.vae_steps
+    return config
+
+
+def table(results: dict[str, dict]) -> str:
+    lines = ["| variant | HR error (bpm) median / mean | paper HR error (bpm) | MAE (mV) | NRMSE | QT error (ms) | "
+             "rFID | rCLIP |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for variant, r in results.items():
+        p, d = r["paired"], r["distribution"]
+        paper = PAPER_HR_ERROR_BPM.get(variant)
+        lines.append(
+            f"| {LABELS.get(variant, variant)} | {p['hr_error_bpm']['median']:.2f} / {p['hr_error_bpm']['mean']:.2f} | "
+            f"{'' if paper is None else f'{paper:.2f}'} | {p['mae_mv']['mean']:.4f} | {p['nrmse']['mean']:.4f} | "
+            f"{p['intervals']['qt_ms']['mean']:.1f} | "
+            + (f"{d['rfid']:.4f} | {d['rclip']:.4f} |" if d.get("computed") else "n/a | n/a |"))
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    unknown = [v for v in FLAGS.variants if v not in LABELS]
+    if unknown:
+        raise app.UsageError(f"--variants: unknown {unknown}; expected some of {', '.join(LABELS)}")
+    if any(v != "no_experience" for v in FLAGS.variants) and not FLAGS.experience_dir:
+        raise app.UsageError("--experience_dir is needed (build it with experiments/build_experience.py); without "
+                             "it 'full' would equal 'no_experience'")
+    if FLAGS.experience_dir and not (Path(FLAGS.experience_dir) / "experience.jsonl").is_file():
+        raise app.UsageError(f"--experience_dir={FLAGS.experience_dir}: no experience.jsonl there")
+
+    from sediff_jax.data.prepare import PrepareConfig, read_entries
+    from sediff_jax.diffusion.sampling import SamplerConfig
+    from sediff_jax.evaluation.clip import load_clip
+    from sediff_jax.evaluation.paired import real_pairs
+    from sediff_jax.evaluation.runner import generate_paired, markdown_report, score
+    from sediff_jax.generation import load_model
+    from sediff_jax.io.atomic import atomic_path
+    from sediff_jax.training.checkpoint import CheckpointError
+    from sediff_jax.training.loop import canonical_config, train
+
+    out = Path(FLAGS.out or os.path.join(FLAGS.workdir, "ablation"))
+    first = variant_config(FLAGS.variants[0])
+    try:
+        encoder = None if not FLAGS.encoder else load_clip(None if FLAGS.encoder == "shipped" else FLAGS.encoder)
+    except CheckpointError as e:
+        raise app.UsageError(f"--encoder: {e}") from None
+    if FLAGS.train and not FLAGS.vae_checkpoint:
+        vae_config = variant_config(FLAGS.variants[0])
+        vae_config.stage = "vae"
+        train(vae_config, os.path.abspath(FLAGS.workdir))
+    canonical = canonical_config(first)
+    entries = read_entries(PrepareConfig(dataset=first.data.dataset, out_dir="", source_dir=first.data.source_dir,
+                                         canonical=canonical))
+    pairs = real_pairs(entries, canonical, FLAGS.split, FLAGS.num_samples)
+    sampler = SamplerConfig(kind="ddim", num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale, eta=FLAGS.eta)
+    results = {}
+    for variant in FLAGS.variants:
+        config = variant_config(variant)
+        config.stage = "diffusion"
+        workdir = os.path.join(os.path.abspath(FLAGS.workdir), variant)
+        if FLAGS.train:
+            train(config, workdir)
+        model = load_model(workdir)
+        generated, seconds = generate_paired(model, pairs, sampler, FLAGS.seed, "auto")
+        results[variant] = score(generated, pairs, encoder)
+        record = {"variant": variant, "workdir": workdir, "model_id": model.id, "records": pairs.record_ids,
+                  "sampler": {"steps": FLAGS.steps, "guidance_scale": FLAGS.guidance_scale, "eta": FLAGS.eta},
+                  "seed": FLAGS.seed, "generation_seconds": round(seconds, 2), **results[variant]}
+        with atomic_path(out / variant / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
+        with atomic_path(out / variant / "report.md") as tmp:
+            tmp.write_text(markdown_report(f"{LABELS[variant]} ({model.id})", f"{len(pairs.record_ids)} records of "
+                                           f"{FLAGS.split}", results[variant]))
+        print(f"{variant}: HR error {results[variant]['paired']['hr_error_bpm']['mean']:.2f} bpm (mean)", flush=True)
+    text = (f"Ablation: {FLAGS.config}, {first.data.dataset} {FLAGS.split} ({len(pairs.record_ids)} records, one ECG "
+            f"each, DDIM-{FLAGS.steps} eta {FLAGS.eta:g}, guidance {FLAGS.guidance_scale:g}, seed {FLAGS.seed}); "
+            f"paper: MIMIC-IV-ECG.\n\n{table(results)}\n")
+    with atomic_path(out / "table.md") as tmp:
+        tmp.write_text(text)
+    with atomic_path(out / "ablation.json") as tmp:
+        tmp.write_text(json.dumps({"config": FLAGS.config, "command": " ".join(sys.argv), "results": results},
+                                  indent=1) + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

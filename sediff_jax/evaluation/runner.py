@@ -1,0 +1,98 @@
+"""Generate one ECG per real record's conditions and score the set: what `experiments/evaluate.py` and
+`experiments/ablate.py` run.
+
+`generate_paired` samples from a model for `RealPairs`; `score` computes the paired metrics and, given an ECG-text
+CLIP model (`sediff_jax.models.ECGTextCLIP` with its params), the distribution and alignment metrics on its ECG
+features: FID, rFID, k-NN precision/recall, CLIP score and rCLIP. `markdown_report` renders both.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from sediff_jax.evaluation.distribution import (
+    clip_score, frechet_distance, knn_precision_recall, relative_clip, relative_fid, split_half_fid,
+)
+from sediff_jax.evaluation.paired import RealPairs, markdown_table, paired_metrics
+
+
+MIN_DISTRIBUTION_RECORDS = 8  # two halves of >= 4 for FID_split, more than k = 3 neighbours
+
+
+class NonFiniteECG(FloatingPointError):
+    """The model produced NaN or inf samples."""
+
+
+def generate_paired(model, pairs: RealPairs, sampler, seed: int = 0, experience: str = "auto",
+                    max_batch: int = 64) -> tuple[np.ndarray, float]:
+    """(generated (n, time, 12) float32 mV, seconds): row i from record i's prompt, key fold_in(seed, i)."""
+    from sediff_jax.generation import Generator
+
+    start = time.perf_counter()
+    generated = Generator(model, max_batch=max_batch).generate(pairs.prompts, seed, sampler, experience)
+    seconds = time.perf_counter() - start
+    if not np.all(np.isfinite(generated)):
+        raise NonFiniteECG(f"{model.source}: the model produced non-finite ECGs")
+    return generated, seconds
+
+
+def distribution_metrics(encoder, generated: np.ndarray, pairs: RealPairs, reference: np.ndarray | None = None,
+                         k: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Feature-space metrics of `generated` against the paired real records.
+
+    encoder: `sediff_jax.evaluation.clip.ClipEncoder`.  reference: a larger real set for FID_split (default: the
+    paired records); FID(real, gen) always uses the paired records, so both FIDs compare sets of the same size
+    as `generated` only when `reference` is None."""
+    texts = [p.text for p in pairs.prompts]
+    gen_features, real_features = encoder.ecg_features(generated), encoder.ecg_features(pairs.ecg)
+    ref_features = real_features if reference is None else encoder.ecg_features(reference)
+    gen_emb, real_emb = encoder.ecg_embeddings(generated), encoder.ecg_embeddings(pairs.ecg)
+    text_emb = encoder.text_embeddings(texts)
+    fid = frechet_distance(real_features, gen_features)
+    fid_split = split_half_fid(ref_features, seed)
+    precision, recall = knn_precision_recall(real_features, gen_features, k)
+    clip_gen, clip_real = clip_score(gen_emb, text_emb), clip_score(real_emb, text_emb)
+    shuffled = np.random.default_rng(seed).permutation(len(texts))
+    return {"computed": True, "encoder": encoder.id, "fid": fid, "fid_split": fid_split,
+            "rfid": relative_fid(fid_split, fid), "precision": precision, "recall": recall, "k": k,
+            "clip_generated": clip_gen, "clip_real": clip_real,
+            "clip_real_shuffled": clip_score(real_emb, text_emb[shuffled]),
+            "rclip": relative_clip(gen_emb, real_emb, text_emb)}
+
+
+def score(generated: np.ndarray, pairs: RealPairs, encoder=None) -> dict[str, Any]:
+    """{"paired": `paired_metrics`, "distribution": `distribution_metrics` or {"computed": False, "why": ...}}."""
+    paired = paired_metrics(generated, pairs.ecg, pairs.fs, [p.hr for p in pairs.prompts])
+    if encoder is None:
+        distribution = {"computed": False, "why": "no ECG-text CLIP encoder given"}
+    elif len(generated) < MIN_DISTRIBUTION_RECORDS:
+        distribution = {"computed": False, "why": f"{len(generated)} records; feature statistics need at least "
+                        f"{MIN_DISTRIBUTION_RECORDS}"}
+    elif abs(encoder.fs - pairs.fs) > 1e-6 or encoder.num_samples != pairs.ecg.shape[1]:
+        distribution = {"computed": False, "why": f"the encoder takes {encoder.num_samples} samples at "
+                        f"{encoder.fs:g} Hz, the ECGs are {pairs.ecg.shape[1]} at {pairs.fs:g} Hz"}
+    else:
+        distribution = distribution_metrics(encoder, generated, pairs)
+    return {"paired": paired, "distribution": distribution}
+
+
+def distribution_table(distribution: dict[str, Any]) -> str:
+    """The distribution metrics as a Markdown table, or a line saying why they are missing."""
+    if not distribution.get("computed"):
+        return f"Distribution metrics (FID, rFID, CLIP): not computed, {distribution.get('why', '')}."
+    d = distribution
+    rows = [("FID (real vs generated)", f"{d['fid']:.4g}"), ("FID split (two halves of real)", f"{d['fid_split']:.4g}"),
+            ("rFID", f"{d['rfid']:.4f}"), (f"precision / recall (k = {d['k']})", f"{d['precision']:.3f} / {d['recall']:.3f}"),
+            ("CLIP score, generated", f"{d['clip_generated']:.4f}"), ("CLIP score, real", f"{d['clip_real']:.4f}"),
+            ("CLIP score, real with shuffled texts", f"{d['clip_real_shuffled']:.4f}"), ("rCLIP", f"{d['rclip']:.4f}")]
+    lines = [f"Encoder `{d['encoder']}`.", "", "| metric | value |", "|---|---:|"]
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    return "\n".join(lines)
+
+
+def markdown_report(title: str, summary: str, result: dict[str, Any]) -> str:
+    return (f"# {title}\n\n{summary}\n\n{markdown_table(result['paired'])}\n\n"
+            f"{distribution_table(result['distribution'])}\n")
