@@ -15,6 +15,7 @@ training, and with everything trained it only re-evaluates (e.g. with a new --en
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -29,8 +30,8 @@ flags.DEFINE_list("variants", ["full", "no_simulator", "no_interlead", "no_exper
 flags.DEFINE_string("workdir", None, "Root of the runs (see the layout above).", required=True)
 flags.DEFINE_string("vae_checkpoint", None, "A trained VAE stage directory to share (default: train <workdir>/vae).")
 flags.DEFINE_string("prepared_dir", None, "Prepared dataset root (default: <workdir>/prepared).")
-flags.DEFINE_string("experience_dir", None, "experiments/build_experience.py output (needed by every variant but "
-                    "no_experience).")
+flags.DEFINE_string("experience_dir", None, "experiments/build_experience.py output, used by every variant but "
+                    "no_experience (required when no_experience is compared).")
 flags.DEFINE_integer("num_steps", None, "Diffusion steps per variant (default: the config's).")
 flags.DEFINE_integer("vae_steps", None, "VAE steps (default: the config's).")
 flags.DEFINE_bool("train", True, "Train (or resume) before evaluating; --notrain evaluates what exists.")
@@ -56,7 +57,7 @@ def variant_config(variant: str):
     root = os.path.abspath(FLAGS.workdir)
     config.data.prepared_dir = os.path.abspath(FLAGS.prepared_dir) if FLAGS.prepared_dir else os.path.join(root, "prepared")
     config.diffusion.vae_checkpoint = os.path.abspath(FLAGS.vae_checkpoint or os.path.join(root, "vae"))
-    if variant != "no_experience":
+    if variant != "no_experience" and FLAGS.experience_dir:
         config.experience.dir = os.path.abspath(FLAGS.experience_dir)
     if FLAGS.num_steps:
         config.diffusion.training.num_steps = FLAGS.num_steps
@@ -85,9 +86,9 @@ def main(argv):
     unknown = [v for v in FLAGS.variants if v not in LABELS]
     if unknown:
         raise app.UsageError(f"--variants: unknown {unknown}; expected some of {', '.join(LABELS)}")
-    if any(v != "no_experience" for v in FLAGS.variants) and not FLAGS.experience_dir:
-        raise app.UsageError("--experience_dir is needed (build it with experiments/build_experience.py); without "
-                             "it 'full' would equal 'no_experience'")
+    if "no_experience" in FLAGS.variants and not FLAGS.experience_dir:
+        raise app.UsageError("--variants has no_experience, so --experience_dir is needed (build it with "
+                             "experiments/build_experience.py); without it every variant trains without experience")
     if FLAGS.experience_dir and not (Path(FLAGS.experience_dir) / "experience.jsonl").is_file():
         raise app.UsageError(f"--experience_dir={FLAGS.experience_dir}: no experience.jsonl there")
 
@@ -114,7 +115,15 @@ def main(argv):
     canonical = canonical_config(first)
     entries = read_entries(PrepareConfig(dataset=first.data.dataset, out_dir="", source_dir=first.data.source_dir,
                                          canonical=canonical))
-    pairs = real_pairs(entries, canonical, FLAGS.split, FLAGS.num_samples)
+    pairs_for = {}  # the split canonicalised at each model's rate and length
+
+    def real_pairs_for(model):
+        key = (model.fs, float(model.config["duration_s"]))
+        if key not in pairs_for:
+            pairs_for[key] = real_pairs(entries, dataclasses.replace(canonical, fs=key[0], duration_s=key[1]),
+                                        FLAGS.split, FLAGS.num_samples)
+        return pairs_for[key]
+
     sampler = SamplerConfig(kind="ddim", num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale, eta=FLAGS.eta)
     results = {}
     for variant in FLAGS.variants:
@@ -124,6 +133,7 @@ def main(argv):
         if FLAGS.train:
             train(config, workdir)
         model = load_model(workdir)
+        pairs = real_pairs_for(model)
         generated, seconds = generate_paired(model, pairs, sampler, FLAGS.seed, "auto")
         results[variant] = score(generated, pairs, encoder)
         record = {"variant": variant, "workdir": workdir, "model_id": model.id, "records": pairs.record_ids,
@@ -135,9 +145,10 @@ def main(argv):
             tmp.write_text(markdown_report(f"{LABELS[variant]} ({model.id})", f"{len(pairs.record_ids)} records of "
                                            f"{FLAGS.split}", results[variant]))
         print(f"{variant}: HR error {results[variant]['paired']['hr_error_bpm']['mean']:.2f} bpm (mean)", flush=True)
-    text = (f"Ablation: {FLAGS.config}, {first.data.dataset} {FLAGS.split} ({len(pairs.record_ids)} records, one ECG "
+    text = (f"Ablation: {FLAGS.config}, {first.data.dataset} {FLAGS.split} ({FLAGS.num_samples} records, one ECG "
             f"each, DDIM-{FLAGS.steps} eta {FLAGS.eta:g}, guidance {FLAGS.guidance_scale:g}, seed {FLAGS.seed}); "
-            f"paper: MIMIC-IV-ECG.\n\n{table(results)}\n")
+            f"experience {'on' if FLAGS.experience_dir else 'off'} except in no_experience; paper: MIMIC-IV-ECG."
+            f"\n\n{table(results)}\n")
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(text)
     with atomic_path(out / "ablation.json") as tmp:

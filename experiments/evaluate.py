@@ -31,6 +31,8 @@ flags.DEFINE_enum("dataset", "ptbxl", ["ptbxl", "ludb", "mimic"], "Dataset layou
 flags.DEFINE_string("source_dir", None, "Dataset root (default: $SEDIFF_DATA_DIR/ptb-xl or /ludb).")
 flags.DEFINE_string("split", "test", "Split to evaluate (PTB-XL: fold 10 is 'test').")
 flags.DEFINE_integer("num_samples", 64, "Records (one generated ECG each).")
+flags.DEFINE_string("reference_split", None, "Also score as many real records of this split (e.g. validation) "
+                    "as if generated: the FID / rFID / precision-recall an ideal generator gets.")
 flags.DEFINE_enum("sampler", "ddim", ["ddim", "ddpm"], "Sampler.")
 flags.DEFINE_integer("steps", 50, "Reverse steps.")
 flags.DEFINE_float("guidance_scale", 2.0, "Classifier-free guidance scale.")
@@ -79,6 +81,8 @@ def main(argv):
         entries = read_entries(PrepareConfig(dataset=FLAGS.dataset, out_dir="", source_dir=source,
                                              canonical=canonical))
         pairs = real_pairs(entries, canonical, FLAGS.split, FLAGS.num_samples)
+        reference = (real_pairs(entries, canonical, FLAGS.reference_split, len(pairs.record_ids))
+                     if FLAGS.reference_split else None)
     except (LayoutError, ValueError, OSError) as e:
         print(f"error: --dataset={FLAGS.dataset} --source_dir={source} --split={FLAGS.split}: {e}", file=sys.stderr)
         return 2
@@ -89,7 +93,7 @@ def main(argv):
     except NonFiniteECG as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    scores = score(generated, pairs, encoder)
+    scores = score(generated, pairs, encoder, reference)
     result = {
         "checkpoint": {"path": str(model.source), "id": model.id},
         "dataset": FLAGS.dataset, "source_dir": source, "split": FLAGS.split, "records": pairs.record_ids,

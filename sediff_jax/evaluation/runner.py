@@ -39,20 +39,17 @@ def generate_paired(model, pairs: RealPairs, sampler, seed: int = 0, experience:
     return generated, seconds
 
 
-def distribution_metrics(encoder, generated: np.ndarray, pairs: RealPairs, reference: np.ndarray | None = None,
-                         k: int = 3, seed: int = 0) -> dict[str, Any]:
-    """Feature-space metrics of `generated` against the paired real records.
-
-    encoder: `sediff_jax.evaluation.clip.ClipEncoder`.  reference: a larger real set for FID_split (default: the
-    paired records); FID(real, gen) always uses the paired records, so both FIDs compare sets of the same size
-    as `generated` only when `reference` is None."""
+def distribution_metrics(encoder, generated: np.ndarray, pairs: RealPairs, k: int = 3, seed: int = 0
+                         ) -> dict[str, Any]:
+    """Feature-space metrics of `generated` (n, time, 12) mV against the n paired real records, on the features
+    of `encoder` (`sediff_jax.evaluation.clip.ClipEncoder`). FID_split is the FID of two random halves of the
+    real records (seed `seed`), as the paper defines rFID; CLIP scores use each record's report."""
     texts = [p.text for p in pairs.prompts]
     gen_features, real_features = encoder.ecg_features(generated), encoder.ecg_features(pairs.ecg)
-    ref_features = real_features if reference is None else encoder.ecg_features(reference)
     gen_emb, real_emb = encoder.ecg_embeddings(generated), encoder.ecg_embeddings(pairs.ecg)
     text_emb = encoder.text_embeddings(texts)
     fid = frechet_distance(real_features, gen_features)
-    fid_split = split_half_fid(ref_features, seed)
+    fid_split = split_half_fid(real_features, seed)
     precision, recall = knn_precision_recall(real_features, gen_features, k)
     clip_gen, clip_real = clip_score(gen_emb, text_emb), clip_score(real_emb, text_emb)
     shuffled = np.random.default_rng(seed).permutation(len(texts))
@@ -63,8 +60,21 @@ def distribution_metrics(encoder, generated: np.ndarray, pairs: RealPairs, refer
             "rclip": relative_clip(gen_emb, real_emb, text_emb)}
 
 
-def score(generated: np.ndarray, pairs: RealPairs, encoder=None) -> dict[str, Any]:
-    """{"paired": `paired_metrics`, "distribution": `distribution_metrics` or {"computed": False, "why": ...}}."""
+def reference_metrics(encoder, reference: RealPairs, pairs: RealPairs, k: int = 3, seed: int = 0) -> dict[str, Any]:
+    """FID, rFID and k-NN precision/recall of other real records (e.g. another split) against `pairs`, as if they
+    were generated: what an ideal generator scores on the same encoder and sizes."""
+    real, other = encoder.ecg_features(pairs.ecg), encoder.ecg_features(reference.ecg)
+    fid, fid_split = frechet_distance(real, other), split_half_fid(real, seed)
+    precision, recall = knn_precision_recall(real, other, k)
+    return {"records": len(reference.record_ids), "fid": fid, "rfid": relative_fid(fid_split, fid),
+            "precision": precision, "recall": recall, "clip_real": clip_score(
+                encoder.ecg_embeddings(reference.ecg), encoder.text_embeddings(reference.texts))}
+
+
+def score(generated: np.ndarray, pairs: RealPairs, encoder=None, reference: RealPairs | None = None
+          ) -> dict[str, Any]:
+    """{"paired": `paired_metrics`, "distribution": `distribution_metrics` (with "reference":
+    `reference_metrics` when `reference` is given) or {"computed": False, "why": ...}}."""
     paired = paired_metrics(generated, pairs.ecg, pairs.fs, [p.hr for p in pairs.prompts])
     if encoder is None:
         distribution = {"computed": False, "why": "no ECG-text CLIP encoder given"}
@@ -76,6 +86,8 @@ def score(generated: np.ndarray, pairs: RealPairs, encoder=None) -> dict[str, An
                         f"{encoder.fs:g} Hz, the ECGs are {pairs.ecg.shape[1]} at {pairs.fs:g} Hz"}
     else:
         distribution = distribution_metrics(encoder, generated, pairs)
+        if reference is not None:
+            distribution["reference"] = reference_metrics(encoder, reference, pairs)
     return {"paired": paired, "distribution": distribution}
 
 
@@ -83,13 +95,24 @@ def distribution_table(distribution: dict[str, Any]) -> str:
     """The distribution metrics as a Markdown table, or a line saying why they are missing."""
     if not distribution.get("computed"):
         return f"Distribution metrics (FID, rFID, CLIP): not computed, {distribution.get('why', '')}."
-    d = distribution
-    rows = [("FID (real vs generated)", f"{d['fid']:.4g}"), ("FID split (two halves of real)", f"{d['fid_split']:.4g}"),
-            ("rFID", f"{d['rfid']:.4f}"), (f"precision / recall (k = {d['k']})", f"{d['precision']:.3f} / {d['recall']:.3f}"),
-            ("CLIP score, generated", f"{d['clip_generated']:.4f}"), ("CLIP score, real", f"{d['clip_real']:.4f}"),
-            ("CLIP score, real with shuffled texts", f"{d['clip_real_shuffled']:.4f}"), ("rCLIP", f"{d['rclip']:.4f}")]
-    lines = [f"Encoder `{d['encoder']}`.", "", "| metric | value |", "|---|---:|"]
-    lines += [f"| {name} | {value} |" for name, value in rows]
+    d, ref = distribution, distribution.get("reference")
+    rows = [("FID (real vs generated)", f"{d['fid']:.4g}", ref and f"{ref['fid']:.4g}"),
+            ("FID split (two halves of real)", f"{d['fid_split']:.4g}", None),
+            ("rFID", f"{d['rfid']:.4f}", ref and f"{ref['rfid']:.4f}"),
+            (f"precision / recall (k = {d['k']})", f"{d['precision']:.3f} / {d['recall']:.3f}",
+             ref and f"{ref['precision']:.3f} / {ref['recall']:.3f}"),
+            ("CLIP score, generated", f"{d['clip_generated']:.4f}", ref and f"{ref['clip_real']:.4f}"),
+            ("CLIP score, real", f"{d['clip_real']:.4f}", None),
+            ("CLIP score, real with shuffled texts", f"{d['clip_real_shuffled']:.4f}", None),
+            ("rCLIP", f"{d['rclip']:.4f}", None)]
+    if ref:
+        lines = [f"Encoder `{d['encoder']}`. Reference: {ref['records']} other real records scored as if generated "
+                 "(their own reports for the CLIP score).", "", "| metric | generated | other real records |",
+                 "|---|---:|---:|"]
+        lines += [f"| {name} | {value} | {other or ''} |" for name, value, other in rows]
+    else:
+        lines = [f"Encoder `{d['encoder']}`.", "", "| metric | value |", "|---|---:|"]
+        lines += [f"| {name} | {value} |" for name, value, _ in rows]
     return "\n".join(lines)
 
 

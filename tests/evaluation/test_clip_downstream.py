@@ -53,9 +53,12 @@ def test_feature_metrics_on_clip_features_of_real_records(test_fold):
     from sediff_jax.evaluation.runner import score
 
     encoder = load_clip()
-    same = score(test_fold.ecg, test_fold, encoder)["distribution"]
+    same = score(test_fold.ecg, test_fold, encoder, reference=test_fold)["distribution"]
     assert same["fid"] < 1e-6 and same["rfid"] == pytest.approx(1.0) and same["rclip"] == pytest.approx(1.0)
     assert same["precision"] == 1.0 and same["recall"] == 1.0
+    reference = same["reference"]  # the same records as the reference: the same numbers by another route
+    assert reference["fid"] < 1e-6 and reference["rfid"] == pytest.approx(1.0)
+    assert reference["clip_real"] == pytest.approx(same["clip_real"], rel=1e-6)
     noise = np.random.default_rng(0).normal(size=test_fold.ecg.shape).astype(np.float32)
     fids = [score(test_fold.ecg + s * noise, test_fold, encoder)["distribution"] for s in (0.05, 0.2, 0.5)]
     print([(round(d["fid"], 3), round(d["rfid"], 3), round(d["rclip"], 3)) for d in fids])

@@ -48,6 +48,14 @@ def test_evaluate_cli_writes_metrics_and_report(repo_root, exported_model_dir, d
     assert len(metrics["records"]) == 3 and metrics["paired"]["n"] == 3 and metrics["split"] == "test"
     assert np.isfinite(metrics["paired"]["mae_mv"]["mean"])
     assert "| MAE (mV) |" in (out / "report.md").read_text()
+    assert not metrics["distribution"]["computed"] and "3 records" in metrics["distribution"]["why"]
+    bad_encoder = tmp_path / "encoder.safetensors"
+    bad_encoder.write_bytes(b"not a safetensors file")
+    bad = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--checkpoint={exported_model_dir}",
+                          f"--encoder={bad_encoder}", f"--out={tmp_path / 'y'}"], cwd=repo_root, capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and "--encoder" in bad.stderr and "encoder.safetensors" in bad.stderr
+    assert not (tmp_path / "y").exists()
     bad = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--checkpoint={tmp_path / 'none'}",
                           f"--out={tmp_path / 'x'}"], cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--checkpoint" in bad.stderr and not (tmp_path / "x").exists()
