@@ -67,13 +67,14 @@ def variant_config(variant: str):
 
 
 def table(results: dict[str, dict]) -> str:
-    lines = ["| variant | HR error (bpm) median / mean | paper HR error (bpm) | MAE (mV) | NRMSE | QT error (ms) | "
-             "rFID | rCLIP |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| variant | HR error (bpm), median / mean ± s.e. | paper HR error (bpm) | MAE (mV) | NRMSE | "
+             "QT error (ms) | rFID | rCLIP |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for variant, r in results.items():
         p, d = r["paired"], r["distribution"]
         paper = PAPER_HR_ERROR_BPM.get(variant)
         lines.append(
-            f"| {LABELS.get(variant, variant)} | {p['hr_error_bpm']['median']:.2f} / {p['hr_error_bpm']['mean']:.2f} | "
+            f"| {LABELS.get(variant, variant)} | {p['hr_error_bpm']['median']:.2f} / {p['hr_error_bpm']['mean']:.2f} "
+            f"± {p['hr_error_bpm'].get('sem', float('nan')):.2f} | "
             f"{'' if paper is None else f'{paper:.2f}'} | {p['mae_mv']['mean']:.4f} | {p['nrmse']['mean']:.4f} | "
             f"{p['intervals']['qt_ms']['mean']:.1f} | "
             + (f"{d['rfid']:.4f} | {d['rclip']:.4f} |" if d.get("computed") else "n/a | n/a |"))

@@ -20,7 +20,9 @@ import numpy as np
 from flax import nnx
 
 from sediff_jax.evaluation.networks import NetworkTrainConfig, batched_apply, load_network, save_network, train_network
+from sediff_jax.generation.model import flatten_params, weights_id
 from sediff_jax.models.ecg_encoder import ECGEncoderConfig, ECGTextCLIP
+from sediff_jax.training.state import split_params
 
 KIND = "sediff_jax/ecg_text_clip"
 SHIPPED_CLIP = Path(__file__).resolve().parents[2] / "checkpoints" / "ecg_clip_ptbxl100.safetensors"
@@ -108,9 +110,6 @@ def train_clip(ecg: np.ndarray, texts: Sequence[str], fs: float, text_encoder,
               "num_samples": int(ecg.shape[1]), "text_encoder": text_encoder.id,
               "training": dataclasses.asdict(train_config), "num_records": len(ecg), "num_texts": len(ids),
               **provenance}
-    from sediff_jax.generation.model import flatten_params, weights_id
-    from sediff_jax.training.state import split_params
-
     graphdef = split_params(model)[0]
     return ClipEncoder(graphdef, params, config, weights_id(flatten_params(params, "params")),
                        text_encoder=text_encoder)

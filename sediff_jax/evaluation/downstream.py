@@ -19,6 +19,7 @@ from flax import nnx
 
 from sediff_jax.evaluation.networks import NetworkTrainConfig, batched_apply, train_network
 from sediff_jax.models.ecg_encoder import ECGClassifier, ECGEncoderConfig
+from sediff_jax.training.state import split_params
 
 SUPERCLASSES = ("NORM", "MI", "STTC", "CD", "HYP")
 SETTINGS = ("TRTR", "TRTR+S", "TSTR")
@@ -111,8 +112,6 @@ def train_classifier(ecg: np.ndarray, labels: np.ndarray, fs: float,
                           rngs=nnx.Rngs(train_config.seed))
     params = train_network(model, classifier_loss, {"ecg": np.asarray(ecg, np.float32),
                                                     "labels": np.asarray(labels, np.float32)}, fs, train_config)
-    from sediff_jax.training.state import split_params
-
     return Classifier(split_params(model)[0], params)
 
 

@@ -20,6 +20,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from sediff_jax.generation.model import flatten_params, unflatten_params, weights_id
+from sediff_jax.io import atomic_path
+from sediff_jax.training.checkpoint import CheckpointError
 from sediff_jax.training.state import OptimizerConfig, make_optimizer, split_params, update_ema
 
 Array = jax.Array
@@ -129,9 +132,6 @@ def save_network(path: str | os.PathLike, params: Any, config: dict[str, Any]) -
     """Write params (float32) and a JSON config into one safetensors file, atomically."""
     from safetensors.numpy import save_file
 
-    from sediff_jax.generation.model import flatten_params
-    from sediff_jax.io import atomic_path
-
     flat = {k: np.array(v, np.float32, order="C") for k, v in flatten_params(params, "params").items()}  # keeps 0-d
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -144,9 +144,6 @@ def load_network(path: str | os.PathLike, build: Callable[[dict[str, Any]], nnx.
     """(graphdef, params, config, weights id) of a `save_network` file whose config has kind == `kind`;
     build(config) makes the module. A missing, truncated or foreign file raises CheckpointError naming it."""
     from safetensors import safe_open
-
-    from sediff_jax.generation.model import unflatten_params, weights_id
-    from sediff_jax.training.checkpoint import CheckpointError
 
     path = Path(path)
     if not path.is_file():

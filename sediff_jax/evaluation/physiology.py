@@ -71,12 +71,14 @@ def heart_rate_errors(ecg: np.ndarray, fs: float, requested_bpm: Sequence[float]
 
 
 def summarize(values) -> dict[str, float]:
-    """{"median", "mean", "n"} of the finite values (NaN statistics and n = 0 when there are none)."""
+    """{"median", "mean", "sem" (standard error of the mean, NaN for n < 2), "n"} of the finite values (NaN
+    statistics and n = 0 when there are none)."""
     values = np.asarray(values, np.float64).ravel()
     values = values[np.isfinite(values)]
     if not values.size:
-        return {"median": float("nan"), "mean": float("nan"), "n": 0}
-    return {"median": float(np.median(values)), "mean": float(np.mean(values)), "n": int(values.size)}
+        return {"median": float("nan"), "mean": float("nan"), "sem": float("nan"), "n": 0}
+    sem = float(np.std(values, ddof=1) / np.sqrt(values.size)) if values.size > 1 else float("nan")
+    return {"median": float(np.median(values)), "mean": float(np.mean(values)), "sem": sem, "n": int(values.size)}
 
 
 def interval_errors(measured: Sequence[Mapping[str, float]], target: Sequence[Mapping[str, float]],

@@ -12,7 +12,6 @@ few hundred MB and load in seconds; `Profile` is the one-record view of it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import zipfile

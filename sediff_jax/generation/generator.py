@@ -18,7 +18,6 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
 
 from sediff_jax.diffusion.sampling import SamplerConfig, denoise_steps, initial_latents, sampling_timesteps
 from sediff_jax.generation.model import SEDiffModel

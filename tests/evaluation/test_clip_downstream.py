@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sediff_jax.evaluation.clip import SHIPPED_CLIP, clip_loss, load_clip, retrieval_scores, train_clip
+from sediff_jax.evaluation.clip import clip_loss, load_clip, retrieval_scores, train_clip
 from sediff_jax.evaluation.downstream import (
     SUPERCLASSES, auroc, classification_scores, f1_score, multi_hot, train_classifier, training_set, tune_thresholds,
 )

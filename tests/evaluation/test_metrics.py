@@ -137,5 +137,5 @@ def test_heart_rate_and_interval_errors():
     table = interval_errors([{"pr_ms": 160.0, "qt_ms": float("nan")}, {"pr_ms": 150.0, "qt_ms": 400.0}],
                             [{"pr_ms": 150.0, "qt_ms": 390.0}, {"pr_ms": 170.0, "qt_ms": 380.0}],
                             names=("pr_ms", "qt_ms"))
-    assert table == {"pr_ms": {"median": 15.0, "mean": 15.0, "n": 2}, "qt_ms": {"median": 20.0, "mean": 20.0,
-                                                                                  "n": 1}}
+    assert table["pr_ms"] == {"median": 15.0, "mean": 15.0, "sem": pytest.approx(5.0), "n": 2}  # |10|, |-20|
+    assert table["qt_ms"]["mean"] == 20.0 and table["qt_ms"]["n"] == 1 and np.isnan(table["qt_ms"]["sem"])

@@ -6,12 +6,15 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 
 def _run(repo_root, *args):
     return subprocess.run([sys.executable, "-m", "experiments.ablate", *args], cwd=repo_root, capture_output=True,
                           text=True, timeout=600)
 
 
+@pytest.mark.slow  # CI time (the same runner is tested through experiments/evaluate.py); in `make test-all`
 def test_evaluates_trained_variants_and_writes_the_table(repo_root, exported_model_dir, data_dir, tmp_path):
     for variant in ("full", "no_interlead"):
         shutil.copytree(exported_model_dir, tmp_path / "runs" / variant)
