@@ -1,9 +1,10 @@
 """Generate one ECG per real record's conditions and score the set: what `experiments/evaluate.py` and
 `experiments/ablate.py` run.
 
-`generate_paired` samples from a model for `RealPairs`; `score` computes the paired metrics and, given an ECG-text
-CLIP model (`sediff_jax.models.ECGTextCLIP` with its params), the distribution and alignment metrics on its ECG
-features: FID, rFID, k-NN precision/recall, CLIP score and rCLIP. `markdown_report` renders both.
+`generate_paired` samples from a model for `RealPairs`; `score` computes the paired metrics and, given the ECG-text
+CLIP model (`sediff_jax.evaluation.clip.ClipEncoder`), the distribution and alignment metrics on its features:
+FID, rFID, k-NN precision/recall, CLIP score and rCLIP, optionally beside other real records scored the same way
+(`reference_metrics`). `markdown_report` renders both.
 """
 
 from __future__ import annotations
