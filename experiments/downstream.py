@@ -14,7 +14,6 @@ generated ECGs, and a rerun with the same checkpoint and sampler reuses them.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     import numpy as np
 
-    from experiments.configs.common import data_dir
+    from experiments.configs.common import dataset_dir
     from sediff_jax.data.canonical import CanonicalConfig
     from sediff_jax.data.prepare import PrepareConfig, read_entries
     from sediff_jax.data.sources import LayoutError
@@ -62,7 +61,7 @@ def main(argv):
     except CheckpointError as e:
         print(f"error: --checkpoint: {e}", file=sys.stderr)
         return 2
-    source = FLAGS.source_dir or os.path.join(data_dir(), "ptb-xl")
+    source = FLAGS.source_dir or dataset_dir("ptbxl")
     canonical = CanonicalConfig(fs=model.fs, duration_s=float(model.config["duration_s"]))
     try:
         entries = read_entries(PrepareConfig(dataset="ptbxl", out_dir="", source_dir=source, canonical=canonical))

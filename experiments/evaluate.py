@@ -50,7 +50,7 @@ flags.register_validator("num_samples", lambda v: v >= 1, message="--num_samples
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from experiments.configs.common import data_dir
+    from experiments.configs.common import dataset_dir
     from sediff_jax.data.canonical import CanonicalConfig
     from sediff_jax.data.prepare import PrepareConfig, read_entries
     from sediff_jax.data.sources import LayoutError
@@ -63,7 +63,7 @@ def main(argv):
     from sediff_jax.training.checkpoint import CheckpointError
 
     checkpoint = FLAGS.checkpoint or str(SHIPPED_CHECKPOINT)
-    source = FLAGS.source_dir or os.path.join(data_dir(), {"ptbxl": "ptb-xl", "ludb": "ludb"}.get(FLAGS.dataset, ""))
+    source = FLAGS.source_dir or dataset_dir(FLAGS.dataset)
     try:
         model = load_model(checkpoint)
     except CheckpointError as e:

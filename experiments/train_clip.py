@@ -11,7 +11,6 @@ config, atomically) and <out>.json (the report).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ flags.DEFINE_string("out", None, "Output .safetensors path.", required=True)
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from experiments.configs.common import data_dir
+    from experiments.configs.common import dataset_dir
     from sediff_jax.data.canonical import CanonicalConfig
     from sediff_jax.data.prepare import PrepareConfig, read_entries
     from sediff_jax.data.sources import LayoutError
@@ -47,7 +46,7 @@ def main(argv):
     from sediff_jax.io.atomic import atomic_path
     from sediff_jax.text import make_text_encoder
 
-    source = FLAGS.source_dir or os.path.join(data_dir(), {"ptbxl": "ptb-xl", "ludb": "ludb"}.get(FLAGS.dataset, ""))
+    source = FLAGS.source_dir or dataset_dir(FLAGS.dataset)
     canonical = CanonicalConfig(fs=FLAGS.fs, duration_s=FLAGS.duration_s, highpass_hz=FLAGS.highpass_hz)
     try:
         entries = read_entries(PrepareConfig(dataset=FLAGS.dataset, out_dir="", source_dir=source, canonical=canonical))

@@ -29,6 +29,14 @@ def data_dir() -> str:
     return os.environ.get("SEDIFF_DATA_DIR", os.path.join(here, "..", "..", "..", "shared", "data"))
 
 
+DATASET_FOLDERS = {"ptbxl": "ptb-xl", "ludb": "ludb", "mimic": "mimic-iv-ecg"}
+
+
+def dataset_dir(dataset: str) -> str:
+    """The default root of a dataset layout under `data_dir()` (ptbxl -> ptb-xl, ...)."""
+    return os.path.join(data_dir(), DATASET_FOLDERS.get(dataset, dataset))
+
+
 def training(batch_size: int, num_steps: int, log_every: int = 10, eval_every: int = 100,
              checkpoint_every: int = 100, max_eval_batches: int = 8) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(

@@ -22,6 +22,7 @@ from flax import nnx
 from sediff_jax.evaluation.networks import NetworkTrainConfig, batched_apply, load_network, save_network, train_network
 from sediff_jax.generation.model import flatten_params, weights_id
 from sediff_jax.models.ecg_encoder import ECGEncoderConfig, ECGTextCLIP
+from sediff_jax.text import TextCache
 from sediff_jax.training.state import split_params
 
 KIND = "sediff_jax/ecg_text_clip"
@@ -85,10 +86,7 @@ def sentence_vectors(text_encoder, texts: Sequence[str]) -> np.ndarray:
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
             raise ValueError(f"text {i} is empty; CLIP embeds report text")
-    unique = sorted(set(texts))
-    pooled = text_encoder.encode(unique).pooled
-    row = {t: i for i, t in enumerate(unique)}
-    return np.asarray(pooled[[row[t] for t in texts]], np.float32)
+    return np.asarray(TextCache(text_encoder).lookup(texts).pooled, np.float32)
 
 
 def train_clip(ecg: np.ndarray, texts: Sequence[str], fs: float, text_encoder,
@@ -141,7 +139,8 @@ def retrieval_scores(encoder: ClipEncoder, ecg: np.ndarray, texts: Sequence[str]
     unique = sorted(set(texts))
     unique_emb = encoder.text_embeddings(unique)
     ranks = np.argsort(-(ecg_emb @ unique_emb.T), axis=1)
-    truth = np.array([unique.index(t) for t in texts])
+    row = {t: i for i, t in enumerate(unique)}
+    truth = np.array([row[t] for t in texts])
     return {"matched_cos": float(matched.mean()), "shuffled_cos": float(shuffled[different].mean()),
             "shuffled_pairs": int(different.sum()), "top1": float(np.mean(ranks[:, 0] == truth)),
             "top5": float(np.mean((ranks[:, :5] == truth[:, None]).any(axis=1))), "distinct_texts": len(unique)}

@@ -80,9 +80,12 @@ def train_network(
     opt_state = tx.init(params)
     ema = jax.tree.map(jnp.copy, params)
 
+    data = {name: jnp.asarray(value) for name, value in arrays.items()}  # on device once; steps gather rows
+
     @jax.jit
-    def step(params, opt_state, ema, batch, key, i):
-        batch = dict(batch, ecg=augment(key, batch["ecg"], crop, config.amplitude_jitter, config.noise_mv))
+    def step(params, opt_state, ema, data, rows, key, i):
+        batch = {name: value[rows] for name, value in data.items()}
+        batch["ecg"] = augment(key, batch["ecg"], crop, config.amplitude_jitter, config.noise_mv)
 
         def objective(p):
             return loss_fn(nnx.merge(graphdef, p), batch)
@@ -100,9 +103,8 @@ def train_network(
             order, position = rng.permutation(n), 0
         rows = np.sort(order[position:position + config.batch_size])
         position += config.batch_size
-        batch = {name: jnp.asarray(value[rows]) for name, value in arrays.items()}
-        params, opt_state, ema, metrics = step(params, opt_state, ema, batch, jax.random.fold_in(key, i),
-                                               jnp.int32(i))
+        params, opt_state, ema, metrics = step(params, opt_state, ema, data, jnp.asarray(rows, jnp.int32),
+                                               jax.random.fold_in(key, i), jnp.int32(i))
         if (i + 1) % log_every == 0 or i + 1 == config.num_steps:
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             if not np.isfinite(metrics["loss"]):
