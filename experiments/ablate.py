@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import os
 import sys
 from pathlib import Path
 
 from absl import app, flags
+
+from experiments import cli
+from sediff_jax.io import jsonio
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "ptbxl100", "Config name in experiments/configs.")
@@ -44,6 +46,13 @@ flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("encoder", "shipped", "ECG-text CLIP checkpoint for FID/CLIP ('shipped', a path, or '' for "
                     "none).")
 flags.DEFINE_string("out", None, "Output directory (default: <workdir>/ablation).")
+cli.check_int("num_steps", 1)
+cli.check_int("vae_steps", 1)
+cli.check_int("num_samples", 1)
+cli.check_int("steps", 1)
+cli.check_float("guidance_scale", 0)
+cli.check_float("eta", 0, 1)
+cli.check_int("seed", 0, cli.MAX_SEED)
 
 LABELS = {"full": "SE-Diff (full)", "no_simulator": "w/o simulator", "no_interlead": "w/o inter-lead",
           "no_experience": "w/o experience", "no_euler": "w/o L_Euler", "no_sim_solve": "w/o L_sim",
@@ -82,8 +91,11 @@ def table(results: dict[str, dict]) -> str:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv
+    from sediff_jax.io.outputs import working_folder
+
+    if FLAGS.out is not None:
+        working_folder(FLAGS.out, "--out")  # checked before any work
     unknown = [v for v in FLAGS.variants if v not in LABELS]
     if unknown:
         raise app.UsageError(f"--variants: unknown {unknown}; expected some of {', '.join(LABELS)}")
@@ -141,7 +153,7 @@ def main(argv):
                   "sampler": {"steps": FLAGS.steps, "guidance_scale": FLAGS.guidance_scale, "eta": FLAGS.eta},
                   "seed": FLAGS.seed, "generation_seconds": round(seconds, 2), **results[variant]}
         with atomic_path(out / variant / "metrics.json") as tmp:
-            tmp.write_text(json.dumps(record, indent=1) + "\n")
+            tmp.write_text(jsonio.dumps(record, indent=1) + "\n")
         with atomic_path(out / variant / "report.md") as tmp:
             tmp.write_text(markdown_report(f"{LABELS[variant]} ({model.id})", f"{len(pairs.record_ids)} records of "
                                            f"{FLAGS.split}", results[variant]))
@@ -153,11 +165,11 @@ def main(argv):
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(text)
     with atomic_path(out / "ablation.json") as tmp:
-        tmp.write_text(json.dumps({"config": FLAGS.config, "command": " ".join(sys.argv), "results": results},
+        tmp.write_text(jsonio.dumps({"config": FLAGS.config, "command": " ".join(sys.argv), "results": results},
                                   indent=1) + "\n")
     print(text)
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from experiments import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", None, ["ptbxl", "ludb", "mimic"], "Dataset layout.", required=True)
 flags.DEFINE_string("source_dir", None, "Dataset root (PTB-XL, LUDB or MIMIC-IV-ECG).", required=True)
@@ -38,10 +40,20 @@ flags.DEFINE_enum("distiller", "offline", ["offline", "llm"], "Report writer.")
 flags.DEFINE_string("llm_base_url", None, "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
 flags.DEFINE_string("llm_model", None, "Model name for the LLM distiller.")
 flags.DEFINE_string("llm_api_key_env", "OPENAI_API_KEY", "Environment variable holding the API key (optional).")
-flags.DEFINE_float("llm_timeout", 30.0, "Seconds per LLM request.")
+flags.DEFINE_float("llm_timeout", 30.0, "Total seconds per LLM request (deadline), in (0, 3600].")
+flags.DEFINE_integer("llm_max_failures", 3, "Failed LLM requests in a row after which the endpoint is given up "
+                     "(the remaining reports are offline ones).")
+flags.DEFINE_bool("overwrite", False, "Replace this tool's earlier outputs in --out_dir (the LLM cache is kept).")
 flags.DEFINE_integer("num_workers", 1, "Processes reading and measuring records.")
 flags.register_validator("k", lambda v: v >= 1, message="--k must be >= 1")
 flags.register_validator("fs", lambda v: v in (100, 500), message="--fs must be 100 or 500")
+cli.check_int("k", 1, 1000)
+cli.check_float("link_hours_before", 0, 24 * 365)
+cli.check_float("llm_timeout", 0, 3600, low_open=True)
+cli.check_int("llm_max_failures", 1)
+cli.check_int("num_workers", 1, 256)
+
+OUTPUT_FILES = ("profiles.npz", "experience.jsonl", "manifest.json", "llm_cache.json")
 
 
 def parse_weights(entries: list[str]) -> dict[str, float]:
@@ -59,22 +71,33 @@ def parse_weights(entries: list[str]) -> dict[str, float]:
 
 def main(argv):
     del argv
-    from tqdm import tqdm
-
     from sediff_jax.data.sources import LayoutError
     from sediff_jax.experience import ExperienceIndex, RetrievalConfig
     from sediff_jax.experience.builders import BuildReport, ludb_profiles, mimic_profiles, ptbxl_profiles
     from sediff_jax.experience.distill import LLMConfig, make_distiller
     from sediff_jax.experience.reports import build_reports, save_experience
+    from sediff_jax.io.outputs import output_dir
 
     weights = parse_weights(FLAGS.weights)
+    output = output_dir(FLAGS.out_dir, OUTPUT_FILES, overwrite=FLAGS.overwrite, tool="build_experience")
     if FLAGS.dataset == "mimic" and not FLAGS.hosp_dir:
         raise app.UsageError("--dataset=mimic needs --hosp_dir (the MIMIC-IV hosp module)")
     if FLAGS.distiller == "llm" and not (FLAGS.llm_base_url and FLAGS.llm_model):
         raise app.UsageError("--distiller=llm needs --llm_base_url and --llm_model")
     if not Path(FLAGS.source_dir).is_dir():
         raise app.UsageError(f"--source_dir={FLAGS.source_dir}: not a directory")
-    out = Path(FLAGS.out_dir)
+    out = output.path
+    llm = None
+    if FLAGS.distiller == "llm":
+        try:
+            llm = LLMConfig(base_url=FLAGS.llm_base_url, model=FLAGS.llm_model, api_key_env=FLAGS.llm_api_key_env,
+                            timeout_s=FLAGS.llm_timeout, max_failures=FLAGS.llm_max_failures,
+                            cache_path=str(out / "llm_cache.json"))
+        except ValueError as e:
+            raise cli.UsageError(f"--llm_base_url: {e}") from None
+        print(f"warning: --distiller=llm sends facts derived from patient records (codes, ages, measured intervals "
+              f"of similar patients) to {llm.base_url}; use an endpoint you are allowed to share them with",
+              file=sys.stderr, flush=True)
     start = time.perf_counter()
     report = BuildReport()
     try:
@@ -87,19 +110,21 @@ def main(argv):
         config = RetrievalConfig(weights=weights, k=FLAGS.k)
         index = ExperienceIndex(corpus, config)
     except (LayoutError, ValueError) as e:
-        print(f"build_experience: {e}", file=sys.stderr)
-        return 2
+        raise cli.UsageError(str(e)) from None
     profiles_s = time.perf_counter() - start
-    llm = LLMConfig(base_url=FLAGS.llm_base_url or "", model=FLAGS.llm_model or "",
-                    api_key_env=FLAGS.llm_api_key_env, timeout_s=FLAGS.llm_timeout,
-                    cache_path=str(out / "llm_cache.json"))
-    distiller = make_distiller(FLAGS.distiller, llm if FLAGS.distiller == "llm" else None)
-    with tqdm(total=len(corpus), desc="retrieve + distil", unit="record") as bar:
-        entries = build_reports(corpus, index, distiller, progress=bar.update)
+    distiller = make_distiller(FLAGS.distiller, llm)
+    with cli.Progress(len(corpus), "retrieve + distil", unit="record") as progress:
+        entries = build_reports(corpus, index, distiller, progress=progress.update)
+    llm_summary = distiller.summary() if llm is not None else None
+    if llm_summary is not None and llm_summary["offline_fallbacks"]:
+        print(f"warning: {llm_summary['offline_fallbacks']} of {len(entries)} reports fell back to the offline "
+              f"distiller ({llm_summary['last_error']})", file=sys.stderr)
+    output.mkdir()
+    output.clear(keep=["llm_cache.json"])
     save_experience(out, corpus, index, entries, dataset=FLAGS.dataset, source_dir=FLAGS.source_dir,
-                    distiller=FLAGS.distiller,
-                    llm={"base_url": llm.base_url, "model": llm.model} if llm.base_url else None,
-                    build_report=dataclasses.asdict(report),
+                    distiller=("offline (every LLM call fell back)" if llm_summary and not llm_summary["llm_reports"]
+                               else FLAGS.distiller),
+                    llm=llm_summary, build_report=dataclasses.asdict(report),
                     seconds={"profiles": round(profiles_s, 2), "total": round(time.perf_counter() - start, 2)},
                     command=" ".join(sys.argv))
     with_report = sum(bool(e["report"]) for e in entries)
@@ -109,4 +134,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
+from experiments import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "ptbxl", ["ptbxl", "mimic"], "Dataset layout of --source_dir.")
 flags.DEFINE_string("source_dir", None, "Dataset root (default: $SEDIFF_DATA_DIR/ptb-xl for ptbxl).")
@@ -42,6 +44,10 @@ flags.DEFINE_integer("max_iterations", None, "Adam steps per fit (default: FitCo
 
 flags.register_validator("min_count", lambda v: v >= 1, message="--min_count must be >= 1")
 flags.register_validator("batch_size", lambda v: v >= 1, message="--batch_size must be >= 1")
+cli.check_float("fs", 50, 10000)
+cli.check_float("min_correlation", -1, 1)
+cli.check_int("max_records", 1)
+cli.check_int("max_iterations", 1)
 
 
 def _git_commit() -> str:
@@ -99,8 +105,11 @@ def load_fits(path: str):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv
+    from sediff_jax.io.outputs import usable_path
+
+    if FLAGS.out is not None:
+        usable_path(FLAGS.out, "--out")  # checked before any work
     from sediff_jax.data.builder import load_and_canonicalize
     from sediff_jax.data.canonical import CanonicalConfig
     from sediff_jax.data.classes import record_classes
@@ -173,4 +182,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -13,12 +13,14 @@ generated ECGs, and a rerun with the same checkpoint and sampler reuses them.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
 from absl import app, flags
+
+from experiments import cli
+from sediff_jax.io import jsonio
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Exported model or training workdir (default: the shipped checkpoint).")
@@ -32,11 +34,19 @@ flags.DEFINE_float("guidance_scale", 2.0, "Classifier-free guidance scale.")
 flags.DEFINE_float("eta", 1.0, "DDIM noise.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("out", None, "Output directory.", required=True)
+cli.check_int("num_steps", 1)
+cli.check_int("batch_size", 1)
+cli.check_int("steps", 1)
+cli.check_float("guidance_scale", 0)
+cli.check_float("eta", 0, 1)
+cli.check_int("seed", 0, cli.MAX_SEED)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv
+    from sediff_jax.io.outputs import working_folder
+
+    working_folder(FLAGS.out, "--out")  # checked before any work
     import numpy as np
 
     from experiments.configs.common import dataset_dir
@@ -109,7 +119,7 @@ def main(argv):
               f"(thresholds), {len(parts['test'].record_ids)} test (positives {positives}); mean ± std over seeds "
               f"{seeds}, {FLAGS.num_steps} steps each.\n\n" + "\n".join(lines) + "\n")
     with atomic_path(out / "downstream.json") as tmp:
-        tmp.write_text(json.dumps({"checkpoint": {"path": str(model.source), "id": model.id}, "sampler": stamp,
+        tmp.write_text(jsonio.dumps({"checkpoint": {"path": str(model.source), "id": model.id}, "sampler": stamp,
                                    "generation_seconds": round(generation_s, 1), "results": results,
                                    "command": " ".join(sys.argv)}, indent=1) + "\n")
     with atomic_path(out / "report.md") as tmp:
@@ -119,4 +129,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -15,13 +15,14 @@ features; an encoder for another rate or length is reported as not applicable.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import sys
-from pathlib import Path
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
+from sediff_jax.io import jsonio
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Exported model directory or training workdir (default: the shipped "
@@ -43,13 +44,23 @@ flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("max_batch", 64, "ECGs sampled together (memory).")
 flags.DEFINE_string("encoder", "shipped", "ECG-text CLIP checkpoint for FID/CLIP ('shipped', a path, or '' for "
                     "none).")
-flags.DEFINE_string("out", None, "Output directory (metrics.json, report.md).", required=True)
+flags.DEFINE_string("out", None, "Output directory (metrics.json, report.md): new or empty, see --overwrite.",
+                    required=True)
+flags.DEFINE_bool("overwrite", False, "Replace this tool's earlier metrics.json and report.md in --out.")
+cli.check_int("num_samples", 1)
+cli.check_int("steps", 1)
+cli.check_float("guidance_scale", 0)
+cli.check_float("eta", 0, 1)
+cli.check_float("highpass_hz", 0, 40, low_open=True)
+cli.check_int("seed", 0, cli.MAX_SEED)
+cli.check_int("max_batch", 1)
+
+OUTPUT_FILES = ("metrics.json", "report.md")
 flags.register_validator("num_samples", lambda v: v >= 1, message="--num_samples must be >= 1")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv
     from experiments.configs.common import dataset_dir
     from sediff_jax.data.canonical import CanonicalConfig
     from sediff_jax.data.prepare import PrepareConfig, read_entries
@@ -59,21 +70,35 @@ def main(argv):
     from sediff_jax.evaluation.paired import real_pairs
     from sediff_jax.evaluation.runner import NonFiniteECG, generate_paired, markdown_report, score
     from sediff_jax.generation import SHIPPED_CHECKPOINT, load_model
+    from sediff_jax.generation.model import experience_profiles_path
     from sediff_jax.io.atomic import atomic_path
+    from sediff_jax.io.outputs import output_dir
     from sediff_jax.training.checkpoint import CheckpointError
 
+    out = output_dir(FLAGS.out, OUTPUT_FILES, overwrite=FLAGS.overwrite, flag="--out", tool="evaluate")
+    try:
+        sampler = SamplerConfig(kind=FLAGS.sampler, num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale,
+                                eta=FLAGS.eta)
+    except ValueError as e:
+        raise cli.UsageError(str(e)) from None
     checkpoint = FLAGS.checkpoint or str(SHIPPED_CHECKPOINT)
     source = FLAGS.source_dir or dataset_dir(FLAGS.dataset)
     try:
         model = load_model(checkpoint)
     except CheckpointError as e:
-        print(f"error: --checkpoint: {e}", file=sys.stderr)
-        return 2
+        raise cli.UsageError(f"--checkpoint: {e}") from None
+    if FLAGS.steps > model.schedule.num_steps:
+        raise cli.UsageError(f"--steps={FLAGS.steps} must be within 1-{model.schedule.num_steps} (the model's "
+                             "diffusion steps)")
+    if FLAGS.experience == "auto":
+        try:
+            experience_profiles_path(model)
+        except CheckpointError as e:
+            raise cli.UsageError(f"--experience=auto: {e}") from None
     try:
         encoder = None if not FLAGS.encoder else load_clip(None if FLAGS.encoder == "shipped" else FLAGS.encoder)
     except CheckpointError as e:
-        print(f"error: --encoder: {e}", file=sys.stderr)
-        return 2
+        raise cli.UsageError(f"--encoder: {e}") from None
     canonical = CanonicalConfig(fs=model.fs, duration_s=float(model.config["duration_s"]),
                                 highpass_hz=FLAGS.highpass_hz)
     try:
@@ -83,10 +108,7 @@ def main(argv):
         reference = (real_pairs(entries, canonical, FLAGS.reference_split, len(pairs.record_ids))
                      if FLAGS.reference_split else None)
     except (LayoutError, ValueError, OSError) as e:
-        print(f"error: --dataset={FLAGS.dataset} --source_dir={source} --split={FLAGS.split}: {e}", file=sys.stderr)
-        return 2
-    sampler = SamplerConfig(kind=FLAGS.sampler, num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale,
-                            eta=FLAGS.eta)
+        raise cli.UsageError(f"--dataset={FLAGS.dataset} --source_dir={source} --split={FLAGS.split}: {e}") from None
     try:
         generated, seconds = generate_paired(model, pairs, sampler, FLAGS.seed, FLAGS.experience, FLAGS.max_batch)
     except NonFiniteECG as e:
@@ -103,8 +125,9 @@ def main(argv):
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "python": platform.python_version(),
     }
-    out = Path(FLAGS.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir()
+    out.clear()
+    out = out.path
     summary = (f"{len(pairs.record_ids)} records ({len(pairs.skipped)} skipped), one ECG each "
                f"({sampler.kind}-{sampler.num_steps}, eta {sampler.eta:g}, guidance {sampler.guidance_scale:g}, "
                f"experience {FLAGS.experience}, seed {FLAGS.seed}); generated vs the record whose conditions it was "
@@ -112,7 +135,7 @@ def main(argv):
                "measure.")
     report = markdown_report(f"Evaluation: {model.id} on {FLAGS.dataset} {FLAGS.split}", summary, scores)
     with atomic_path(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        tmp.write_text(jsonio.dumps(result, indent=1) + "\n")
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(report)
     print(report)
@@ -121,4 +144,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

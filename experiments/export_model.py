@@ -9,9 +9,10 @@ no optimiser state), atomically. --metrics adds a JSON file's contents (e.g. an 
 from __future__ import annotations
 
 import json
-import sys
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (with diffusion/) or a diffusion stage directory.",
@@ -25,29 +26,33 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "float16"], "Stored weight pre
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv
     from sediff_jax.generation import export_model, load_model
-    from sediff_jax.generation.model import WEIGHTS_FILE
+    from sediff_jax.generation.model import WEIGHTS_FILE, check_export_target
     from sediff_jax.training.checkpoint import CheckpointError
 
     try:
+        check_export_target(FLAGS.out, FLAGS.overwrite)  # before the (slow) model load
+        extra = {}
+        if FLAGS.metrics:
+            with open(FLAGS.metrics) as f:
+                extra["metrics"] = json.loads(f.read(), parse_constant=_reject_constant)
         model = load_model(FLAGS.workdir, FLAGS.which)
         training = dict(model.config.get("training", {}))
         training.pop("workdir", None)
         if FLAGS.command:
             training["command"] = FLAGS.command
-        extra = {"training": training}
-        if FLAGS.metrics:
-            with open(FLAGS.metrics) as f:
-                extra["metrics"] = json.load(f)
+        extra["training"] = training
         out = export_model(model, FLAGS.out, extra, overwrite=FLAGS.overwrite, dtype=FLAGS.dtype)
     except (CheckpointError, FileExistsError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(str(e))
     size = (out / WEIGHTS_FILE).stat().st_size / 2**20
     print(f"exported {model.source} to {out} ({size:.1f} MB, model id {load_model(out).id})")
 
 
+def _reject_constant(name: str):
+    raise ValueError(f"--metrics={FLAGS.metrics}: {name} is not valid JSON (use null for a missing number)")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -16,7 +16,6 @@ is then 1. Every file is written atomically, so an interrupted run leaves no par
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,10 +23,16 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
+from experiments import cli
+from sediff_jax.io import jsonio
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("record", None, "WFDB record path without extension (e.g. data/00001_hr).")
 flags.DEFINE_string("records_file", None, "Text file with one WFDB record path per line.")
-flags.DEFINE_string("out_dir", None, "Where <name>.json/.npz/.png are written.", required=True)
+flags.DEFINE_string("out_dir", None, "Where <name>.json/.npz/.png are written (a new or empty folder, see "
+                    "--overwrite).", required=True)
+flags.DEFINE_bool("overwrite", False, "Replace this tool's earlier outputs in --out_dir (*.json, *.npz, *.png); "
+                  "a folder holding other files refuses.")
 flags.DEFINE_enum("mode", "beat", ["beat", "strip"], "Fit the median beat or the whole strip.")
 flags.DEFINE_float("duration", 10.0, "Seconds of each record used (from --offset); shorter records are used whole.")
 flags.DEFINE_float("offset", 0.0, "Start of the used part of each record, s.")
@@ -38,11 +43,13 @@ flags.DEFINE_enum("solver", None, ["heun", "tsit5", "euler"], "ODE solver (defau
 flags.DEFINE_integer("batch_size", 64, "Records fitted together in one compiled batch.")
 flags.DEFINE_bool("png", True, "Write the overlay PNG.")
 
-flags.register_validator("duration", lambda v: v > 0, message="--duration must be > 0 seconds")
-flags.register_validator("offset", lambda v: v >= 0, message="--offset must be >= 0 seconds")
+cli.check_float("duration", 0, 24 * 3600, low_open=True)
+cli.check_float("offset", 0, 24 * 3600)
 flags.register_validator("fit_fs", lambda v: v is None or 100 <= v <= 2000, message="--fit_fs must be in [100, 2000] Hz")
-flags.register_validator("max_iterations", lambda v: v is None or v >= 1, message="--max_iterations must be >= 1")
-flags.register_validator("batch_size", lambda v: v >= 1, message="--batch_size must be >= 1")
+cli.check_int("max_iterations", 1)
+cli.check_int("batch_size", 1)
+
+OUTPUT_FILES = ("*.json", "*.npz", "*.png")  # <name>.json/.npz/.png per record
 
 
 def record_paths(record: str | None, records_file: str | None) -> list[str]:
@@ -70,6 +77,16 @@ def record_paths(record: str | None, records_file: str | None) -> list[str]:
         raise app.UsageError(f"--records_file={records_file}: several records are named {', '.join(duplicates)}; "
                              "their output files would collide")
     return paths
+
+
+def fitting_groups(loaded: list, mode: str) -> dict[tuple[float, int], list]:
+    """(path, CanonicalRecord, RawRecord) items grouped into compiled batches: by fitting rate, and for strip fits
+    also by length (samples), so that every record is fitted over its own length; beat fits use length 0."""
+    groups: dict[tuple[float, int], list] = {}
+    for item in loaded:
+        record = item[1]
+        groups.setdefault((record.fs, record.ecg.shape[0] if mode == "strip" else 0), []).append(item)
+    return groups
 
 
 def default_fit_fs(fs: float) -> float:
@@ -108,7 +125,7 @@ def write_outputs(out_dir: Path, name: str, result, record_fs: float, source: st
     written = []
     json_path = out_dir / f"{name}.json"
     with atomic_path(json_path) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.write_text(jsonio.dumps(summary, indent=2) + "\n")
     written.append(json_path)
     npz_path = out_dir / f"{name}.npz"
     with atomic_path(npz_path) as tmp:
@@ -127,15 +144,16 @@ def write_outputs(out_dir: Path, name: str, result, record_fs: float, source: st
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv
     from sediff_jax.data.wfdb_reader import RecordError
+    from sediff_jax.io.outputs import output_dir
     from sediff_jax.simulator.fitting import FitConfig, FitError, fit_ecgs, prepare_fit
 
     paths = record_paths(FLAGS.record, FLAGS.records_file)
-    out_dir = Path(FLAGS.out_dir)
+    out = output_dir(FLAGS.out_dir, OUTPUT_FILES, overwrite=FLAGS.overwrite, tool="fit_simulator")
+    out_dir, cleared = out.path, False
     failures: list[str] = []
-    groups: dict[float, list] = {}
+    loaded = []
     for path in paths:
         try:
             record, raw = load_for_fitting(path, FLAGS.fit_fs, FLAGS.duration, FLAGS.offset,
@@ -143,15 +161,15 @@ def main(argv):
         except RecordError as e:
             failures.append(f"{path}: cannot fit: {_reason_text(e)}")
             continue
-        groups.setdefault(record.fs, []).append((path, record, raw))
+        loaded.append((path, record, raw))
+    groups = fitting_groups(loaded, FLAGS.mode)
 
     overrides = {k: v for k, v in (("max_iterations", FLAGS.max_iterations), ("solver", FLAGS.solver)) if v is not None}
     num_written = 0
-    for fs, items in groups.items():
+    for (fs, length), items in groups.items():
         config = FitConfig(mode=FLAGS.mode, fs=fs, batch_size=min(FLAGS.batch_size, len(items)), **overrides)
         if FLAGS.mode == "strip":
-            shortest = min(r.ecg.shape[0] for _, r, _ in items) / fs
-            config = dataclasses.replace(config, strip_duration_s=float(min(FLAGS.duration, shortest)))
+            config = dataclasses.replace(config, strip_duration_s=float(min(FLAGS.duration, length / fs)))
         fittable = []
         for path, record, raw in items:
             try:
@@ -168,6 +186,10 @@ def main(argv):
                            names=[p for p, _, _ in fittable],
                            progress=lambda n: print(f"  {n}/{len(fittable)} fitted", flush=True))
         elapsed = time.perf_counter() - start
+        if not cleared:  # this tool's earlier outputs (--overwrite) go once the first new ones exist
+            out.mkdir()
+            out.clear()
+            cleared = True
         for (path, _, raw), result in zip(fittable, results):
             name = Path(path).name
             write_outputs(out_dir, name, result, raw.fs, path, FLAGS.png)
@@ -195,6 +217,8 @@ _REASONS = {
     "too_short": "too short",
     "no_r_peaks": "no detectable R peaks",
     "heart_rate": "implausible heart rate",
+    "amplitude": "implausible amplitude (wrong gain or units?)",
+    "bad_header": "unreadable header",
 }
 
 
@@ -204,4 +228,4 @@ def _reason_text(error) -> str:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

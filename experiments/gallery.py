@@ -10,7 +10,9 @@ conditions (DDIM, `--steps`, `--guidance_scale`), and draws leads II and V2 of t
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Model (default: the shipped checkpoint).")
@@ -23,10 +25,20 @@ flags.DEFINE_float("guidance_scale", 2.0, "Classifier-free guidance scale.")
 flags.DEFINE_float("eta", 1.0, "DDIM noise (as experiments/sample.py).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("out", "gallery.png", "Output PNG.")
+cli.check_int("records", 1)
+cli.check_int("skip", 0)
+cli.check_int("steps", 1)
+cli.check_float("guidance_scale", 0)
+cli.check_float("eta", 0, 1)
+cli.check_int("seed", 0, cli.MAX_SEED)
 
 
 def main(argv):
     del argv
+    from sediff_jax.io.outputs import usable_path
+
+    if FLAGS.out is not None:
+        usable_path(FLAGS.out, "--out")  # checked before any work
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,4 +97,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

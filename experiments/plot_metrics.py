@@ -12,12 +12,15 @@ import os
 import numpy as np
 from absl import app, flags
 
+from experiments import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("runs", None, "label=workdir pairs (or workdirs; the label is then the folder name).", required=True)
 flags.DEFINE_enum("stage", "diffusion", ["vae", "diffusion"], "Which stage's metrics.")
 flags.DEFINE_list("metrics", ["total"], "Train metrics to plot, one panel each.")
 flags.DEFINE_integer("smooth", 5, "Moving-average window over logged points (1: raw).")
 flags.DEFINE_string("out", None, "PNG to write (optional).")
+cli.check_int("smooth", 1)
 
 
 def _runs() -> list[tuple[str, str]]:
@@ -30,6 +33,10 @@ def _runs() -> list[tuple[str, str]]:
 
 def main(argv):
     del argv
+    from sediff_jax.io.outputs import usable_path
+
+    if FLAGS.out is not None:
+        usable_path(FLAGS.out, "--out")  # checked before any work
     from sediff_jax.training.metrics import read_metrics
 
     curves, finals = {}, {}
@@ -77,4 +84,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

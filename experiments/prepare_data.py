@@ -15,6 +15,7 @@ import time
 
 from absl import app, flags, logging
 
+from experiments import cli
 from sediff_jax.data.canonical import CanonicalConfig
 from sediff_jax.data.prepare import DATASETS, PrepareConfig, prepare
 from sediff_jax.data.sources import LayoutError
@@ -38,16 +39,25 @@ flags.DEFINE_bool("download", False, "Fetch PTB-XL from PhysioNet into --source_
 flags.DEFINE_string("base_url", None, "Download URL (default: PhysioNet's PTB-XL 1.0.3).")
 flags.DEFINE_integer("download_workers", 8, "Parallel downloads.")
 
-flags.register_validator("fs", lambda v: 50 <= v <= 10000, message="--fs must be within [50, 10000] Hz")
-flags.register_validator("duration", lambda v: v > 0, message="--duration must be > 0 s")
-flags.register_validator("num_synthetic", lambda v: v >= 3, message="--num_synthetic must be >= 3")
+cli.check_float("fs", 50, 10000)
+cli.check_float("duration", 0, 3600, low_open=True)
+cli.check_float("highpass_hz", 0, 40, low_open=True)
+cli.check_int("num_synthetic", 3)
+cli.check_int("num_workers", 1, 256)
+cli.check_int("download_workers", 1, 64)
+cli.check_int("seed", 0, cli.MAX_SEED)
 
 
 def main(argv):
     del argv
     import tensorflow_datasets as tfds
 
+    from sediff_jax.data.download import ChecksumError, DownloadError
+    from sediff_jax.io.outputs import working_folder
+
     tfds.disable_progress_bar()
+    working_folder(FLAGS.out_dir, "--out_dir")  # (it holds prepared datasets side by side; one is replaced only
+    # with --overwrite)
     if FLAGS.dataset != "synthetic" and not FLAGS.source_dir:
         raise app.UsageError(f"--source_dir is required for --dataset={FLAGS.dataset}")
     if FLAGS.download:
@@ -56,9 +66,13 @@ def main(argv):
         from sediff_jax.data import download
 
         fs = (100,) if FLAGS.fs <= 100 else (500,)
-        report = download.download_physionet(
-            FLAGS.source_dir, FLAGS.base_url or download.PTBXL_URL, include=download.ptbxl_files(fs),
-            num_workers=FLAGS.download_workers, log=logging.info)
+        try:
+            report = download.download_physionet(
+                FLAGS.source_dir, FLAGS.base_url or download.PTBXL_URL, include=download.ptbxl_files(fs),
+                num_workers=FLAGS.download_workers, log=logging.info)
+        except (DownloadError, ChecksumError, OSError) as e:
+            print(f"error: download: {e}", file=sys.stderr)
+            return 1
         print(f"download: {report.listed} files listed, {report.downloaded} downloaded, {report.resumed} resumed, "
               f"{report.already_present} already present ({report.bytes_fetched / 1e6:.1f} MB)")
     config = PrepareConfig(
@@ -77,8 +91,7 @@ def main(argv):
     try:
         report = prepare(config)
     except (RecordError, LayoutError, FileExistsError, ValueError) as e:
-        print(f"prepare_data: error: {e}", file=sys.stderr)
-        return 1
+        cli.fail(str(e))
     elapsed = time.perf_counter() - start
     print(report.summary())
     for record_id, reason, message in report.skipped_records[:20]:
@@ -90,4 +103,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

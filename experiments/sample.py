@@ -21,9 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
+from experiments import cli
 from sediff_jax.generation.model import SHIPPED_CHECKPOINT
+from sediff_jax.io import jsonio
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,13 +48,25 @@ flags.DEFINE_float("clip_x0", None, "Clip the predicted clean latent to +-this (
                    "variance latents; inf: no clipping).")
 flags.DEFINE_float("simulator_guidance", 0.0, "Simulator-consistency guidance scale (0: off; see README).")
 flags.DEFINE_enum("experience", "auto", ["auto", "off"], "Retrieved clinical experience (auto: when available).")
-flags.DEFINE_string("out_dir", None, "Output directory.", required=True)
+flags.DEFINE_string("out_dir", None, "Output directory (new or empty; see --overwrite).", required=True)
+flags.DEFINE_bool("overwrite", False, "Replace this tool's earlier outputs in --out_dir (ecg_*, samples.npz, "
+                  "manifest.json); other files are never touched, and a folder holding any refuses.")
 flags.DEFINE_bool("png", True, "Write a standard-layout 12-lead PNG per ECG.")
 flags.DEFINE_integer("max_batch", 64, "ECGs sampled together (memory).")
 
 
-class UsageError(Exception):
-    """Bad flags or inputs: printed as one line, exit status 2."""
+cli.check_int("num_samples", 1)
+cli.check_int("seed", 0, cli.MAX_SEED)
+cli.check_int("steps", 1)
+cli.check_float("guidance_scale", 0)
+cli.check_float("eta", 0, 1)
+cli.check_float("clip_x0", 0, low_open=True, allow_inf=True)
+cli.check_float("simulator_guidance", 0)
+cli.check_int("max_batch", 1)
+
+# What this tool writes into --out_dir (all that --overwrite may replace).
+OUTPUT_FILES = ("ecg_*.hea", "ecg_*.dat", "ecg_*.png", "samples.npz", "manifest.json")
+UsageError = cli.UsageError
 
 
 def _prompts():
@@ -98,29 +112,28 @@ def experience_summary(generator, prompts, experience: str) -> dict:
     return {"mode": "auto", "used": True, "reports": generator.experience_reports(prompts, experience)}
 
 
-def generate_files(out_dir: Path, prompts, model, config, seed: int, num_samples: int, png: bool,
-                   experience: str, max_batch: int) -> dict:
-    """Generate and write everything; returns the manifest."""
+def generate_files(out, prompts, generator, config, seed: int, num_samples: int, png: bool,
+                   experience: str) -> dict:
+    """Generate and write everything into `out` (an io.outputs.OutputDir); returns the manifest.  Nothing is
+    written until every ECG exists; this tool's earlier outputs there are replaced only then."""
     import jax
     import numpy as np
-    from tqdm import tqdm
 
     from sediff_jax import io as ecg_io
     from sediff_jax.evaluation import measured_heart_rates
-    from sediff_jax.generation import Generator
 
-    generator = Generator(model, max_batch=max_batch)
+    model = generator.model
+    out_dir = out.path
     expanded = [(i, k, p) for i, p in enumerate(prompts) for k in range(num_samples)]
     start = time.perf_counter()
     total = config.num_steps * -(-len(expanded) // generator.max_batch)
-    with tqdm(total=total, desc=f"{config.kind}-{config.num_steps}", unit="step", disable=None) as bar:
-        ecg = generator.generate([p for _, _, p in expanded], seed, config, experience, bar.update)
+    with cli.Progress(total, f"{config.kind}-{config.num_steps}", unit="step") as progress:
+        ecg = generator.generate([p for _, _, p in expanded], seed, config, experience, progress.update)
     seconds = time.perf_counter() - start
     if not np.all(np.isfinite(ecg)):
         raise RuntimeError(f"{model.source}: the model produced non-finite ECGs (nothing was written)")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    out_dir.mkdir(exist_ok=True)
+    out.mkdir()
     records = []
     measured_hr = measured_heart_rates(ecg, model.fs)
     with ecg_io.atomic_directory(out_dir) as tmp:
@@ -161,37 +174,58 @@ def generate_files(out_dir: Path, prompts, model, config, seed: int, num_samples
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "python": platform.python_version(),
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        (tmp / "manifest.json").write_text(jsonio.dumps(manifest, indent=1) + "\n")
+        out.clear(keep=[tmp])  # this tool's earlier outputs (--overwrite); the new ones are complete
         for f in sorted(tmp.iterdir(), key=lambda f: f.name == "manifest.json"):  # the manifest last
             os.replace(f, out_dir / f.name)
     return manifest
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from sediff_jax.generation import load_model
+def _model_steps(checkpoint: str) -> int | None:
+    """The diffusion steps of an exported model, from its config.json alone (checked field by field; None when
+    the checkpoint is not an exported model), so that --steps is checked before the model loads."""
+    from sediff_jax.generation.model import CONFIG_FILE, validate_model_config
     from sediff_jax.training.checkpoint import CheckpointError
 
+    path = Path(checkpoint) / CONFIG_FILE
     try:
-        prompts = _prompts()
-        checkpoint = FLAGS.checkpoint or str(SHIPPED_CHECKPOINT)
-        try:
-            model = load_model(checkpoint)
-        except CheckpointError as e:
-            raise UsageError(f"--checkpoint: {e}") from None
-        config = _sampler_config(model)
-        out_dir = Path(FLAGS.out_dir)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise UsageError(f"--out_dir={out_dir} exists and is not a directory")
-        manifest = generate_files(out_dir, prompts, model, config, FLAGS.seed, FLAGS.num_samples, FLAGS.png,
-                                  FLAGS.experience, FLAGS.max_batch)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # load_model says what is wrong
+    if not isinstance(config, dict) or config.get("format") != "sediff_jax.model":
+        return None
+    try:
+        validate_model_config(config, str(path))
+    except CheckpointError as e:
+        raise UsageError(f"--checkpoint: {e}") from None
+    return int(config["schedule"]["num_steps"])
+
+
+def main(argv):
+    del argv
+    from sediff_jax.generation import Generator, load_model
+    from sediff_jax.io.outputs import output_dir
+    from sediff_jax.training.checkpoint import CheckpointError
+
+    prompts = _prompts()
+    out = output_dir(FLAGS.out_dir, OUTPUT_FILES, overwrite=FLAGS.overwrite, tool="sample")
+    checkpoint = FLAGS.checkpoint or str(SHIPPED_CHECKPOINT)
+    limit = _model_steps(checkpoint)
+    if limit is not None and FLAGS.steps > limit:  # before the model load
+        raise UsageError(f"--steps={FLAGS.steps} must be within 1-{limit} (the model's diffusion steps)")
+    try:
+        model = load_model(checkpoint)
+    except CheckpointError as e:
+        raise UsageError(f"--checkpoint: {e}") from None
+    config = _sampler_config(model)
+    generator = Generator(model, max_batch=FLAGS.max_batch)
+    if FLAGS.experience == "auto" and generator.experience_error is not None:
+        raise UsageError(f"--experience=auto: {generator.experience_error}")
+    manifest = generate_files(out, prompts, generator, config, FLAGS.seed, FLAGS.num_samples, FLAGS.png,
+                              FLAGS.experience)
     print(f"wrote {manifest['samples']} ECG(s) ({config.kind}-{config.num_steps}, guidance "
-          f"{config.guidance_scale:g}, {manifest['seconds']:.1f} s) to {Path(FLAGS.out_dir).resolve()}/")
+          f"{config.guidance_scale:g}, {manifest['seconds']:.1f} s) to {out.path.resolve()}/")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

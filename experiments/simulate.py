@@ -7,25 +7,30 @@ writes out/af_0.hea/.dat/.npz/.png ... out/af_3.*; the heart rate and its variab
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from experiments import cli
 from sediff_jax import io as ecg_io
 from sediff_jax import simulator as sim
+from sediff_jax.io.outputs import usable_path
 
 HR_LO, HR_HI = sim.params.HR_RANGE_BPM
 MAX_BATCH = 64
+MIN_DURATION_S, MAX_DURATION_S = 0.1, 3600.0  # a few samples at the lowest rate; at most an hour
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("preset", "normal_sinus", list(sim.PRESETS), "Rhythm/morphology preset.")
 flags.DEFINE_float("hr", None, f"Mean heart rate, bpm, in [{HR_LO:g}, {HR_HI:g}] (default: the preset's).")
 flags.DEFINE_float("hr_std", None, "Standard deviation of the heart rate, bpm, in [0, hr/3] (default: the preset's).")
-flags.DEFINE_float("duration", 10.0, "Record length, seconds (> 0).")
-flags.DEFINE_float("fs", 500.0, "Output sampling rate, Hz (>= 50).")
+flags.DEFINE_float("duration", 10.0, f"Record length, seconds, in [{MIN_DURATION_S:g}, {MAX_DURATION_S:g}].")
+flags.DEFINE_float("fs", 500.0, "Output sampling rate, Hz, in [50, 10000].")
 flags.DEFINE_integer("num", 1, "Number of records (>= 1).")
 flags.DEFINE_integer("seed", 0, "Random seed (RR variability and noise).")
 flags.DEFINE_string("out", None, "Output path prefix: files are <out>_<i>.hea/.dat/.npz/.png.", required=True)
@@ -36,21 +41,24 @@ flags.DEFINE_bool("png", True, "Also write the standard-layout 12-lead PNG.")
 
 flags.register_validator("hr", lambda v: v is None or HR_LO <= v <= HR_HI,
                          message=f"--hr must be within [{HR_LO:g}, {HR_HI:g}] bpm")
-flags.register_validator("hr_std", lambda v: v is None or v >= 0, message="--hr_std must be >= 0 bpm")
-flags.register_validator("duration", lambda v: v > 0, message="--duration must be > 0 seconds")
-flags.register_validator("fs", lambda v: v >= 50, message="--fs must be >= 50 Hz")
-flags.register_validator("num", lambda v: v >= 1, message="--num must be >= 1")
-flags.register_validator("out", lambda v: v is None or v.strip() != "", message="--out must not be empty")
+cli.check_float("hr_std", 0)
+cli.check_float("duration", MIN_DURATION_S, MAX_DURATION_S)
+cli.check_float("fs", 50, 10_000)
+cli.check_int("num", 1, 100_000)
+cli.check_int("seed", 0, cli.MAX_SEED)
+cli.check_float("powerline_hz", 0, 1000, low_open=True)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv
+    usable_path(FLAGS.out, "--out")
+    if Path(FLAGS.out).is_dir() or FLAGS.out.endswith(("/", os.sep)):
+        raise cli.UsageError(f"--out={FLAGS.out} is a folder; --out is a file prefix (files are <out>_<i>.hea ...)")
     preset = sim.get_preset(FLAGS.preset)
     hr = preset.hr if FLAGS.hr is None else FLAGS.hr
     hr_std = preset.hr_std if FLAGS.hr_std is None else FLAGS.hr_std
     if hr_std > hr / 3:
-        raise app.UsageError(f"--hr_std={hr_std:g} must be at most a third of the heart rate ({hr:g} bpm)")
+        raise cli.UsageError(f"--hr_std={hr_std:g} must be at most a third of the heart rate ({hr:g} bpm)")
     config = sim.SimulatorConfig(duration_s=FLAGS.duration, fs=FLAGS.fs, solver=FLAGS.solver)
     params = sim.preset_params(FLAGS.preset, hr=hr, hr_std=hr_std)
 
@@ -93,4 +101,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -13,10 +13,12 @@ same command.
 from __future__ import annotations
 
 import json
-import logging
+import sys
 
-from absl import app, flags
+from absl import flags, logging
 from ml_collections import config_flags
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A config file, e.g. experiments/configs/tiny.py[:variant].",
@@ -29,17 +31,18 @@ flags.DEFINE_integer("process_id", None, "This process's index (multi-host; else
 flags.mark_flags_as_required(["config"])
 
 
-class _QuietOrbax(logging.Filter):
-    """Orbax logs every file it renames at INFO; keep its warnings and errors only."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or "orbax" not in record.pathname
-
-
 def main(argv):
     del argv
-    for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
-        handler.addFilter(_QuietOrbax())
+    from sediff_jax.io.outputs import working_folder
+    from sediff_jax.training.loop import STAGES
+
+    working_folder(FLAGS.workdir, "--workdir")
+    try:
+        stage = FLAGS.config.get("stage")  # (a config file that failed to load reports it here)
+    except OSError as e:
+        raise cli.UsageError("--config: " + "; ".join(line.strip() for line in str(e).splitlines() if line.strip()))
+    if stage not in STAGES:
+        raise cli.UsageError(f"--config.stage={stage!r} is unknown; expected one of {', '.join(STAGES)}")
     import jax
 
     if FLAGS.distributed or FLAGS.coordinator_address:
@@ -54,8 +57,11 @@ def main(argv):
                  jax.device_count(), jax.local_device_count())
     try:
         results = train(FLAGS.config, FLAGS.workdir)
-    except (TrainingDiverged, CheckpointError, FileNotFoundError, LayoutError, PriorError) as e:
-        raise SystemExit(f"error: {e}") from None
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except (CheckpointError, FileNotFoundError, LayoutError, PriorError) as e:
+        cli.fail(str(e))
     if jax.process_index() == 0:
         for r in results:
             print(json.dumps({"stage": r.stage, "step": r.step, "stopped_early": r.stopped_early,
@@ -64,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

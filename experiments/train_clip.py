@@ -10,12 +10,14 @@ config, atomically) and <out>.json (the report).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
+from sediff_jax.io import jsonio
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "ptbxl", ["ptbxl", "ludb", "mimic"], "Dataset layout.")
@@ -31,11 +33,21 @@ flags.DEFINE_integer("batch_size", 64, "Records per step.")
 flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
 flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_string("out", None, "Output .safetensors path.", required=True)
+cli.check_float("fs", 50, 10000)
+cli.check_float("duration_s", 0, 3600, low_open=True)
+cli.check_float("highpass_hz", 0, 40, low_open=True)
+cli.check_int("num_steps", 1)
+cli.check_int("batch_size", 1)
+cli.check_float("learning_rate", 0, 1, low_open=True)
+cli.check_int("seed", 0, cli.MAX_SEED)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv
+    from sediff_jax.io.outputs import usable_path
+
+    if FLAGS.out is not None:
+        usable_path(FLAGS.out, "--out")  # checked before any work
     from experiments.configs.common import dataset_dir
     from sediff_jax.data.canonical import CanonicalConfig
     from sediff_jax.data.prepare import PrepareConfig, read_entries
@@ -70,7 +82,7 @@ def main(argv):
     out = Path(FLAGS.out)
     encoder.save(out)
     with atomic_path(out.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps({"id": encoder.id, "config": encoder.config, "train_seconds": round(seconds, 1),
+        tmp.write_text(jsonio.dumps({"id": encoder.id, "config": encoder.config, "train_seconds": round(seconds, 1),
                                    "retrieval": scores, "command": " ".join(sys.argv)}, indent=1) + "\n")
     for split, s in scores.items():
         print(f"{split}: matched cos {s['matched_cos']:.3f} vs shuffled {s['shuffled_cos']:.3f}; ECG->text top-1 "
@@ -80,4 +92,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
+import glob
 import math
 import multiprocessing
 import os
@@ -20,10 +20,12 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from sediff_jax.data.canonical import CanonicalConfig, CanonicalRecord, canonicalize
 from sediff_jax.data.sources import MEASUREMENT_NAMES, SEX_CODES, SPLITS, RecordEntry
 from sediff_jax.data.wfdb_reader import RecordError, read_record
+from sediff_jax.io import jsonio
 from sediff_jax.io.atomic import atomic_path
 from sediff_jax.leads import LEAD_NAMES, NUM_LEADS
 
@@ -203,6 +205,11 @@ def build(
         if not overwrite:
             raise FileExistsError(f"{target} exists; pass overwrite to rebuild it")
         shutil.rmtree(target)
+    # TFDS builds into `incomplete.<random>_<version>` beside the target and renames it at the end: what a killed
+    # build of this version left there is never renamed and goes now.
+    for stale in glob.glob(os.path.join(os.path.dirname(target), f"incomplete.*_{VERSION}")):
+        logging.warning("%s: removing what an interrupted build left behind", stale)
+        shutil.rmtree(stale, ignore_errors=True)
     created = [p for p in (out_dir, os.path.dirname(os.path.dirname(target)), os.path.dirname(target))
                if not os.path.exists(p)]
     builder = EcgBuilder(dataset=dataset, config=config, split_results=split_results, report=report,
@@ -213,7 +220,7 @@ def build(
         report.path = target
         with atomic_path(os.path.join(target, REPORT_FILE)) as tmp:
             with open(tmp, "w") as f:
-                json.dump(dataclasses.asdict(report), f, indent=1)
+                f.write(jsonio.dumps(dataclasses.asdict(report), indent=1))
     except BaseException:
         if os.path.exists(target):
             shutil.rmtree(target)

@@ -29,6 +29,9 @@ class RecordError(ValueError):
 _BYTES_PER_SAMPLE = {
     "8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5, "310": 4 / 3, "311": 4 / 3,
 }
+# Largest |amplitude| accepted, mV: the range of 16-bit WFDB at 1 uV (PTB-XL's resolution). Real surface ECGs stay
+# within a few mV; beyond this a record is mis-scaled (wrong gain or units), not an ECG to learn from or fit.
+MAX_ABS_MV = 32.768
 # Physical units -> factor to mV.
 _UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "μv": 1e-3, "µv": 1e-3, "v": 1e3, "": 1.0}
 
@@ -89,6 +92,10 @@ def read_record(
         raise RecordError(f"{header_path}: multi-segment records are not supported", reason="bad_header")
     if not header.n_sig:
         raise RecordError(f"{header_path}: header lists no signals", reason="bad_header")
+    stated_fs = _stated_fs(header_path)
+    if stated_fs is not None and not (math.isfinite(stated_fs) and stated_fs > 0):
+        raise RecordError(f"{header_path}: invalid sampling rate {stated_fs:g} Hz in the record line",
+                          reason="bad_header")
     if not header.fs or header.fs <= 0:
         raise RecordError(f"{header_path}: invalid sampling rate {header.fs!r}", reason="bad_header")
     if expected_fs is not None and not math.isclose(header.fs, expected_fs, rel_tol=1e-6):
@@ -133,13 +140,41 @@ def read_record(
         if key not in _UNIT_TO_MV:
             raise RecordError(f"{header_path}: signal {header.sig_name[k]!r} has unknown units {unit!r}", reason="units")
         scale[k] = _UNIT_TO_MV[key]
+    physical = physical * scale
+    peak = np.nanmax(np.abs(physical), axis=0, initial=0.0)
+    if np.any(peak > MAX_ABS_MV):
+        k = int(np.argmax(peak))
+        raise RecordError(f"{base}: signal {header.sig_name[k]!r} reaches {peak[k]:.4g} mV, beyond the +-{MAX_ABS_MV:g} "
+                          "mV of any surface ECG (wrong gain or units in the header?)", reason="amplitude")
     return RawRecord(
         path=base,
-        signal=physical * scale,
+        signal=physical,
         lead_names=tuple(str(n).strip() for n in header.sig_name),
         fs=float(header.fs),
         comments=tuple(header.comments or ()),
     )
+
+
+def _stated_fs(header_path: str) -> float | None:
+    """The sampling rate as written in the header's record line (None when the line gives none: WFDB's default
+    250 Hz then holds). wfdb's parser drops a rate it cannot read, such as a negative one, and falls back to
+    250 Hz; this reads the field itself so such a header is refused."""
+    try:
+        with open(header_path, encoding="latin-1") as f:
+            for line in f:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    fields = line.split()
+                    if len(fields) < 3:
+                        return None
+                    token = fields[2].split("/", 1)[0].split("(", 1)[0]
+                    try:
+                        return float(token)
+                    except ValueError:
+                        return math.nan
+    except OSError:
+        return None
+    return None
 
 
 def _is_plain_format16(header) -> bool:

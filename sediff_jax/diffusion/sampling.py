@@ -21,6 +21,7 @@ denoiser, so it costs one decoder pass per step.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import jax
@@ -58,14 +59,14 @@ class SamplerConfig:
             raise ValueError(f"sampler {self.kind!r} is unknown; expected one of {SAMPLERS}")
         if self.num_steps < 1:
             raise ValueError(f"num_steps={self.num_steps} must be >= 1")
-        if self.guidance_scale < 0:
-            raise ValueError(f"guidance_scale={self.guidance_scale} must be >= 0")
-        if not 0 <= self.eta <= 1:
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
+            raise ValueError(f"guidance_scale={self.guidance_scale} must be a finite number >= 0")
+        if not 0 <= self.eta <= 1:  # (False for NaN)
             raise ValueError(f"eta={self.eta} must be in [0, 1]")
         if self.clip_x0 is not None and not self.clip_x0 > 0:
             raise ValueError(f"clip_x0={self.clip_x0} must be > 0 (None: no clipping)")
-        if self.simulator_guidance < 0:
-            raise ValueError(f"simulator_guidance={self.simulator_guidance} must be >= 0")
+        if not (math.isfinite(self.simulator_guidance) and self.simulator_guidance >= 0):
+            raise ValueError(f"simulator_guidance={self.simulator_guidance} must be a finite number >= 0")
         if len(self.guidance_drop) != 3 or not any(self.guidance_drop):
             raise ValueError(f"guidance_drop={self.guidance_drop} must name 3 groups and drop at least one")
 

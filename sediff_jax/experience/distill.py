@@ -5,22 +5,29 @@ age range and sex mix, the median (and, for heart rate, the range) of each measu
 of them share, per view, by their English descriptions. It is invariant to the neighbours' order.
 
 `LLMDistiller` sends those facts to any OpenAI-compatible chat-completions endpoint (`base_url`, `model`, key
-from the environment variable `api_key_env`; no key means no Authorization header, as local servers want),
-with a timeout, retries with backoff on timeouts / 429 / 5xx, a cap on the reply's length, and an on-disk cache.
-When the endpoint fails it logs why and returns the offline report, so a run never stops for a network error.
+from the environment variable `api_key_env`; no key means no Authorization header, as local servers want).
+The facts are derived from patient records, so: HTTPS is required unless the host is this machine (loopback);
+the key goes to the configured host only (redirects are not followed) and is never logged; each request has a
+total deadline (a server that drips bytes cannot hold it longer); retries with backoff on timeouts / 429 / 5xx;
+after `max_failures` failed requests in a row the endpoint is not called again (circuit breaker). Replies are
+capped in length and cached on disk. When the endpoint fails the offline report is used, and counted
+(`fallbacks`), so a run never stops for a network error and its manifest says how many reports fell back.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
+import ipaddress
 import json
 import logging
+import math
 import os
 import socket
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from pathlib import Path
 from typing import Sequence
 
@@ -89,10 +96,12 @@ class OfflineDistiller:
 
 @dataclasses.dataclass(frozen=True)
 class LLMConfig:
-    """An OpenAI-compatible chat-completions endpoint. base_url: e.g. 'http://127.0.0.1:8000/v1'.
-    timeout_s: per request.  max_retries: after the first try (timeouts, HTTP 429 and 5xx only).
-    backoff_s: first wait, doubled each retry.  max_reply_chars: longer replies are cut at the last sentence
-    end inside the cap.  max_response_bytes: a bigger HTTP body is refused.  cache_path: JSON cache of replies."""
+    """An OpenAI-compatible chat-completions endpoint. base_url: 'https://...' or, for a server on this machine,
+    'http://127.0.0.1:8000/v1'.  timeout_s: total deadline of one request (connect, send, headers and body).
+    max_retries: after the first try (timeouts, HTTP 429 and 5xx only).  backoff_s: first wait, doubled each
+    retry.  max_failures: failed requests in a row after which the endpoint is given up for the run.
+    max_reply_chars: longer replies are cut at the last sentence end inside the cap.  max_response_bytes: a
+    bigger HTTP body is refused.  cache_path: JSON cache of replies."""
 
     base_url: str
     model: str
@@ -105,6 +114,38 @@ class LLMConfig:
     max_response_bytes: int = 1_000_000
     temperature: float = 0.0
     cache_path: str | None = None
+    max_failures: int = 3
+
+    def __post_init__(self):
+        check_endpoint(self.base_url)
+        if not (math.isfinite(self.timeout_s) and 0 < self.timeout_s <= 3600):
+            raise ValueError(f"LLM timeout {self.timeout_s!r} s must be in (0, 3600]")
+        if self.max_retries < 0 or self.max_failures < 1:
+            raise ValueError(f"max_retries={self.max_retries} must be >= 0 and max_failures={self.max_failures} "
+                             ">= 1")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint(base_url: str) -> urllib.parse.SplitResult:
+    """The parsed `base_url`; ValueError unless it is https://host/..., or http:// to this machine (loopback)."""
+    url = urllib.parse.urlsplit(base_url or "")
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError(f"LLM base URL {base_url!r} must be an http(s) URL with a host")
+    if url.scheme == "http" and not _is_loopback(url.hostname):
+        raise ValueError(f"LLM base URL {base_url!r}: plain http sends the key and patient-derived facts "
+                         "unencrypted; use https (http is allowed only to this machine: 127.0.0.1, ::1, localhost)")
+    if url.username or url.password:
+        raise ValueError(f"LLM base URL for host {url.hostname!r} must not hold credentials (use the key's "
+                         "environment variable)")
+    return url
 
 
 SYSTEM_PROMPT = ("You are a cardiologist. From the facts about similar patients, write a concise clinical experience "
@@ -125,6 +166,9 @@ class LLMDistiller:
         self.config = config
         self.offline = offline or OfflineDistiller()
         self.last_error: str | None = None
+        self.replies = 0  # reports written by the endpoint (cached ones included)
+        self.fallbacks = 0  # reports that fell back to the offline report
+        self.consecutive_failures = 0
         self._cache: dict[str, str] = {}
         if config.cache_path and os.path.exists(config.cache_path):
             try:
@@ -140,10 +184,23 @@ class LLMDistiller:
             reply = self.complete(facts)
         except LLMError as e:
             self.last_error = str(e)
-            log.warning("LLM distiller: %s; using the offline report instead", e)
+            self.fallbacks += 1
+            if not self.given_up:  # once the breaker is open, one warning said it all
+                log.warning("LLM distiller: %s; using the offline report instead", e)
             return facts
         self.last_error = None
+        self.replies += 1
         return reply
+
+    @property
+    def given_up(self) -> bool:
+        """Whether the circuit breaker is open (max_failures failed requests in a row)."""
+        return self.consecutive_failures >= self.config.max_failures
+
+    def summary(self) -> dict:
+        """For manifests: where reports came from."""
+        return {"base_url": self.config.base_url, "model": self.config.model, "llm_reports": self.replies,
+                "offline_fallbacks": self.fallbacks, "gave_up": self.given_up, "last_error": self.last_error}
 
     def complete(self, facts: str) -> str:
         """The endpoint's reply to `facts` (cached), cut to `max_reply_chars`; raises LLMError."""
@@ -153,7 +210,17 @@ class LLMDistiller:
         key = hashlib.sha256(json.dumps([c.base_url, body], sort_keys=True).encode()).hexdigest()
         if key in self._cache:
             return self._cache[key]
-        reply = cap_reply(self._request(body), c.max_reply_chars)
+        if self.given_up:
+            raise LLMError(f"{c.base_url}: given up after {self.consecutive_failures} failed requests in a row")
+        try:
+            reply = cap_reply(self._request(body), c.max_reply_chars)
+        except LLMError:
+            self.consecutive_failures += 1
+            if self.given_up:
+                log.warning("LLM distiller: %d failed requests in a row; not calling %s again in this run",
+                            self.consecutive_failures, c.base_url)
+            raise
+        self.consecutive_failures = 0
         if not reply:
             raise LLMError(f"{c.base_url}: empty reply")
         self._cache[key] = reply
@@ -164,7 +231,8 @@ class LLMDistiller:
 
     def _request(self, body: dict) -> str:
         c = self.config
-        url = c.base_url.rstrip("/") + "/chat/completions"
+        url = check_endpoint(c.base_url)
+        where = f"{url.scheme}://{url.netloc}{url.path.rstrip('/')}/chat/completions"
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(c.api_key_env, "")
         if key:
@@ -176,26 +244,68 @@ class LLMDistiller:
                 time.sleep(wait)
                 wait *= 2
             try:
-                request = urllib.request.Request(url, data=data, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=c.timeout_s) as response:
-                    raw = response.read(c.max_response_bytes + 1)
-            except urllib.error.HTTPError as e:
-                problem = f"{url}: HTTP {e.code} {e.reason}"
-                if e.code == 429 or e.code >= 500:
-                    continue
-                raise LLMError(problem) from None
-            except (socket.timeout, TimeoutError) as e:
-                problem = f"{url}: no reply within {c.timeout_s:g} s ({e})"
+                status, reason, raw = _post(url, url.path.rstrip("/") + "/chat/completions", data, headers,
+                                            c.timeout_s, c.max_response_bytes)
+            except TimeoutError:
+                problem = f"{where}: no reply within {c.timeout_s:g} s"
                 continue
-            except urllib.error.URLError as e:
-                if isinstance(e.reason, (socket.timeout, TimeoutError)):
-                    problem = f"{url}: no reply within {c.timeout_s:g} s"
-                    continue
-                raise LLMError(f"{url}: cannot connect ({e.reason})") from None
+            except OSError as e:
+                raise LLMError(f"{where}: cannot connect ({e.strerror or e})") from None
+            except http.client.HTTPException as e:
+                raise LLMError(f"{where}: broken HTTP reply ({type(e).__name__})") from None
+            if status == 429 or status >= 500:
+                problem = f"{where}: HTTP {status} {reason}"
+                continue
+            if 300 <= status < 400:
+                raise LLMError(f"{where}: HTTP {status} redirect not followed (the key goes to the configured host "
+                               "only)")
+            if status != 200:
+                raise LLMError(f"{where}: HTTP {status} {reason}")
             if len(raw) > c.max_response_bytes:
-                raise LLMError(f"{url}: response larger than {c.max_response_bytes} bytes")
-            return parse_reply(raw, url)
+                raise LLMError(f"{where}: response larger than {c.max_response_bytes} bytes")
+            return parse_reply(raw, where)
         raise LLMError(f"{problem} (after {c.max_retries + 1} tries)")
+
+
+def _post(url: urllib.parse.SplitResult, path: str, data: bytes, headers: dict, deadline_s: float,
+          max_bytes: int) -> tuple[int, str, bytes]:
+    """One POST with a total deadline: a watchdog shuts the socket when `deadline_s` has passed, whatever the
+    server is doing (TimeoutError then). Returns (status, reason, up to max_bytes + 1 body bytes)."""
+    cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    connection = cls(url.hostname, url.port, timeout=deadline_s)
+    expired = threading.Event()
+    sockets = []  # (the connection hands its socket to the response and forgets it, so keep it here)
+
+    def expire():
+        expired.set()
+        for sock in sockets + [connection.sock]:
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    watchdog = threading.Timer(deadline_s, expire)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        connection.connect()
+        sockets.append(connection.sock)
+        if expired.is_set():
+            raise TimeoutError
+        connection.request("POST", path or "/", body=data, headers=headers)
+        response = connection.getresponse()
+        raw = response.read(max_bytes + 1)
+        if expired.is_set():
+            raise TimeoutError
+        return response.status, response.reason, raw
+    except (OSError, http.client.HTTPException):
+        if expired.is_set():
+            raise TimeoutError from None
+        raise
+    finally:
+        watchdog.cancel()
+        connection.close()
 
 
 def parse_reply(raw: bytes, url: str = "") -> str:

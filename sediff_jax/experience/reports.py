@@ -21,6 +21,7 @@ import numpy as np
 
 from sediff_jax.experience.profiles import ProfileCorpus, ProfileError
 from sediff_jax.experience.retrieval import ExperienceIndex
+from sediff_jax.io import jsonio
 from sediff_jax.io.atomic import atomic_path
 
 
@@ -58,7 +59,7 @@ class ExperienceTable:
         with atomic_path(path, suffix=".jsonl") as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
                 for entry in self.entries.values():
-                    f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                    f.write(jsonio.dumps(entry, ensure_ascii=False) + "\n")
         return path
 
     @classmethod
@@ -103,7 +104,7 @@ def save_experience(out_dir: str | os.PathLike, corpus: ProfileCorpus, index: Ex
                "corpus": corpus_summary(corpus), "index_profiles": len(index),
                "records_with_report": sum(bool(e["report"]) for e in entries), **manifest}
     with atomic_path(out / "manifest.json") as tmp:
-        tmp.write_text(json.dumps(content, indent=2))
+        tmp.write_text(jsonio.dumps(content, indent=2))
     return out
 
 

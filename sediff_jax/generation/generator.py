@@ -82,7 +82,12 @@ class Generator:
         from sediff_jax.generation.model import experience_profiles_path
         from sediff_jax.text import HashingEncoder, MiniLMEncoder, TextCache
 
-        path = experience_profiles_path(self.model)
+        self.experience_error = None
+        try:
+            path = experience_profiles_path(self.model)
+        except CheckpointError as e:  # raised when experience is asked for ('auto'), not for 'off'
+            self.experience_error = e
+            return None, None
         if path is None:
             return None, None
         experience = self.model.config["experience"]
@@ -97,6 +102,8 @@ class Generator:
     def experience_reports(self, prompts: Sequence[Prompt], experience: str = "auto") -> list[str]:
         """Each prompt's experience report ('' where none: experience off, a model trained without it, or no
         corpus code named in the prompt)."""
+        if experience != "off" and self.experience_error is not None:
+            raise self.experience_error
         if experience == "off" or self.prompt_experience is None:
             return [""] * len(prompts)
         return [self.prompt_experience.report(p.text)[0] for p in prompts]

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ import numpy as np
 from flax import nnx
 
 from sediff_jax.diffusion.schedule import NoiseSchedule, make_schedule
+from sediff_jax.io import jsonio
+from sediff_jax.io.outputs import OutputError, output_dir, replace_directory
 from sediff_jax.models.denoiser import DenoiserConfig, LatentDenoiser
 from sediff_jax.models.vae import ECGVAE, VAEConfig
 from sediff_jax.training.checkpoint import CheckpointError
@@ -111,6 +114,65 @@ def unflatten_params(template: Any, flat: dict[str, np.ndarray], prefix: str, wh
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+def _field_error(where: str, key: str, value: Any, wanted: str) -> CheckpointError:
+    return CheckpointError(f"{where}: field {key!r} is {json.dumps(value)[:80]}; expected {wanted}")
+
+
+def validate_model_config(config: Any, where: str) -> None:
+    """Check a model `config.json` field by field (CheckpointError names the file and the field): a model that
+    loads is one that can generate."""
+    import math
+
+    from sediff_jax.diffusion.schedule import PREDICTIONS
+
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where}: not a model config (a JSON object is expected)")
+    for key in ("denoiser", "vae", "schedule", "prediction", "fs", "duration_s", "latent_scale", "text_encoder"):
+        if key not in config:
+            raise CheckpointError(f"{where}: incompatible checkpoint, the config has no {key!r}")
+
+    def positive(key: str, value: Any, limit: float = math.inf) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value <= limit):
+            raise _field_error(where, key, value, f"a number in (0, {limit:g}]")
+
+    positive("fs", config["fs"], 10_000)
+    positive("duration_s", config["duration_s"], 3600)
+    positive("latent_scale", config["latent_scale"], 1e6)
+    positive("latent_clip", config.get("latent_clip", 3.0), 1e6)
+    positive("beat_before_s", config.get("beat_before_s", 0.2), config["duration_s"])
+    if round(config["fs"] * config["duration_s"]) < 8:
+        raise _field_error(where, "duration_s", config["duration_s"], "at least 8 samples at fs")
+    if config["prediction"] not in PREDICTIONS:
+        raise _field_error(where, "prediction", config["prediction"], f"one of {PREDICTIONS}")
+    schedule = config["schedule"]
+    if not isinstance(schedule, dict) or schedule.get("kind") not in ("cosine", "linear"):
+        raise _field_error(where, "schedule", schedule, "{'kind': 'cosine' or 'linear', 'num_steps': ...}")
+    steps = schedule.get("num_steps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps <= 100_000:
+        raise _field_error(where, "schedule.num_steps", steps, "an integer in [2, 100000]")
+    if not isinstance(config["text_encoder"], str) or not config["text_encoder"]:
+        raise _field_error(where, "text_encoder", config["text_encoder"], "a text encoder id")
+    for key, cls in (("denoiser", DenoiserConfig), ("vae", VAEConfig)):
+        fields = config[key]
+        if not isinstance(fields, dict):
+            raise _field_error(where, key, fields, "an object of model settings")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - names)
+        if unknown:
+            raise CheckpointError(f"{where}: field {key!r} has unknown settings {unknown[:3]} (a model of another "
+                                  "sediff_jax version?)")
+        for name, value in fields.items():
+            values = value if isinstance(value, list) else [value]
+            if not all(isinstance(v, (int, float, str, bool)) or v is None for v in values) or any(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and not 0 < v <= 65_536 for v in values):
+                raise _field_error(where, f"{key}.{name}", value, "numbers in (0, 65536] (or a setting name)")
+    experience = config.get("experience", {"used": False})
+    if not isinstance(experience, dict) or not isinstance(experience.get("used", False), bool):
+        raise _field_error(where, "experience", experience, "an object with 'used': true/false")
+    if not isinstance(config.get("prior_classes", []), list):
+        raise _field_error(where, "prior_classes", config.get("prior_classes"), "a list of class names")
+
+
 def _build(config: dict[str, Any]) -> tuple[nnx.GraphDef, Any, nnx.GraphDef, Any]:
     denoiser = LatentDenoiser(_dataclass_from(DenoiserConfig, config["denoiser"]), rngs=nnx.Rngs(0))
     vae = ECGVAE(_dataclass_from(VAEConfig, config["vae"]), rngs=nnx.Rngs(0))
@@ -135,21 +197,24 @@ def load_exported(directory: str | os.PathLike) -> SEDiffModel:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{config_path}: unreadable model config ({e})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: not a model config (a JSON object is expected)")
     if config.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{config_path}: not an SE-Diff model (format {config.get('format')!r})")
     if config.get("version") != MODEL_VERSION:
         raise CheckpointError(f"{config_path}: model version {config.get('version')!r}; this sediff_jax reads "
                               f"version {MODEL_VERSION}")
-    for key in ("denoiser", "vae", "schedule", "prediction", "fs", "duration_s", "latent_scale", "text_encoder"):
-        if key not in config:
-            raise CheckpointError(f"{config_path}: incompatible checkpoint, the config has no {key!r}")
+    validate_model_config(config, str(config_path))
     try:
         flat = load_file(str(weights_path))
     except FileNotFoundError:
         raise CheckpointError(f"{weights_path}: missing (the model directory needs {WEIGHTS_FILE})") from None
     except Exception as e:  # safetensors raises its own error types for truncated or corrupt files
         raise CheckpointError(f"{weights_path}: unreadable weights ({e})") from None
-    denoiser_graphdef, denoiser_template, vae_graphdef, vae_template = _build(config)
+    try:
+        denoiser_graphdef, denoiser_template, vae_graphdef, vae_template = _build(config)
+    except (TypeError, ValueError, ZeroDivisionError) as e:  # settings that pass one by one but not together
+        raise CheckpointError(f"{config_path}: the model settings do not build a model ({e})") from None
     return SEDiffModel(
         denoiser_graphdef, unflatten_params(denoiser_template, flat, "denoiser", str(weights_path)),
         vae_graphdef, unflatten_params(vae_template, flat, "vae", str(weights_path)),
@@ -221,28 +286,63 @@ EXPERIENCE_PROFILES_FILE = "experience_profiles.npz"
 
 def experience_profiles_path(model: SEDiffModel) -> Path | None:
     """The profile corpus a model trained with experience retrieves from: the copy in an exported model's
-    directory, else the experience directory it was trained with; None for a model trained without."""
+    directory, else the experience directory it was trained with; None for a model trained without.  A model
+    trained with experience whose corpus is missing raises CheckpointError naming where it was looked for."""
     experience = model.config.get("experience") or {}
     if not experience.get("used"):
         return None
     candidates = [Path(model.source) / EXPERIENCE_PROFILES_FILE]
     if experience.get("dir"):
         candidates.append(Path(experience["dir"]) / "profiles.npz")
-    return next((c for c in candidates if c.is_file()), None)
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise CheckpointError(f"{model.source}: the model was trained with experience but its corpus is missing "
+                              f"(looked for {' and '.join(map(str, candidates))}); restore it, or generate with "
+                              "--experience=off")
+    return found
+
+
+EXPORTED_FILES = (CONFIG_FILE, WEIGHTS_FILE, EXPERIENCE_PROFILES_FILE)
+
+
+def is_exported_model(directory: str | os.PathLike) -> bool:
+    """Whether `directory` is an exported model directory: a config.json of our format and nothing but the
+    files `export_model` writes."""
+    directory = Path(directory)
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text())
+        names = {e.name for e in directory.iterdir()}
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("format") == MODEL_FORMAT and names <= set(EXPORTED_FILES)
+
+
+def check_export_target(out_dir: str | os.PathLike | None, overwrite: bool = False) -> Path:
+    """The export folder, checked before any work: a new folder, or with `overwrite` an existing exported model
+    (never the working directory or above it, a git checkout, or a folder with other files).  Raises OutputError
+    (a ValueError) or FileExistsError, naming the folder."""
+    out = output_dir(out_dir, EXPORTED_FILES, overwrite=True, flag="--out", tool="export_model")
+    if out.path.exists() and any(out.path.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out.path} exists (pass overwrite=True / --overwrite to replace the model "
+                                  "exported there)")
+        if not is_exported_model(out.path):
+            raise OutputError(f"--out={out.path} is not an exported SE-Diff model (no {CONFIG_FILE} of format "
+                              f"{MODEL_FORMAT!r}); --overwrite replaces only an exported model")
+    return out.path
 
 
 def export_model(model: SEDiffModel, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None,
                  overwrite: bool = False, dtype: str = "float32") -> Path:
     """Write `model` as an exported model directory (config.json + model.safetensors), atomically: the files
-    are written to a temporary sibling directory that is renamed into place. dtype: 'float32' (exact) or
-    'float16' (half the size; loaded back as float32)."""
+    are written to a temporary sibling directory that replaces the target by rename-aside. With `overwrite`, only
+    an existing exported model is replaced (see `check_export_target`). dtype: 'float32' (exact) or 'float16'
+    (half the size; loaded back as float32)."""
     from safetensors.numpy import save_file
 
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype={dtype!r}; expected float32 or float16")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} exists (pass overwrite=True / --overwrite to replace it)")
+    out_dir = Path(os.path.abspath(check_export_target(out_dir, overwrite)))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     config = {**model.config, **(extra or {}), "weights_dtype": dtype}
     profiles = experience_profiles_path(model)
@@ -251,19 +351,16 @@ def export_model(model: SEDiffModel, out_dir: str | os.PathLike, extra: dict[str
     flat = {name: value.astype(dtype) if np.issubdtype(value.dtype, np.floating) else value
             for name, value in {**flatten_params(model.denoiser_params, "denoiser"),
                                 **flatten_params(model.vae_params, "vae")}.items()}
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         save_file({k: np.array(v, order="C") for k, v in flat.items()}, str(tmp / WEIGHTS_FILE))  # keeps 0-d
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
+        (tmp / CONFIG_FILE).write_text(jsonio.dumps(config, indent=1, sort_keys=True) + "\n")
         if profiles is not None:  # the retrieval corpus travels with the model: --experience=auto works offline
             shutil.copyfile(profiles, tmp / EXPERIENCE_PROFILES_FILE)
         for f in tmp.iterdir():
             f.chmod(0o644)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        tmp.chmod(0o755)
+        replace_directory(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -14,6 +15,7 @@ AGE_RANGE = (0.0, 120.0)  # years
 HR_RANGE = (20.0, 300.0)  # bpm
 SEXES = {"M": 0, "F": 1}
 FIELDS = ("text", "age", "sex", "hr")
+MAX_TEXT_CHARS = 10_000  # a report far beyond any clinical statement (the text encoders read 128-256 tokens)
 
 
 class PromptError(ValueError):
@@ -68,14 +70,20 @@ def make_prompt(text, age=None, sex=None, hr=None, where: str = "--") -> Prompt:
         sex = code
     else:
         sex = None
-    return Prompt(" ".join(text.split()), age, sex, hr)
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())  # no control characters
+    if not text:
+        raise PromptError(f"{where}text must be a non-empty report (it holds only control characters)")
+    if len(text) > MAX_TEXT_CHARS:
+        raise PromptError(f"{where}text is {len(text)} characters long; a report may have at most "
+                          f"{MAX_TEXT_CHARS}")
+    return Prompt(text, age, sex, hr)
 
 
 def read_prompts(path: str | os.PathLike) -> list[Prompt]:
     """Prompts from a CSV (header with `text` and any of age, sex, hr) or JSONL file (one object per line)."""
     path = Path(path)
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = path.read_text(encoding="utf-8-sig")  # (a byte-order mark, as Excel writes, is dropped)
     except (OSError, UnicodeDecodeError) as e:
         raise PromptError(f"--prompts={path}: unreadable ({e})") from None
     rows: list[tuple[int, dict]] = []
@@ -91,14 +99,17 @@ def read_prompts(path: str | os.PathLike) -> list[Prompt]:
                 raise PromptError(f"--prompts={path} row {number}: expected a JSON object, got {type(row).__name__}")
             rows.append((number, row))
     else:
-        reader = csv.DictReader(raw.splitlines())
-        if reader.fieldnames is None or "text" not in [f.strip() for f in reader.fieldnames]:
-            raise PromptError(f"--prompts={path}: the CSV needs a header with a 'text' column (and optionally "
-                              f"age, sex, hr), got {reader.fieldnames}")
-        for number, row in enumerate(reader, 2):  # row 1 is the header
-            if None in row:
-                raise PromptError(f"--prompts={path} row {number}: more values than header columns")
-            rows.append((number, {k.strip(): v for k, v in row.items()}))
+        reader = csv.DictReader(io.StringIO(raw, newline=""))  # (quoted fields may hold newlines)
+        try:
+            if reader.fieldnames is None or "text" not in [f.strip() for f in reader.fieldnames]:
+                raise PromptError(f"--prompts={path}: the CSV needs a header with a 'text' column (and optionally "
+                                  f"age, sex, hr), got {reader.fieldnames}")
+            for number, row in enumerate(reader, 2):  # row 1 is the header
+                if None in row:
+                    raise PromptError(f"--prompts={path} row {number}: more values than header columns")
+                rows.append((number, {k.strip(): v for k, v in row.items()}))
+        except csv.Error as e:
+            raise PromptError(f"--prompts={path} line {reader.line_num}: not a readable CSV row ({e})") from None
     prompts = []
     for number, row in rows:
         unknown = sorted(set(row) - set(FIELDS))

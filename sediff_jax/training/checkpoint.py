@@ -65,7 +65,11 @@ class Checkpointer:
         return self.latest.save(step, args=self._args(state, loader, meta), force=force)
 
     def save_best(self, step: int, state: TrainState, meta: dict, value: float) -> bool:
-        """Keep this step if `value` (lower is better) beats the best so far."""
+        """Keep this step if `value` (lower is better) beats the best so far.  A step already kept is left as it
+        is: a run killed after this commit but before the latest checkpoint replays the same steps on resume and
+        reaches the same state here."""
+        if step in self.best.all_steps():
+            return False
         return self.best.save(step, args=self._args(state, None, meta), metrics={"value": float(value)}, force=True)
 
     def reached_preemption(self, step: int) -> bool:

@@ -36,10 +36,12 @@ from sediff_jax.data.canonical import CanonicalConfig
 from sediff_jax.data.loader import BatchLoader, LoaderState
 from sediff_jax.diffusion.losses import DiffusionLossConfig
 from sediff_jax.diffusion.schedule import make_schedule
+from sediff_jax.io import jsonio
 from sediff_jax.io.atomic import atomic_path
 from sediff_jax.models.denoiser import DenoiserConfig, LatentDenoiser
 from sediff_jax.models.vae import ECGVAE, VAEConfig
 from sediff_jax.models.vae_losses import VAELossConfig
+from sediff_jax.progress import Progress
 from sediff_jax.training import checkpoint as ckpt
 from sediff_jax.training.conditions import ConditionBuilder
 from sediff_jax.training.mesh import host_local_to_global, make_mesh, replicated_sharding
@@ -177,9 +179,7 @@ def run_loop(
     writer = MetricWriter(stage_dir, tensorboard=training.get("tensorboard", True), resume_step=start_step)
     progress = None
     if jax.process_index() == 0 and training.get("progress_bar", True):
-        from tqdm import tqdm
-
-        progress = tqdm(total=num_steps, initial=start_step, desc=stage, unit="step", dynamic_ncols=True)
+        progress = Progress(num_steps, stage, unit="step", initial=start_step)
     pending: tuple[int, dict] | None = None  # the previous step's metrics, checked one step late (no stall)
     last, eval_metrics, stopped, t0 = {}, {}, False, time.time()
 
@@ -215,6 +215,7 @@ def run_loop(
                 halt = training.get("halt_at_step", 0)
                 preempted = stop.requested or checkpointer.reached_preemption(step) or (halt and step == halt)
                 if step % training.checkpoint_every == 0 or final or preempted:
+                    writer.flush()
                     checkpointer.save(step, state, json.loads(loader.state().to_json()), meta, force=True)
                 if progress is not None:
                     progress.update(1)
@@ -276,7 +277,10 @@ def build_vae(config: ml_collections.ConfigDict, seed: int) -> ECGVAE:
     return ECGVAE(vae_config(config), rngs=nnx.Rngs(seed))
 
 
-def train_vae(config: ml_collections.ConfigDict, workdir: str) -> StageResult:
+def train_vae(config: ml_collections.ConfigDict, workdir: str, on_ready: Callable[[], None] | None = None
+              ) -> StageResult:
+    """Stage 1 under `workdir/vae`, resumed from its checkpoint if any; `on_ready` runs once the checkpoint (if any)
+    has been checked against this config, before the first step."""
     stage_dir = os.path.join(workdir, "vae")
     mesh = _mesh_checked(config.vae)
     training = config.vae.training
@@ -291,6 +295,8 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str) -> StageResult:
     meta = json.loads(json.dumps(meta))
     checkpointer = ckpt.Checkpointer(stage_dir, training.get("max_to_keep", 3))
     state, loader_state, start, meta = _resume(checkpointer, stage_dir, state, mesh, meta)
+    if on_ready is not None:
+        on_ready()
     train_step, eval_step = make_vae_steps(graphdef, tx, loss_config, opt.ema_decay, mesh)
     loader = BatchLoader(_open(config, config.data.train_split), training.batch_size, seed=config.seed,
                          state=loader_state, prefetch=config.data.get("prefetch", 2))
@@ -338,7 +344,9 @@ def denoiser_config(config: ml_collections.ConfigDict, latent_channels: int, con
                        context_dim=context_dim)
 
 
-def train_diffusion(config: ml_collections.ConfigDict, workdir: str) -> StageResult:
+def train_diffusion(config: ml_collections.ConfigDict, workdir: str, on_ready: Callable[[], None] | None = None
+                    ) -> StageResult:
+    """Stage 2 under `workdir/diffusion` (see train_vae)."""
     from sediff_jax.simulator.priors import load_prior
     from sediff_jax.text import TextCache, make_text_encoder
 
@@ -404,6 +412,8 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str) -> StageRes
     meta = json.loads(json.dumps(meta))
     checkpointer = ckpt.Checkpointer(stage_dir, training.get("max_to_keep", 3))
     state, loader_state, start, meta = _resume(checkpointer, stage_dir, state, mesh, meta)
+    if on_ready is not None:
+        on_ready()
     train_source = _open(config, config.data.train_split)
 
     if "latent_scale" not in meta:  # a fresh run: unit-variance latents, from the first training examples
@@ -464,7 +474,7 @@ def _test(config, result: StageResult, evaluate: Callable, stage_dir: str) -> St
     if jax.process_index() == 0:
         with atomic_path(os.path.join(stage_dir, "test_metrics.json")) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"split": split, "step": result.step, **result.test_metrics}, f, indent=1)
+                f.write(jsonio.dumps({"split": split, "step": result.step, **result.test_metrics}, indent=1))
     return result
 
 
@@ -484,13 +494,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[StageResult]:
     if not config.data.prepared_dir:
         with config.unlocked():
             config.data.prepared_dir = os.path.join(workdir, "prepared")
-    write_config(config, workdir)
+    # config.json describes the run in the workdir: written once the first stage has accepted the workdir (a run
+    # refused for a mismatching checkpoint leaves the previous run's config in place).
+    ready = lambda: write_config(config, workdir)  # noqa: E731
     results = []
     if config.stage in ("vae", "both"):
-        results.append(train_vae(config, workdir))
+        results.append(train_vae(config, workdir, on_ready=ready))
+        ready = None
         if results[-1].stopped_early:
             return results
     if config.stage in ("diffusion", "both"):
-        results.append(train_diffusion(config, workdir))
+        results.append(train_diffusion(config, workdir, on_ready=ready))
     return results
 

@@ -1,6 +1,7 @@
 """Metric writers: one JSON line per logged step (`metrics.jsonl`) and TensorBoard events (tensorboardX), from
-process 0 only. Lines are flushed as written, so a killed run keeps everything logged so far; on resume, lines
-for steps after the restored checkpoint are dropped first (they are about to be recomputed)."""
+process 0 only. Lines are flushed as written and TensorBoard events before every checkpoint, so a killed run keeps
+everything logged up to its last checkpoint; on resume, lines for steps after the restored checkpoint are dropped
+first, and TensorBoard purges its events past it (they are about to be recomputed)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ class MetricWriter:
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(directory, "tensorboard"))
+            # purge_step: TensorBoard hides the killed run's events past the restored step (recomputed now).
+            self._tb = SummaryWriter(os.path.join(directory, "tensorboard"),
+                                     purge_step=None if not resume_step else resume_step + 1)
 
     def _truncate_after(self, step: int) -> None:
         keep = []
@@ -53,6 +56,11 @@ class MetricWriter:
         if self._tb is not None:
             for k, v in values.items():
                 self._tb.add_scalar(f"{prefix}/{k}", v, step)
+
+    def flush(self) -> None:
+        """Put every event written so far on disk (before a checkpoint: a kill after it loses none of them)."""
+        if self.active and self._tb is not None:
+            self._tb.flush()
 
     def close(self) -> None:
         if not self.active:

@@ -202,3 +202,21 @@ def test_bad_loader_arguments(synthetic_dataset):
         builder.open_split(synthetic_dataset.path, "dev")
     with pytest.raises(FileNotFoundError, match="not a prepared dataset"):
         builder.open_split("/nonexistent", "train")
+
+
+def test_mis_scaled_records_stay_out_and_a_killed_builds_leftovers_go(tmp_path):
+    """A header whose gain scales the record to +-1e6 mV is skipped (reason 'amplitude'); the folder a killed
+    TFDS build left beside the version is removed by the next build."""
+    root = write_mimic_fixture(tmp_path / "mimic")
+    header = sorted(root.glob("files/*/*/*/*.hea"))[2]
+    lines = header.read_text().splitlines()
+    lines[1:] = [" ".join("0.001(0)/mV" if i == 2 else f for i, f in enumerate(line.split()))
+                 if line and not line.startswith("#") else line for line in lines[1:]]  # gain 1000 -> 0.001
+    header.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    stale = out / "mimic" / builder.config_name(SMALL) / f"incomplete.ABC123_{builder.VERSION}"
+    stale.mkdir(parents=True)
+    (stale / "half.array_record").write_bytes(b"x")
+    report = prepare(PrepareConfig(dataset="mimic", source_dir=str(root), out_dir=str(out), canonical=SMALL))
+    assert report.skipped == {"amplitude": 1} and report.total_written == 7, report.skipped_records
+    assert "reaches" in report.skipped_records[0][2] and not stale.exists()

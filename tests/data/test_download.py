@@ -137,4 +137,4 @@ def test_prepare_data_cli_downloads_then_prepares(mirror, tmp_path, serve, repo_
     assert "read 500, written 100" in result.stdout and "skipped 400 (missing_file 400)" in result.stdout
     assert (out / "ptbxl" / "100hz_10s" / "1.0.0" / "prepare_report.json").exists()
     again = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 1 and "exists; pass overwrite" in again.stderr
+    assert again.returncode == 2 and "exists; pass overwrite" in again.stderr  # a user error: exit status 2

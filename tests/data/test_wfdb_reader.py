@@ -98,3 +98,24 @@ def test_unknown_units(tmp_path):
     path = write_record(str(tmp_path), "furlong", simulated_ecg(), 500, units="furlong")
     with pytest.raises(RecordError, match="unknown units 'furlong'"):
         read_record(path)
+
+
+def test_mis_scaled_records_are_refused(tmp_path):
+    """A record whose header gain makes it +-1e6 mV (or any amplitude beyond 16-bit uV range) is not an ECG."""
+    ecg = simulated_ecg()
+    path = write_record(str(tmp_path), "scaled", ecg * 1e6, 500, gain=0.001)
+    with pytest.raises(RecordError, match=r"scaled: signal '.*' reaches [\d.]+e\+06 mV") as error:
+        read_record(path)
+    assert error.value.reason == "amplitude"
+    assert read_record(write_record(str(tmp_path), "ok", ecg, 500)).signal.shape == ecg.shape
+
+
+@pytest.mark.parametrize("rate", ["-250", "0", "nan", "abc"])
+def test_an_unreadable_or_negative_sampling_rate_is_refused_not_read_as_250_hz(good_record, rate):
+    header = good_record + ".hea"
+    first, rest = open(header).read().split("\n", 1)
+    fields = first.split()
+    fields[2] = rate
+    open(header, "w").write(" ".join(fields) + "\n" + rest)
+    with pytest.raises(RecordError, match="invalid sampling rate"):
+        read_record(good_record)

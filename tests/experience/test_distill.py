@@ -91,6 +91,23 @@ class Stub(http.server.BaseHTTPRequestHandler):
             self.send_response(value)
             self.end_headers()
             return
+        if kind == "redirect":
+            self.send_response(302)
+            self.send_header("Location", value)
+            self.end_headers()
+            return
+        if kind == "drip":  # headers at once, then one body byte every 0.1 s for `value` seconds
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(int(value / 0.1)):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            return
         payload = (value.encode() if kind == "raw" else
                    json.dumps({"choices": [{"message": {"role": "assistant", "content": value}}]}).encode())
         self.send_response(200)
@@ -189,3 +206,44 @@ def test_unreachable_endpoint_falls_back_without_retrying_forever():
     corpus = corpus_of_neighbours()
     assert d.distill(corpus, [0]) == OfflineDistiller().distill(corpus, [0])
     assert "cannot connect" in d.last_error
+
+
+def test_plain_http_only_to_this_machine_and_no_credentials_in_the_url():
+    for url in ("http://127.0.0.1:8000/v1", "http://localhost:8000/v1", "http://[::1]:8000/v1",
+                "https://api.example.com/v1"):
+        LLMConfig(base_url=url, model="m")
+    for url, message in (("http://api.example.com/v1", "use https"), ("http://10.0.0.5/v1", "use https"),
+                         ("ftp://127.0.0.1/v1", "http\\(s\\) URL"), ("https://user:pw@example.com/v1", "credentials"),
+                         ("", "http\\(s\\) URL")):
+        with pytest.raises(ValueError, match=message):
+            LLMConfig(base_url=url, model="m")
+    with pytest.raises(ValueError, match="timeout"):
+        LLMConfig(base_url="https://example.com/v1", model="m", timeout_s=-1)
+
+
+def test_a_dripping_server_cannot_hold_a_request_past_its_deadline(stub):
+    Stub.script = [("drip", 5.0)]
+    d = distiller(stub, timeout_s=0.5, max_retries=0)
+    start = time.monotonic()
+    with pytest.raises(LLMError, match="no reply within 0.5 s"):
+        d.complete("facts")
+    assert time.monotonic() - start < 1.5  # a per-read timeout would wait for the whole 5 s drip
+
+
+def test_redirects_are_not_followed_so_the_key_stays_with_the_host(stub, monkeypatch):
+    monkeypatch.setenv("STUB_KEY", "sk-test")
+    Stub.script = [("redirect", "http://127.0.0.2:9/v1/chat/completions")]
+    with pytest.raises(LLMError, match="redirect not followed"):
+        distiller(stub, api_key_env="STUB_KEY").complete("facts")
+    assert len(Stub.seen) == 1
+
+
+def test_the_breaker_stops_calling_a_failing_endpoint_and_the_fallbacks_are_counted(stub):
+    corpus = corpus_of_neighbours()
+    Stub.script = [("status", 400)] * 3 + [("ok", "Never asked for.")]
+    d = distiller(stub, max_failures=3)
+    offline = OfflineDistiller().distill(corpus, [0, 1])
+    assert [d.distill(corpus, [0, 1]) for _ in range(5)] == [offline] * 5
+    assert len(Stub.seen) == 3 and d.given_up  # the last two never reached the endpoint
+    assert d.summary()["offline_fallbacks"] == 5 and d.summary()["llm_reports"] == 0
+    assert "given up" in d.last_error

@@ -82,3 +82,23 @@ def test_flag_errors(repo_root, tmp_path):
     listing.write_text("a/rec\nb/rec\n")
     result = _run(repo_root, f"--records_file={listing}", f"--out_dir={tmp_path}")
     assert result.returncode != 0 and "several records are named rec" in result.stderr
+
+
+def test_strip_fits_keep_each_records_own_length(repo_root, tmp_path):
+    """Records of different lengths are batched apart in strip mode (a short record no longer cuts the others),
+    and together in beat mode. In a subprocess: experiments/ modules each define their own absl flags."""
+    write_record(str(tmp_path), "short", simulated_ecg(fs=500.0, duration_s=3.0), 500.0)
+    write_record(str(tmp_path), "long", simulated_ecg(fs=500.0, duration_s=8.0), 500.0)
+    write_record(str(tmp_path), "long2", simulated_ecg(fs=500.0, duration_s=8.0, hr=80.0), 500.0)
+    script = (
+        "from experiments.fit_simulator import fitting_groups, load_for_fitting\n"
+        f"loaded = [(p, *load_for_fitting(p, None, 600.0, 0.0, 1.0)) for p in "
+        f"['{tmp_path}/short', '{tmp_path}/long', '{tmp_path}/long2']]\n"
+        "for mode in ('strip', 'beat'):\n"
+        "    print(mode, sorted((k, [p.rsplit('/', 1)[1] for p, _, _ in v]) for k, v in "
+        "fitting_groups(loaded, mode).items()))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    strip, beat = done.stdout.splitlines()
+    assert strip == "strip [((500.0, 1500), ['short']), ((500.0, 4000), ['long', 'long2'])]"
+    assert beat == "beat [((500.0, 0), ['short', 'long', 'long2'])]"

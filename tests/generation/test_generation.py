@@ -131,3 +131,53 @@ def test_the_model_latent_clip_is_the_default_and_inf_turns_it_off(model):
     assert not np.allclose(tight, default, atol=1e-4)
     unclipped = generator.generate(PROMPTS[:1], seed=0, sampler=dataclasses.replace(SAMPLER, clip_x0=float("inf")))
     assert np.all(np.isfinite(unclipped))
+
+
+def test_prompt_files_from_spreadsheets_and_hostile_text(tmp_path):
+    excel = tmp_path / "excel.csv"  # Excel writes a UTF-8 byte-order mark; a quoted field may hold a newline
+    excel.write_bytes("\ufefftext,hr\n\"Sinus rhythm.\nLeft axis deviation.\",60\n".encode("utf-8"))
+    prompts = read_prompts(excel)
+    assert [(p.text, p.hr) for p in prompts] == [("Sinus rhythm. Left axis deviation.", 60.0)]
+    escape = make_prompt("normal\x1b[31m ECG\x07\ttext")
+    assert escape.text == "normal [31m ECG text" and all(c.isprintable() for c in escape.text)
+    with pytest.raises(PromptError, match="only control characters"):
+        make_prompt("\x1b\x07")
+    huge = tmp_path / "huge.csv"
+    huge.write_text('text\n"' + "x" * 200_000 + '"\n')
+    with pytest.raises(PromptError, match=r"huge.csv line \d+: not a readable CSV row"):
+        read_prompts(huge)
+    with pytest.raises(PromptError, match="at most 10000"):
+        make_prompt("word " * 3000)
+
+
+def test_sample_overwrite_replaces_only_its_own_outputs(model, tmp_path):
+    """An earlier run's files (a PNG of another prompt included) go; nothing else is touched; the manifest is
+    strict JSON."""
+    from experiments.sample import OUTPUT_FILES, generate_files
+    from sediff_jax.io.outputs import output_dir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ecg_007_00.png").write_bytes(b"an old plot of another prompt")
+    (out / "ecg_007_00.hea").write_text("old")
+    generator = Generator(model, max_batch=8)
+    sampler = SamplerConfig(num_steps=2, guidance_scale=1.0)
+    generate_files(output_dir(out, OUTPUT_FILES, overwrite=True), [make_prompt("normal ECG")], generator, sampler,
+                   seed=0, num_samples=1, png=False, experience="auto")
+    assert sorted(p.name for p in out.iterdir()) == ["ecg_000_00.dat", "ecg_000_00.hea", "manifest.json",
+                                                     "samples.npz"]
+    manifest = json.loads((out / "manifest.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert manifest["records"][0]["files"] == ["ecg_000_00.hea", "ecg_000_00.dat"]
+
+
+def test_a_model_trained_with_experience_needs_its_corpus(model, tmp_path):
+    from sediff_jax.generation.model import experience_profiles_path
+
+    trained_with = dataclasses.replace(model, config={**model.config, "experience": {"used": True}},
+                                       source=str(tmp_path))
+    with pytest.raises(CheckpointError, match="trained with experience but its corpus is missing"):
+        experience_profiles_path(trained_with)
+    generator = Generator(trained_with, max_batch=8)
+    with pytest.raises(CheckpointError, match="corpus is missing"):
+        generator.experience_reports([make_prompt("normal ECG")], "auto")
+    assert generator.experience_reports([make_prompt("normal ECG")], "off") == [""]

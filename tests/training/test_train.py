@@ -93,8 +93,10 @@ def test_a_run_refuses_a_workdir_of_another_model(uninterrupted, prepared_dir, t
     reference, _ = uninterrupted
     config = _config(prepared_dir)
     config.vae.model.channels = (8, 16, 16)
+    before = open(os.path.join(reference, "config.json")).read()
     with pytest.raises(ckpt.CheckpointError, match="model"):
         train(config, reference)
+    assert open(os.path.join(reference, "config.json")).read() == before  # the refused run changed nothing
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
@@ -206,9 +208,10 @@ def test_a_run_trained_with_experience_ships_its_corpus_and_samples_with_reports
     without = generator.generate([prompt], seed=0, sampler=sampler, experience="off")
     assert np.all(np.isfinite(with_experience)) and not np.array_equal(with_experience, without)
 
-    from experiments.sample import generate_files
+    from experiments.sample import OUTPUT_FILES, generate_files
+    from sediff_jax.io.outputs import output_dir
 
-    manifest = generate_files(tmp_path / "out", [prompt], model, sampler, seed=0, num_samples=1, png=False,
-                              experience="auto", max_batch=8)
+    manifest = generate_files(output_dir(tmp_path / "out", OUTPUT_FILES), [prompt], generator, sampler, seed=0,
+                              num_samples=1, png=False, experience="auto")
     assert manifest["experience"] == {"mode": "auto", "used": True, "reports": [report]}
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["experience"] == manifest["experience"]

@@ -1,0 +1,128 @@
+"""What every entrypoint in experiments/ shares: user errors as one line with exit status 2, checked flags, and
+quiet logs.
+
+    from experiments import cli
+    ...
+    if __name__ == "__main__":
+        cli.run(main)
+
+* A bad flag (absl parsing or a registered validator), `cli.UsageError`, `app.UsageError` and
+  `OutputError` print `error: <message>` on stderr and exit with status 2: no traceback, no usage dump.
+* Logs keep our own messages and every warning; INFO lines of the libraries underneath (JAX's backend probing,
+  Orbax, TFDS) are dropped unless `--verbosity` / `-v` is given.
+"""
+
+from __future__ import annotations
+
+import logging as py_logging
+import math
+import sys
+from typing import Any, Callable
+
+from absl import app, flags, logging
+
+from sediff_jax.io.outputs import OutputError
+from sediff_jax.progress import Progress  # noqa: F401  (the CLIs' progress lines)
+
+FLAGS = flags.FLAGS
+
+
+class UsageError(Exception):
+    """Bad flags or inputs: printed as one line, exit status 2."""
+
+
+USER_ERRORS = (UsageError, app.UsageError, OutputError)
+
+
+def fail(message: str) -> None:
+    """Print `error: message` and exit with status 2."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+class _OurInfoOnly(py_logging.Filter):
+    """Passes warnings and errors from anywhere, INFO and below only from sediff_jax and experiments."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        if record.levelno >= py_logging.WARNING:
+            return True
+        path = record.pathname.replace("\\", "/")
+        return "/sediff_jax/" in path or "/experiments/" in path
+
+
+def quiet_library_logs() -> None:
+    """Drop the libraries' INFO lines unless the user asked for verbosity."""
+    if FLAGS["verbosity"].present:
+        return
+    logging.get_absl_handler().addFilter(_OurInfoOnly())
+    for name in ("jax", "orbax", "absl", "tensorflow_datasets", "etils"):
+        py_logging.getLogger(name).addFilter(_OurInfoOnly())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing whose errors are one line and exit status 2."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, OSError, ImportError, SyntaxError) as e:  # (the last three: a --config file)
+        fail("; ".join(line.strip() for line in str(e).splitlines() if line.strip()))
+
+
+def run(main: Callable[[list[str]], Any], user_errors: tuple[type[BaseException], ...] = ()) -> None:
+    """`app.run(main)` with one-line user errors (exit 2) and quiet library logs; `user_errors` adds exception
+    types that `main` lets escape and that are the user's to fix (a missing file, a bad record...)."""
+    errors = USER_ERRORS + tuple(user_errors)
+
+    def wrapped(argv):
+        quiet_library_logs()
+        if len(argv) > 1:
+            fail(f"unexpected arguments: {' '.join(argv[1:])}")
+        try:
+            return main(argv)
+        except errors as e:
+            fail(str(e))
+
+    app.run(wrapped, flags_parser=parse_flags)
+
+
+# -- flag checks: registered at import, so they run while flags are parsed, before any work ----------------------
+
+def _finite(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and math.isfinite(value))
+
+
+def check_float(name: str, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+                high_open: bool = False, allow_inf: bool = False) -> None:
+    """Register a check that float flag `name` is finite (or +inf with `allow_inf`) and within [low, high]
+    (open ends with low_open / high_open); None (unset) passes."""
+
+    def ok(value) -> bool:
+        if value is None:
+            return True
+        if value != value:  # NaN
+            return False
+        if not (math.isfinite(value) or (allow_inf and value == math.inf)):
+            return False
+        if low is not None and (value < low or (low_open and value == low)):
+            return False
+        return not (high is not None and (value > high or (high_open and value == high)))
+
+    lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
+    hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
+    where = f" in {lo or '(-inf'}, {hi or 'inf)'}" if (low is not None or high is not None) else ""
+    flags.register_validator(name, ok, message=f"--{name} must be a finite number{where}"
+                                                + (" (or inf)" if allow_inf else ""))
+
+
+def check_int(name: str, low: int | None = None, high: int | None = None) -> None:
+    """Register a check that integer flag `name` is within [low, high]; None (unset) passes."""
+
+    def ok(value) -> bool:
+        return value is None or ((low is None or value >= low) and (high is None or value <= high))
+
+    where = " and ".join(s for s in ((f">= {low}" if low is not None else ""),
+                                     (f"<= {high}" if high is not None else "")) if s)
+    flags.register_validator(name, ok, message=f"--{name} must be {where}")
+
+
+MAX_SEED = 2**32 - 1
+

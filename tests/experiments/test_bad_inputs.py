@@ -1,0 +1,242 @@
+"""Every CLI in experiments/ with bad inputs, table-driven: exit status, the one-line message that names the
+problem, no traceback, and nothing under the scenario folder created, changed or deleted (the working directory
+and the folders given as outputs included).
+
+Each CLI's cases run in one interpreter (tests/experiments/cli_cases.py), the CLIs in parallel, so the whole
+table costs about as much as starting each CLI once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from tests.data.wfdb_fixtures import simulated_ecg, write_record
+
+E = 2  # exit status of a user error
+BIG_SEED = str(2**64)
+
+# (cli, arguments, exit status, regex the stderr must match). Placeholders in capitals are filled in below.
+CASES = [
+    # sample: output folder policy, flags, prompts, model config
+    ("sample", ["--text=x", "--out_dir="], E, r"--out_dir is empty"),
+    ("sample", ["--text=x", "--out_dir=."], E, r"--out_dir=\.: refusing to write there \(it is the working directory\)"),
+    ("sample", ["--text=x", "--out_dir=..", "--overwrite"], E, r"contains the working directory"),
+    ("sample", ["--text=x", "--out_dir=FULL"], E, r"is not empty; pass --overwrite"),
+    ("sample", ["--text=x", "--out_dir=FULL", "--overwrite"], E, r"holds files sample did not write \(notes.txt\)"),
+    ("sample", ["--text=x", "--out_dir=AFILE"], E, r"exists and is not a folder"),
+    ("sample", ["--text=x", "--out_dir=AFILE/sub"], E, r"is a file, not a folder"),
+    ("sample", ["--text=x", "--out_dir=NEW", "--guidance_scale=nan"], E, r"--guidance_scale must be a finite"),
+    ("sample", ["--text=x", "--out_dir=NEW", "--guidance_scale=-1"], E, r"--guidance_scale must be"),
+    ("sample", ["--text=x", "--out_dir=NEW", "--eta=nan"], E, r"--eta must be a finite number in \[0, 1\]"),
+    ("sample", ["--text=x", "--out_dir=NEW", "--simulator_guidance=nan"], E, r"--simulator_guidance must be"),
+    ("sample", ["--text=x", "--out_dir=NEW", "--clip_x0=0"], E, r"--clip_x0 must be"),
+    ("sample", ["--text=x", "--out_dir=NEW", f"--seed={BIG_SEED}"], E, r"--seed must be >= 0 and <= 4294967295"),
+    ("sample", ["--text=x", "--out_dir=NEW", "--steps=0"], E, r"--steps must be >= 1"),
+    ("sample", ["--text=x", "--out_dir=NEW", "--steps=5000", "--checkpoint=MODEL"], E,
+     r"--steps=5000 must be within 1-100"),
+    ("sample", ["--text=x", "--out_dir=NEW", "--num_samples=0"], E, r"--num_samples must be >= 1"),
+    ("sample", ["--text=", "--out_dir=NEW"], E, r"--text must be a non-empty report"),
+    ("sample", ["--text=\x1b\x07\t", "--out_dir=NEW", "--checkpoint=MODEL"], E, r"only control characters"),
+    ("sample", ["--text=x", "--hr=400", "--out_dir=NEW"], E, r"--hr=400 is outside 20-300"),
+    ("sample", ["--text=x", "--age=-3", "--out_dir=NEW"], E, r"--age=-3 is outside 0-120"),
+    ("sample", ["--prompts=HUGECSV", "--out_dir=NEW"], E, r"huge.csv line \d+: not a readable CSV row"),
+    ("sample", ["--text=x", "--out_dir=NEW", "--checkpoint=NOWHERE"], E, r"--checkpoint: .*no such checkpoint"),
+    ("sample", ["--text=x", "--out_dir=NEW", "--checkpoint=NOCORPUS"], E,
+     r"--experience=auto: .*trained with experience but its corpus is missing"),
+    *[("sample", ["--text=x", "--out_dir=NEW", f"--checkpoint=BROKEN_{name}"], E, message)
+      for name, message in [
+          ("fs", r"config.json: field 'fs' is -100.0; expected a number"),
+          ("duration", r"field 'duration_s' is \"ten\""),
+          ("latent_scale", r"field 'latent_scale' is NaN"),
+          ("prediction", r"field 'prediction' is \"x0\""),
+          ("schedule_kind", r"field 'schedule' is"),
+          ("steps", r"field 'schedule.num_steps' is 1\.5"),
+          ("encoder", r"field 'text_encoder' is 3"),
+          ("denoiser_unknown", r"field 'denoiser' has unknown settings \['depth'\]"),
+          ("denoiser_value", r"field 'denoiser.num_heads' is -2"),
+          ("vae_value", r"field 'vae.channels' is \[8, 16, 0\]"),
+          ("experience", r"field 'experience' is"),
+          ("not_object", r"not a model config"),
+          ("format", r"not an SE-Diff model"),
+      ]],
+    # fit_simulator: impossible records are refused by name (exit 1: some records could not be fitted)
+    ("fit_simulator", ["--record=RECORDS/scaled", "--out_dir=NEW"], 1,
+     r"records/scaled: cannot fit: implausible amplitude .*reaches [\d.]+e\+06 mV"),
+    ("fit_simulator", ["--record=RECORDS/negative_fs", "--out_dir=NEW"], 1,
+     r"negative_fs.hea: invalid sampling rate -250 Hz"),
+    ("fit_simulator", ["--record=RECORDS/good", "--out_dir=."], E, r"refusing to write there"),
+    ("fit_simulator", ["--record=RECORDS/good", "--out_dir=FULL"], E, r"is not empty"),
+    ("fit_simulator", ["--record=RECORDS/good", "--out_dir=NEW", "--duration=nan"], E, r"--duration must be"),
+    ("fit_simulator", ["--record=RECORDS/good", "--out_dir=NEW", "--duration=inf"], E, r"--duration must be"),
+    ("fit_simulator", ["--record=RECORDS/good", "--out_dir=NEW", "--batch_size=0"], E, r"--batch_size must be"),
+    ("fit_simulator", ["--out_dir=NEW"], E, r"pass exactly one of --record and --records_file"),
+    # simulate
+    ("simulate", ["--out=NEW/a", "--duration=0.001"], E, r"--duration must be a finite number in \[0.1, 3600\]"),
+    ("simulate", ["--out=NEW/a", "--duration=inf"], E, r"--duration must be"),
+    ("simulate", ["--out=NEW/a", "--fs=nan"], E, r"--fs must be"),
+    ("simulate", ["--out=NEW/a", "--powerline_hz=nan"], E, r"--powerline_hz must be"),
+    ("simulate", ["--out=NEW/a", "--seed=-1"], E, r"--seed must be >= 0"),
+    ("simulate", ["--out="], E, r"--out is empty"),
+    ("simulate", ["--out=AFILE/x"], E, r"is a file, not a folder"),
+    ("simulate", ["--out=NEW/a", "--preset=nope"], E, r"--preset"),
+    # evaluate
+    ("evaluate", ["--out=.", "--checkpoint=MODEL"], E, r"refusing to write there"),
+    ("evaluate", ["--out=FULL", "--checkpoint=MODEL"], E, r"is not empty"),
+    ("evaluate", ["--out=NEW", "--checkpoint=MODEL", "--guidance_scale=nan"], E, r"--guidance_scale must be"),
+    ("evaluate", ["--out=NEW", "--checkpoint=MODEL", "--eta=nan"], E, r"--eta must be"),
+    ("evaluate", ["--out=NEW", "--checkpoint=MODEL", "--num_samples=0"], E, r"--num_samples must be"),
+    ("evaluate", ["--out=NEW", "--checkpoint=MODEL", "--steps=500"], E, r"--steps=500 must be within 1-100"),
+    ("evaluate", ["--out=NEW", "--checkpoint=NOCORPUS"], E, r"--experience=auto: .*corpus is missing"),
+    ("evaluate", ["--out=NEW", "--checkpoint=NOWHERE"], E, r"--checkpoint: .*no such checkpoint"),
+    # build_experience (the LLM client is refused before any work)
+    ("build_experience", ["--dataset=ludb", "--source_dir=SCENARIO", "--out_dir=NEW", "--distiller=llm",
+                          "--llm_base_url=http://llm.example.com/v1", "--llm_model=m"], E, r"use https"),
+    ("build_experience", ["--dataset=ludb", "--source_dir=SCENARIO", "--out_dir=NEW", "--llm_timeout=-1"], E,
+     r"--llm_timeout must be"),
+    ("build_experience", ["--dataset=ludb", "--source_dir=SCENARIO", "--out_dir=."], E, r"refusing to write"),
+    ("build_experience", ["--dataset=ludb", "--source_dir=NOWHERE", "--out_dir=NEW"], E, r"not a directory"),
+    ("build_experience", ["--dataset=ludb", "--source_dir=SCENARIO", "--out_dir=NEW", "--k=0"], E, r"--k must be"),
+    # prepare_data
+    ("prepare_data", ["--out_dir=.", "--dataset=synthetic"], E, r"refusing to write there"),
+    ("prepare_data", ["--out_dir=", "--dataset=synthetic"], E, r"--out_dir is empty"),
+    ("prepare_data", ["--out_dir=NEW", "--fs=nan"], E, r"--fs must be"),
+    ("prepare_data", ["--out_dir=NEW", "--duration=inf"], E, r"--duration must be"),
+    ("prepare_data", ["--out_dir=NEW", "--dataset=ptbxl"], E, r"--source_dir is required"),
+    # export_model: never deletes what it did not write
+    ("export_model", ["--workdir=MODEL", "--out=.", "--overwrite"], E, r"--out=\.: refusing to write there"),
+    ("export_model", ["--workdir=MODEL", "--out=..", "--overwrite"], E, r"contains the working directory"),
+    ("export_model", ["--workdir=MODEL", "--out=FULL", "--overwrite"], E, r"holds files export_model did not write"),
+    ("export_model", ["--workdir=MODEL", "--out=MODEL"], E, r"exists \(pass overwrite"),
+    ("export_model", ["--workdir=NOWHERE", "--out=NEW"], E, r"no such checkpoint"),
+    ("export_model", ["--workdir=MODEL", "--out=NEW", "--metrics=NANJSON"], E, r"NaN is not valid JSON"),
+    # train
+    ("train", ["--config=experiments/configs/tiny.py", "--workdir=NEW", "--config.stage=bogus"], E,
+     r"--config.stage='bogus' is unknown"),
+    ("train", ["--config=experiments/configs/tiny.py", "--workdir=."], E, r"refusing to write there"),
+    ("train", ["--config=experiments/configs/tiny.py", "--workdir=AFILE"], E, r"exists and is not a folder"),
+    ("train", ["--config=experiments/configs/nope.py", "--workdir=NEW"], E, r"Failed loading config file.*nope.py"),
+    # the research tools: bad numbers are refused while flags are parsed
+    ("downstream", ["--out=NEW", "--eta=nan"], E, r"--eta must be"),
+    ("train_clip", ["--out=NEW/clip.safetensors", "--learning_rate=nan"], E, r"--learning_rate must be"),
+    ("ablate", ["--workdir=NEW", "--guidance_scale=inf"], E, r"--guidance_scale must be"),
+    ("gallery", ["--out=NEW/g.png", "--prepared=NEW", "--records=0"], E, r"--records must be"),
+    ("build_simulator_prior", ["--out=NEW/p.json", "--fs=nan"], E, r"--fs must be"),
+    ("plot_metrics", ["--runs=NEW", "--smooth=0"], E, r"--smooth must be"),
+]
+
+
+def _scenario(root, model_dir):
+    """The folder every case runs in (its working directory): outputs, records and models to refuse."""
+    (root / "full").mkdir()
+    (root / "full" / "notes.txt").write_text("a user's file\n")
+    (root / "afile").write_text("not a folder\n")
+    records = root / "records"
+    good = simulated_ecg(fs=500.0, duration_s=4.0)
+    write_record(str(records), "good", good, 500.0)
+    write_record(str(records), "scaled", good * 1e6, 500.0, gain=0.001)  # +-1.5e6 mV: mis-scaled
+    write_record(str(records), "negative_fs", good, 500.0)
+    header = records / "negative_fs.hea"
+    first, rest = header.read_text().split("\n", 1)
+    fields = first.split()
+    fields[2] = "-250"
+    header.write_text(" ".join(fields) + "\n" + rest)
+    models = root / "models"
+    shutil.copytree(model_dir, models / "model")
+    config = json.loads((model_dir / "config.json").read_text())
+    nocorpus = models / "nocorpus"
+    shutil.copytree(model_dir, nocorpus)
+    (nocorpus / "config.json").write_text(json.dumps({**config, "experience": {"used": True, "max_tokens": 8}}))
+    broken = {
+        "fs": {"fs": -100.0}, "duration": {"duration_s": "ten"}, "latent_scale": {"latent_scale": float("nan")},
+        "prediction": {"prediction": "x0"}, "schedule_kind": {"schedule": {"kind": "warp", "num_steps": 10}},
+        "steps": {"schedule": {"kind": "cosine", "num_steps": 1.5}}, "encoder": {"text_encoder": 3},
+        "denoiser_unknown": {"denoiser": {**config["denoiser"], "depth": 3}},
+        "denoiser_value": {"denoiser": {**config["denoiser"], "num_heads": -2}},
+        "vae_value": {"vae": {**config["vae"], "channels": [8, 16, 0]}},
+        "experience": {"experience": "yes"}, "format": {"format": "something.else"},
+    }
+    for name, change in broken.items():
+        shutil.copytree(model_dir, models / f"broken_{name}")
+        (models / f"broken_{name}" / "config.json").write_text(json.dumps({**config, **change}))
+    shutil.copytree(model_dir, models / "broken_not_object")
+    (models / "broken_not_object" / "config.json").write_text("[1, 2]")
+    (root / "huge.csv").write_text('text,hr\n"' + "x" * 200_000 + '",60\n')
+    (root / "nan.json").write_text('{"mae": NaN}')
+    return {
+        "FULL": "full", "AFILE": "afile", "NEW": "new_out", "RECORDS": "records", "MODEL": "models/model",
+        "NOCORPUS": "models/nocorpus", "NOWHERE": "nowhere", "HUGECSV": "huge.csv", "NANJSON": "nan.json",
+        "SCENARIO": ".", **{f"BROKEN_{name}": f"models/broken_{name}" for name in [*broken, "not_object"]},
+    }
+
+
+def _fill(arg: str, places: dict[str, str]) -> str:
+    for key in sorted(places, key=len, reverse=True):
+        arg = arg.replace(key, places[key])
+    return arg
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, exported_model_dir, repo_root):
+    root = tmp_path_factory.mktemp("scenario")
+    places = _scenario(root, exported_model_dir)
+    work = tmp_path_factory.mktemp("runs")
+    by_cli: dict[str, list[int]] = {}
+    for index, (name, *_rest) in enumerate(CASES):
+        by_cli.setdefault(name, []).append(index)
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "JAX_PLATFORMS": "cpu"}
+
+    def run(name: str) -> list[dict]:
+        cases = [[_fill(a, places) for a in CASES[i][1]] for i in by_cli[name]]
+        cases_path, results_path = work / f"{name}.cases.json", work / f"{name}.results.json"
+        cases_path.write_text(json.dumps(cases))
+        if name == "train":  # configs are named relative to the repository
+            cases = [[a.replace("experiments/configs", str(repo_root / "experiments" / "configs")) for a in c]
+                     for c in cases]
+            cases_path.write_text(json.dumps(cases))
+        done = subprocess.run([sys.executable, "-m", "tests.experiments.cli_cases", f"experiments.{name}",
+                               str(cases_path), str(results_path), str(root)], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(results_path.read_text())
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outputs = dict(zip(by_cli, pool.map(run, by_cli)))
+    flat = {}
+    for name, indices in by_cli.items():
+        for index, result in zip(indices, outputs[name]):
+            flat[index] = result
+    return flat
+
+
+@pytest.mark.parametrize("index", range(len(CASES)),
+                         ids=[f"{c[0]}-{' '.join(c[1])[:60]}" for c in CASES])
+def test_bad_input_is_refused_by_name_and_touches_nothing(results, index):
+    name, args, code, message = CASES[index]
+    result = results[index]
+    stderr = result["stderr"]
+    assert result["code"] == code, stderr[-2000:]
+    assert re.search(message, stderr), stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines and all(line.startswith(("error: ", "warning: ")) or "cannot fit" in line
+                         or "could not be fitted" in line for line in lines), stderr[-2000:]
+    assert not result["changed"], "the case created, changed or deleted files under its working directory"
+
+
+def test_the_scenario_is_what_the_cases_say(tmp_path, exported_model_dir):
+    """The fixtures themselves: the mis-scaled record really is 1.5e6 mV and the header really says -250 Hz."""
+    import wfdb
+
+    _scenario(tmp_path, exported_model_dir)
+    scaled = wfdb.rdrecord(str(tmp_path / "records" / "scaled"))
+    assert np.nanmax(np.abs(scaled.p_signal)) > 1e6
+    assert (tmp_path / "records" / "negative_fs.hea").read_text().split()[2] == "-250"
