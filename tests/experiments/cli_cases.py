@@ -1,9 +1,11 @@
-"""Runs many invocations of one CLI in one interpreter (its imports and JAX start once), as a user would run each.
+"""Runs many invocations of several CLIs in one interpreter (imports and JAX start once), as a user runs each.
 
-    python -m tests.experiments.cli_cases experiments.sample cases.json results.json WATCHED_DIR
+    python -m tests.experiments.cli_cases cases.json results.json WATCHED_DIR
 
-cases.json: a list of argument lists. results.json: per case {"code", "stderr", "changed"}: the exit status, what
-went to stderr, and whether anything under WATCHED_DIR was created, removed or modified by the case.
+cases.json: {"experiments.sample": [argument lists], ...}. results.json: the same keys, per case {"code",
+"stderr", "changed"}: the exit status, what went to stderr, and whether anything under WATCHED_DIR was created,
+removed or modified by the case. Each module's absl flags are removed before the next module is imported (the
+CLIs define flags of the same names).
 """
 
 from __future__ import annotations
@@ -27,15 +29,12 @@ def snapshot(root: str) -> dict[str, tuple[int, int]]:
     return listing
 
 
-def main() -> None:
-    module_name, cases_path, results_path, watched = sys.argv[1:]
+def run_module(module_name: str, cases: list[list[str]], watched: str) -> list[dict]:
     from absl import flags
 
     from experiments import cli
 
     module = importlib.import_module(module_name)
-    with open(cases_path) as f:
-        cases = json.load(f)
     results = []
     for argv in cases:
         flags.FLAGS.unparse_flags()
@@ -52,6 +51,17 @@ def main() -> None:
                 code = "exception"
                 err.write(traceback.format_exc())
         results.append({"code": code, "stderr": err.getvalue(), "changed": snapshot(watched) != before})
+    for flag in list(flags.FLAGS.flags_by_module_dict().get(module_name, [])):
+        if flag.name in flags.FLAGS:
+            delattr(flags.FLAGS, flag.name)
+    return results
+
+
+def main() -> None:
+    cases_path, results_path, watched = sys.argv[1:]
+    with open(cases_path) as f:
+        cases = json.load(f)
+    results = {name: run_module(name, module_cases, watched) for name, module_cases in cases.items()}
     with open(results_path, "w") as f:
         json.dump(results, f)
 

@@ -2,8 +2,8 @@
 problem, no traceback, and nothing under the scenario folder created, changed or deleted (the working directory
 and the folders given as outputs included).
 
-Each CLI's cases run in one interpreter (tests/experiments/cli_cases.py), the CLIs in parallel, so the whole
-table costs about as much as starting each CLI once.
+The cases run in two interpreters (tests/experiments/cli_cases.py), each CLI's cases one after another as a user
+would run them, so the whole table costs about two CLI start-ups plus the cases themselves.
 """
 
 from __future__ import annotations
@@ -194,22 +194,27 @@ def results(tmp_path_factory, exported_model_dir, repo_root):
         by_cli.setdefault(name, []).append(index)
     env = {**os.environ, "PYTHONPATH": str(repo_root), "JAX_PLATFORMS": "cpu"}
 
-    def run(name: str) -> list[dict]:
+    def cases_of(name: str) -> list[list[str]]:
         cases = [[_fill(a, places) for a in CASES[i][1]] for i in by_cli[name]]
-        cases_path, results_path = work / f"{name}.cases.json", work / f"{name}.results.json"
-        cases_path.write_text(json.dumps(cases))
-        if name == "train":  # configs are named relative to the repository
-            cases = [[a.replace("experiments/configs", str(repo_root / "experiments" / "configs")) for a in c]
-                     for c in cases]
-            cases_path.write_text(json.dumps(cases))
-        done = subprocess.run([sys.executable, "-m", "tests.experiments.cli_cases", f"experiments.{name}",
-                               str(cases_path), str(results_path), str(root)], cwd=root, env=env,
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return json.loads(results_path.read_text())
+        # (configs are named relative to the repository)
+        return [[a.replace("experiments/configs", str(repo_root / "experiments" / "configs")) for a in c]
+                for c in cases]
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        outputs = dict(zip(by_cli, pool.map(run, by_cli)))
+    def run(group: int, names: list[str]) -> dict[str, list[dict]]:
+        cases_path, results_path = work / f"{group}.cases.json", work / f"{group}.results.json"
+        cases_path.write_text(json.dumps({f"experiments.{name}": cases_of(name) for name in names}))
+        done = subprocess.run([sys.executable, "-m", "tests.experiments.cli_cases", str(cases_path),
+                               str(results_path), str(root)], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return {name.split(".", 1)[1]: result for name, result in json.loads(results_path.read_text()).items()}
+
+    names = list(by_cli)
+    groups = [names[0::2], names[1::2]]  # two interpreters, one per core
+    with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+        outputs = {}
+        for part in pool.map(run, range(len(groups)), groups):
+            outputs.update(part)
     flat = {}
     for name, indices in by_cli.items():
         for index, result in zip(indices, outputs[name]):

@@ -135,3 +135,11 @@ def test_atomic_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+
+
+def test_wfdb_header_text_has_no_control_characters(tmp_path):
+    """Report text with terminal escape codes goes into the header as plain text (no raw ESC, BEL, NUL)."""
+    header, _ = ecg_io.write_wfdb(tmp_path / "esc", _ecg(), fs=500, comments=["text: a\x1b[2Jb\x07c\x00d\te"])
+    raw = header.read_bytes()
+    assert not any(b < 32 and b not in (10, 13) for b in raw), raw
+    assert wfdb.rdheader(str(tmp_path / "esc")).comments == ["text: a [2Jb c d e"]
