@@ -49,10 +49,7 @@ flags.DEFINE_string("out", None, "Output directory (default: <workdir>/ablation)
 cli.check_int("num_steps", 1)
 cli.check_int("vae_steps", 1)
 cli.check_int("num_samples", 1)
-cli.check_int("steps", 1)
-cli.check_float("guidance_scale", 0)
-cli.check_float("eta", 0, 1)
-cli.check_int("seed", 0, cli.MAX_SEED)
+cli.check_sampling_flags()
 
 LABELS = {"full": "SE-Diff (full)", "no_simulator": "w/o simulator", "no_interlead": "w/o inter-lead",
           "no_experience": "w/o experience", "no_euler": "w/o L_Euler", "no_sim_solve": "w/o L_sim",

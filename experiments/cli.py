@@ -124,5 +124,13 @@ def check_int(name: str, low: int | None = None, high: int | None = None) -> Non
     flags.register_validator(name, ok, message=f"--{name} must be {where}")
 
 
-MAX_SEED = 2**32 - 1
+MAX_SEED = 2**32 - 1  # (JAX keys take 32-bit seeds without x64: 2**32 would give seed 0's ECGs)
+
+
+def check_sampling_flags() -> None:
+    """The checks of the sampling flags the generating CLIs share: --steps, --guidance_scale, --eta, --seed."""
+    check_int("steps", 1)
+    check_float("guidance_scale", 0)
+    check_float("eta", 0, 1)
+    check_int("seed", 0, MAX_SEED)
 

@@ -36,10 +36,7 @@ flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("out", None, "Output directory.", required=True)
 cli.check_int("num_steps", 1)
 cli.check_int("batch_size", 1)
-cli.check_int("steps", 1)
-cli.check_float("guidance_scale", 0)
-cli.check_float("eta", 0, 1)
-cli.check_int("seed", 0, cli.MAX_SEED)
+cli.check_sampling_flags()
 
 
 def main(argv):

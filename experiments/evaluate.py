@@ -48,11 +48,8 @@ flags.DEFINE_string("out", None, "Output directory (metrics.json, report.md): ne
                     required=True)
 flags.DEFINE_bool("overwrite", False, "Replace this tool's earlier metrics.json and report.md in --out.")
 cli.check_int("num_samples", 1)
-cli.check_int("steps", 1)
-cli.check_float("guidance_scale", 0)
-cli.check_float("eta", 0, 1)
+cli.check_sampling_flags()
 cli.check_float("highpass_hz", 0, 40, low_open=True)
-cli.check_int("seed", 0, cli.MAX_SEED)
 cli.check_int("max_batch", 1)
 
 OUTPUT_FILES = ("metrics.json", "report.md")

@@ -27,10 +27,7 @@ flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("out", "gallery.png", "Output PNG.")
 cli.check_int("records", 1)
 cli.check_int("skip", 0)
-cli.check_int("steps", 1)
-cli.check_float("guidance_scale", 0)
-cli.check_float("eta", 0, 1)
-cli.check_int("seed", 0, cli.MAX_SEED)
+cli.check_sampling_flags()
 
 
 def main(argv):

@@ -56,10 +56,7 @@ flags.DEFINE_integer("max_batch", 64, "ECGs sampled together (memory).")
 
 
 cli.check_int("num_samples", 1)
-cli.check_int("seed", 0, cli.MAX_SEED)
-cli.check_int("steps", 1)
-cli.check_float("guidance_scale", 0)
-cli.check_float("eta", 0, 1)
+cli.check_sampling_flags()
 cli.check_float("clip_x0", 0, low_open=True, allow_inf=True)
 cli.check_float("simulator_guidance", 0)
 cli.check_int("max_batch", 1)
