@@ -11,6 +11,7 @@ PYTEST_ARGS ?=
 # Test files run on this many processes (pytest-xdist); each compiles its own programs, so 2 fits 2 cores.
 PYTEST_WORKERS ?= 2
 DEMO_OUT ?= demo_out
+DEMO_SIMULATOR_OUT ?= demo_simulator_out
 
 .PHONY: demo demo-simulator test test-all bench clean
 
@@ -27,16 +28,16 @@ $(VENV)/.test: $(VENV)/.base setup.py
 
 demo: $(VENV)/.base
 	$(PY) -m experiments.sample --prompts=experiments/prompts/demo.csv --num_samples=1 --seed=0 \
-		--sampler=ddim --steps=50 --guidance_scale=2 --out_dir=$(DEMO_OUT)
+		--sampler=ddim --steps=50 --guidance_scale=2 --out_dir=$(DEMO_OUT) --overwrite
 	@echo "Generated ECGs (WFDB .hea/.dat, .png, samples.npz, manifest.json) from experiments/prompts/demo.csv are in $(abspath $(DEMO_OUT))/"
 
 # The simulator alone: 12-lead ECGs from the embedded presets, and a prepared synthetic dataset.
 demo-simulator: $(VENV)/.base
-	$(PY) -m experiments.simulate --preset=normal_sinus --num=2 --seed=0 --out=$(DEMO_OUT)/simulated/normal_sinus
-	$(PY) -m experiments.simulate --preset=atrial_fibrillation --num=1 --seed=1 --noise --out=$(DEMO_OUT)/simulated/atrial_fibrillation
-	$(PY) -m experiments.simulate --preset=st_elevation --num=1 --seed=2 --out=$(DEMO_OUT)/simulated/st_elevation
-	$(PY) -m experiments.prepare_data --dataset=synthetic --num_synthetic=200 --fs=100 --overwrite --out_dir=$(DEMO_OUT)/prepared
-	@echo "Simulated ECGs and a prepared synthetic dataset are in $(abspath $(DEMO_OUT))/"
+	$(PY) -m experiments.simulate --preset=normal_sinus --num=2 --seed=0 --out=$(DEMO_SIMULATOR_OUT)/simulated/normal_sinus
+	$(PY) -m experiments.simulate --preset=atrial_fibrillation --num=1 --seed=1 --noise --out=$(DEMO_SIMULATOR_OUT)/simulated/atrial_fibrillation
+	$(PY) -m experiments.simulate --preset=st_elevation --num=1 --seed=2 --out=$(DEMO_SIMULATOR_OUT)/simulated/st_elevation
+	$(PY) -m experiments.prepare_data --dataset=synthetic --num_synthetic=200 --fs=100 --overwrite --out_dir=$(DEMO_SIMULATOR_OUT)/prepared
+	@echo "Simulated ECGs and a prepared synthetic dataset are in $(abspath $(DEMO_SIMULATOR_OUT))/"
 
 # Fast suite (what CI runs). Tests marked `slow` run with `make test-all`.
 test: $(VENV)/.test
@@ -54,4 +55,4 @@ bench: $(VENV)/.test
 	$(PY) -m experiments.benchmarks.retrieval
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) $(DEMO_SIMULATOR_OUT) .pytest_cache
