@@ -149,8 +149,7 @@ def main(argv):
         record = {"variant": variant, "workdir": workdir, "model_id": model.id, "records": pairs.record_ids,
                   "sampler": {"steps": FLAGS.steps, "guidance_scale": FLAGS.guidance_scale, "eta": FLAGS.eta},
                   "seed": FLAGS.seed, "generation_seconds": round(seconds, 2), **results[variant]}
-        with atomic_path(out / variant / "metrics.json") as tmp:
-            tmp.write_text(jsonio.dumps(record, indent=1) + "\n")
+        jsonio.write_json(out / variant / "metrics.json", record)
         with atomic_path(out / variant / "report.md") as tmp:
             tmp.write_text(markdown_report(f"{LABELS[variant]} ({model.id})", f"{len(pairs.record_ids)} records of "
                                            f"{FLAGS.split}", results[variant]))
@@ -161,9 +160,8 @@ def main(argv):
             f"\n\n{table(results)}\n")
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(text)
-    with atomic_path(out / "ablation.json") as tmp:
-        tmp.write_text(jsonio.dumps({"config": FLAGS.config, "command": " ".join(sys.argv), "results": results},
-                                  indent=1) + "\n")
+    jsonio.write_json(out / "ablation.json",
+                      {"config": FLAGS.config, "command": " ".join(sys.argv), "results": results})
     print(text)
     return 0
 

@@ -67,10 +67,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail("; ".join(line.strip() for line in str(e).splitlines() if line.strip()))
 
 
-def run(main: Callable[[list[str]], Any], user_errors: tuple[type[BaseException], ...] = ()) -> None:
-    """`app.run(main)` with one-line user errors (exit 2) and quiet library logs; `user_errors` adds exception
-    types that `main` lets escape and that are the user's to fix (a missing file, a bad record...)."""
-    errors = USER_ERRORS + tuple(user_errors)
+def run(main: Callable[[list[str]], Any]) -> None:
+    """`app.run(main)` with one-line user errors (USER_ERRORS: exit 2) and quiet library logs."""
 
     def wrapped(argv):
         quiet_library_logs()
@@ -78,17 +76,13 @@ def run(main: Callable[[list[str]], Any], user_errors: tuple[type[BaseException]
             fail(f"unexpected arguments: {' '.join(argv[1:])}")
         try:
             return main(argv)
-        except errors as e:
+        except USER_ERRORS as e:
             fail(str(e))
 
     app.run(wrapped, flags_parser=parse_flags)
 
 
 # -- flag checks: registered at import, so they run while flags are parsed, before any work ----------------------
-
-def _finite(value) -> bool:
-    return value is None or (isinstance(value, (int, float)) and math.isfinite(value))
-
 
 def check_float(name: str, low: float | None = None, high: float | None = None, *, low_open: bool = False,
                 high_open: bool = False, allow_inf: bool = False) -> None:

@@ -115,10 +115,9 @@ def main(argv):
               f"{len(train.record_ids)} real training records, {len(parts['validation'].record_ids)} validation "
               f"(thresholds), {len(parts['test'].record_ids)} test (positives {positives}); mean ± std over seeds "
               f"{seeds}, {FLAGS.num_steps} steps each.\n\n" + "\n".join(lines) + "\n")
-    with atomic_path(out / "downstream.json") as tmp:
-        tmp.write_text(jsonio.dumps({"checkpoint": {"path": str(model.source), "id": model.id}, "sampler": stamp,
-                                   "generation_seconds": round(generation_s, 1), "results": results,
-                                   "command": " ".join(sys.argv)}, indent=1) + "\n")
+    jsonio.write_json(out / "downstream.json", {
+        "checkpoint": {"path": str(model.source), "id": model.id}, "sampler": stamp,
+        "generation_seconds": round(generation_s, 1), "results": results, "command": " ".join(sys.argv)})
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(report)
     print(report)

@@ -131,8 +131,7 @@ def main(argv):
                f"generated from. HR: {scores['paired']['unmeasurable_hr']} generated ECGs had too few beats to "
                "measure.")
     report = markdown_report(f"Evaluation: {model.id} on {FLAGS.dataset} {FLAGS.split}", summary, scores)
-    with atomic_path(out / "metrics.json") as tmp:
-        tmp.write_text(jsonio.dumps(result, indent=1) + "\n")
+    jsonio.write_json(out / "metrics.json", result)
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(report)
     print(report)

@@ -124,8 +124,7 @@ def write_outputs(out_dir: Path, name: str, result, record_fs: float, source: st
     summary = {"record": source, "record_fs_hz": record_fs, **result.summary()}
     written = []
     json_path = out_dir / f"{name}.json"
-    with atomic_path(json_path) as tmp:
-        tmp.write_text(jsonio.dumps(summary, indent=2) + "\n")
+    jsonio.write_json(json_path, summary, indent=2)
     written.append(json_path)
     npz_path = out_dir / f"{name}.npz"
     with atomic_path(npz_path) as tmp:

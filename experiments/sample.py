@@ -181,7 +181,7 @@ def generate_files(out, prompts, generator, config, seed: int, num_samples: int,
 def _model_steps(checkpoint: str) -> int | None:
     """The diffusion steps of an exported model, from its config.json alone (checked field by field; None when
     the checkpoint is not an exported model), so that --steps is checked before the model loads."""
-    from sediff_jax.generation.model import CONFIG_FILE, validate_model_config
+    from sediff_jax.generation.model import CONFIG_FILE, MODEL_FORMAT, validate_model_config
     from sediff_jax.training.checkpoint import CheckpointError
 
     path = Path(checkpoint) / CONFIG_FILE
@@ -189,7 +189,7 @@ def _model_steps(checkpoint: str) -> int | None:
         config = json.loads(path.read_text())
     except (OSError, ValueError):
         return None  # load_model says what is wrong
-    if not isinstance(config, dict) or config.get("format") != "sediff_jax.model":
+    if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
         return None
     try:
         validate_model_config(config, str(path))

@@ -55,7 +55,6 @@ def main(argv):
     from sediff_jax.evaluation.clip import retrieval_scores, train_clip
     from sediff_jax.evaluation.networks import NetworkTrainConfig
     from sediff_jax.evaluation.paired import real_pairs
-    from sediff_jax.io.atomic import atomic_path
     from sediff_jax.text import make_text_encoder
 
     source = FLAGS.source_dir or dataset_dir(FLAGS.dataset)
@@ -81,9 +80,9 @@ def main(argv):
     scores = {split: retrieval_scores(encoder, pairs.ecg, pairs.texts) for split, pairs in reports.items()}
     out = Path(FLAGS.out)
     encoder.save(out)
-    with atomic_path(out.with_suffix(".json")) as tmp:
-        tmp.write_text(jsonio.dumps({"id": encoder.id, "config": encoder.config, "train_seconds": round(seconds, 1),
-                                   "retrieval": scores, "command": " ".join(sys.argv)}, indent=1) + "\n")
+    jsonio.write_json(out.with_suffix(".json"), {"id": encoder.id, "config": encoder.config,
+                                                 "train_seconds": round(seconds, 1), "retrieval": scores,
+                                                 "command": " ".join(sys.argv)})
     for split, s in scores.items():
         print(f"{split}: matched cos {s['matched_cos']:.3f} vs shuffled {s['shuffled_cos']:.3f}; ECG->text top-1 "
               f"{s['top1']:.3f}, top-5 {s['top5']:.3f} among {s['distinct_texts']} reports")

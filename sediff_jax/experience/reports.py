@@ -103,8 +103,7 @@ def save_experience(out_dir: str | os.PathLike, corpus: ProfileCorpus, index: Ex
                "retrieval": {**dataclasses.asdict(index.config), "weights": dict(index.config.weights)},
                "corpus": corpus_summary(corpus), "index_profiles": len(index),
                "records_with_report": sum(bool(e["report"]) for e in entries), **manifest}
-    with atomic_path(out / "manifest.json") as tmp:
-        tmp.write_text(jsonio.dumps(content, indent=2))
+    jsonio.write_json(out / "manifest.json", content, indent=2)
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -24,7 +25,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from sediff_jax.diffusion.schedule import NoiseSchedule, make_schedule
+from sediff_jax.diffusion.schedule import PREDICTIONS, NoiseSchedule, make_schedule
 from sediff_jax.io import jsonio
 from sediff_jax.io.outputs import OutputError, output_dir, replace_directory
 from sediff_jax.models.denoiser import DenoiserConfig, LatentDenoiser
@@ -121,10 +122,6 @@ def _field_error(where: str, key: str, value: Any, wanted: str) -> CheckpointErr
 def validate_model_config(config: Any, where: str) -> None:
     """Check a model `config.json` field by field (CheckpointError names the file and the field): a model that
     loads is one that can generate."""
-    import math
-
-    from sediff_jax.diffusion.schedule import PREDICTIONS
-
     if not isinstance(config, dict):
         raise CheckpointError(f"{where}: not a model config (a JSON object is expected)")
     for key in ("denoiser", "vae", "schedule", "prediction", "fs", "duration_s", "latent_scale", "text_encoder"):
