@@ -18,6 +18,8 @@ CORE = [
     # Prepared datasets: TFDS writes and reads array_record without TensorFlow.
     "tensorflow-datasets>=4.9.7",
     "array_record>=0.5",
+    # Worker processes of the batch loader (data.loader_workers > 0): grain over the same array_record data.
+    "grain>=0.2.18; python_version >= '3.11'",
     "absl-py>=2.0",
     "ml_collections>=0.1.1",
     "matplotlib>=3.8",

@@ -56,10 +56,14 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.stage = "both"
     c.seed = 0
+    # Compute precision of both models: "float32", or "bfloat16" (mixed precision for GPUs/TPUs: parameters,
+    # optimiser, losses, simulator and ODE solve stay float32; checkpoints are the same either way).
+    c.precision = "float32"
     c.data = ml_collections.ConfigDict(dict(
         dataset="synthetic", source_dir="", prepared_dir="", prepare_if_missing=True, fs=100.0, duration_s=10.0,
         highpass_hz=None, num_synthetic=200, synthetic_seed=0, num_workers=1, train_split="train",
-        eval_split="validation", test_split="test", prefetch=2))
+        eval_split="validation", test_split="test", prefetch=2, loader_workers=0))
+    # loader_workers: grain processes that read and assemble batches (0: `prefetch` threads in the trainer).
     c.text = ml_collections.ConfigDict(dict(encoder="minilm", max_length=64))
     # Retrieved experience (experiments/build_experience.py output); "" trains without (the "w/o Exp" ablation).
     c.experience = ml_collections.ConfigDict(dict(dir="", max_tokens=128))

@@ -7,6 +7,7 @@ from experiments.configs import mimic
 def get_config(variant: str | None = None):
     c = mimic.get_config(variant)
     c.data.prefetch = 16
+    c.data.loader_workers = 8
     c.vae.training.update(batch_size=2048, num_steps=30_000, checkpoint_every=1000)
     c.vae.optimizer.update(learning_rate=4e-3, warmup_steps=1000)
     c.diffusion.training.update(batch_size=2048, num_steps=100_000, checkpoint_every=1000)

@@ -4,8 +4,14 @@ The order of epoch `e` is a permutation drawn from `(seed, e)`; global batch `k`
 `global_batch_size` examples of it, and process `p` of `P` reads the p-th of its P equal slices. So the hosts
 read disjoint shards that together cover the split, every host yields the same number of batches (SPMD steps
 stay in lockstep), and the global batch (examples and their order) does not depend on the number of hosts. The position is (epoch, batch index): `state()` after any batch and
-`BatchLoader(..., state=...)` continue with exactly the next batch. Turn a host's batch into global arrays
-with `sediff_jax.training.mesh.host_local_to_global`.
+`BatchLoader(..., state=...)` continue with exactly the next batch; the loop saves it in every orbax
+checkpoint. Turn a host's batch into global arrays with `sediff_jax.training.mesh.host_local_to_global`.
+
+Batches are read and assembled ahead of the training step by `prefetch` threads, or, with `workers > 0`, by
+`grain` worker processes (`IterDataset.mp_prefetch` over a `MapDataset` of batch positions): the same
+batches in the same order (the plan of which examples form a batch is a pure function of the position, so the
+position alone is the iterator's state), with decoding and stacking off the training process, for hosts whose
+input pipeline would otherwise bound the step.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import concurrent.futures
 import dataclasses
 import json
 import math
+import sys
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -45,6 +52,79 @@ class LoaderState:
         return cls(**json.loads(text))
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchPlan:
+    """Which examples form each local batch: a pure function of (epoch, batch), the same on every host.
+
+    Epoch e's order is a permutation drawn from (seed, e) (or the dataset order without shuffling); global batch
+    k is its k-th run of `global_batch_size`; this process reads the `process_index`-th slice of it."""
+
+    num_examples: int
+    global_batch_size: int
+    local_batch_size: int
+    process_index: int
+    seed: int
+    shuffle: bool
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        if self.shuffle:
+            return np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+        return np.arange(self.num_examples)
+
+    def batch_indices(self, epoch: int, batch: int, order: np.ndarray | None = None) -> np.ndarray:
+        """Indices of one local batch; -1 marks padding (only past the end of an epoch)."""
+        order = self.epoch_order(epoch) if order is None else order
+        start = batch * self.global_batch_size + self.process_index * self.local_batch_size
+        chunk = order[start : min(start + self.local_batch_size, (batch + 1) * self.global_batch_size)]
+        if len(chunk) < self.local_batch_size:
+            chunk = np.concatenate([chunk, np.full(self.local_batch_size - len(chunk), -1, np.int64)])
+        return chunk.astype(np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class _BatchAt:
+    """Flat position (epoch * batches_per_epoch + batch) -> the local batch: what a grain worker runs."""
+
+    plan: BatchPlan
+    source: Any
+    batches_per_epoch: int
+    max_r_peaks: int
+
+    def __call__(self, position: int) -> dict[str, Any]:
+        epoch, batch = divmod(int(position), self.batches_per_epoch)
+        return make_batch(self.source, self.plan.batch_indices(epoch, batch), self.max_r_peaks)
+
+
+def make_batch(source, indices: np.ndarray, max_r_peaks: int = 51) -> dict[str, Any]:
+    """Read and stack the examples of `source` at `indices` (-1: a padding slot, filled with a real example and
+    masked out; a host whose whole slice of the last eval batch is padding reads example 0 as filler)."""
+    mask = indices >= 0
+    real = indices[mask]
+    examples = source.__getitems__([int(i) for i in real]) if real.size else []
+    filler = examples[0] if real.size else source.__getitems__([0])[0]
+    fill = [filler] * int((~mask).sum())
+    examples = list(examples) + fill
+    batch: dict[str, Any] = {
+        "ecg": np.stack([e["ecg"] for e in examples]).astype(np.float32, copy=False),
+        "hr_bpm": np.array([e["hr_bpm"] for e in examples], np.float32),
+        "age": np.array([e["age"] for e in examples], np.float32),
+        "sex": np.array([e["sex"] for e in examples], np.int32),
+        "measurements": np.stack([np.asarray(e["measurements"], np.float32) for e in examples]).reshape(
+            len(examples), len(MEASUREMENT_NAMES)),
+    }
+    peaks = np.full((len(examples), max_r_peaks), -1, np.int32)
+    counts = np.zeros(len(examples), np.int32)
+    for k, e in enumerate(examples):
+        p = np.asarray(e["r_peaks"], np.int32)[:max_r_peaks]
+        peaks[k, : len(p)], counts[k] = p, len(p)
+    batch["r_peaks"], batch["num_r_peaks"] = peaks, counts
+    for name in STRING_FIELDS:
+        batch[name] = np.array([_text(e[name]) for e in examples], dtype=object)
+    batch["index"] = np.concatenate([real, np.full(int((~mask).sum()), -1)]).astype(np.int64)
+    batch["mask"] = np.concatenate([np.ones(real.size, bool), np.zeros(int((~mask).sum()), bool)])
+    return batch
+
+
 class BatchLoader:
     """Iterates batches of one split for this process.
 
@@ -57,7 +137,8 @@ class BatchLoader:
       num_epochs: stop after this many epochs (None: forever).
       process_index, process_count: this host and the number of hosts (default: from jax).
       max_r_peaks: width of the padded `r_peaks` array (padding -1).
-      prefetch: batches decoded ahead in background threads.
+      prefetch: batches decoded ahead (threads; with `workers`, per worker process).
+      workers: grain worker processes that read and assemble batches (0: threads in this process).
       state: a LoaderState to resume from.
 
     Each batch is a dict: ecg (b, time, 12) float32 mV, r_peaks (b, max_r_peaks) int32, num_r_peaks (b,),
@@ -79,6 +160,7 @@ class BatchLoader:
         process_count: int | None = None,
         max_r_peaks: int = 51,
         prefetch: int = 2,
+        workers: int = 0,
         state: LoaderState | None = None,
     ):
         if process_index is None or process_count is None:
@@ -101,6 +183,9 @@ class BatchLoader:
         self.process_index, self.process_count = process_index, process_count
         self.max_r_peaks = max_r_peaks
         self.prefetch = max(0, prefetch)
+        if workers < 0:
+            raise ValueError(f"workers={workers} must be >= 0")
+        self.workers = workers
         if drop_remainder:
             self.batches_per_epoch = self.num_examples // global_batch_size
             if self.batches_per_epoch == 0:
@@ -110,8 +195,12 @@ class BatchLoader:
         self._epoch, self._batch = 0, 0
         if state is not None:
             self._restore(state)
+        self.plan = BatchPlan(self.num_examples, global_batch_size, self.local_batch_size, process_index, seed,
+                              shuffle)
         self._order_cache: tuple[int, np.ndarray] | None = None
-        self._pool = concurrent.futures.ThreadPoolExecutor(max(1, self.prefetch)) if self.prefetch else None
+        self._grain_iter = None
+        self._pool = (concurrent.futures.ThreadPoolExecutor(max(1, self.prefetch))
+                      if self.prefetch and not workers else None)
         self._pending: collections.deque = collections.deque()
 
     # -- position ----------------------------------------------------------------------------------------
@@ -133,14 +222,9 @@ class BatchLoader:
     # -- order -------------------------------------------------------------------------------------------
     def epoch_order(self, epoch: int) -> np.ndarray:
         """All example indices of `epoch` in the order all processes agree on."""
-        if self._order_cache is not None and self._order_cache[0] == epoch:
-            return self._order_cache[1]
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
-        else:
-            order = np.arange(self.num_examples)
-        self._order_cache = (epoch, order)
-        return order
+        if self._order_cache is None or self._order_cache[0] != epoch:
+            self._order_cache = (epoch, self.plan.epoch_order(epoch))
+        return self._order_cache[1]
 
     def host_indices(self, epoch: int) -> np.ndarray:
         """This process's share of `epoch`, in the order its batches read it (-1: padding)."""
@@ -149,12 +233,7 @@ class BatchLoader:
     def batch_indices(self, epoch: int, batch: int) -> np.ndarray:
         """Indices of one local batch: this process's slice of global batch `batch`; -1 marks padding (only
         without drop_remainder)."""
-        order = self.epoch_order(epoch)
-        start = batch * self.global_batch_size + self.process_index * self.local_batch_size
-        chunk = order[start : min(start + self.local_batch_size, (batch + 1) * self.global_batch_size)]
-        if len(chunk) < self.local_batch_size:
-            chunk = np.concatenate([chunk, np.full(self.local_batch_size - len(chunk), -1, np.int64)])
-        return chunk.astype(np.int64)
+        return self.plan.batch_indices(epoch, batch, self.epoch_order(epoch))
 
     # -- batches -----------------------------------------------------------------------------------------
     def _positions(self) -> Iterator[tuple[int, int]]:
@@ -167,39 +246,35 @@ class BatchLoader:
             batch += 1
 
     def make_batch(self, indices: np.ndarray) -> dict[str, Any]:
-        """Read and stack the examples at `indices` (-1: a padding slot, filled with a real example and masked
-        out; a host whose whole slice of the last eval batch is padding reads example 0 as filler)."""
-        mask = indices >= 0
-        real = indices[mask]
-        examples = self.source.__getitems__([int(i) for i in real]) if real.size else []
-        filler = examples[0] if real.size else self.source.__getitems__([0])[0]
-        fill = [filler] * int((~mask).sum())
-        examples = list(examples) + fill
-        batch: dict[str, Any] = {
-            "ecg": np.stack([e["ecg"] for e in examples]).astype(np.float32, copy=False),
-            "hr_bpm": np.array([e["hr_bpm"] for e in examples], np.float32),
-            "age": np.array([e["age"] for e in examples], np.float32),
-            "sex": np.array([e["sex"] for e in examples], np.int32),
-            "measurements": np.stack([np.asarray(e["measurements"], np.float32) for e in examples]).reshape(
-                len(examples), len(MEASUREMENT_NAMES)),
-        }
-        peaks = np.full((len(examples), self.max_r_peaks), -1, np.int32)
-        counts = np.zeros(len(examples), np.int32)
-        for k, e in enumerate(examples):
-            p = np.asarray(e["r_peaks"], np.int32)[: self.max_r_peaks]
-            peaks[k, : len(p)], counts[k] = p, len(p)
-        batch["r_peaks"], batch["num_r_peaks"] = peaks, counts
-        for name in STRING_FIELDS:
-            batch[name] = np.array([_text(e[name]) for e in examples], dtype=object)
-        batch["index"] = np.concatenate([real, np.full(int((~mask).sum()), -1)]).astype(np.int64)
-        batch["mask"] = np.concatenate([np.ones(real.size, bool), np.zeros(int((~mask).sum()), bool)])
-        return batch
+        """The local batch of the examples at `indices` (`make_batch`)."""
+        return make_batch(self.source, indices, self.max_r_peaks)
+
+    def _grain_iterator(self):
+        """Batches from the current position on, assembled by `workers` grain processes."""
+        import grain
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain reads its absl flags; outside an absl app they keep their defaults
+            flags.FLAGS.mark_as_parsed()
+        start = self._epoch * self.batches_per_epoch + self._batch
+        stop = sys.maxsize if self.num_epochs is None else self.num_epochs * self.batches_per_epoch
+        batches = grain.MapDataset.range(start, stop).map(
+            _BatchAt(self.plan, self.source, self.batches_per_epoch, self.max_r_peaks))
+        options = grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=max(1, self.prefetch))
+        return iter(batches.to_iter_dataset().mp_prefetch(options))
 
     def __iter__(self) -> "BatchLoader":
         return self
 
     def __next__(self) -> dict[str, Any]:
-        if self._pool is None:
+        if self.workers:
+            if self.num_epochs is not None and self._epoch >= self.num_epochs:
+                raise StopIteration
+            if self._grain_iter is None:
+                self._grain_iter = self._grain_iterator()
+            batch = next(self._grain_iter)
+            position = divmod(self._epoch * self.batches_per_epoch + self._batch, self.batches_per_epoch)
+        elif self._pool is None:
             position = next(iter(self._positions()), None)
             if position is None:
                 raise StopIteration
@@ -222,6 +297,11 @@ class BatchLoader:
         return batch
 
     def close(self) -> None:
+        if self._grain_iter is not None:
+            close = getattr(self._grain_iter, "close", None)  # stops the worker processes
+            if close is not None:
+                close()
+            self._grain_iter = None
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

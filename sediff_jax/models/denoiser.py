@@ -5,6 +5,10 @@ Conditions enter as tokens through real cross-attention (not one pooled vector r
 attention uniform). Classifier-free guidance: `drop` (batch, 3) replaces the text / experience / metadata tokens
 of a record by learned null tokens, so one network gives the conditional and the unconditional prediction.
 Unknown metadata (age NaN, sex -1, heart rate NaN) get learned "unknown" tokens of their own.
+
+`dtype` is the compute precision (`float32`, or `bfloat16` for mixed precision on accelerators): convolutions,
+attention, matmuls and norms run in it; parameters stay float32, attention softmaxes and the timestep
+embedding are float32, and the prediction is returned in float32.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 Array = jax.Array
+DType = jnp.dtype | type
 TEXT, EXPERIENCE, METADATA = 0, 1, 2
 
 
@@ -52,20 +57,21 @@ def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array
     return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
 
 
-def _norm(c: int, groups: int, rngs: nnx.Rngs) -> nnx.GroupNorm:
-    return nnx.GroupNorm(c, num_groups=math.gcd(groups, c), rngs=rngs)
+def _norm(c: int, groups: int, dtype: DType, rngs: nnx.Rngs) -> nnx.GroupNorm:
+    return nnx.GroupNorm(c, num_groups=math.gcd(groups, c), dtype=dtype, rngs=rngs)
 
 
 class TimeResBlock(nnx.Module):
     """Residual conv block whose second norm is modulated (scale, shift) by the timestep embedding."""
 
-    def __init__(self, c_in: int, c_out: int, config: DenoiserConfig, *, rngs: nnx.Rngs):
-        self.norm1 = _norm(c_in, config.num_groups, rngs)
-        self.conv1 = nnx.Conv(c_in, c_out, (3,), padding="SAME", rngs=rngs)
-        self.modulation = nnx.Linear(config.time_embed_dim, 2 * c_out, rngs=rngs)
-        self.norm2 = _norm(c_out, config.num_groups, rngs)
-        self.conv2 = nnx.Conv(c_out, c_out, (3,), padding="SAME", rngs=rngs)
-        self.skip = nnx.Conv(c_in, c_out, (1,), rngs=rngs) if c_in != c_out else None
+    def __init__(self, c_in: int, c_out: int, config: DenoiserConfig, *, dtype: DType = jnp.float32,
+                 rngs: nnx.Rngs):
+        self.norm1 = _norm(c_in, config.num_groups, dtype, rngs)
+        self.conv1 = nnx.Conv(c_in, c_out, (3,), padding="SAME", dtype=dtype, rngs=rngs)
+        self.modulation = nnx.Linear(config.time_embed_dim, 2 * c_out, dtype=dtype, rngs=rngs)
+        self.norm2 = _norm(c_out, config.num_groups, dtype, rngs)
+        self.conv2 = nnx.Conv(c_out, c_out, (3,), padding="SAME", dtype=dtype, rngs=rngs)
+        self.skip = nnx.Conv(c_in, c_out, (1,), dtype=dtype, rngs=rngs) if c_in != c_out else None
 
     def __call__(self, x: Array, temb: Array) -> Array:
         h = self.conv1(jax.nn.silu(self.norm1(x)))
@@ -77,12 +83,12 @@ class TimeResBlock(nnx.Module):
 class Attention(nnx.Module):
     """Multi-head attention of x (batch, n, c) over context (batch, m, d) with a key mask (batch, m)."""
 
-    def __init__(self, c: int, context_dim: int, num_heads: int, *, rngs: nnx.Rngs):
+    def __init__(self, c: int, context_dim: int, num_heads: int, *, dtype: DType = jnp.float32, rngs: nnx.Rngs):
         self.num_heads = num_heads
-        self.query = nnx.Linear(c, c, use_bias=False, rngs=rngs)
-        self.key = nnx.Linear(context_dim, c, use_bias=False, rngs=rngs)
-        self.value = nnx.Linear(context_dim, c, use_bias=False, rngs=rngs)
-        self.out = nnx.Linear(c, c, rngs=rngs)
+        self.query = nnx.Linear(c, c, use_bias=False, dtype=dtype, rngs=rngs)
+        self.key = nnx.Linear(context_dim, c, use_bias=False, dtype=dtype, rngs=rngs)
+        self.value = nnx.Linear(context_dim, c, use_bias=False, dtype=dtype, rngs=rngs)
+        self.out = nnx.Linear(c, c, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: Array, context: Array, mask: Array) -> Array:
         b, n, c = x.shape
@@ -90,22 +96,23 @@ class Attention(nnx.Module):
         q = self.query(x).reshape(b, n, h, c // h)
         k = self.key(context).reshape(b, context.shape[1], h, c // h)
         v = self.value(context).reshape(b, context.shape[1], h, c // h)
-        logits = jnp.einsum("bnhc,bmhc->bhnm", q, k) / math.sqrt(c // h)
+        logits = jnp.einsum("bnhc,bmhc->bhnm", q, k).astype(jnp.float32) / math.sqrt(c // h)
         logits = jnp.where(mask[:, None, None, :], logits, -1e9)
-        return self.out(jnp.einsum("bhnm,bmhc->bnhc", jax.nn.softmax(logits, axis=-1), v).reshape(b, n, c))
+        weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        return self.out(jnp.einsum("bhnm,bmhc->bnhc", weights, v).reshape(b, n, c))
 
 
 class AttentionBlock(nnx.Module):
     """Pre-norm self-attention over time, cross-attention to the condition tokens, and a GELU MLP."""
 
-    def __init__(self, c: int, config: DenoiserConfig, *, rngs: nnx.Rngs):
-        self.norm_self = nnx.LayerNorm(c, rngs=rngs)
-        self.self_attention = Attention(c, c, config.num_heads, rngs=rngs)
-        self.norm_cross = nnx.LayerNorm(c, rngs=rngs)
-        self.cross_attention = Attention(c, config.context_dim, config.num_heads, rngs=rngs)
-        self.norm_mlp = nnx.LayerNorm(c, rngs=rngs)
-        self.mlp_in = nnx.Linear(c, 4 * c, rngs=rngs)
-        self.mlp_out = nnx.Linear(4 * c, c, rngs=rngs)
+    def __init__(self, c: int, config: DenoiserConfig, *, dtype: DType = jnp.float32, rngs: nnx.Rngs):
+        self.norm_self = nnx.LayerNorm(c, dtype=dtype, rngs=rngs)
+        self.self_attention = Attention(c, c, config.num_heads, dtype=dtype, rngs=rngs)
+        self.norm_cross = nnx.LayerNorm(c, dtype=dtype, rngs=rngs)
+        self.cross_attention = Attention(c, config.context_dim, config.num_heads, dtype=dtype, rngs=rngs)
+        self.norm_mlp = nnx.LayerNorm(c, dtype=dtype, rngs=rngs)
+        self.mlp_in = nnx.Linear(c, 4 * c, dtype=dtype, rngs=rngs)
+        self.mlp_out = nnx.Linear(4 * c, c, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: Array, context: Array, context_mask: Array) -> Array:
         h = self.norm_self(x)
@@ -117,10 +124,11 @@ class AttentionBlock(nnx.Module):
 class ConditionTokens(nnx.Module):
     """Text and experience tokens (projected), three metadata tokens, and learned null/unknown tokens."""
 
-    def __init__(self, config: DenoiserConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: DenoiserConfig, *, dtype: DType = jnp.float32, rngs: nnx.Rngs):
         d = config.context_dim
-        self.text_proj = nnx.Linear(d, d, rngs=rngs)
-        self.experience_proj = nnx.Linear(d, d, rngs=rngs)
+        self.dtype = dtype
+        self.text_proj = nnx.Linear(d, d, dtype=dtype, rngs=rngs)
+        self.experience_proj = nnx.Linear(d, d, dtype=dtype, rngs=rngs)
         self.age_proj = nnx.Linear(1, d, rngs=rngs)
         self.hr_proj = nnx.Linear(1, d, rngs=rngs)
         self.sex_embed = nnx.Embed(3, d, rngs=rngs)  # male, female, unknown
@@ -130,13 +138,14 @@ class ConditionTokens(nnx.Module):
 
     def __call__(self, text, text_mask, experience, experience_mask, age, sex, hr, drop):
         b = text.shape[0]
-        null = self.null[...]
+        null = self.null[...].astype(self.dtype)
         age_known = jnp.isfinite(age)[:, None]
         hr_known = jnp.isfinite(hr)[:, None]
-        age_token = jnp.where(age_known, self.age_proj(jnp.nan_to_num(age)[:, None] / 100.0), self.unknown[...][0])
-        hr_token = jnp.where(hr_known, self.hr_proj(jnp.nan_to_num(hr)[:, None] / 100.0), self.unknown[...][1])
-        sex_token = self.sex_embed(jnp.where((sex == 0) | (sex == 1), sex, 2).astype(jnp.int32))
-        metadata = jnp.stack([age_token, sex_token, hr_token], axis=1)
+        unknown = self.unknown[...].astype(self.dtype)
+        age_token = jnp.where(age_known, self.age_proj(jnp.nan_to_num(age)[:, None] / 100.0), unknown[0])
+        hr_token = jnp.where(hr_known, self.hr_proj(jnp.nan_to_num(hr)[:, None] / 100.0), unknown[1])
+        sex_token = self.sex_embed(jnp.where((sex == 0) | (sex == 1), sex, 2).astype(jnp.int32)).astype(self.dtype)
+        metadata = jnp.stack([age_token, sex_token, hr_token], axis=1).astype(self.dtype)
 
         def group(tokens, mask, k):
             dropped = drop[:, k][:, None, None]
@@ -158,39 +167,42 @@ class LatentDenoiser(nnx.Module):
     x_t: (batch, time, latent_channels); t: (batch,) timesteps.  conditions: dict with text_tokens
     (batch, Lt, d), text_mask (batch, Lt), experience_tokens (batch, Le, d), experience_mask, age (batch,)
     years or NaN, sex (batch,) 0/1/-1, hr (batch,) bpm or NaN.  drop: (batch, 3) bool (text, experience,
-    metadata) for classifier-free guidance; None keeps every condition.
+    metadata) for classifier-free guidance; None keeps every condition. `dtype`: the compute precision (module
+    docstring); the prediction is float32 whatever it is.
     """
 
-    def __init__(self, config: DenoiserConfig = DenoiserConfig(), *, rngs: nnx.Rngs):
+    def __init__(self, config: DenoiserConfig = DenoiserConfig(), *, dtype: DType = jnp.float32, rngs: nnx.Rngs):
         self.config = config
         c, e = config.channels, config.time_embed_dim
-        self.time_in = nnx.Linear(e, e, rngs=rngs)
-        self.time_out = nnx.Linear(e, e, rngs=rngs)
-        self.conditions = ConditionTokens(config, rngs=rngs)
-        self.conv_in = nnx.Conv(config.latent_channels, c[0], (3,), padding="SAME", rngs=rngs)
+        self.time_in = nnx.Linear(e, e, dtype=dtype, rngs=rngs)
+        self.time_out = nnx.Linear(e, e, dtype=dtype, rngs=rngs)
+        self.conditions = ConditionTokens(config, dtype=dtype, rngs=rngs)
+        self.conv_in = nnx.Conv(config.latent_channels, c[0], (3,), padding="SAME", dtype=dtype, rngs=rngs)
         down, down_attn, downsample, skips_c = [], [], [], []
         c_prev = c[0]
         for level, (width, attend) in enumerate(zip(c, config.attention)):
-            down.append(TimeResBlock(c_prev, width, config, rngs=rngs))
-            down_attn.append(AttentionBlock(width, config, rngs=rngs) if attend else None)
+            down.append(TimeResBlock(c_prev, width, config, dtype=dtype, rngs=rngs))
+            down_attn.append(AttentionBlock(width, config, dtype=dtype, rngs=rngs) if attend else None)
             skips_c.append(width)
             last = level == len(c) - 1
-            downsample.append(None if last else nnx.Conv(width, width, (4,), strides=(2,), padding="SAME", rngs=rngs))
+            downsample.append(None if last else nnx.Conv(width, width, (4,), strides=(2,), padding="SAME", dtype=dtype,
+                                                         rngs=rngs))
             c_prev = width
         self.down, self.down_attn, self.downsample = nnx.List(down), nnx.List(down_attn), nnx.List(downsample)
-        self.mid1 = TimeResBlock(c_prev, c_prev, config, rngs=rngs)
-        self.mid_attn = AttentionBlock(c_prev, config, rngs=rngs)
-        self.mid2 = TimeResBlock(c_prev, c_prev, config, rngs=rngs)
+        self.mid1 = TimeResBlock(c_prev, c_prev, config, dtype=dtype, rngs=rngs)
+        self.mid_attn = AttentionBlock(c_prev, config, dtype=dtype, rngs=rngs)
+        self.mid2 = TimeResBlock(c_prev, c_prev, config, dtype=dtype, rngs=rngs)
         up, up_attn, upsample = [], [], []
         for level in reversed(range(len(c))):
             width = c[level]
-            up.append(TimeResBlock(c_prev + skips_c[level], width, config, rngs=rngs))
-            up_attn.append(AttentionBlock(width, config, rngs=rngs) if config.attention[level] else None)
-            upsample.append(None if level == 0 else nnx.Conv(width, width, (3,), padding="SAME", rngs=rngs))
+            up.append(TimeResBlock(c_prev + skips_c[level], width, config, dtype=dtype, rngs=rngs))
+            up_attn.append(AttentionBlock(width, config, dtype=dtype, rngs=rngs) if config.attention[level] else None)
+            upsample.append(None if level == 0 else nnx.Conv(width, width, (3,), padding="SAME", dtype=dtype,
+                                                             rngs=rngs))
             c_prev = width
         self.up, self.up_attn, self.upsample = nnx.List(up), nnx.List(up_attn), nnx.List(upsample)
-        self.norm_out = _norm(c_prev, config.num_groups, rngs)
-        self.conv_out = nnx.Conv(c_prev, config.latent_channels, (3,), padding="SAME",
+        self.norm_out = _norm(c_prev, config.num_groups, dtype, rngs)
+        self.conv_out = nnx.Conv(c_prev, config.latent_channels, (3,), padding="SAME", dtype=dtype,
                                  kernel_init=nnx.initializers.zeros, rngs=rngs)
 
     def __call__(self, x_t: Array, t: Array, conditions: dict[str, Array], drop: Array | None = None) -> Array:
@@ -219,4 +231,4 @@ class LatentDenoiser(nnx.Module):
                 h = attn(h, context, context_mask)
             if upsample is not None:
                 h = upsample(jnp.repeat(h, 2, axis=1))
-        return self.conv_out(jax.nn.silu(self.norm_out(h)))[:, :length]
+        return self.conv_out(jax.nn.silu(self.norm_out(h)))[:, :length].astype(jnp.float32)

@@ -27,6 +27,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -34,42 +35,31 @@ from flax import nnx
 from sediff_jax.data.builder import VERSION, config_name, open_split
 from sediff_jax.data.canonical import CanonicalConfig
 from sediff_jax.data.loader import BatchLoader, LoaderState
-from sediff_jax.diffusion.losses import DiffusionLossConfig
-from sediff_jax.diffusion.schedule import make_schedule
 from sediff_jax.io import jsonio
 from sediff_jax.io.atomic import atomic_path
-from sediff_jax.models.denoiser import DenoiserConfig, LatentDenoiser
 from sediff_jax.models.vae import ECGVAE, VAEConfig
-from sediff_jax.models.vae_losses import VAELossConfig
 from sediff_jax.progress import Progress
 from sediff_jax.training import checkpoint as ckpt
+from sediff_jax.training import stages
 from sediff_jax.training.conditions import ConditionBuilder
 from sediff_jax.training.mesh import host_local_to_global, make_mesh, replicated_sharding
 from sediff_jax.training.metrics import MetricWriter
+from sediff_jax.training.stages import PRECISIONS, build_vae, compute_dtype, denoiser_config, from_config, vae_config
 from sediff_jax.training.state import (
     OptimizerConfig, TrainState, abstract_like, init_state, make_optimizer, split_params,
 )
-from sediff_jax.training.steps import (
-    DIFFUSION_BATCH_KEYS, VAE_BATCH_KEYS, DiffusionStepConfig, latent_scale_from, make_diffusion_steps,
-    make_vae_steps,
-)
+from sediff_jax.training.steps import DIFFUSION_BATCH_KEYS, VAE_BATCH_KEYS, latent_scale_from
+
+# Re-exported: the builders moved to `sediff_jax.training.stages`.
+__all__ = ["PRECISIONS", "STAGES", "TrainingDiverged", "build_vae", "compute_dtype", "denoiser_config",
+           "from_config", "load_vae", "run_loop", "train", "train_diffusion", "train_vae", "vae_config"]
 
 STAGES = ("vae", "diffusion", "both")
+MAX_UNCHECKED_STEPS = 1000  # metrics held on the device between checks, at most
 
 
 class TrainingDiverged(FloatingPointError):
     """A loss term or the gradient became NaN/Inf; the message names the step and the term."""
-
-
-def from_config(cls, config: ml_collections.ConfigDict | dict, **overrides):
-    """Instantiate dataclass `cls` from the matching fields of `config` (lists become tuples)."""
-    values = {}
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key, value in dict(config).items():
-        if key in names:
-            values[key] = tuple(value) if isinstance(value, (list, tuple)) else value
-    values.update(overrides)
-    return cls(**values)
 
 
 # -- data -----------------------------------------------------------------------------------------------------
@@ -180,17 +170,24 @@ def run_loop(
     progress = None
     if jax.process_index() == 0 and training.get("progress_bar", True):
         progress = Progress(num_steps, stage, unit="step", initial=start_step)
-    pending: tuple[int, dict] | None = None  # the previous step's metrics, checked one step late (no stall)
+    # Metrics stay on the device until a logging, evaluation or checkpoint step, then leave in one transfer
+    # (no host round trip per step); every step's `finite` flag is checked there, before anything is saved.
+    unchecked: list[tuple[int, dict]] = []
     last, eval_metrics, stopped, t0 = {}, {}, False, time.time()
 
-    def check(step: int, metrics: dict) -> dict[str, float]:
-        host = jax.device_get(metrics)
-        if not bool(host["finite"]):
-            raise TrainingDiverged(
-                f"{stage} step {step}: {_bad_terms(host)} not finite; the update was skipped and training "
-                f"stopped (last checkpoint: step {checkpointer.latest_step()}). Lower the learning rate or check "
-                "the batch.")
-        return {k: float(v) for k, v in host.items() if k != "finite"}
+    def check() -> dict[str, float]:
+        """The latest step's metrics on the host; raises for the first non-finite step since the last check."""
+        if not unchecked:
+            return last
+        host = jax.device_get([metrics for _, metrics in unchecked])
+        for (bad_step, _), values in zip(unchecked, host):
+            if not bool(values["finite"]):
+                raise TrainingDiverged(
+                    f"{stage} step {bad_step}: {_bad_terms(values)} not finite; the update was skipped and "
+                    f"training stopped (last checkpoint: step {checkpointer.latest_step()}). Lower the learning "
+                    "rate or check the batch.")
+        unchecked.clear()
+        return {k: float(v) for k, v in host[-1].items() if k != "finite"}
 
     step = start_step
     try:
@@ -199,22 +196,24 @@ def run_loop(
                 batch = next(loader)
                 state, metrics = train_step(state, to_inputs(batch))
                 step += 1
-                if pending is not None:
-                    check(*pending)
-                pending = (step, metrics)
+                unchecked.append((step, metrics))
                 final = step == num_steps
+                halt = training.get("halt_at_step", 0)
+                preempted = stop.requested or checkpointer.reached_preemption(step) or (halt and step == halt)
+                evaluating = step % training.eval_every == 0 or final
+                saving = step % training.checkpoint_every == 0 or final or preempted
                 if step % training.log_every == 0 or final:
-                    last = check(*pending)
+                    last = check()
                     writer.write(step, dict(last, learning_rate_step=step))
                     if progress is not None:
                         progress.set_postfix(loss=f"{last['total']:.4g}")
-                if step % training.eval_every == 0 or final:
+                elif evaluating or saving or len(unchecked) >= MAX_UNCHECKED_STEPS:
+                    check()
+                if evaluating:
                     eval_metrics = evaluate(state)
                     writer.write(step, eval_metrics, prefix="validation")
                     checkpointer.save_best(step, state, meta, eval_metrics[best_metric])
-                halt = training.get("halt_at_step", 0)
-                preempted = stop.requested or checkpointer.reached_preemption(step) or (halt and step == halt)
-                if step % training.checkpoint_every == 0 or final or preempted:
+                if saving:
                     writer.flush()
                     checkpointer.save(step, state, json.loads(loader.state().to_json()), meta, force=True)
                 if progress is not None:
@@ -223,8 +222,7 @@ def run_loop(
                     logging.warning("%s: stopped at step %d on request; resume by running again", stage, step)
                     stopped = True
                     break
-            if pending is not None:
-                last = check(*pending) or last
+            last = check()
     finally:
         checkpointer.wait()
         writer.close()
@@ -267,16 +265,6 @@ def _mesh_checked(config) -> Any:
     return mesh
 
 
-def vae_config(config: ml_collections.ConfigDict) -> VAEConfig:
-    fs = float(config.data.fs)
-    loss = from_config(VAELossConfig, config.vae.loss, fs=fs)
-    return from_config(VAEConfig, config.vae.model, beat_samples=loss.beat_samples)
-
-
-def build_vae(config: ml_collections.ConfigDict, seed: int) -> ECGVAE:
-    return ECGVAE(vae_config(config), rngs=nnx.Rngs(seed))
-
-
 def train_vae(config: ml_collections.ConfigDict, workdir: str, on_ready: Callable[[], None] | None = None
               ) -> StageResult:
     """Stage 1 under `workdir/vae`, resumed from its checkpoint if any; `on_ready` runs once the checkpoint (if any)
@@ -284,22 +272,20 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str, on_ready: Callabl
     stage_dir = os.path.join(workdir, "vae")
     mesh = _mesh_checked(config.vae)
     training = config.vae.training
-    loss_config = from_config(VAELossConfig, config.vae.loss, fs=float(config.data.fs))
-    model = build_vae(config, config.seed)
-    graphdef, params = split_params(model)
-    opt = from_config(OptimizerConfig, config.vae.optimizer, total_steps=int(training.num_steps))
-    tx = make_optimizer(opt)
-    state = jax.device_put(init_state(params, tx, config.seed), replicated_sharding(mesh))
-    meta = {"stage": "vae", "model": dataclasses.asdict(vae_config(config)), "fs": float(config.data.fs),
-            "loss": dataclasses.asdict(loss_config)}
+    loss_config = stages.vae_loss_config(config)
+    model = stages.vae_model(config, config.seed)
+    state = jax.device_put(init_state(model.params, model.tx, config.seed), replicated_sharding(mesh))
+    meta = {"stage": "vae", "model": dataclasses.asdict(stages.vae_config(config)), "fs": float(config.data.fs),
+            "loss": dataclasses.asdict(loss_config), "precision": config.get("precision", "float32")}
     meta = json.loads(json.dumps(meta))
     checkpointer = ckpt.Checkpointer(stage_dir, training.get("max_to_keep", 3))
     state, loader_state, start, meta = _resume(checkpointer, stage_dir, state, mesh, meta)
     if on_ready is not None:
         on_ready()
-    train_step, eval_step = make_vae_steps(graphdef, tx, loss_config, opt.ema_decay, mesh)
+    train_step, eval_step = stages.vae_steps(config, model, mesh)
     loader = BatchLoader(_open(config, config.data.train_split), training.batch_size, seed=config.seed,
-                         state=loader_state, prefetch=config.data.get("prefetch", 2))
+                         state=loader_state, prefetch=config.data.get("prefetch", 2),
+                         workers=config.data.get("loader_workers", 0))
     eval_source = _open(config, config.data.eval_split)
 
     def evaluate(state: TrainState, source=eval_source, max_batches=training.get("max_eval_batches", 1 << 30)
@@ -324,24 +310,20 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str, on_ready: Callabl
     return _test(config, result, lambda source: evaluate(state, source, 1 << 30), stage_dir)
 
 
-def load_vae(directory: str, which: str = "best") -> tuple[nnx.GraphDef, Any, dict]:
-    """(graphdef, EMA params, meta) of a trained VAE stage directory (`<workdir>/vae`)."""
+def load_vae(directory: str, which: str = "best", dtype: jnp.dtype = jnp.float32) -> tuple[nnx.GraphDef, Any, dict]:
+    """(graphdef, EMA params, meta) of a trained VAE stage directory (`<workdir>/vae`); the graphdef computes in
+    `dtype`."""
     meta, _ = ckpt.read_meta(directory, which)
     if meta.get("stage") != "vae":
         raise ckpt.CheckpointError(f"{directory}: not a VAE checkpoint (stage {meta.get('stage')!r})")
     config = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items()})
-    model = ECGVAE(config, rngs=nnx.Rngs(0))
+    model = ECGVAE(config, dtype=dtype, rngs=nnx.Rngs(0))
     graphdef, params = split_params(model)
     tx = make_optimizer(OptimizerConfig())
     abstract = jax.eval_shape(lambda: init_state(params, tx, 0))
     abstract = abstract_like(abstract, replicated_sharding(make_mesh()))
     state, _, meta, _ = ckpt.restore(directory, abstract, which=which)
     return graphdef, state.ema_params, meta
-
-
-def denoiser_config(config: ml_collections.ConfigDict, latent_channels: int, context_dim: int) -> DenoiserConfig:
-    return from_config(DenoiserConfig, config.diffusion.model, latent_channels=latent_channels,
-                       context_dim=context_dim)
 
 
 def train_diffusion(config: ml_collections.ConfigDict, workdir: str, on_ready: Callable[[], None] | None = None
@@ -356,7 +338,7 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, on_ready: C
     training = dcfg.training
     vae_dir = dcfg.get("vae_checkpoint") or os.path.join(workdir, "vae")
     try:
-        vae_graphdef, vae_params, vae_meta = load_vae(vae_dir, which="best")
+        vae_graphdef, vae_params, vae_meta = load_vae(vae_dir, which="best", dtype=stages.compute_dtype(config))
     except ckpt.CheckpointError as e:
         raise ckpt.CheckpointError(f"stage 2 needs a trained VAE: {e}. Train stage 1 first (--config.stage=vae or "
                                    "both) or point --config.diffusion.vae_checkpoint at a VAE stage directory") from e
@@ -394,21 +376,18 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, on_ready: C
             if experience_cache is not None:
                 experience_cache.save()
 
-    model_config = denoiser_config(config, vae_model.latent_channels, encoder.dim)
-    model = LatentDenoiser(model_config, rngs=nnx.Rngs(config.seed + 1))
-    graphdef, params = split_params(model)
-    opt = from_config(OptimizerConfig, dcfg.optimizer, total_steps=int(training.num_steps))
-    tx = make_optimizer(opt)
-    state = jax.device_put(init_state(params, tx, config.seed + 1), replicated_sharding(mesh))
-    loss_config = from_config(DiffusionLossConfig, dcfg.loss, fs=float(config.data.fs),
-                              beat_before_s=float(config.vae.loss.beat_before_s))
+    model_config = stages.denoiser_config(config, vae_model.latent_channels, encoder.dim)
+    model = stages.diffusion_model(config, vae_model.latent_channels, encoder.dim, config.seed + 1)
+    state = jax.device_put(init_state(model.params, model.tx, config.seed + 1), replicated_sharding(mesh))
+    loss_config = stages.diffusion_loss_config(config)
     meta = {"stage": "diffusion", "model": dataclasses.asdict(model_config),
             "vae": {"directory": os.path.abspath(vae_dir), "model": vae_meta["model"]},
             "schedule": {"kind": dcfg.schedule.kind, "num_steps": int(dcfg.schedule.num_steps)},
             "loss": dataclasses.asdict(loss_config), "fs": float(config.data.fs),
             "duration_s": float(config.data.duration_s), "text_encoder": encoder.id,
             "prior": str(dcfg.get("prior") or "default"),
-            "prior_classes": list(class_names), "experience": experience_meta}
+            "prior_classes": list(class_names), "experience": experience_meta,
+            "precision": config.get("precision", "float32")}
     meta = json.loads(json.dumps(meta))
     checkpointer = ckpt.Checkpointer(stage_dir, training.get("max_to_keep", 3))
     state, loader_state, start, meta = _resume(checkpointer, stage_dir, state, mesh, meta)
@@ -425,13 +404,10 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, on_ready: C
         probe.close()
         meta["latent_scale"] = latent_scale_from(encode, batches)
         logging.info("latent scale %.4f", meta["latent_scale"])
-    schedule = make_schedule(dcfg.schedule.kind, int(dcfg.schedule.num_steps))
-    step_config = DiffusionStepConfig(latent_scale=float(meta["latent_scale"]),
-                                      condition_dropout=tuple(dcfg.condition_dropout))
-    train_step, eval_step = make_diffusion_steps(graphdef, vae_graphdef, tx, schedule, loss_config, step_config,
-                                                 wave_table, opt.ema_decay, mesh)
+    train_step, eval_step = stages.diffusion_steps(config, model, vae_graphdef, loss_config, meta["latent_scale"],
+                                                   wave_table, mesh)
     loader = BatchLoader(train_source, training.batch_size, seed=config.seed, state=loader_state,
-                         prefetch=config.data.get("prefetch", 2))
+                         prefetch=config.data.get("prefetch", 2), workers=config.data.get("loader_workers", 0))
     eval_source = _open(config, config.data.eval_split)
 
     def to_inputs(batch):

@@ -173,6 +173,37 @@ def test_global_batch_does_not_depend_on_the_number_of_hosts(synthetic_dataset):
             np.testing.assert_array_equal(np.concatenate([h[k]["ecg"] for h in hosts])[real], whole["ecg"][real])
 
 
+def _assert_same_batches(got: list[dict], want: list[dict]) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys()
+        for key in w:
+            np.testing.assert_array_equal(g[key], w[key], err_msg=key)
+
+
+def test_grain_workers_give_the_same_batches_resume_exactly_and_shard_hosts(synthetic_dataset):
+    """grain worker processes assemble exactly the threaded loader's batches: the same order across epochs, the
+    same next batch after a restore from a saved position, and the same per-host shards of each global batch."""
+    source = builder.open_split(synthetic_dataset.path, "train")  # 48 examples, 6 batches of 8 per epoch
+    threads = BatchLoader(source, 8, seed=3, process_index=0, process_count=1, num_epochs=2, prefetch=2)
+    expected = list(threads)
+    grained = BatchLoader(source, 8, seed=3, process_index=0, process_count=1, num_epochs=2, workers=2)
+    got = [next(grained) for _ in range(7)]  # into the second epoch
+    saved = grained.state()
+    grained.close()
+    assert (saved.epoch, saved.batch) == (1, 1)
+    resumed = BatchLoader(source, 8, seed=3, process_index=0, process_count=1, num_epochs=2, workers=2,
+                          state=LoaderState.from_json(saved.to_json()))
+    got += list(resumed)
+    _assert_same_batches(got, expected)
+    for process in range(2):  # two hosts: each reads its half of every global batch
+        host = list(BatchLoader(source, 8, seed=3, process_index=process, process_count=2, num_epochs=1, workers=1))
+        for k, whole in enumerate(expected[:6]):
+            np.testing.assert_array_equal(host[k]["index"], whole["index"][4 * process : 4 * process + 4])
+    with pytest.raises(ValueError, match="workers=-1"):
+        BatchLoader(source, 8, process_index=0, process_count=1, workers=-1)
+
+
 def test_eval_loader_pads_the_last_batch(synthetic_dataset):
     source = builder.open_split(synthetic_dataset.path, "validation")  # 6 examples
     batches = list(BatchLoader(source, 4, shuffle=False, drop_remainder=False, num_epochs=1, process_index=0,
