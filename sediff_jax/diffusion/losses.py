@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from sediff_jax.diffusion.schedule import NoiseSchedule, add_noise, predict_x0, target
-from sediff_jax.simulator.consistency import euler_energy, interlead_energy, simulation_energy
+from sediff_jax.simulator.consistency import BeatSolve, euler_energy, interlead_energy, simulation_energy
 from sediff_jax.simulator.params import WaveParams
 
 Array = jax.Array
@@ -37,7 +37,9 @@ class DiffusionLossConfig:
     beat, s.  euler_weight (lambda), interlead_weight (gamma), sim_weight (mu): term weights, 0 switches a term
     off.  interlead_full_signal: also apply L_interlead to the full decoded 10 s ECG (one decoder pass).
     weighting: 'alpha_bar' (w = alpha_bar_t ** weighting_power) or 'none' (w = 1).  sim_fraction: the fraction of
-    the batch (a random subset of the real records) on which the simulator terms are computed; 1 = all."""
+    the batch (a random subset of the real records) on which the simulator terms are computed; 1 = all.
+    sim_solver, sim_internal_fs: how L_sim simulates its beat (`consistency.BeatSolve`): diffrax Heun at 500 Hz
+    (default), Tsit5 with larger steps, or 'closed_form' (the exact solution, no sequential loop)."""
 
     prediction: str = "epsilon"
     fs: float = 100.0
@@ -50,8 +52,11 @@ class DiffusionLossConfig:
     weighting: str = "alpha_bar"
     weighting_power: float = 1.0
     sim_fraction: float = 0.5
+    sim_solver: str = "heun"
+    sim_internal_fs: float = 500.0
 
     def __post_init__(self):
+        BeatSolve(self.sim_solver, self.sim_internal_fs)  # checks both
         if not 0 < self.sim_fraction <= 1:
             raise ValueError(f"sim_fraction={self.sim_fraction} must be in (0, 1]")
         if not 0 < self.interlead_crop <= 1:
@@ -155,7 +160,8 @@ def diffusion_losses(
             terms["interlead"] = _mean(energy, w)
             total = total + config.interlead_weight * terms["interlead"] if config.interlead_weight > 0 else total
         if config.sim_weight > 0 or monitor:
-            terms["sim"] = _mean(simulation_energy(beat, config.fs, before, waves, hr), w_hr)
+            solve = BeatSolve(config.sim_solver, config.sim_internal_fs)
+            terms["sim"] = _mean(simulation_energy(beat, config.fs, before, waves, hr, solve), w_hr)
             total = total + config.sim_weight * terms["sim"] if config.sim_weight > 0 else total
     terms["total"] = total
     return terms
