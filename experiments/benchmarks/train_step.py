@@ -15,7 +15,6 @@ half by default); `full_every_record` shows the cost with them on every record.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import platform
 import statistics
@@ -35,13 +34,12 @@ flags.DEFINE_list("variants", ["ddpm_only", "interlead", "euler", "sim", "full",
                   "full_every_record (full with the simulator terms on every record: sim_fraction = 1).")
 
 
-def _compile(step, state, inputs):
+def _compile(run) -> float:
     import jax
 
     start = time.perf_counter()
-    state, metrics = step(state, inputs)
-    jax.block_until_ready((state, metrics))
-    return state, time.perf_counter() - start
+    jax.block_until_ready(run.run())
+    return time.perf_counter() - start
 
 
 def _interleaved(runs: dict, rounds: int, steps: int) -> dict[str, list[float]]:
@@ -52,111 +50,33 @@ def _interleaved(runs: dict, rounds: int, steps: int) -> dict[str, list[float]]:
     per_round = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
-            step, inputs = run["step"], run["inputs"]
             times = []
             for _ in range(steps):
                 start = time.perf_counter()
-                run["state"], metrics = step(run["state"], inputs)
-                jax.block_until_ready((run["state"], metrics))
+                jax.block_until_ready((run.run(), run.state))
                 times.append(time.perf_counter() - start)
             per_round[name].append(statistics.median(times))
     return per_round
 
 
-def _batch(config, batch_size: int, context_dim: int):
-    import jax
-    import numpy as np
-
-    from sediff_jax import simulator as sim
-    from sediff_jax.data.rpeaks import detect_r_peaks
-
-    fs = float(config.data.fs)
-    names = list(sim.PRESETS)
-    params = sim.stack_params([sim.preset_params(names[i % len(names)]) for i in range(batch_size)])
-    ecg = np.asarray(sim.simulate_batch(params, jax.random.split(jax.random.key(0), batch_size),
-                                        sim.SimulatorConfig(duration_s=float(config.data.duration_s), fs=fs)),
-                     np.float32)
-    peaks = np.full((batch_size, 51), -1, np.int32)
-    for i in range(batch_size):
-        p = detect_r_peaks(ecg[i], fs)[:51]
-        peaks[i, : len(p)] = p
-    rng = np.random.default_rng(0)
-    return {
-        "ecg": ecg, "r_peaks": peaks, "mask": np.ones(batch_size, bool),
-        "hr_bpm": rng.uniform(50, 110, batch_size).astype(np.float32),
-        "age": rng.uniform(20, 90, batch_size).astype(np.float32), "sex": rng.integers(0, 2, batch_size).astype(np.int32),
-        "text_tokens": rng.normal(size=(batch_size, config.text.max_length, context_dim)).astype(np.float32),
-        "text_mask": np.arange(config.text.max_length)[None] < rng.integers(8, 30, (batch_size, 1)),
-        "experience_tokens": np.zeros((batch_size, 1, context_dim), np.float32),
-        "experience_mask": np.zeros((batch_size, 1), bool),
-        "class_index": np.zeros(batch_size, np.int32),
-    }
-
-
 def main(argv):
     del argv
     import jax
-    from flax import nnx
 
-    from sediff_jax.diffusion.losses import DiffusionLossConfig
-    from sediff_jax.diffusion.schedule import make_schedule
-    from sediff_jax.models.denoiser import LatentDenoiser
-    from sediff_jax.models.vae_losses import VAELossConfig
-    from sediff_jax.simulator.priors import load_prior
-    from sediff_jax.training.loop import build_vae, denoiser_config, from_config, vae_config
-    from sediff_jax.training.mesh import make_mesh, replicated_sharding, shard_batch
-    from sediff_jax.training.state import OptimizerConfig, init_state, make_optimizer, split_params
-    from sediff_jax.training.steps import (
-        DIFFUSION_BATCH_KEYS, VAE_BATCH_KEYS, DiffusionStepConfig, make_diffusion_steps, make_vae_steps,
-    )
+    from experiments.benchmarks.common import diffusion_runs, synthetic_batch, vae_run
+    from sediff_jax.training.mesh import make_mesh
 
     mesh = make_mesh()
     device = f"{jax.devices()[0].device_kind} x{mesh.devices.size}"
-    prior = load_prior()
-    waves = prior.wave_table(prior.class_names)
+    overrides = {k: getattr(FLAGS, k) for k in ("interlead_crop", "sim_fraction") if getattr(FLAGS, k) is not None}
     rows = []
     for name in FLAGS.configs:
         config = importlib.import_module(f"experiments.configs.{name}").get_config()
         batch_size = FLAGS.batch or int(config.diffusion.training.batch_size)
         batch_size -= batch_size % mesh.devices.size
-        host = _batch(config, batch_size, 384)
-        rep = replicated_sharding(mesh)
-
-        vae_graphdef, vae_params = split_params(build_vae(config, 0))
-        tx = make_optimizer(OptimizerConfig(total_steps=1000))
-        vae_step, _ = make_vae_steps(vae_graphdef, tx, from_config(VAELossConfig, config.vae.loss,
-                                                                   fs=float(config.data.fs)), 0.99, mesh)
-        runs, compile_s = {}, {}
-        state = jax.device_put(jax.tree.map(jax.numpy.array, init_state(vae_params, tx, 0)), rep)
-        vae_inputs = shard_batch({k: host[k] for k in VAE_BATCH_KEYS}, mesh)
-        state, compile_s["VAE"] = _compile(vae_step, state, vae_inputs)
-        runs["VAE"] = {"step": vae_step, "state": state, "inputs": vae_inputs}
-
-        frozen = jax.device_put(vae_params, rep)
-        graphdef, params = split_params(LatentDenoiser(denoiser_config(config, vae_config(config).latent_channels, 384),
-                                                       rngs=nnx.Rngs(1)))
-        base = from_config(DiffusionLossConfig, config.diffusion.loss, fs=float(config.data.fs))
-        if FLAGS.interlead_crop is not None:
-            base = dataclasses.replace(base, interlead_crop=FLAGS.interlead_crop)
-        if FLAGS.sim_fraction is not None:
-            base = dataclasses.replace(base, sim_fraction=FLAGS.sim_fraction)
-        weights = {"euler_weight": base.euler_weight or 0.05, "interlead_weight": base.interlead_weight or 0.05,
-                   "sim_weight": base.sim_weight or 0.05}
-        off = {k: 0.0 for k in weights}
-        variants = {"ddpm_only": off, "interlead": dict(off, interlead_weight=weights["interlead_weight"]),
-                    "euler": dict(off, euler_weight=weights["euler_weight"]),
-                    "sim": dict(off, sim_weight=weights["sim_weight"]), "full": weights,
-                    "full_every_record": dict(weights, sim_fraction=1.0)}
-        inputs = shard_batch({k: host[k] for k in DIFFUSION_BATCH_KEYS}, mesh)
-        schedule = make_schedule(config.diffusion.schedule.kind, int(config.diffusion.schedule.num_steps))
-        for variant in FLAGS.variants:
-            loss_config = dataclasses.replace(base, **variants[variant])
-            step, _ = make_diffusion_steps(graphdef, vae_graphdef, tx, schedule, loss_config,
-                                           DiffusionStepConfig(latent_scale=1.0), waves, 0.999, mesh)
-            step_with_vae = (lambda step: lambda s, b: step(s, frozen, b))(step)
-            state = jax.device_put(jax.tree.map(jax.numpy.array, init_state(params, tx, 1)), rep)
-            state, compile_s[variant] = _compile(step_with_vae, state, inputs)
-            runs[variant] = {"step": step_with_vae, "state": state, "inputs": inputs}
+        host = synthetic_batch(config, batch_size)
+        runs = {"VAE": vae_run(config, host, mesh), **diffusion_runs(config, host, mesh, FLAGS.variants, **overrides)}
+        compile_s = {variant: _compile(run) for variant, run in runs.items()}
         per_round = _interleaved(runs, FLAGS.rounds, FLAGS.steps)
         for variant, times in per_round.items():
             ratio = None

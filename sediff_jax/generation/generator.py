@@ -95,8 +95,13 @@ class Generator:
         config = RetrievalConfig(weights=retrieval.get("weights") or {}, k=int(retrieval.get("k", 5)))
         index = ExperienceIndex(ProfileCorpus.load(path), config)
         length = int(experience.get("max_tokens", 128))
-        encoder = (HashingEncoder(dim=self.encoder.dim, max_length=length) if isinstance(self.encoder, HashingEncoder)
-                   else MiniLMEncoder(max_length=length))
+        try:
+            encoder = (HashingEncoder(dim=self.encoder.dim, max_length=length)
+                       if isinstance(self.encoder, HashingEncoder) else MiniLMEncoder(max_length=length))
+        except FileNotFoundError as e:  # no MiniLM weights here (text from a PrecomputedEncoder): 'off' still works
+            self.experience_error = CheckpointError(f"{self.model.source}: experience needs the MiniLM weights: {e}; "
+                                                    "use experience='off'")
+            return None, None
         return PromptExperience(index, OfflineDistiller()), TextCache(encoder)
 
     def experience_reports(self, prompts: Sequence[Prompt], experience: str = "auto") -> list[str]:

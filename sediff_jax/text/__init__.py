@@ -4,9 +4,11 @@ from sediff_jax.text.encoders import (
     ENCODERS,
     HashingEncoder,
     MiniLMEncoder,
+    PrecomputedEncoder,
     TextCache,
     TextEncoding,
     encode_cached,
     encoder_from_id,
     make_text_encoder,
+    save_encodings,
 )

@@ -150,6 +150,42 @@ class HashingEncoder:
         return TextEncoding(tokens, mask, pooled)
 
 
+class PrecomputedEncoder:
+    """Encodings read from a `TextCache` NPZ (`save_encodings`), for a machine without the encoder's weights (an
+    offline accelerator): `encode` returns the stored encodings of known texts, and a text it does not hold is
+    an error naming the file, never another encoder's vectors. `id`, `dim` and `max_length` are the original
+    encoder's, so a model checks it as it would the encoder itself."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            with np.load(self.path) as f:
+                self.id = str(f["encoder_id"])
+                self._encoding = TextEncoding(f["tokens"].astype(np.float32), f["mask"], f["pooled"])
+                self._index = {t: i for i, t in enumerate(f["texts"].tolist())}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.path}: text encodings not found") from None
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(f"{self.path}: not a text-encoding file ({e})") from None
+        self.name = self.id.split("-")[0].split("/")[0]
+        self.max_length, self.dim = self._encoding.tokens.shape[1:]
+
+    def encode(self, texts: Sequence[str]) -> TextEncoding:
+        texts = _check_texts(texts)
+        missing = sorted({t for t in texts if t not in self._index})
+        if missing:
+            raise ValueError(f"{self.path}: no encoding of {len(missing)} text(s), e.g. {missing[0]!r}; encode them "
+                             "where the encoder's weights are (save_encodings)")
+        return self._encoding.take(np.array([self._index[t] for t in texts], np.int64))
+
+
+def save_encodings(encoder, texts: Sequence[str], path: str | os.PathLike) -> None:
+    """Encode the distinct `texts` with `encoder` into `path` (NPZ, atomically) for a `PrecomputedEncoder`."""
+    cache = TextCache(encoder, path)
+    cache.lookup(list(dict.fromkeys(_check_texts(texts))))
+    cache.save()
+
+
 def make_text_encoder(name: str = "minilm", **kwargs):
     """The encoder `name` ('minilm' or 'hashing'); a missing MiniLM is an error, never a silent fallback."""
     if name == "minilm":

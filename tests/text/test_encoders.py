@@ -126,3 +126,25 @@ def test_errors():
         HashingEncoder().encode("sinus rhythm")
     with pytest.raises(FileNotFoundError, match="MiniLM weights not found"):
         make_text_encoder("minilm", model_dir="/nonexistent")
+
+
+def test_precomputed_encoder_returns_the_stored_encodings_and_names_a_missing_text(tmp_path):
+    from sediff_jax.text import PrecomputedEncoder, save_encodings
+
+    encoder = HashingEncoder(dim=16, max_length=6)
+    path = tmp_path / "encodings.npz"
+    save_encodings(encoder, ["sinus rhythm", "atrial fibrillation", "sinus rhythm"], path)
+    stored = PrecomputedEncoder(path)
+    assert (stored.id, stored.dim, stored.max_length, stored.name) == (encoder.id, 16, 6, "hashing")
+    texts = ["atrial fibrillation", "sinus rhythm", "atrial fibrillation"]
+    got, want = stored.encode(texts), encoder.encode(texts)
+    np.testing.assert_allclose(got.tokens, want.tokens, atol=1e-3)  # stored as float16
+    np.testing.assert_array_equal(got.mask, want.mask)
+    np.testing.assert_allclose(got.pooled, want.pooled, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"encodings.npz: no encoding of 1 text\(s\), e.g. 'sinus tachycardia'"):
+        stored.encode(["sinus rhythm", "sinus tachycardia"])
+    with pytest.raises(FileNotFoundError, match="missing.npz: text encodings not found"):
+        PrecomputedEncoder(tmp_path / "missing.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="bad.npz: not a text-encoding file"):
+        PrecomputedEncoder(tmp_path / "bad.npz")
