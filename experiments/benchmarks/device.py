@@ -254,6 +254,9 @@ def main(argv):
     for config_name in FLAGS.configs[1:]:
         for precision in FLAGS.precisions:
             train_step_rows(report, config_name, precision, mesh, budget_left)
+    stats = jax.devices()[0].memory_stats() or {}  # None on CPU
+    if "peak_bytes_in_use" in stats:
+        report.header["peak_device_memory_gib"] = stats["peak_bytes_in_use"] / 2**30
     report.write()
     print(report.markdown())
     print(f"written: {os.path.join(out.path, OUTPUTS[0])}, {OUTPUTS[1]}")

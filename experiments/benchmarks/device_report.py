@@ -83,7 +83,9 @@ class Report:
                 lines.append("")
         if self.skipped:
             lines += [f"Skipped (past the {h['budget_s']:g} s budget): {', '.join(self.skipped)}", ""]
-        lines.append(f"Total wall time {time.time() - h['start']:.0f} s.")
+        peak = h.get("peak_device_memory_gib")
+        lines.append(f"Total wall time {time.time() - h['start']:.0f} s."
+                     + (f" Peak device memory over the run: {peak:.1f} GiB." if peak is not None else ""))
         return "\n".join(lines) + "\n"
 
 

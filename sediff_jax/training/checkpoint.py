@@ -40,10 +40,14 @@ def _save_replicated_arrays_from_one_replica() -> None:
 
 def _manager(directory: str, max_to_keep: int, best: bool) -> ocp.CheckpointManager:
     _save_replicated_arrays_from_one_replica()
+    # Each manager syncs the hosts under its own barrier names: the latest and the best manager save the same
+    # step (an evaluation step that is also a checkpoint step) concurrently, and with one shared name the second
+    # save's barrier clashed with the first's ("Barrier _async_write_complete.<step> is already ongoing").
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True,
         best_fn=(lambda metrics: metrics["value"]) if best else None, best_mode="min",
-        keep_checkpoints_without_metrics=not best)
+        keep_checkpoints_without_metrics=not best,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix="best" if best else "latest"))
     return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "loader", "meta"))
 
 

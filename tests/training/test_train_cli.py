@@ -59,15 +59,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # CI time; runs in `make test-all`
 def test_two_processes_over_loopback_match_one_process_with_two_devices(prepared_dir, tmp_path, repo_root):
     args = ["--config.stage=vae", "--config.vae.training.num_steps=3", "--config.vae.training.eval_every=3",
             "--config.vae.training.checkpoint_every=3"]
     port = _free_port()
     multi = tmp_path / "two_processes"
+    # Each process reads its shard through a grain worker process; the one-process run reads with threads.
     processes = [subprocess.Popen(
         _command(multi, prepared_dir, *args) + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                                                f"--process_id={i}"],
+                                                f"--process_id={i}", "--config.data.loader_workers=1"],
         cwd=repo_root, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     for p, out in zip(processes, outputs):
