@@ -45,8 +45,12 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["sediff_jax", "sediff_jax.*", "experiments", "experiments.*"]),
-    package_data={"sediff_jax.simulator": ["priors/*.json"]},
+    # The library only: experiments/ (entrypoints, configs, benchmarks) runs from a checkout, `python -m
+    # experiments.<tool>`. The shipped models in checkpoints/ install as sediff_jax/shipped/ (sediff_jax.assets).
+    packages=find_packages(include=["sediff_jax", "sediff_jax.*"]) + ["sediff_jax.shipped"],
+    package_dir={"sediff_jax.shipped": "checkpoints"},
+    package_data={"sediff_jax.simulator": ["priors/*.json"],
+                  "sediff_jax.shipped": ["*.json", "*.md", "*.safetensors", "sediff_ptbxl100/*"]},
     include_package_data=True,
     install_requires=CORE,
     extras_require=EXTRAS,

@@ -111,7 +111,7 @@ def load_for_fitting(path: str, fit_fs: float | None, duration_s: float, offset_
 
 def write_outputs(out_dir: Path, name: str, result, record_fs: float, source: str, png: bool) -> list[Path]:
     """<name>.json/.npz/.png for one fit, each written atomically; signals resampled to the record's rate."""
-    from sediff_jax.data.canonical import resample
+    from sediff_jax.signal.filters import resample
     from sediff_jax.io import atomic_path, save_overlay_png
     from sediff_jax.leads import LEAD_NAMES
 

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from sediff_jax import simulator as sim
-from sediff_jax.data.rpeaks import detect_r_peaks
+from sediff_jax.signal.rpeaks import detect_r_peaks
 from sediff_jax.simulator.priors import load_prior
 from sediff_jax.training import stages
 from sediff_jax.training.mesh import replicated_sharding, shard_batch

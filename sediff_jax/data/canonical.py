@@ -15,7 +15,8 @@ from fractions import Fraction
 import numpy as np
 from scipy import signal as sps
 
-from sediff_jax.data.rpeaks import detect_r_peaks, heart_rate_bpm
+from sediff_jax.signal.filters import highpass, resample
+from sediff_jax.signal.rpeaks import detect_r_peaks, heart_rate_bpm
 from sediff_jax.data.wfdb_reader import RawRecord, RecordError
 from sediff_jax.leads import LEAD_NAMES, NUM_LEADS
 from sediff_jax.simulator.params import HR_RANGE_BPM
@@ -144,23 +145,6 @@ def _limb_from_pair(ecg: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, li
     out = ecg.copy()
     out[:, :6] = limb
     return out, [f"derived {n} from the other limb leads" for n in repaired]
-
-
-def highpass(ecg: np.ndarray, fs: float, cutoff_hz: float) -> np.ndarray:
-    """Zero-phase 2nd-order Butterworth high-pass along time (baseline-wander removal): (time, leads) float32."""
-    sos = sps.butter(2, cutoff_hz, btype="highpass", fs=fs, output="sos")
-    return sps.sosfiltfilt(sos, ecg, axis=0).astype(np.float32)
-
-
-def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
-    """Zero-phase polyphase resampling along axis 0 (anti-aliased, linear-trend padded edges)."""
-    if math.isclose(fs_in, fs_out):
-        return x.astype(np.float32, copy=False)
-    ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
-    if not math.isclose(float(ratio), fs_out / fs_in, rel_tol=1e-9):
-        raise ValueError(f"cannot resample {fs_in:g} Hz -> {fs_out:g} Hz with a rational ratio")
-    y = sps.resample_poly(x.astype(np.float64), ratio.numerator, ratio.denominator, axis=0, padtype="line")
-    return y.astype(np.float32)
 
 
 def canonicalize(raw: RawRecord, config: CanonicalConfig = CanonicalConfig()) -> CanonicalRecord:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sediff_jax.data.canonical import CanonicalConfig, CanonicalRecord
-from sediff_jax.data.rpeaks import detect_r_peaks, heart_rate_bpm
+from sediff_jax.signal.rpeaks import detect_r_peaks, heart_rate_bpm
 from sediff_jax.data.sources import SPLITS, RecordEntry
 from sediff_jax.simulator import NoiseConfig, SimulatorConfig, add_noise, preset_params, simulate_batch, stack_params
 from sediff_jax.simulator.presets import PRESETS

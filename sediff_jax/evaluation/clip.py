@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sediff_jax.assets import shipped_path
 from sediff_jax.evaluation.networks import NetworkTrainConfig, batched_apply, load_network, save_network, train_network
 from sediff_jax.generation.model import flatten_params, weights_id
 from sediff_jax.models.ecg_encoder import ECGEncoderConfig, ECGTextCLIP
@@ -26,7 +27,7 @@ from sediff_jax.text import TextCache
 from sediff_jax.training.state import split_params
 
 KIND = "sediff_jax/ecg_text_clip"
-SHIPPED_CLIP = Path(__file__).resolve().parents[2] / "checkpoints" / "ecg_clip_ptbxl100.safetensors"
+SHIPPED_CLIP = shipped_path("ecg_clip_ptbxl100.safetensors")
 
 
 def clip_loss(model: ECGTextCLIP, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:

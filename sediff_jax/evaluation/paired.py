@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sediff_jax.data.delineation import DelineationError, delineate
+from sediff_jax.signal.delineation import DelineationError, delineate
 from sediff_jax.evaluation.physiology import interval_errors, measured_heart_rates, summarize
 from sediff_jax.evaluation.signal import limb_lead_residual_mv, paired_mae_mv, paired_nrmse
 

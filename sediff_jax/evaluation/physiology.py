@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from sediff_jax.data.rpeaks import detect_r_peaks, heart_rate_bpm
+from sediff_jax.signal.rpeaks import detect_r_peaks, heart_rate_bpm
 
 MATCH_WINDOW_S = 0.15
 

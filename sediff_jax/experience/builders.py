@@ -19,7 +19,7 @@ import numpy as np
 
 from sediff_jax.data.builder import file_results, worker_pool
 from sediff_jax.data.canonical import CanonicalConfig
-from sediff_jax.data.delineation import DelineationError, delineate
+from sediff_jax.signal.delineation import DelineationError, delineate
 from sediff_jax.data.ludb import read_ludb
 from sediff_jax.data.mimic import read_mimic
 from sediff_jax.data.ptbxl import read_ptbxl, read_statements

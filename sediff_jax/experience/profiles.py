@@ -3,7 +3,7 @@
 A profile describes one ECG record and its clinical context. Its views are named code sets: for MIMIC-IV the
 paper's three (diagnosis, medication, procedure) of the hospital stay the ECG belongs to; for PTB-XL and LUDB
 the statement groups (diagnostic, form, rhythm). Features are interval measurements (`FEATURE_NAMES`): from the
-signal (`sediff_jax.data.delineation`) or from the dataset's machine measurements.
+signal (`sediff_jax.signal.delineation`) or from the dataset's machine measurements.
 
 `ProfileCorpus` holds many profiles column-wise (NumPy arrays, codes as CSR per view) so 800k profiles fit in a
 few hundred MB and load in seconds; `Profile` is the one-record view of it.

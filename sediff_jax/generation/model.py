@@ -25,6 +25,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from sediff_jax.assets import shipped_path
 from sediff_jax.diffusion.schedule import PREDICTIONS, NoiseSchedule, make_schedule
 from sediff_jax.io import jsonio
 from sediff_jax.io.outputs import OutputError, output_dir, replace_directory
@@ -37,7 +38,7 @@ MODEL_FORMAT = "sediff_jax.model"
 MODEL_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 # The checkpoint shipped with the repository (checkpoints/README.md is its model card).
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "sediff_ptbxl100"
+SHIPPED_CHECKPOINT = shipped_path("sediff_ptbxl100")
 
 
 def _dataclass_from(cls, fields: dict[str, Any]):

@@ -1,7 +1,7 @@
 """Stage-1 losses (pure functions): reconstruction + beta_KL * KL + beat_weight * L_beat + spec_weight * L_spec.
 
 L_beat compares the beat decoder's output with the record's median beat (cut around the R peaks the loader
-provides, `sediff_jax.data.beats.median_beat_jax`); L_spec compares the log-magnitude spectrum of the decoded
+provides, `sediff_jax.signal.beats.median_beat_jax`); L_spec compares the log-magnitude spectrum of the decoded
 beat with the mean log-spectrum of the record's beats. Records without a complete beat contribute no beat terms.
 """
 
@@ -12,7 +12,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from sediff_jax.data.beats import beat_segments_jax, median_beat_jax
+from sediff_jax.signal.beats import beat_segments_jax, median_beat_jax
 
 Array = jax.Array
 SPECTRUM_EPS = 1e-3  # mV: floor of the magnitude spectrum before the log

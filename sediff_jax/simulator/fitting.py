@@ -31,6 +31,9 @@ import numpy as np
 import optax
 
 from sediff_jax.leads import LEAD_NAMES, NUM_LEADS, leads_from_independent
+from sediff_jax.signal.beats import median_beat
+from sediff_jax.signal.filters import highpass
+from sediff_jax.signal.rpeaks import detect_r_peaks
 from sediff_jax.simulator import dynamics
 from sediff_jax.simulator.params import (
     DIPOLE_CHANNELS,
@@ -530,14 +533,11 @@ def prepare_fit(ecg: np.ndarray, config: FitConfig, r_peaks: np.ndarray | None =
 
     Args:
       ecg: (time, 12) mV at `config.fs`, `LEAD_NAMES` order.
-      r_peaks: sample indices; detected (`sediff_jax.data.rpeaks`) when None.
+      r_peaks: sample indices; detected (`sediff_jax.signal.rpeaks`) when None.
     Raises:
       FitError naming `name`: wrong shape, NaN, a flat lead, too short, fewer than two R peaks, heart rate out
       of range, or no complete beat window.
     """
-    from sediff_jax.data.beats import median_beat
-    from sediff_jax.data.rpeaks import detect_r_peaks
-
     ecg = _check_signal(ecg, config.fs, name)
     duration = ecg.shape[0] / config.fs
     if config.mode == "strip" and ecg.shape[0] < config.num_samples:
@@ -570,8 +570,6 @@ def prepare_fit(ecg: np.ndarray, config: FitConfig, r_peaks: np.ndarray | None =
         rr = np.full((num_rr,), rr_s, np.float32)
         initial_phase = -2.0 * np.pi * config.before_samples / config.fs / rr_s
     else:
-        from sediff_jax.data.canonical import highpass
-
         signal = ecg[: config.num_samples]
         if config.strip_highpass_hz:
             signal = highpass(signal, config.fs, config.strip_highpass_hz)

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from sediff_jax.data.canonical import CanonicalConfig, canonicalize, resample
-from sediff_jax.data.rpeaks import detect_r_peaks, dominant_lead
+from sediff_jax.data.canonical import CanonicalConfig, canonicalize
+from sediff_jax.signal.filters import resample
+from sediff_jax.signal.rpeaks import detect_r_peaks, dominant_lead
 from sediff_jax.data.wfdb_reader import RawRecord, RecordError, read_record
 from sediff_jax.leads import LEAD_NAMES, limb_lead_residuals
 from tests.data.wfdb_fixtures import simulated_ecg

@@ -114,7 +114,7 @@ def test_beat_matching_counts_misses_and_extras_within_150_ms():
 def test_r_peaks_on_mit_bih_100_reach_99_percent_sensitivity_and_ppv(data_dir):
     import wfdb
 
-    from sediff_jax.data.rpeaks import detect_r_peaks
+    from sediff_jax.signal.rpeaks import detect_r_peaks
 
     path = str(data_dir / "wfdb-samples" / "100")
     record, annotation = wfdb.rdrecord(path), wfdb.rdann(path, "atr")

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sediff_jax.data.delineation import delineate
+from sediff_jax.signal.delineation import delineate
 from sediff_jax.evaluation import interval_errors
 from sediff_jax.simulator.params import DIPOLE_THETA_HR_EXPONENT
 from sediff_jax.simulator.presets import preset_params

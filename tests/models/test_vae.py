@@ -8,7 +8,7 @@ import optax
 import pytest
 from flax import nnx
 
-from sediff_jax.data.beats import median_beat, median_beat_jax
+from sediff_jax.signal.beats import median_beat, median_beat_jax
 from sediff_jax.models import ECGVAE, VAEConfig, VAELossConfig, kl_divergence, vae_losses
 
 FS = 100.0
@@ -20,7 +20,7 @@ def _small(beat_samples=60):
 
 def _batch(n=4, seed=0):
     from sediff_jax import simulator as sim
-    from sediff_jax.data.rpeaks import detect_r_peaks
+    from sediff_jax.signal.rpeaks import detect_r_peaks
 
     config = sim.SimulatorConfig(duration_s=4.0, fs=FS)
     params = sim.stack_params([sim.preset_params("normal_sinus", hr=60.0 + 15 * k) for k in range(n)])

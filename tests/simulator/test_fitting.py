@@ -69,8 +69,8 @@ def test_beat_fit_matches_the_noiseless_beat(beat_fits):
     truths, _, results = beat_fits
     for truth, result in zip(truths, results):
         clean = _record(truth, 0, noise_mv=0.0)
-        from sediff_jax.data.beats import median_beat
-        from sediff_jax.data.rpeaks import detect_r_peaks
+        from sediff_jax.signal.beats import median_beat
+        from sediff_jax.signal.rpeaks import detect_r_peaks
 
         beat, _ = median_beat(clean, detect_r_peaks(clean, FS), FS, *FitConfig().beat_window_s)
         mask = result.mask

@@ -6,7 +6,7 @@ import pytest
 
 from sediff_jax import simulator as sim
 from sediff_jax.leads import lead_index
-from sediff_jax.data.beats import beat_window_samples, median_beat
+from sediff_jax.signal.beats import beat_window_samples, median_beat
 from tests.helpers import r_peak_times
 
 FS = 500.0

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from sediff_jax import simulator as sim
-from sediff_jax.data.rpeaks import detect_r_peaks
+from sediff_jax.signal.rpeaks import detect_r_peaks
 from sediff_jax.diffusion.losses import DiffusionLossConfig, diffusion_losses, simulator_rows
 from sediff_jax.diffusion.schedule import make_schedule
 from sediff_jax.models.denoiser import DenoiserConfig, LatentDenoiser

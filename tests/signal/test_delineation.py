@@ -1,6 +1,6 @@
 """Median-beat delineation against the cardiologists' marks in LUDB, and its errors.
 
-The thresholds in `sediff_jax.data.delineation` were chosen on LUDB records 1-60; the accuracy test scores the
+The thresholds in `sediff_jax.signal.delineation` were chosen on LUDB records 1-60; the accuracy test scores the
 held-out records 61-160 only.
 """
 
@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from sediff_jax.data.delineation import Delineation, DelineationError, delineate
+from sediff_jax.signal.delineation import Delineation, DelineationError, delineate
 from sediff_jax.data.ludb import annotated_intervals_ms, read_ludb
 from sediff_jax.data.wfdb_reader import read_record
 

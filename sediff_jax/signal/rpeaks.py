@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import signal as sps
 
+from sediff_jax.signal.filters import bandpass
+
 MIN_RR_S = 0.2  # 300 bpm, the simulator's and the canonicaliser's upper bound
 QRS_HALF_WIDTH_S = 0.06
 # A maximum this close to either end of a record may be a cut-off QRS; it is not reported as a peak.
@@ -19,13 +21,6 @@ EDGE_S = 0.025
 # complexes, low-voltage ones included, are >= 0.1 mV; below it the "peaks" are numerical residue of a signal
 # without QRS complexes (a flat or slowly varying trace), which must give no R peaks rather than invented ones.
 MIN_QRS_RMS_MV = 0.02
-
-
-def bandpass(ecg: np.ndarray, fs: float, low_hz: float, high_hz: float) -> np.ndarray:
-    """Zero-phase 2nd-order Butterworth band-pass along time (axis 0); `high_hz` is capped at 0.45 fs."""
-    high_hz = min(high_hz, 0.45 * fs)
-    sos = sps.butter(2, [low_hz, high_hz], btype="bandpass", fs=fs, output="sos")
-    return sps.sosfiltfilt(sos, ecg, axis=0)
 
 
 def _as_2d(ecg: np.ndarray) -> np.ndarray:

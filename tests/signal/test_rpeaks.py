@@ -3,7 +3,7 @@
 import numpy as np
 
 from sediff_jax.data.ludb import read_ludb, read_wave_annotations
-from sediff_jax.data.rpeaks import detect_r_peaks, heart_rate_bpm
+from sediff_jax.signal.rpeaks import detect_r_peaks, heart_rate_bpm
 from sediff_jax.data.wfdb_reader import read_record
 
 TOLERANCE_S = 0.15

@@ -22,8 +22,9 @@ import math
 
 import numpy as np
 
-from sediff_jax.data.beats import median_beat
-from sediff_jax.data.rpeaks import bandpass, detect_r_peaks, heart_rate_bpm
+from sediff_jax.signal.beats import median_beat
+from sediff_jax.signal.filters import bandpass
+from sediff_jax.signal.rpeaks import detect_r_peaks, heart_rate_bpm
 from sediff_jax.leads import LEAD_NAMES
 
 QRS_VELOCITY_FRACTION = 0.09
