@@ -109,7 +109,7 @@ def main(argv):
     from sediff_jax.evaluation.runner import generate_paired, markdown_report, score
     from sediff_jax.generation import load_model
     from sediff_jax.io.atomic import atomic_path
-    from sediff_jax.training.checkpoint import CheckpointError
+    from sediff_jax.checkpoints import CheckpointError
     from sediff_jax.training.loop import canonical_config, train
 
     out = Path(FLAGS.out or os.path.join(FLAGS.workdir, "ablation"))

@@ -57,7 +57,7 @@ def main(argv):
     from sediff_jax.evaluation.runner import NonFiniteECG, generate_paired
     from sediff_jax.generation import SHIPPED_CHECKPOINT, load_model
     from sediff_jax.io import atomic_path, write_npz
-    from sediff_jax.training.checkpoint import CheckpointError
+    from sediff_jax.checkpoints import CheckpointError
 
     unknown = [p for p in FLAGS.protocols if p not in SETTINGS]
     if unknown:

@@ -70,7 +70,7 @@ def main(argv):
     from sediff_jax.generation.model import experience_profiles_path
     from sediff_jax.io.atomic import atomic_path
     from sediff_jax.io.outputs import output_dir
-    from sediff_jax.training.checkpoint import CheckpointError
+    from sediff_jax.checkpoints import CheckpointError
 
     out = output_dir(FLAGS.out, OUTPUT_FILES, overwrite=FLAGS.overwrite, flag="--out", tool="evaluate")
     try:

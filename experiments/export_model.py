@@ -29,7 +29,7 @@ def main(argv):
     del argv
     from sediff_jax.generation import export_model, load_model
     from sediff_jax.generation.model import WEIGHTS_FILE, check_export_target
-    from sediff_jax.training.checkpoint import CheckpointError
+    from sediff_jax.checkpoints import CheckpointError
 
     try:
         check_export_target(FLAGS.out, FLAGS.overwrite)  # before the (slow) model load

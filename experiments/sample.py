@@ -182,7 +182,7 @@ def _model_steps(checkpoint: str) -> int | None:
     """The diffusion steps of an exported model, from its config.json alone (checked field by field; None when
     the checkpoint is not an exported model), so that --steps is checked before the model loads."""
     from sediff_jax.generation.model import CONFIG_FILE, MODEL_FORMAT, validate_model_config
-    from sediff_jax.training.checkpoint import CheckpointError
+    from sediff_jax.checkpoints import CheckpointError
 
     path = Path(checkpoint) / CONFIG_FILE
     try:
@@ -202,7 +202,7 @@ def main(argv):
     del argv
     from sediff_jax.generation import Generator, load_model
     from sediff_jax.io.outputs import output_dir
-    from sediff_jax.training.checkpoint import CheckpointError
+    from sediff_jax.checkpoints import CheckpointError
 
     prompts = _prompts()
     out = output_dir(FLAGS.out_dir, OUTPUT_FILES, overwrite=FLAGS.overwrite, tool="sample")

@@ -50,7 +50,7 @@ def main(argv):
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     from sediff_jax.data.sources import LayoutError
     from sediff_jax.simulator.priors import PriorError
-    from sediff_jax.training.checkpoint import CheckpointError
+    from sediff_jax.checkpoints import CheckpointError
     from sediff_jax.training.loop import TrainingDiverged, train
 
     logging.info("process %d of %d, %d devices (%d local)", jax.process_index(), jax.process_count(),

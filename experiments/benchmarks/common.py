@@ -15,7 +15,7 @@ from sediff_jax import simulator as sim
 from sediff_jax.signal.rpeaks import detect_r_peaks
 from sediff_jax.simulator.priors import load_prior
 from sediff_jax.training import stages
-from sediff_jax.training.mesh import replicated_sharding, shard_batch
+from sediff_jax.parallel import replicated_sharding, shard_batch
 from sediff_jax.training.state import init_state
 from sediff_jax.training.steps import DIFFUSION_BATCH_KEYS, VAE_BATCH_KEYS
 

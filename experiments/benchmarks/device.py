@@ -169,7 +169,7 @@ def simulator_rows(report: Report, mesh, budget_left) -> None:
 
     from sediff_jax import simulator as sim
     from sediff_jax.simulator.fitting import FitConfig, fit_ecgs
-    from sediff_jax.training.mesh import shard_batch
+    from sediff_jax.parallel import shard_batch
 
     batch = max(mesh.devices.size, FLAGS.sim_batch - FLAGS.sim_batch % mesh.devices.size)
     config = sim.SimulatorConfig(duration_s=10.0, fs=500.0, solver="heun")
@@ -225,7 +225,7 @@ def main(argv):
                 setattr(FLAGS, name, value)
     out = output_dir(FLAGS.out, OUTPUTS, overwrite=FLAGS.overwrite, flag="--out", tool="the device benchmark")
     out.mkdir()
-    from sediff_jax.training.mesh import make_mesh
+    from sediff_jax.parallel import make_mesh
 
     mesh = make_mesh()
     kind = jax.devices()[0].device_kind

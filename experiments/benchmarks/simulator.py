@@ -43,7 +43,7 @@ def main(argv):
     import neurokit2 as nk
 
     from sediff_jax import simulator as sim
-    from sediff_jax.training import make_mesh, shard_batch
+    from sediff_jax.parallel import make_mesh, shard_batch
 
     mesh = make_mesh()
     n_dev = mesh.devices.size

@@ -64,7 +64,7 @@ def main(argv):
     import jax
 
     from experiments.benchmarks.common import diffusion_runs, synthetic_batch, vae_run
-    from sediff_jax.training.mesh import make_mesh
+    from sediff_jax.parallel import make_mesh
 
     mesh = make_mesh()
     device = f"{jax.devices()[0].device_kind} x{mesh.devices.size}"

@@ -5,7 +5,7 @@ The order of epoch `e` is a permutation drawn from `(seed, e)`; global batch `k`
 read disjoint shards that together cover the split, every host yields the same number of batches (SPMD steps
 stay in lockstep), and the global batch (examples and their order) does not depend on the number of hosts. The position is (epoch, batch index): `state()` after any batch and
 `BatchLoader(..., state=...)` continue with exactly the next batch; the loop saves it in every orbax
-checkpoint. Turn a host's batch into global arrays with `sediff_jax.training.mesh.host_local_to_global`.
+checkpoint. Turn a host's batch into global arrays with `sediff_jax.parallel.host_local_to_global`.
 
 Batches are read and assembled ahead of the training step by `prefetch` threads, or, with `workers > 0`, by
 `grain` worker processes (`IterDataset.mp_prefetch` over a `MapDataset` of batch positions): the same

@@ -21,10 +21,10 @@ from flax import nnx
 
 from sediff_jax.assets import shipped_path
 from sediff_jax.evaluation.networks import NetworkTrainConfig, batched_apply, load_network, save_network, train_network
-from sediff_jax.generation.model import flatten_params, weights_id
+from sediff_jax.checkpoints.weights import flatten_params, weights_id
 from sediff_jax.models.ecg_encoder import ECGEncoderConfig, ECGTextCLIP
 from sediff_jax.text import TextCache
-from sediff_jax.training.state import split_params
+from sediff_jax.optim import split_params
 
 KIND = "sediff_jax/ecg_text_clip"
 SHIPPED_CLIP = shipped_path("ecg_clip_ptbxl100.safetensors")

@@ -19,7 +19,7 @@ from flax import nnx
 
 from sediff_jax.evaluation.networks import NetworkTrainConfig, batched_apply, train_network
 from sediff_jax.models.ecg_encoder import ECGClassifier, ECGEncoderConfig
-from sediff_jax.training.state import split_params
+from sediff_jax.optim import split_params
 
 SUPERCLASSES = ("NORM", "MI", "STTC", "CD", "HYP")
 SETTINGS = ("TRTR", "TRTR+S", "TSTR")

@@ -20,10 +20,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from sediff_jax.generation.model import flatten_params, unflatten_params, weights_id
+from sediff_jax.checkpoints.weights import flatten_params, unflatten_params, weights_id
 from sediff_jax.io import atomic_path
-from sediff_jax.training.checkpoint import CheckpointError
-from sediff_jax.training.state import OptimizerConfig, make_optimizer, split_params, update_ema
+from sediff_jax.checkpoints import CheckpointError
+from sediff_jax.optim import OptimizerConfig, make_optimizer, split_params, update_ema
 
 Array = jax.Array
 

@@ -22,9 +22,9 @@ import numpy as np
 from sediff_jax.diffusion.sampling import SamplerConfig, denoise_steps, initial_latents, sampling_timesteps
 from sediff_jax.generation.model import SEDiffModel
 from sediff_jax.generation.prompts import Prompt
-from sediff_jax.training.checkpoint import CheckpointError
-from sediff_jax.training.conditions import experience_condition, prior_class_index
-from sediff_jax.training.mesh import batch_sharding, make_mesh, replicated_sharding
+from sediff_jax.checkpoints import CheckpointError
+from sediff_jax.conditioning import experience_condition, prior_class_index
+from sediff_jax.parallel import batch_sharding, make_mesh, replicated_sharding
 
 # x0 is clipped to +-DEFAULT_LATENT_CLIP (unit-variance latents; ~ the 99th percentile of |latent| on PTB-XL) unless
 # the model's config or the sampler says otherwise. Without it the first reverse step divides the eps error by

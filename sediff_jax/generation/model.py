@@ -12,7 +12,6 @@ Two on-disk forms load the same way (`load_model`):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -26,23 +25,21 @@ import numpy as np
 from flax import nnx
 
 from sediff_jax.assets import shipped_path
+from sediff_jax.checkpoints import CheckpointError
+from sediff_jax.checkpoints.trained import dataclass_from_json, load_denoiser, load_vae
+from sediff_jax.checkpoints.weights import flatten_params, unflatten_params, weights_id
 from sediff_jax.diffusion.schedule import PREDICTIONS, NoiseSchedule, make_schedule
 from sediff_jax.io import jsonio
 from sediff_jax.io.outputs import OutputError, output_dir, replace_directory
 from sediff_jax.models.denoiser import DenoiserConfig, LatentDenoiser
 from sediff_jax.models.vae import ECGVAE, VAEConfig
-from sediff_jax.training.checkpoint import CheckpointError
-from sediff_jax.training.state import split_params
+from sediff_jax.optim import split_params
 
 MODEL_FORMAT = "sediff_jax.model"
 MODEL_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 # The checkpoint shipped with the repository (checkpoints/README.md is its model card).
 SHIPPED_CHECKPOINT = shipped_path("sediff_ptbxl100")
-
-
-def _dataclass_from(cls, fields: dict[str, Any]):
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
 
 @dataclasses.dataclass
@@ -83,37 +80,6 @@ class SEDiffModel:
 
     def vae(self) -> ECGVAE:
         return nnx.merge(self.vae_graphdef, self.vae_params)
-
-
-def _tensor_name(prefix: str, path) -> str:
-    """'denoiser/down/0/conv1/kernel' for a pytree key path."""
-    return "/".join([prefix] + [str(getattr(p, "key", getattr(p, "idx", p))) for p in path])
-
-
-def flatten_params(params: Any, prefix: str) -> dict[str, np.ndarray]:
-    """{'<prefix>/<path>': array} of a params pytree (the safetensors layout of exported models)."""
-    return {_tensor_name(prefix, path): np.asarray(leaf)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
-
-
-def unflatten_params(template: Any, flat: dict[str, np.ndarray], prefix: str, where: str) -> Any:
-    """`template`'s tree with its leaves taken from `flat`; every name and shape must match."""
-    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
-    leaves, wanted = [], set()
-    for path, leaf in paths:
-        name = _tensor_name(prefix, path)
-        wanted.add(name)
-        if name not in flat:
-            raise CheckpointError(f"{where}: incompatible checkpoint, tensor {name!r} is missing")
-        value = flat[name]
-        if value.shape != leaf.shape:
-            raise CheckpointError(f"{where}: incompatible checkpoint, tensor {name!r} has shape {value.shape}, "
-                                  f"the model needs {leaf.shape}")
-        leaves.append(np.asarray(value, np.float32) if np.issubdtype(value.dtype, np.floating) else value)
-    extra = sorted(k for k in flat if k.startswith(prefix + "/") and k not in wanted)
-    if extra:
-        raise CheckpointError(f"{where}: incompatible checkpoint, unexpected tensors {extra[:3]}")
-    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def _field_error(where: str, key: str, value: Any, wanted: str) -> CheckpointError:
@@ -172,18 +138,9 @@ def validate_model_config(config: Any, where: str) -> None:
 
 
 def _build(config: dict[str, Any]) -> tuple[nnx.GraphDef, Any, nnx.GraphDef, Any]:
-    denoiser = LatentDenoiser(_dataclass_from(DenoiserConfig, config["denoiser"]), rngs=nnx.Rngs(0))
-    vae = ECGVAE(_dataclass_from(VAEConfig, config["vae"]), rngs=nnx.Rngs(0))
+    denoiser = LatentDenoiser(dataclass_from_json(DenoiserConfig, config["denoiser"]), rngs=nnx.Rngs(0))
+    vae = ECGVAE(dataclass_from_json(VAEConfig, config["vae"]), rngs=nnx.Rngs(0))
     return (*split_params(denoiser), *split_params(vae))
-
-
-def weights_id(flat: dict[str, np.ndarray]) -> str:
-    """12 hex digits of SHA-256 over the tensors' names and bytes: the id of a set of weights."""
-    digest = hashlib.sha256()
-    for name in sorted(flat):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(flat[name]).tobytes())
-    return digest.hexdigest()[:12]
 
 
 def load_exported(directory: str | os.PathLike) -> SEDiffModel:
@@ -229,19 +186,8 @@ def _stage_dir(path: Path) -> Path | None:
 
 def load_training_run(stage_dir: str | os.PathLike, which: str = "best") -> SEDiffModel:
     """The EMA denoiser of a diffusion stage directory (its best checkpoint by default) with its VAE."""
-    from sediff_jax.training import checkpoint as ckpt
-    from sediff_jax.training.loop import load_vae
-    from sediff_jax.training.mesh import make_mesh, replicated_sharding
-    from sediff_jax.training.state import OptimizerConfig, abstract_like, init_state, make_optimizer
-
     stage_dir = Path(stage_dir)
-    meta, _ = ckpt.read_meta(str(stage_dir), which)
-    if meta.get("stage") != "diffusion":
-        raise CheckpointError(f"{stage_dir}: not a diffusion checkpoint (stage {meta.get('stage')!r})")
-    graphdef, params = split_params(LatentDenoiser(_dataclass_from(DenoiserConfig, meta["model"]), rngs=nnx.Rngs(0)))
-    tx = make_optimizer(OptimizerConfig())
-    abstract = abstract_like(jax.eval_shape(lambda: init_state(params, tx, 0)), replicated_sharding(make_mesh()))
-    state, _, meta, step = ckpt.restore(str(stage_dir), abstract, which=which)
+    graphdef, denoiser_params, meta, step = load_denoiser(str(stage_dir), which)
     vae_dir = meta["vae"]["directory"]
     if not os.path.isdir(vae_dir):
         raise CheckpointError(f"{stage_dir}: its VAE stage {vae_dir} is missing")
@@ -257,7 +203,7 @@ def load_training_run(stage_dir: str | os.PathLike, which: str = "best") -> SEDi
         "experience": meta.get("experience", {"used": False}),
         "training": {"step": int(step), "workdir": str(stage_dir.parent)},
     }
-    denoiser_params = jax.device_get(state.ema_params)
+    denoiser_params = jax.device_get(denoiser_params)
     vae_params = jax.device_get(vae_params)
     flat = {**flatten_params(denoiser_params, "denoiser"), **flatten_params(vae_params, "vae")}
     return SEDiffModel(graphdef, denoiser_params, vae_graphdef, vae_params, config, str(stage_dir),

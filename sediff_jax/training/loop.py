@@ -27,7 +27,6 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -37,17 +36,16 @@ from sediff_jax.data.canonical import CanonicalConfig
 from sediff_jax.data.loader import BatchLoader, LoaderState
 from sediff_jax.io import jsonio
 from sediff_jax.io.atomic import atomic_path
-from sediff_jax.models.vae import ECGVAE, VAEConfig
+from sediff_jax.models.vae import VAEConfig
 from sediff_jax.progress import Progress
-from sediff_jax.training import checkpoint as ckpt
+from sediff_jax.checkpoints import stage as ckpt
+from sediff_jax.checkpoints.trained import dataclass_from_json, load_vae
 from sediff_jax.training import stages
-from sediff_jax.training.conditions import ConditionBuilder
-from sediff_jax.training.mesh import host_local_to_global, make_mesh, replicated_sharding
+from sediff_jax.conditioning import ConditionBuilder
+from sediff_jax.parallel import host_local_to_global, make_mesh, replicated_sharding
 from sediff_jax.training.metrics import MetricWriter
 from sediff_jax.training.stages import PRECISIONS, build_vae, compute_dtype, denoiser_config, from_config, vae_config
-from sediff_jax.training.state import (
-    OptimizerConfig, TrainState, abstract_like, init_state, make_optimizer, split_params,
-)
+from sediff_jax.training.state import TrainState, abstract_like, init_state
 from sediff_jax.training.steps import DIFFUSION_BATCH_KEYS, VAE_BATCH_KEYS, latent_scale_from
 
 # Re-exported: the builders moved to `sediff_jax.training.stages`.
@@ -310,22 +308,6 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str, on_ready: Callabl
     return _test(config, result, lambda source: evaluate(state, source, 1 << 30), stage_dir)
 
 
-def load_vae(directory: str, which: str = "best", dtype: jnp.dtype = jnp.float32) -> tuple[nnx.GraphDef, Any, dict]:
-    """(graphdef, EMA params, meta) of a trained VAE stage directory (`<workdir>/vae`); the graphdef computes in
-    `dtype`."""
-    meta, _ = ckpt.read_meta(directory, which)
-    if meta.get("stage") != "vae":
-        raise ckpt.CheckpointError(f"{directory}: not a VAE checkpoint (stage {meta.get('stage')!r})")
-    config = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items()})
-    model = ECGVAE(config, dtype=dtype, rngs=nnx.Rngs(0))
-    graphdef, params = split_params(model)
-    tx = make_optimizer(OptimizerConfig())
-    abstract = jax.eval_shape(lambda: init_state(params, tx, 0))
-    abstract = abstract_like(abstract, replicated_sharding(make_mesh()))
-    state, _, meta, _ = ckpt.restore(directory, abstract, which=which)
-    return graphdef, state.ema_params, meta
-
-
 def train_diffusion(config: ml_collections.ConfigDict, workdir: str, on_ready: Callable[[], None] | None = None
                     ) -> StageResult:
     """Stage 2 under `workdir/diffusion` (see train_vae)."""
@@ -345,7 +327,7 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, on_ready: C
     vae_params = jax.device_put(vae_params, replicated_sharding(mesh))
     if abs(float(vae_meta["fs"]) - float(config.data.fs)) > 1e-6:
         raise ckpt.CheckpointError(f"{vae_dir}: the VAE was trained at {vae_meta['fs']} Hz, data.fs is {config.data.fs}")
-    vae_model = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vae_meta["model"].items()})
+    vae_model = dataclass_from_json(VAEConfig, vae_meta["model"])
 
     encoder = make_text_encoder(config.text.encoder, max_length=config.text.max_length)
     text_cache = TextCache(encoder, os.path.join(workdir, f"text_cache_{config.text.encoder}.npz"))

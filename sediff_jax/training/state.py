@@ -6,13 +6,13 @@ stays on the host and `nnx.merge(graphdef, params)` rebuilds the module inside t
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
+
+from sediff_jax.optim import OptimizerConfig, make_optimizer, split_params, update_ema  # noqa: F401 (the state's API)
 
 Array = jax.Array
 PyTree = Any
@@ -29,50 +29,9 @@ class TrainState(NamedTuple):
     rng: Array
 
 
-@dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-    """AdamW with linear warm-up then cosine decay to `final_lr_fraction`, global-norm gradient clipping.
-    ema_decay: decay of the parameter EMA (0 disables it: the EMA equals the parameters)."""
-
-    learning_rate: float = 2e-4
-    warmup_steps: int = 100
-    total_steps: int = 10_000
-    final_lr_fraction: float = 0.1
-    weight_decay: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.999
-    grad_clip_norm: float = 1.0
-    ema_decay: float = 0.999
-
-
-def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
-    warmup = max(1, min(config.warmup_steps, config.total_steps - 1))
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, warmup, max(config.total_steps, warmup + 1),
-        end_value=config.learning_rate * config.final_lr_fraction)
-    return optax.chain(
-        optax.clip_by_global_norm(config.grad_clip_norm),
-        optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay),
-    )
-
-
-def split_params(model: nnx.Module) -> tuple[nnx.GraphDef, PyTree]:
-    """(graphdef, params as a pure dict). Models here hold only `nnx.Param` state."""
-    graphdef, params = nnx.split(model, nnx.Param)
-    return graphdef, nnx.to_pure_dict(params)
-
-
 def init_state(params: PyTree, tx: optax.GradientTransformation, seed: int) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       ema_params=jax.tree.map(jnp.copy, params), rng=jax.random.PRNGKey(seed))
-
-
-def update_ema(ema: PyTree, params: PyTree, step: Array, decay: float) -> PyTree:
-    """EMA with the usual warm-up: effective decay min(decay, (1 + step) / (10 + step))."""
-    if decay <= 0:
-        return params
-    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step)).astype(jnp.float32)
-    return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
 
 
 def apply_gradients(state: TrainState, grads: PyTree, tx: optax.GradientTransformation,

@@ -23,7 +23,7 @@ from sediff_jax.diffusion.schedule import NoiseSchedule
 from sediff_jax.models.denoiser import METADATA, TEXT
 from sediff_jax.models.vae_losses import VAELossConfig, vae_losses
 from sediff_jax.simulator.params import WaveParams
-from sediff_jax.training.mesh import batch_sharding, replicated_sharding
+from sediff_jax.parallel import batch_sharding, replicated_sharding
 from sediff_jax.training.state import TrainState, apply_gradients, keep_if_finite
 
 Array = jax.Array

@@ -13,7 +13,7 @@ from sediff_jax.data.canonical import CanonicalConfig
 from sediff_jax.data.loader import BatchLoader, LoaderState
 from sediff_jax.data.prepare import PrepareConfig, prepare
 from sediff_jax.data.wfdb_reader import RecordError
-from sediff_jax.training.mesh import host_local_to_global, make_mesh
+from sediff_jax.parallel import host_local_to_global, make_mesh
 from tests.data.test_datasets import write_mimic_fixture
 
 SMALL = CanonicalConfig(fs=100.0, duration_s=10.0)

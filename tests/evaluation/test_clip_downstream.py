@@ -15,7 +15,7 @@ from sediff_jax.evaluation.downstream import (
 )
 from sediff_jax.evaluation.networks import NetworkTrainConfig
 from sediff_jax.models.ecg_encoder import ECGEncoderConfig, ECGTextCLIP
-from sediff_jax.training.checkpoint import CheckpointError
+from sediff_jax.checkpoints import CheckpointError
 
 TINY = ECGEncoderConfig(channels=(8, 16, 16), embed_dim=16, text_hidden=32)
 

@@ -7,7 +7,7 @@ from sediff_jax.experience import ExperienceIndex
 from sediff_jax.experience.distill import OfflineDistiller
 from sediff_jax.experience.reports import ExperienceTable, PromptExperience, build_reports, codes_from_text
 from sediff_jax.text import HashingEncoder, TextCache
-from sediff_jax.training.conditions import ConditionBuilder
+from sediff_jax.conditioning import ConditionBuilder
 from tests.experience.test_distill import DESCRIPTIONS, corpus_of_neighbours
 
 

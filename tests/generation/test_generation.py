@@ -10,8 +10,8 @@ import pytest
 
 from sediff_jax.diffusion.sampling import SamplerConfig
 from sediff_jax.generation import Generator, PromptError, export_model, load_model, make_prompt, read_prompts
-from sediff_jax.training.checkpoint import CheckpointError
-from sediff_jax.training.mesh import make_mesh
+from sediff_jax.checkpoints import CheckpointError
+from sediff_jax.parallel import make_mesh
 from tests.generation.small_model import small_model
 
 PROMPTS = [make_prompt("sinus rhythm, normal ECG", age=50, sex="F", hr=70),

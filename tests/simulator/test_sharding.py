@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import AxisType
 
 from sediff_jax import simulator as sim
-from sediff_jax.training import make_mesh, replicated_sharding, shard_batch
+from sediff_jax.parallel import make_mesh, replicated_sharding, shard_batch
 
 
 def _batch(n):

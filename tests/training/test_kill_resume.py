@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from sediff_jax.data.loader import LoaderState
-from sediff_jax.training import checkpoint as ckpt
+from sediff_jax.checkpoints import stage as ckpt
 from sediff_jax.training import loop
-from sediff_jax.training.mesh import make_mesh
+from sediff_jax.parallel import make_mesh
 from sediff_jax.training.metrics import MetricWriter, read_metrics
 
 STEPS = 6

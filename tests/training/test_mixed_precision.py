@@ -17,7 +17,7 @@ from sediff_jax.models.vae import ECGVAE, VAEConfig
 from sediff_jax.models.vae_losses import VAELossConfig
 from sediff_jax.simulator.priors import load_prior
 from sediff_jax.training.stages import PRECISIONS, compute_dtype
-from sediff_jax.training.mesh import make_mesh, replicated_sharding
+from sediff_jax.parallel import make_mesh, replicated_sharding
 from sediff_jax.training.state import OptimizerConfig, init_state, make_optimizer, split_params
 from sediff_jax.training.steps import (
     DIFFUSION_BATCH_KEYS, VAE_BATCH_KEYS, DiffusionStepConfig, make_diffusion_steps, make_vae_steps,

@@ -12,7 +12,7 @@ import pytest
 
 from experiments.configs import common
 from experiments.configs import tiny
-from sediff_jax.training import checkpoint as ckpt
+from sediff_jax.checkpoints import stage as ckpt
 from sediff_jax.training.loop import TrainingDiverged, load_vae, run_loop, train
 from sediff_jax.training.metrics import read_metrics
 
@@ -105,7 +105,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_nan_loss_stops_with_the_step_and_term(prepared_dir, tmp_path):
-    from sediff_jax.training.checkpoint import Checkpointer
+    from sediff_jax.checkpoints.stage import Checkpointer
 
     class Loader:
         def __init__(self):
@@ -155,7 +155,7 @@ def test_a_trained_run_generates_and_exports_to_the_same_model(uninterrupted, tm
     the same weights and the same ECGs."""
     from sediff_jax.diffusion.sampling import SamplerConfig
     from sediff_jax.generation import Generator, export_model, load_model, make_prompt
-    from sediff_jax.training.mesh import make_mesh
+    from sediff_jax.parallel import make_mesh
 
     workdir, _ = uninterrupted
     from_run = load_model(workdir)
@@ -180,7 +180,7 @@ def test_a_run_trained_with_experience_ships_its_corpus_and_samples_with_reports
     from sediff_jax.experience.reports import build_reports, save_experience
     from sediff_jax.generation import Generator, export_model, load_model, make_prompt
     from sediff_jax.generation.model import EXPERIENCE_PROFILES_FILE
-    from sediff_jax.training.mesh import make_mesh
+    from sediff_jax.parallel import make_mesh
     from tests.experience.test_distill import corpus_of_neighbours
 
     workdir, _ = uninterrupted

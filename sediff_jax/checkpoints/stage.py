@@ -1,7 +1,9 @@
 """Orbax checkpoints of a training stage: the last N steps plus the best one, with the loader position.
 
-`<dir>/checkpoints/<step>/` holds the train state (StandardSave: model, optimiser, EMA, step, RNG), `loader`
-(the `LoaderState` JSON) and `meta` (JSON: stage, config, latent scale, ...). `<dir>/best/<step>/` keeps the
+`<dir>/checkpoints/<step>/` holds `state` (StandardSave: model, optimiser, step, RNG), `ema` (the EMA weights,
+their own item, so reading a trained model needs neither the optimiser nor its state), `loader` (the
+`LoaderState` JSON) and `meta` (JSON: stage, config, latent scale, ...). Checkpoints written before the `ema`
+item existed (the EMA inside `state`) are read as well. `<dir>/best/<step>/` keeps the
 single checkpoint with the lowest validation metric. Orbax writes to a temporary directory and renames it when
 complete, so a kill mid-save leaves the previous checkpoint intact. All processes call save/restore.
 """
@@ -14,11 +16,10 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from sediff_jax.training.state import TrainState
+from sediff_jax.checkpoints.errors import CheckpointError
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, or does not match the model being trained."""
+ITEMS = ("state", "ema", "loader", "meta")
+TrainState = Any  # sediff_jax.training.state.TrainState (a NamedTuple with an `ema_params` field)
 
 
 _ONE_REPLICA_REGISTERED = False
@@ -48,7 +49,7 @@ def _manager(directory: str, max_to_keep: int, best: bool) -> ocp.CheckpointMana
         best_fn=(lambda metrics: metrics["value"]) if best else None, best_mode="min",
         keep_checkpoints_without_metrics=not best,
         multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix="best" if best else "latest"))
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "loader", "meta"))
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS)
 
 
 class Checkpointer:
@@ -61,8 +62,13 @@ class Checkpointer:
 
     @staticmethod
     def _args(state, loader: dict | None, meta: dict) -> ocp.args.Composite:
-        return ocp.args.Composite(state=ocp.args.StandardSave(state), loader=ocp.args.JsonSave(loader or {}),
-                                  meta=ocp.args.JsonSave(meta))
+        items = {"loader": ocp.args.JsonSave(loader or {}), "meta": ocp.args.JsonSave(meta)}
+        if hasattr(state, "ema_params"):  # a TrainState: the EMA weights go to their own item
+            items.update(state=ocp.args.StandardSave(state._replace(ema_params=None)),
+                         ema=ocp.args.StandardSave(state.ema_params))
+        else:  # any other state pytree is saved whole
+            items["state"] = ocp.args.StandardSave(state)
+        return ocp.args.Composite(**items)
 
     def save(self, step: int, state: TrainState, loader: dict | None, meta: dict, force: bool = False) -> bool:
         """Save at `step` (asynchronously); returns whether a checkpoint was written."""
@@ -94,44 +100,90 @@ class Checkpointer:
         self.best.close()
 
 
+def _root(directory: str, which: str) -> str:
+    """The `checkpoints` (latest) or `best` folder of a stage directory (or that folder itself)."""
+    directory = os.path.abspath(directory)
+    if os.path.basename(directory) in ("checkpoints", "best"):
+        return directory
+    return os.path.join(directory, "best" if which == "best" else "checkpoints")
+
+
+def _open(directory: str, which: str, step: int | None) -> tuple[ocp.CheckpointManager, str, int]:
+    """(manager, root, step) of the asked-for checkpoint; CheckpointError names what is missing."""
+    root = _root(directory, which)
+    if not os.path.isdir(root):
+        raise CheckpointError(f"{root}: no checkpoint directory")
+    manager = ocp.CheckpointManager(root, item_names=ITEMS)
+    if step is None:
+        step = manager.best_step() if which == "best" else manager.latest_step()
+        if step is None:
+            step = manager.latest_step()
+    if step is None:
+        manager.close()
+        raise CheckpointError(f"{root}: no checkpoint found")
+    if step not in manager.all_steps():
+        steps = sorted(manager.all_steps())
+        manager.close()
+        raise CheckpointError(f"{root}: no checkpoint at step {step} (has {steps})")
+    return manager, root, int(step)
+
+
+def _has_ema_item(root: str, step: int) -> bool:
+    return os.path.isdir(os.path.join(root, str(step), "ema"))
+
+
 def restore(directory: str, abstract_state: Any, step: int | None = None, which: str = "latest"
             ) -> tuple[TrainState, dict, dict, int]:
     """(state, loader JSON, meta JSON, step) from a stage directory (or one of its `checkpoints` / `best`
     subdirectories); `which` = 'latest' or 'best'; raises CheckpointError naming the directory."""
-    directory = os.path.abspath(directory)
-    sub = "best" if which == "best" else "checkpoints"
-    root = directory if os.path.basename(directory) in ("checkpoints", "best") else os.path.join(directory, sub)
-    if not os.path.isdir(root):
-        raise CheckpointError(f"{root}: no checkpoint directory")
-    manager = ocp.CheckpointManager(root, item_names=("state", "loader", "meta"))
+    manager, root, step = _open(directory, which, step)
     try:
-        if step is None:
-            step = manager.best_step() if which == "best" else manager.latest_step()
-            if step is None:
-                step = manager.latest_step()
-        if step is None:
-            raise CheckpointError(f"{root}: no checkpoint found")
-        if step not in manager.all_steps():
-            raise CheckpointError(f"{root}: no checkpoint at step {step} (has {sorted(manager.all_steps())})")
+        separate = _has_ema_item(root, step) and hasattr(abstract_state, "ema_params")
+        items = {"state": ocp.args.StandardRestore(
+            abstract_state._replace(ema_params=None) if separate else abstract_state),
+            "loader": ocp.args.JsonRestore(), "meta": ocp.args.JsonRestore()}
+        if separate:
+            items["ema"] = ocp.args.StandardRestore(abstract_state.ema_params)
         try:
-            restored = manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), loader=ocp.args.JsonRestore(),
-                meta=ocp.args.JsonRestore()))
+            restored = manager.restore(step, args=ocp.args.Composite(**items))
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{root}/{step}: does not match this model ({str(e)[:300]})") from e
-        return restored.state, dict(restored.loader or {}), dict(restored.meta or {}), int(step)
+        state = restored.state._replace(ema_params=restored.ema) if separate else restored.state
+        return state, dict(restored.loader or {}), dict(restored.meta or {}), step
+    finally:
+        manager.close()
+
+
+def read_ema_params(directory: str, abstract_params: Any, which: str = "best") -> tuple[Any, dict, int]:
+    """(EMA params, meta JSON, step) of a stage directory's `which` checkpoint, restored onto `abstract_params`
+    (ShapeDtypeStructs of the model's params, with shardings): no optimiser is built or read."""
+    manager, root, step = _open(directory, which, None)
+    try:
+        try:
+            if _has_ema_item(root, step):
+                restored = manager.restore(step, args=ocp.args.Composite(
+                    ema=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore()))
+                ema = restored.ema
+            else:  # written before the EMA had its own item: read the state as saved, keep its EMA
+                restored = manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+                saved = restored.state
+                saved = saved["ema_params"] if isinstance(saved, dict) else saved[3]
+                ema = jax.tree.map(lambda a, b: jax.device_put(jax.numpy.asarray(b, a.dtype), a.sharding),
+                                   abstract_params, saved)
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise CheckpointError(f"{root}/{step}: does not match this model ({str(e)[:300]})") from e
+        return ema, dict(restored.meta or {}), step
     finally:
         manager.close()
 
 
 def read_meta(directory: str, which: str = "latest") -> tuple[dict, int]:
     """The `meta` JSON of a stage's latest (or best) checkpoint, without restoring the arrays."""
-    directory = os.path.abspath(directory)
-    root = directory if os.path.basename(directory) in ("checkpoints", "best") else os.path.join(
-        directory, "best" if which == "best" else "checkpoints")
+    root = _root(directory, which)
     if not os.path.isdir(root):
         raise CheckpointError(f"{root}: no checkpoint directory")
-    manager = ocp.CheckpointManager(root, item_names=("state", "loader", "meta"))
+    manager = ocp.CheckpointManager(root, item_names=ITEMS)
     try:
         step = manager.latest_step()
         if step is None:
