@@ -23,12 +23,11 @@ import jax
 import jax.numpy as jnp
 
 from sediff_jax.diffusion.schedule import NoiseSchedule, add_noise, predict_x0, target
-from sediff_jax.simulator.consistency import BeatSolve, euler_energy, interlead_energy, simulation_energy
+from sediff_jax.simulator.consistency import BeatSolve, interlead_energy, simulator_energies
 from sediff_jax.simulator.params import WaveParams
 
 Array = jax.Array
 WEIGHTINGS = ("alpha_bar", "none")
-HR_CLIP_BPM = (30.0, 200.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,15 +139,16 @@ def diffusion_losses(
         x0_hat, w, hr_bpm = x0_hat[rows], w[rows], hr_bpm[rows]
         waves = jax.tree.map(lambda leaf: leaf[rows], waves)
         beat = decode_beat(x0_hat)
-        hr_known = jnp.isfinite(hr_bpm)
-        hr = jnp.clip(jnp.where(hr_known, hr_bpm, 60.0), *HR_CLIP_BPM)
-        w_hr = w * hr_known.astype(jnp.float32)
-        before = config.beat_before
-        if config.euler_weight > 0 or monitor:
-            terms["euler"] = _mean(euler_energy(beat, config.fs, before, waves, hr), w_hr)
+        w_hr = w * jnp.isfinite(hr_bpm).astype(jnp.float32)  # no heart rate: no L_Euler / L_sim
+        wanted = tuple(name for name in ("euler", "interlead", "sim")
+                       if getattr(config, f"{name}_weight") > 0 or monitor)
+        energies = simulator_energies(beat, config.fs, config.beat_before, waves, hr_bpm, wanted,
+                                      BeatSolve(config.sim_solver, config.sim_internal_fs))
+        if "euler" in energies:
+            terms["euler"] = _mean(energies["euler"], w_hr)
             total = total + config.euler_weight * terms["euler"] if config.euler_weight > 0 else total
-        if config.interlead_weight > 0 or monitor:
-            energy = interlead_energy(beat, config.fs)
+        if "interlead" in energies:
+            energy = energies["interlead"]
             if config.interlead_full_signal:
                 if decode_signal is None:
                     raise ValueError("interlead_full_signal needs decode_signal")
@@ -159,9 +159,8 @@ def diffusion_losses(
                 energy = energy + interlead_energy(decode_signal(crop), config.fs)
             terms["interlead"] = _mean(energy, w)
             total = total + config.interlead_weight * terms["interlead"] if config.interlead_weight > 0 else total
-        if config.sim_weight > 0 or monitor:
-            solve = BeatSolve(config.sim_solver, config.sim_internal_fs)
-            terms["sim"] = _mean(simulation_energy(beat, config.fs, before, waves, hr, solve), w_hr)
+        if "sim" in energies:
+            terms["sim"] = _mean(energies["sim"], w_hr)
             total = total + config.sim_weight * terms["sim"] if config.sim_weight > 0 else total
     terms["total"] = total
     return terms

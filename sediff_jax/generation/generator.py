@@ -19,12 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sediff_jax.checkpoints import CheckpointError
+from sediff_jax.conditioning import experience_condition, prior_class_index
 from sediff_jax.diffusion.sampling import SamplerConfig, denoise_steps, initial_latents, sampling_timesteps
 from sediff_jax.generation.model import SEDiffModel
 from sediff_jax.generation.prompts import Prompt
-from sediff_jax.checkpoints import CheckpointError
-from sediff_jax.conditioning import experience_condition, prior_class_index
 from sediff_jax.parallel import batch_sharding, make_mesh, replicated_sharding
+from sediff_jax.simulator.consistency import simulator_energies
 
 # x0 is clipped to +-DEFAULT_LATENT_CLIP (unit-variance latents; ~ the 99th percentile of |latent| on PTB-XL) unless
 # the model's config or the sampler says otherwise. Without it the first reverse step divides the eps error by
@@ -138,18 +139,14 @@ class Generator:
     # Sampling --------------------------------------------------------------------------------------------------
     def _energy(self, vae, batch):
         """Simulator-guidance energy of latents x0 (batch, time, C): L_Euler + L_interlead + L_sim of the
-        decoded beat, with the prompts' prior classes and heart rates (70 bpm where none is given)."""
-        from sediff_jax.simulator.consistency import euler_energy, interlead_energy, simulation_energy
-
+        decoded beat (`simulator_energies`), with the prompts' prior classes and heart rates."""
         fs, scale = self.model.fs, self.model.latent_scale
         before = int(round(float(self.model.config.get("beat_before_s", 0.2)) * fs))
         waves = jax.tree.map(lambda table: table[batch["class_index"]], self.wave_table)
-        hr = jnp.clip(jnp.where(jnp.isfinite(batch["hr"]), batch["hr"], 70.0), 30.0, 200.0)
 
         def energy(x0):
-            beat = vae.beat_decoder(x0 / scale)
-            return (euler_energy(beat, fs, before, waves, hr) + interlead_energy(beat, fs)
-                    + simulation_energy(beat, fs, before, waves, hr))
+            energies = simulator_energies(vae.beat_decoder(x0 / scale), fs, before, waves, batch["hr"])
+            return sum(energies.values())
 
         return energy
 

@@ -17,7 +17,9 @@ A beat is `(batch, samples, 12)` mV at `fs` with its R peak at sample `before` (
   `dynamics.dipole_waveform` of the phase (the vector field is its time derivative), so 'closed_form' is the
   diffrax solve with no truncation error and no sequential loop: one batched evaluation, for accelerators
   where hundreds of tiny solver steps are latency-bound.
-Each returns (batch,) dimensionless values, 0 for a beat the simulator would produce.
+Each returns (batch,) dimensionless values, 0 for a beat the simulator would produce. `simulator_energies`
+evaluates a chosen set of them at given heart rates (unknown ones stand in as `UNKNOWN_HR_BPM`, all clipped to
+`HR_CLIP_BPM`): the one place where training's losses and sampling's simulator guidance get them.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from sediff_jax.simulator.rhythm import heart_rate_scaled_waves, tachogram_num_s
 from sediff_jax.simulator.solve import SimulatorConfig, initial_state, integrate, states_to_leads
 
 Array = jax.Array
+HR_CLIP_BPM = (30.0, 200.0)
+UNKNOWN_HR_BPM = 70.0  # where no heart rate is given (training gives such records no weight in the HR terms)
+ENERGY_TERMS = ("euler", "interlead", "sim")
 POWER_FLOOR = 1e-6  # mV^2 (or (mV/s)^2 scaled): keeps the relative energies finite for an all-zero beat
 
 
@@ -138,3 +143,21 @@ def simulation_energy(beat: Array, fs: float, before: int, waves: WaveParams, hr
         waves, hr_mean, beat.shape[1], before, fs, solve.solver, solve.min_internal_fs)
     centre = lambda x: x - jnp.mean(x, axis=1, keepdims=True)  # noqa: E731
     return _scaled_fit(centre(beat), centre(simulated))
+
+
+def simulator_energies(beat: Array, fs: float, before: int, waves: WaveParams, hr_bpm: Array,
+                       terms: tuple[str, ...] = ENERGY_TERMS, solve: BeatSolve = BeatSolve()) -> dict[str, Array]:
+    """The energies named in `terms` ('euler', 'interlead', 'sim') of beats (batch, samples, 12) mV with R at
+    `before`, judged against `waves` (leaves (batch, 3, 6)) at `hr_bpm` (batch,) (NaN: unknown): each (batch,)."""
+    unknown = [t for t in terms if t not in ENERGY_TERMS]
+    if unknown:
+        raise ValueError(f"energy terms {unknown} are unknown; expected some of {ENERGY_TERMS}")
+    hr = jnp.clip(jnp.where(jnp.isfinite(hr_bpm), hr_bpm, UNKNOWN_HR_BPM), *HR_CLIP_BPM)
+    energies = {}
+    if "euler" in terms:
+        energies["euler"] = euler_energy(beat, fs, before, waves, hr)
+    if "interlead" in terms:
+        energies["interlead"] = interlead_energy(beat, fs)
+    if "sim" in terms:
+        energies["sim"] = simulation_energy(beat, fs, before, waves, hr, solve)
+    return energies

@@ -97,3 +97,20 @@ def test_closed_form_beat_is_the_exact_solution_of_the_diffrax_solve():
         assert float(jnp.max(energy["closed_form"])) < 1e-7 and float(jnp.max(energy["heun"])) < 1e-3
     with pytest.raises(ValueError, match="beat solver 'rk4' is unknown"):
         DiffusionLossConfig(sim_solver="rk4")
+
+
+def test_simulator_energies_is_the_one_entry_of_losses_and_guidance():
+    beats, waves, hr = _beats(["normal_sinus", "lvh"], 75.0)
+    energies = consistency.simulator_energies(beats, FS, BEFORE, waves, hr)
+    assert set(energies) == set(consistency.ENERGY_TERMS)
+    np.testing.assert_allclose(energies["euler"], consistency.euler_energy(beats, FS, BEFORE, waves, hr))
+    np.testing.assert_allclose(energies["sim"], consistency.simulation_energy(beats, FS, BEFORE, waves, hr))
+    # an unknown heart rate stands in as UNKNOWN_HR_BPM; rates are clipped to HR_CLIP_BPM
+    unknown = consistency.simulator_energies(beats, FS, BEFORE, waves, jnp.full_like(hr, jnp.nan), ("euler",))
+    at_default = consistency.euler_energy(beats, FS, BEFORE, waves, jnp.full_like(hr, consistency.UNKNOWN_HR_BPM))
+    np.testing.assert_allclose(unknown["euler"], at_default)
+    clipped = consistency.simulator_energies(beats, FS, BEFORE, waves, jnp.full_like(hr, 500.0), ("euler",))
+    np.testing.assert_allclose(clipped["euler"], consistency.euler_energy(beats, FS, BEFORE, waves,
+                                                                          jnp.full_like(hr, 200.0)))
+    with pytest.raises(ValueError, match=r"energy terms \['qt'\] are unknown"):
+        consistency.simulator_energies(beats, FS, BEFORE, waves, hr, ("qt",))
