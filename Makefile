@@ -19,7 +19,7 @@ DEVICE_PYTHON_VERSION ?= 3.12
 DEVICE_WHEELS ?= ml-collections==1.1.0 wfdb==4.3.1
 BENCH_OUT ?= bench_device_out
 
-.PHONY: demo demo-simulator test test-all bench bench-device bench-device-smoke device-bundle clean
+.PHONY: demo demo-simulator test test-fast test-all bench bench-device bench-device-smoke device-bundle clean
 
 $(VENV)/.base: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ demo-simulator: $(VENV)/.base
 # Fast suite (what CI runs). Tests marked `slow` run with `make test-all`.
 test: $(VENV)/.test
 	$(PY) -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
+
+# The inner loop: the library's own tests (signal, simulator, data, models, diffusion, text, io, checkpoints,
+# experience), without the training runs, CLIs and evaluation protocols that make up most of `make test`.
+FAST_TESTS ?= tests/signal tests/simulator tests/data tests/models tests/diffusion tests/text tests/io \
+	tests/checkpoints tests/experience
+test-fast: $(VENV)/.test
+	$(PY) -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) $(FAST_TESTS)
 
 test-all: $(VENV)/.test
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
