@@ -31,26 +31,25 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from sediff_jax.checkpoints import stage as ckpt
+from sediff_jax.checkpoints.trained import dataclass_from_json, load_vae
+from sediff_jax.conditioning import ConditionBuilder
 from sediff_jax.data.builder import VERSION, config_name, open_split
 from sediff_jax.data.canonical import CanonicalConfig
 from sediff_jax.data.loader import BatchLoader, LoaderState
 from sediff_jax.io import jsonio
 from sediff_jax.io.atomic import atomic_path
 from sediff_jax.models.vae import VAEConfig
-from sediff_jax.progress import Progress
-from sediff_jax.checkpoints import stage as ckpt
-from sediff_jax.checkpoints.trained import dataclass_from_json, load_vae
-from sediff_jax.training import stages
-from sediff_jax.conditioning import ConditionBuilder
 from sediff_jax.parallel import host_local_to_global, make_mesh, replicated_sharding
+from sediff_jax.progress import Progress
+from sediff_jax.training import stages
 from sediff_jax.training.metrics import MetricWriter
-from sediff_jax.training.stages import PRECISIONS, build_vae, compute_dtype, denoiser_config, from_config, vae_config
 from sediff_jax.training.state import TrainState, abstract_like, init_state
-from sediff_jax.training.steps import DIFFUSION_BATCH_KEYS, VAE_BATCH_KEYS, latent_scale_from
-
-# Re-exported: the builders moved to `sediff_jax.training.stages`.
-__all__ = ["PRECISIONS", "STAGES", "TrainingDiverged", "build_vae", "compute_dtype", "denoiser_config",
-           "from_config", "load_vae", "run_loop", "train", "train_diffusion", "train_vae", "vae_config"]
+from sediff_jax.training.steps import (
+    DIFFUSION_BATCH_KEYS,
+    VAE_BATCH_KEYS,
+    latent_scale_from,
+)
 
 STAGES = ("vae", "diffusion", "both")
 MAX_UNCHECKED_STEPS = 1000  # metrics held on the device between checks, at most
@@ -430,9 +429,8 @@ def _test(config, result: StageResult, evaluate: Callable, stage_dir: str) -> St
         return result
     result.test_metrics = evaluate(_open(config, split))
     if jax.process_index() == 0:
-        with atomic_path(os.path.join(stage_dir, "test_metrics.json")) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(jsonio.dumps({"split": split, "step": result.step, **result.test_metrics}, indent=1))
+        jsonio.write_json(os.path.join(stage_dir, "test_metrics.json"),
+                          {"split": split, "step": result.step, **result.test_metrics})
     return result
 
 

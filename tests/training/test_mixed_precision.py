@@ -8,51 +8,23 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sediff_jax import simulator as sim
-from sediff_jax.signal.rpeaks import detect_r_peaks
 from sediff_jax.diffusion.losses import DiffusionLossConfig
 from sediff_jax.diffusion.schedule import make_schedule
-from sediff_jax.models.denoiser import DenoiserConfig, LatentDenoiser
-from sediff_jax.models.vae import ECGVAE, VAEConfig
+from sediff_jax.models.denoiser import LatentDenoiser
+from sediff_jax.models.vae import ECGVAE
 from sediff_jax.models.vae_losses import VAELossConfig
 from sediff_jax.simulator.priors import load_prior
 from sediff_jax.training.stages import PRECISIONS, compute_dtype
 from sediff_jax.parallel import make_mesh, replicated_sharding
 from sediff_jax.training.state import OptimizerConfig, init_state, make_optimizer, split_params
+from tests.training.conftest import DENOISER_CONFIG, FS, VAE_CONFIG
 from sediff_jax.training.steps import (
     DIFFUSION_BATCH_KEYS, VAE_BATCH_KEYS, DiffusionStepConfig, make_diffusion_steps, make_vae_steps,
 )
 
-FS = 100.0
-B = 4
-VAE_CONFIG = VAEConfig(channels=(8, 16, 16), beat_hidden=16, num_groups=4, beat_samples=60)
-DENOISER_CONFIG = DenoiserConfig(channels=(16, 16), attention=(False, True), num_heads=2, context_dim=32,
-                                 time_embed_dim=16, num_groups=4)
 # bfloat16 has an 8-bit mantissa (relative rounding 2^-9 = 0.2 %); through ~20 layers the losses of the same
 # parameters agree with float32 to a few per cent.
 LOSS_RTOL = 0.05
-
-
-@pytest.fixture(scope="module")
-def batch():
-    names = list(sim.PRESETS)
-    params = sim.stack_params([sim.preset_params(names[i % len(names)]) for i in range(B)])
-    ecg = np.asarray(sim.simulate_batch(params, jax.random.split(jax.random.key(0), B),
-                                        sim.SimulatorConfig(duration_s=10.0, fs=FS)), np.float32)
-    peaks = np.full((B, 51), -1, np.int32)
-    for i in range(B):
-        p = detect_r_peaks(ecg[i], FS)[:51]
-        peaks[i, : len(p)] = p
-    rng = np.random.default_rng(0)
-    prior = load_prior()
-    return {
-        "ecg": ecg, "r_peaks": peaks, "mask": np.ones(B, bool),
-        "hr_bpm": np.array([60, 75, np.nan, 90], np.float32), "age": np.array([50, np.nan, 30, 70], np.float32),
-        "sex": np.array([0, 1, -1, 0], np.int32), "text_tokens": rng.normal(size=(B, 6, 32)).astype(np.float32),
-        "text_mask": np.arange(6)[None] < np.array([[3], [6], [1], [4]]),
-        "experience_tokens": np.zeros((B, 1, 32), np.float32), "experience_mask": np.zeros((B, 1), bool),
-        "class_index": rng.integers(0, len(prior.class_names), size=B).astype(np.int32),
-    }
 
 
 def _step_twice(step, params, tx, inputs, mesh, seed=0):

@@ -83,7 +83,7 @@ def test_two_processes_over_loopback_match_one_process_with_two_devices(prepared
     from jax.sharding import SingleDeviceSharding
 
     from experiments.configs import tiny
-    from sediff_jax.training.loop import build_vae
+    from sediff_jax.training.stages import build_vae
     from sediff_jax.training.state import OptimizerConfig, abstract_like, init_state, make_optimizer, split_params
 
     _, params = split_params(build_vae(tiny.get_config(), 0))
