@@ -32,6 +32,17 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def ptbxl_full_dir() -> Path:
+    """All of PTB-XL at 100 Hz, extracted to `SEDIFF_DATA_DIR/ptb-xl-full` (../shared/data/ptb-xl-full/README.md);
+    skips when only the recipe is there."""
+    path = _data_dir() / "ptb-xl-full"
+    if not (path / "records100").is_dir():
+        pytest.skip(f"the full PTB-XL is not extracted at {path} (fetch the snapshot and run extract.sh there, or "
+                    "point SEDIFF_DATA_DIR at a folder whose ptb-xl-full/ holds records100/)")
+    return path
+
+
+@pytest.fixture(scope="session")
 def repo_root() -> Path:
     return _REPO
 

@@ -54,12 +54,29 @@ def scp_text(scp_codes: dict[str, float], statements: dict[str, dict[str, str]],
     return sentences_to_text(_qualified(statements[c]["description"], float(scp_codes[c])) for c in order)
 
 
+LABELS_CHANGED_FILE = "labels_changed_in_v1.0.3.txt"
+
+
+def labels_changed(source_dir: str) -> set[int]:
+    """ecg_ids whose v1.0.1 `scp_codes` give other superclasses than v1.0.3 (one per line in the layout's
+    LABELS_CHANGED_FILE, when it has one; the offline full set does)."""
+    path = os.path.join(source_dir, LABELS_CHANGED_FILE)
+    if not os.path.exists(path):
+        return set()
+    with open(path, encoding="utf-8") as f:
+        try:
+            return {int(line) for line in (raw.split("#")[0].strip() for raw in f) if line}
+        except ValueError as e:
+            raise LayoutError(f"{path}: not a list of ecg_ids ({e})") from None
+
+
 def read_ptbxl(source_dir: str, fs: int = 500) -> list[RecordEntry]:
     """Entries for every row of `ptbxl_database.csv`, pointing at the `fs` Hz waveforms (100 or 500)."""
     if fs not in SAMPLING_RATES:
         raise ValueError(f"PTB-XL has records at 100 and 500 Hz, not {fs}")
     database = os.path.join(source_dir, "ptbxl_database.csv")
     rows = read_csv(database, DATABASE_COLUMNS)
+    changed = labels_changed(source_dir)
     statements = read_statements(os.path.join(source_dir, "scp_statements.csv"))
     entries = []
     for line, row in enumerate(rows, start=2):
@@ -93,6 +110,7 @@ def read_ptbxl(source_dir: str, fs: int = 500) -> list[RecordEntry]:
                 codes=tuple(codes),
                 superclasses=tuple(s for s in SUPERCLASSES if s in superclasses),
                 measurements={},
+                labels_changed=ecg_id in changed,
             )
         )
     return entries

@@ -38,6 +38,8 @@ class RecordEntry:
     text: English report.  original_text: the report as the dataset gives it (PTB-XL: often German).
     codes: statement codes.  superclasses: diagnostic superclasses (PTB-XL), else empty.
     measurements: dict of MEASUREMENT_NAMES -> float (ms / degrees) where the dataset has them.
+    labels_changed: the dataset's own errata say its labels changed between versions (PTB-XL v1.0.1 -> v1.0.3:
+    `labels_changed_in_v1.0.3.txt`); label-based evaluations leave it out.
     """
 
     record_id: str
@@ -52,6 +54,7 @@ class RecordEntry:
     codes: tuple[str, ...] = ()
     superclasses: tuple[str, ...] = ()
     measurements: dict = dataclasses.field(default_factory=dict)
+    labels_changed: bool = False
 
 
 def iter_csv(path: str | os.PathLike, required: Sequence[str]) -> Iterator[dict[str, str]]:

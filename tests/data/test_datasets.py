@@ -176,3 +176,36 @@ def test_demographics_parsing():
     assert parse_sex("0") == "male" and parse_sex("F\n") == "female" and parse_sex("") == "unknown"
     with pytest.raises(LayoutError, match="unknown sex code"):
         parse_sex("7", "x.csv:2")
+
+
+def test_ptbxl_records_relabelled_between_versions_are_flagged(data_dir, tmp_path):
+    source = tmp_path / "ptb-xl"
+    source.mkdir()
+    for name in ("scp_statements.csv", "ptbxl_database.csv"):
+        shutil.copy(data_dir / "ptb-xl" / name, source)
+    assert not any(e.labels_changed for e in read_ptbxl(str(source), 100))  # no errata file: nothing flagged
+    (source / "labels_changed_in_v1.0.3.txt").write_text("2\n# a comment\n17\n")
+    flagged = {e.record_id for e in read_ptbxl(str(source), 100) if e.labels_changed}
+    assert flagged == {"ptbxl/00002", "ptbxl/00017"}
+    (source / "labels_changed_in_v1.0.3.txt").write_text("2\nseventeen\n")
+    with pytest.raises(LayoutError, match="labels_changed_in_v1.0.3.txt: not a list of ecg_ids"):
+        read_ptbxl(str(source), 100)
+
+
+@pytest.mark.data
+def test_the_full_ptbxl_layout_reads_and_canonicalises(ptbxl_full_dir):
+    """All 21,799 records of PTB-XL at 100 Hz: the folds of the paper's split, a sample of each read end to end."""
+    from sediff_jax.data.builder import load_and_canonicalize
+    from sediff_jax.data.canonical import CanonicalConfig
+
+    entries = read_ptbxl(str(ptbxl_full_dir), 100)
+    splits = [e.split for e in entries]
+    assert len(entries) == 21799
+    assert (splits.count("train"), splits.count("validation"), splits.count("test")) == (17418, 2183, 2198)
+    if (ptbxl_full_dir / "labels_changed_in_v1.0.3.txt").is_file():
+        assert sum(e.labels_changed for e in entries) == 8
+    rng = np.random.default_rng(0)
+    for k in rng.choice(len(entries), 30, replace=False):
+        entry, record = load_and_canonicalize(entries[k], CanonicalConfig(fs=100.0))
+        assert not isinstance(record, Exception), record
+        assert record.ecg.shape == (1000, 12) and 20 < record.hr_bpm < 300
