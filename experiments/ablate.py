@@ -53,7 +53,7 @@ cli.check_sampling_flags()
 
 LABELS = {"full": "SE-Diff (full)", "no_simulator": "w/o simulator", "no_interlead": "w/o inter-lead",
           "no_experience": "w/o experience", "no_euler": "w/o L_Euler", "no_sim_solve": "w/o L_sim",
-          "ddpm_only": "L_DDPM only"}
+          "ddpm_only": "L_DDPM only", "scaffold": "with rhythm scaffold", "paper": "w/o rhythm scaffold (paper)"}
 PAPER_HR_ERROR_BPM = {"full": 8.43, "no_simulator": 14.28, "no_interlead": 19.21, "no_experience": 15.06}
 
 
@@ -128,7 +128,7 @@ def main(argv):
     pairs_for = {}  # the split canonicalised at each model's rate and length
 
     def real_pairs_for(model):
-        key = (model.fs, float(model.config["duration_s"]))
+        key = (model.fs, model.spec.duration_s)
         if key not in pairs_for:
             pairs_for[key] = real_pairs(entries, dataclasses.replace(canonical, fs=key[0], duration_s=key[1]),
                                         FLAGS.split, FLAGS.num_samples)

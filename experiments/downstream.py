@@ -69,7 +69,7 @@ def main(argv):
         print(f"error: --checkpoint: {e}", file=sys.stderr)
         return 2
     source = FLAGS.source_dir or dataset_dir("ptbxl")
-    canonical = CanonicalConfig(fs=model.fs, duration_s=float(model.config["duration_s"]))
+    canonical = CanonicalConfig(fs=model.fs, duration_s=model.spec.duration_s)
     try:
         entries = read_entries(PrepareConfig(dataset="ptbxl", out_dir="", source_dir=source, canonical=canonical))
         parts = {split: real_pairs(entries, canonical, split) for split in ("train", "validation", "test")}
@@ -97,14 +97,21 @@ def main(argv):
         write_npz(cached, synthetic, model.fs, record_ids=np.array(train.record_ids), stamp=np.array(stamp))
     generation_s = time.perf_counter() - start
     labels = {split: multi_hot(pairs.superclasses) for split, pairs in parts.items()}
+    keep = {split: pairs.labelled for split, pairs in parts.items()}  # PTB-XL's relabelled records left out
+    dropped = sum(int((~k).sum()) for k in keep.values())
+    if dropped:
+        print(f"left out {dropped} records whose labels changed between PTB-XL versions", flush=True)
     config = NetworkTrainConfig(batch_size=FLAGS.batch_size, num_steps=FLAGS.num_steps)
 
     def log(setting, seed, scores):
         print(f"{setting} seed {seed}: macro F1 {scores['macro_f1']:.3f}, macro AUROC {scores['macro_auroc']:.3f}",
               flush=True)
 
-    results = downstream_experiment((train.ecg, labels["train"]), (parts["validation"].ecg, labels["validation"]),
-                                    (parts["test"].ecg, labels["test"]), (synthetic, labels["train"]), model.fs,
+    results = downstream_experiment((train.ecg[keep["train"]], labels["train"][keep["train"]]),
+                                    (parts["validation"].ecg[keep["validation"]],
+                                     labels["validation"][keep["validation"]]),
+                                    (parts["test"].ecg[keep["test"]], labels["test"][keep["test"]]),
+                                    (synthetic[keep["train"]], labels["train"][keep["train"]]), model.fs,
                                     FLAGS.protocols, seeds, config, log=log)
     lines = ["| protocol | training records | macro F1 | macro AUROC |", "|---|---:|---:|---:|"]
     for setting, r in results.items():

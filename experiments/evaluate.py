@@ -96,7 +96,7 @@ def main(argv):
         encoder = None if not FLAGS.encoder else load_clip(None if FLAGS.encoder == "shipped" else FLAGS.encoder)
     except CheckpointError as e:
         raise cli.UsageError(f"--encoder: {e}") from None
-    canonical = CanonicalConfig(fs=model.fs, duration_s=float(model.config["duration_s"]),
+    canonical = CanonicalConfig(fs=model.fs, duration_s=model.spec.duration_s,
                                 highpass_hz=FLAGS.highpass_hz)
     try:
         entries = read_entries(PrepareConfig(dataset=FLAGS.dataset, out_dir="", source_dir=source,

@@ -38,7 +38,7 @@ def main(argv):
             with open(FLAGS.metrics) as f:
                 extra["metrics"] = json.loads(f.read(), parse_constant=_reject_constant)
         model = load_model(FLAGS.workdir, FLAGS.which)
-        training = dict(model.config.get("training", {}))
+        training = model.spec.training
         training.pop("workdir", None)
         if FLAGS.command:
             training["command"] = FLAGS.command

@@ -7,7 +7,11 @@ r"""Generate 12-lead ECGs from text (+ age, sex, heart rate) with a trained SE-D
 The default checkpoint is the one shipped in checkpoints/ (see checkpoints/README.md). Writes to --out_dir, per
 ECG, a WFDB record `ecg_<prompt>_<sample>.hea/.dat` (12 named leads, mV, the prompt in the header comments) and
 a standard-layout PNG; `samples.npz` with every ECG and its conditions; `manifest.json` (prompts, seed, sampler,
-checkpoint id, measured heart rates, time). Input errors stop before anything is written, naming the flag (and
+checkpoint id, measured heart rates, each ECG's rhythm, time). A model trained with the rhythm scaffold beats
+where the simulator places the prompt's rhythm, or where --rr_ms / --rhythm_from say:
+
+    python -m experiments.sample --text="left bundle branch block" --rhythm_from=patient/rec01 --out_dir=out/lbbb
+ Input errors stop before anything is written, naming the flag (and
 the row of a prompt file); files appear in --out_dir only once every ECG has been generated.
 """
 
@@ -36,7 +40,11 @@ flags.DEFINE_string("text", None, "The report to generate from (or use --prompts
 flags.DEFINE_float("age", None, "Age, years (0-120).")
 flags.DEFINE_string("sex", None, "M or F.")
 flags.DEFINE_float("hr", None, "Heart rate, bpm (20-300).")
-flags.DEFINE_string("prompts", None, "CSV (header: text[,age,sex,hr]) or JSONL file of prompts.")
+flags.DEFINE_string("prompts", None, "CSV (header: text[,age,sex,hr,rr_ms]) or JSONL file of prompts.")
+flags.DEFINE_list("rr_ms", None, "RR intervals (ms, 200-3000) the ECG beats with, e.g. 820,790,810,... (a model "
+                  "trained with the rhythm scaffold); the first R peak falls at 0.3 s.")
+flags.DEFINE_string("rhythm_from", None, "A WFDB record whose R peaks every ECG follows (its first 10 s): this "
+                    "patient's rhythm with the prompt's morphology.")
 flags.DEFINE_integer("num_samples", 1, "ECGs per prompt (>= 1).")
 flags.DEFINE_integer("seed", 0, "Random seed; the same seed and prompts give the same ECGs on any device count.")
 flags.DEFINE_enum("sampler", "ddim", ["ddim", "ddpm"], "DDIM (deterministic at --eta=0) or ancestral DDPM.")
@@ -71,9 +79,12 @@ def _prompts():
 
     if FLAGS.num_samples < 1:
         raise UsageError(f"--num_samples={FLAGS.num_samples} must be >= 1")
+    if FLAGS.rr_ms is not None and FLAGS.rhythm_from is not None:
+        raise UsageError("--rr_ms and --rhythm_from both give the rhythm; pass one")
     if FLAGS.prompts is not None:
-        if FLAGS.text is not None or any(v is not None for v in (FLAGS.age, FLAGS.sex, FLAGS.hr)):
-            raise UsageError("--prompts cannot be combined with --text/--age/--sex/--hr (put them in the file)")
+        if FLAGS.text is not None or any(v is not None for v in (FLAGS.age, FLAGS.sex, FLAGS.hr, FLAGS.rr_ms)):
+            raise UsageError("--prompts cannot be combined with --text/--age/--sex/--hr/--rr_ms (put them in the "
+                             "file)")
         try:
             return read_prompts(FLAGS.prompts)
         except PromptError as e:
@@ -81,7 +92,7 @@ def _prompts():
     if FLAGS.text is None:
         raise UsageError("--text or --prompts is required")
     try:
-        return [make_prompt(FLAGS.text, FLAGS.age, FLAGS.sex, FLAGS.hr)]
+        return [make_prompt(FLAGS.text, FLAGS.age, FLAGS.sex, FLAGS.hr, rr_ms=FLAGS.rr_ms)]
     except PromptError as e:
         raise UsageError(str(e)) from None
 
@@ -109,8 +120,23 @@ def experience_summary(generator, prompts, experience: str) -> dict:
     return {"mode": "auto", "used": True, "reports": generator.experience_reports(prompts, experience)}
 
 
+def rhythm_match_ms(ecg, fs: float, plan) -> float | None:
+    """Median distance (ms) from each requested R peak to the nearest R peak detected in the generated ECG."""
+    import numpy as np
+
+    from sediff_jax.signal.rpeaks import detect_r_peaks
+
+    if plan is None:
+        return None
+    found = detect_r_peaks(ecg, fs) / fs
+    if found.size == 0:
+        return None
+    wanted = np.asarray(plan.r_peaks_s)
+    return round(float(np.median(np.min(np.abs(wanted[:, None] - found[None, :]), axis=1))) * 1000.0, 1)
+
+
 def generate_files(out, prompts, generator, config, seed: int, num_samples: int, png: bool,
-                   experience: str) -> dict:
+                   experience: str, rhythm=None) -> dict:
     """Generate and write everything into `out` (an io.outputs.OutputDir); returns the manifest.  Nothing is
     written until every ECG exists; this tool's earlier outputs there are replaced only then."""
     import jax
@@ -124,8 +150,10 @@ def generate_files(out, prompts, generator, config, seed: int, num_samples: int,
     expanded = [(i, k, p) for i, p in enumerate(prompts) for k in range(num_samples)]
     start = time.perf_counter()
     total = config.num_steps * -(-len(expanded) // generator.max_batch)
+    plans = generator.plan_rhythms([p for _, _, p in expanded], seed,
+                                   None if rhythm is None else [rhythm] * len(expanded))
     with cli.Progress(total, f"{config.kind}-{config.num_steps}", unit="step") as progress:
-        ecg = generator.generate([p for _, _, p in expanded], seed, config, experience, progress.update)
+        ecg = generator.generate([p for _, _, p in expanded], seed, config, experience, progress.update, plans)
     seconds = time.perf_counter() - start
     if not np.all(np.isfinite(ecg)):
         raise RuntimeError(f"{model.source}: the model produced non-finite ECGs (nothing was written)")
@@ -142,6 +170,10 @@ def generate_files(out, prompts, generator, config, seed: int, num_samples: int,
                         f"hr_bpm: {'' if p.hr is None else f'{p.hr:g}'}", f"seed: {seed}", f"sample: {k}",
                         f"sampler: {config.kind}-{config.num_steps} guidance {config.guidance_scale:g}",
                         f"checkpoint: {model.id}"]
+            plan = plans[n]
+            if plan is not None:
+                comments += [f"rhythm: {plan.rhythm} from {plan.source}",
+                             "rr_ms: " + ",".join(f"{x:.0f}" for x in plan.rr_ms)]
             ecg_io.write_wfdb(tmp / name, ecg[n], model.fs, comments=comments)
             files = [f"{name}.hea", f"{name}.dat"]
             if png:
@@ -149,7 +181,9 @@ def generate_files(out, prompts, generator, config, seed: int, num_samples: int,
                 ecg_io.save_ecg_png(tmp / f"{name}.png", ecg[n], model.fs, title=title)
                 files.append(f"{name}.png")
             records.append({"prompt": i, "sample": k, "files": files,
-                            "measured_hr_bpm": None if not np.isfinite(measured) else round(float(measured), 1)})
+                            "measured_hr_bpm": None if not np.isfinite(measured) else round(float(measured), 1),
+                            **({} if plan is None else {"rhythm": plan.as_dict(), "r_peak_match_ms":
+                                                        rhythm_match_ms(ecg[n], model.fs, plan)})})
         nan = float("nan")
         ecg_io.write_npz(tmp / "samples.npz", ecg, model.fs,
                          text=np.array([p.text for _, _, p in expanded]),
@@ -165,7 +199,7 @@ def generate_files(out, prompts, generator, config, seed: int, num_samples: int,
                         "clip_x0": generator.latent_clip if config.clip_x0 is None else config.clip_x0},
             "experience": experience_summary(generator, prompts, experience),
             "checkpoint": {"path": str(model.source), "id": model.id,
-                           "training": model.config.get("training", {})},
+                           "training": model.spec.training},
             "fs": model.fs, "samples": len(expanded), "records": records, "npz": "samples.npz",
             "seconds": round(seconds, 2), "device": f"{jax.devices()[0].device_kind} x{len(jax.devices())}",
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -181,8 +215,9 @@ def generate_files(out, prompts, generator, config, seed: int, num_samples: int,
 def _model_steps(checkpoint: str) -> int | None:
     """The diffusion steps of an exported model, from its config.json alone (checked field by field; None when
     the checkpoint is not an exported model), so that --steps is checked before the model loads."""
-    from sediff_jax.generation.model import CONFIG_FILE, MODEL_FORMAT, validate_model_config
     from sediff_jax.checkpoints import CheckpointError
+    from sediff_jax.checkpoints.spec import MODEL_FORMAT, ModelSpec
+    from sediff_jax.generation.model import CONFIG_FILE
 
     path = Path(checkpoint) / CONFIG_FILE
     try:
@@ -192,10 +227,9 @@ def _model_steps(checkpoint: str) -> int | None:
     if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
         return None
     try:
-        validate_model_config(config, str(path))
+        return ModelSpec.from_json(config, str(path)).schedule_steps
     except CheckpointError as e:
         raise UsageError(f"--checkpoint: {e}") from None
-    return int(config["schedule"]["num_steps"])
 
 
 def main(argv):
@@ -203,6 +237,8 @@ def main(argv):
     from sediff_jax.generation import Generator, load_model
     from sediff_jax.io.outputs import output_dir
     from sediff_jax.checkpoints import CheckpointError
+
+    from sediff_jax.generation import PromptError, rhythm_from_record
 
     prompts = _prompts()
     out = output_dir(FLAGS.out_dir, OUTPUT_FILES, overwrite=FLAGS.overwrite, tool="sample")
@@ -218,8 +254,14 @@ def main(argv):
     generator = Generator(model, max_batch=FLAGS.max_batch)
     if FLAGS.experience == "auto" and generator.experience_error is not None:
         raise UsageError(f"--experience=auto: {generator.experience_error}")
+    try:
+        rhythm = (rhythm_from_record(FLAGS.rhythm_from, model.spec.duration_s) if FLAGS.rhythm_from is not None
+                  else None)
+        generator.plan_rhythms(prompts, FLAGS.seed, None if rhythm is None else [rhythm] * len(prompts))
+    except PromptError as e:  # (RhythmError is one) before anything is written
+        raise UsageError(str(e)) from None
     manifest = generate_files(out, prompts, generator, config, FLAGS.seed, FLAGS.num_samples, FLAGS.png,
-                              FLAGS.experience)
+                              FLAGS.experience, rhythm)
     print(f"wrote {manifest['samples']} ECG(s) ({config.kind}-{config.num_steps}, guidance "
           f"{config.guidance_scale:g}, {manifest['seconds']:.1f} s) to {out.path.resolve()}/")
 

@@ -145,9 +145,9 @@ def sampling_row(report: Report) -> None:
 
     model = load_model(SHIPPED_CHECKPOINT)
     encoder = PrecomputedEncoder(FLAGS.text_encodings) if FLAGS.text_encodings else None
-    if encoder is not None and encoder.id != model.config["text_encoder"]:
+    if encoder is not None and encoder.id != model.spec.text_encoder:
         raise cli.UsageError(f"{FLAGS.text_encodings}: encodings of {encoder.id}, the model needs "
-                             f"{model.config['text_encoder']}; rebuild them (make device-bundle)")
+                             f"{model.spec.text_encoder}; rebuild them (make device-bundle)")
     generator = Generator(model, text_encoder=encoder, max_batch=FLAGS.sample_batch)
     prompts = sampling_prompts(FLAGS.sample_batch)
     sampler = SamplerConfig(kind="ddim", num_steps=FLAGS.sample_steps, guidance_scale=2.0)

@@ -3,23 +3,33 @@ the checkpoint's `ema` item, no optimiser built), for sampling, export and stage
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from safetensors.numpy import load_file
 
 from sediff_jax.checkpoints import stage
 from sediff_jax.checkpoints.errors import CheckpointError
+from sediff_jax.checkpoints.spec import ModelSpec, dataclass_from_json
+from sediff_jax.checkpoints.weights import unflatten_params
 from sediff_jax.models.denoiser import DenoiserConfig, LatentDenoiser
 from sediff_jax.models.vae import ECGVAE, VAEConfig
 from sediff_jax.optim import split_params
 from sediff_jax.parallel import make_mesh, replicated_sharding
 
 
-def dataclass_from_json(cls, fields: dict[str, Any]):
-    """Dataclass `cls` from a checkpoint's JSON fields (lists become tuples)."""
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+def vae_config_from_meta(meta: dict[str, Any]) -> VAEConfig:
+    """The VAEConfig of a VAE stage's meta (checkpoints written before the beat window moved into the VAE config
+    give it from the loss's `beat_before_s`)."""
+    fields = dict(meta["model"])
+    if "beat_r_index" not in fields:
+        fields["beat_r_index"] = int(round(float(meta.get("loss", {}).get("beat_before_s", 0.2)) * float(meta["fs"])))
+    return dataclass_from_json(VAEConfig, fields)
 
 
 def _ema(directory: str, model: nnx.Module, which: str, expected_stage: str) -> tuple[nnx.GraphDef, Any, dict, int]:
@@ -32,12 +42,37 @@ def _ema(directory: str, model: nnx.Module, which: str, expected_stage: str) -> 
     return graphdef, ema, meta, step
 
 
+def exported_vae(directory: str, dtype: jnp.dtype = jnp.float32) -> tuple[nnx.GraphDef, Any, dict]:
+    """(graphdef, params, meta as a VAE stage writes it) of the VAE inside an exported model directory (its
+    config.json and model.safetensors `vae/...` tensors): stage 2 can start from a shipped model's VAE."""
+    config_path = os.path.join(directory, "config.json")
+    try:
+        with open(config_path) as f:
+            spec = ModelSpec.from_json(json.load(f), config_path)
+        flat = load_file(os.path.join(directory, "model.safetensors"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{directory}: not a readable exported model ({e})") from None
+    graphdef, template = split_params(ECGVAE(spec.vae, dtype=dtype, rngs=nnx.Rngs(0)))
+    params = unflatten_params(template, flat, "vae", os.path.join(directory, "model.safetensors"))
+    meta = {"stage": "vae", "model": dataclasses.asdict(spec.vae), "fs": spec.fs, "exported": directory,
+            "loss": {"beat_before_s": spec.vae.beat_r_index / spec.fs}}
+    return graphdef, params, json.loads(json.dumps(meta))
+
+
+def is_exported(directory: str) -> bool:
+    return os.path.isfile(os.path.join(directory, "config.json")) and os.path.isfile(
+        os.path.join(directory, "model.safetensors"))
+
+
 def load_vae(directory: str, which: str = "best", dtype: jnp.dtype = jnp.float32) -> tuple[nnx.GraphDef, Any, dict]:
-    """(graphdef computing in `dtype`, EMA params, meta) of a VAE stage directory (`<workdir>/vae`)."""
+    """(graphdef computing in `dtype`, EMA params, meta) of a VAE stage directory (`<workdir>/vae`), or of the
+    VAE in an exported model directory (`exported_vae`)."""
+    if is_exported(directory):
+        return exported_vae(directory, dtype)
     meta, _ = stage.read_meta(directory, which)
     if meta.get("stage") != "vae":
         raise CheckpointError(f"{directory}: not a VAE checkpoint (stage {meta.get('stage')!r})")
-    model = ECGVAE(dataclass_from_json(VAEConfig, meta["model"]), dtype=dtype, rngs=nnx.Rngs(0))
+    model = ECGVAE(vae_config_from_meta(meta), dtype=dtype, rngs=nnx.Rngs(0))
     graphdef, ema, meta, _ = _ema(directory, model, which, "vae")
     return graphdef, ema, meta
 

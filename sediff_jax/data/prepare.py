@@ -6,7 +6,11 @@ import dataclasses
 
 from sediff_jax.data import builder
 from sediff_jax.data.canonical import CanonicalConfig
+from sediff_jax.data.ludb import read_ludb
+from sediff_jax.data.mimic import read_mimic
+from sediff_jax.data.ptbxl import read_ptbxl
 from sediff_jax.data.sources import SPLITS, RecordEntry
+from sediff_jax.data.synthetic import synthetic_records
 
 DATASETS = ("ptbxl", "mimic", "ludb", "synthetic")
 
@@ -35,17 +39,11 @@ class PrepareConfig:
 def read_entries(config: PrepareConfig) -> list[RecordEntry]:
     """The dataset's record list, with each record at the native rate closest to the canonical one."""
     if config.dataset == "ptbxl":
-        from sediff_jax.data.ptbxl import read_ptbxl
-
         native = 100 if config.canonical.fs <= 100 else 500
         return read_ptbxl(config.source_dir, native)
     if config.dataset == "mimic":
-        from sediff_jax.data.mimic import read_mimic
-
         return read_mimic(config.source_dir, config.mimic_patients_csv)
     if config.dataset == "ludb":
-        from sediff_jax.data.ludb import read_ludb
-
         return read_ludb(config.source_dir)
     raise ValueError(f"unknown dataset {config.dataset!r}; expected one of {', '.join(DATASETS)}")
 
@@ -56,8 +54,6 @@ def prepare(config: PrepareConfig) -> builder.PrepareReport:
         raise ValueError(f"unknown dataset {config.dataset!r}; expected one of {', '.join(DATASETS)}")
     canonical = config.canonical
     if config.dataset == "synthetic":
-        from sediff_jax.data.synthetic import synthetic_records
-
         if config.num_synthetic < len(SPLITS):
             raise ValueError(f"num_synthetic must be at least {len(SPLITS)}, got {config.num_synthetic}")
         counts = {"validation": max(1, config.num_synthetic // 10), "test": max(1, config.num_synthetic // 10)}

@@ -20,11 +20,11 @@ import numpy as np
 from flax import nnx
 
 from sediff_jax.assets import shipped_path
-from sediff_jax.evaluation.networks import NetworkTrainConfig, batched_apply, load_network, save_network, train_network
 from sediff_jax.checkpoints.weights import flatten_params, weights_id
+from sediff_jax.evaluation.networks import NetworkTrainConfig, batched_apply, load_network, save_network, train_network
 from sediff_jax.models.ecg_encoder import ECGEncoderConfig, ECGTextCLIP
-from sediff_jax.text import TextCache
 from sediff_jax.optim import split_params
+from sediff_jax.text import TextCache, encoder_from_id
 
 KIND = "sediff_jax/ecg_text_clip"
 SHIPPED_CLIP = shipped_path("ecg_clip_ptbxl100.safetensors")
@@ -59,7 +59,6 @@ class ClipEncoder:
     @property
     def text_encoder(self):
         if self._text_encoder is None:
-            from sediff_jax.text import encoder_from_id
 
             self._text_encoder = encoder_from_id(self.config["text_encoder"])
         return self._text_encoder

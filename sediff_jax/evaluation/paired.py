@@ -14,9 +14,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sediff_jax.signal.delineation import DelineationError, delineate
+from sediff_jax.data.builder import load_and_canonicalize
 from sediff_jax.evaluation.physiology import interval_errors, measured_heart_rates, summarize
+from sediff_jax.evaluation.rhythm import detectors, rhythm_table
 from sediff_jax.evaluation.signal import limb_lead_residual_mv, paired_mae_mv, paired_nrmse
+from sediff_jax.generation import PromptError, make_prompt
+from sediff_jax.signal.delineation import DelineationError, delineate
 
 INTERVALS = ("pr_ms", "qrs_ms", "qt_ms", "qtc_bazett_ms", "qtc_fridericia_ms", "qrs_axis_deg")
 
@@ -33,6 +36,12 @@ class RealPairs:
     prompts: list
     skipped: dict[str, str]
     superclasses: list[tuple[str, ...]] = dataclasses.field(default_factory=list)
+    labels_changed: list[bool] = dataclasses.field(default_factory=list)
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """(n,) bool: the records whose labels a label-based evaluation may use (not `labels_changed`)."""
+        return ~np.array(self.labels_changed or [False] * len(self.record_ids), bool)
 
     @property
     def texts(self) -> list[str]:
@@ -43,13 +52,11 @@ def real_pairs(entries: Sequence, canonical, split: str, limit: int | None = Non
     """The records of `split` (in dataset order, the first `limit`), canonicalised, with their prompts.
 
     entries: `RecordEntry`s (`sediff_jax.data.prepare.read_entries`).  canonical: `CanonicalConfig`."""
-    from sediff_jax.data.builder import load_and_canonicalize
-    from sediff_jax.generation import PromptError, make_prompt
 
     chosen = [e for e in entries if e.split == split]
     if not chosen:
         raise ValueError(f"no records in split {split!r} (splits present: {sorted({e.split for e in entries})})")
-    ids, ecgs, prompts, skipped, superclasses = [], [], [], {}, []
+    ids, ecgs, prompts, skipped, superclasses, changed = [], [], [], {}, [], []
     for entry in chosen:
         if limit is not None and len(ids) >= limit:
             break
@@ -67,12 +74,14 @@ def real_pairs(entries: Sequence, canonical, split: str, limit: int | None = Non
             continue
         ids.append(entry.record_id)
         superclasses.append(tuple(entry.superclasses))
+        changed.append(bool(entry.labels_changed))
         ecgs.append(record.ecg)
         prompts.append(prompt)
     if not ids:
         raise ValueError(f"none of the {len(chosen)} records of split {split!r} could be used: "
                          f"{next(iter(skipped.values()), '')}")
-    return RealPairs(ids, np.stack(ecgs).astype(np.float32), float(canonical.fs), prompts, skipped, superclasses)
+    return RealPairs(ids, np.stack(ecgs).astype(np.float32), float(canonical.fs), prompts, skipped, superclasses,
+                     changed)
 
 
 def _intervals(ecg: np.ndarray, fs: float) -> list[dict[str, float]]:
@@ -90,12 +99,14 @@ def paired_metrics(generated: np.ndarray, real: np.ndarray, fs: float,
     """Summaries (median, mean, n) of the paired metrics.
 
     generated, real: (n, time, 12) mV, row i generated from record i's conditions.  requested_hr: bpm per row.
-    Returns {"mae_mv", "nrmse", "hr_error_bpm", "hr_error_rel", "limb_residual_mv" (generated),
+    Returns {"mae_mv", "nrmse", "hr_error_bpm", "hr_error_rel", "hr_error_<detector>_bpm" (XQRS; neurokit2
+    when installed: `evaluation.rhythm`), "rr_cv_xqrs", "limb_residual_mv" (generated),
     "limb_residual_real_mv", "intervals": {name: |generated - real| summary}, "unmeasurable_hr": count,
     "undelineated": count}."""
     requested = np.array([np.nan if h is None else h for h in requested_hr], np.float64)
     measured = measured_heart_rates(generated, fs)
     hr_error = np.abs(measured - requested)
+    independent = rhythm_table(generated, fs, [name for name in detectors()])
     gen_intervals, real_intervals = _intervals(generated, fs), _intervals(real, fs)
     return {
         "n": int(len(generated)),
@@ -103,6 +114,9 @@ def paired_metrics(generated: np.ndarray, real: np.ndarray, fs: float,
         "nrmse": summarize(paired_nrmse(generated, real)),
         "hr_error_bpm": summarize(hr_error),
         "hr_error_rel": summarize(hr_error / requested),
+        **{f"hr_error_{name}_bpm": summarize(np.abs(independent[f"{name}_hr_bpm"] - requested))
+           for name in detectors()},
+        "rr_cv_xqrs": summarize(independent["xqrs_rr_cv"]),
         "unmeasurable_hr": int(np.sum(~np.isfinite(measured))),
         "limb_residual_mv": summarize(limb_lead_residual_mv(generated)),
         "limb_residual_real_mv": summarize(limb_lead_residual_mv(real)),
@@ -115,6 +129,10 @@ def markdown_table(metrics: dict[str, Any]) -> str:
     """The paired metrics as a Markdown table (metric | median | mean | n)."""
     rows = [("MAE (mV)", metrics["mae_mv"]), ("NRMSE", metrics["nrmse"]),
             ("HR error (bpm)", metrics["hr_error_bpm"]), ("HR error (relative)", metrics["hr_error_rel"])]
+    rows += [(f"HR error, {name} (bpm)", metrics[f"hr_error_{name}_bpm"]) for name in ("xqrs", "neurokit2")
+             if f"hr_error_{name}_bpm" in metrics]
+    if "rr_cv_xqrs" in metrics:
+        rows.append(("RR CV, generated (XQRS)", metrics["rr_cv_xqrs"]))
     rows += [(f"{label} error ({'deg' if name.endswith('deg') else 'ms'})", metrics["intervals"][name])
              for name, label in zip(INTERVALS, ("PR", "QRS", "QT", "QTc Bazett", "QTc Fridericia", "QRS axis"))]
     rows += [("limb-lead residual, generated (mV)", metrics["limb_residual_mv"]),

@@ -15,10 +15,15 @@ from typing import Any
 import numpy as np
 
 from sediff_jax.evaluation.distribution import (
-    clip_score, frechet_distance, knn_precision_recall, relative_clip, relative_fid, split_half_fid,
+    clip_score,
+    frechet_distance,
+    knn_precision_recall,
+    relative_clip,
+    relative_fid,
+    split_half_fid,
 )
 from sediff_jax.evaluation.paired import RealPairs, markdown_table, paired_metrics
-
+from sediff_jax.generation import Generator
 
 MIN_DISTRIBUTION_RECORDS = 8  # two halves of >= 4 for FID_split, more than k = 3 neighbours
 
@@ -30,7 +35,6 @@ class NonFiniteECG(FloatingPointError):
 def generate_paired(model, pairs: RealPairs, sampler, seed: int = 0, experience: str = "auto",
                     max_batch: int = 64) -> tuple[np.ndarray, float]:
     """(generated (n, time, 12) float32 mV, seconds): row i from record i's prompt, key fold_in(seed, i)."""
-    from sediff_jax.generation import Generator
 
     start = time.perf_counter()
     generated = Generator(model, max_batch=max_batch).generate(pairs.prompts, seed, sampler, experience)

@@ -19,7 +19,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from sediff_jax.experience.profiles import ProfileCorpus, ProfileError
+from sediff_jax.experience.profiles import ProfileCorpus, ProfileError, corpus_summary
 from sediff_jax.experience.retrieval import ExperienceIndex
 from sediff_jax.io import jsonio
 from sediff_jax.io.atomic import atomic_path
@@ -93,7 +93,6 @@ def save_experience(out_dir: str | os.PathLike, corpus: ProfileCorpus, index: Ex
     to the retrieval config and counts. This is what training's `experience.dir` reads."""
     import dataclasses
 
-    from sediff_jax.experience.profiles import corpus_summary
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

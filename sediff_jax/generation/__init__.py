@@ -1,5 +1,17 @@
-"""Text-to-ECG generation with a trained SE-Diff model: loading and exporting models, prompts, the generator."""
+"""Text-to-ECG generation with a trained SE-Diff model: loading and exporting models, prompts, rhythms, the
+generator."""
 
 from sediff_jax.generation.generator import Generator, text_encoder_for
 from sediff_jax.generation.model import SHIPPED_CHECKPOINT, SEDiffModel, export_model, load_model
 from sediff_jax.generation.prompts import Prompt, PromptError, make_prompt, read_prompts
+from sediff_jax.generation.rhythm import (
+    RhythmError,
+    RhythmPlan,
+    rhythm_from_record,
+    rhythm_from_rr,
+    simulated_rhythm,
+)
+
+__all__ = ["Generator", "Prompt", "PromptError", "RhythmError", "RhythmPlan", "SEDiffModel", "SHIPPED_CHECKPOINT",
+           "export_model", "load_model", "make_prompt", "read_prompts", "rhythm_from_record", "rhythm_from_rr",
+           "simulated_rhythm", "text_encoder_for"]

@@ -22,25 +22,28 @@ import numpy as np
 from sediff_jax.checkpoints import CheckpointError
 from sediff_jax.conditioning import experience_condition, prior_class_index
 from sediff_jax.diffusion.sampling import SamplerConfig, denoise_steps, initial_latents, sampling_timesteps
-from sediff_jax.generation.model import SEDiffModel
+from sediff_jax.experience import ExperienceIndex, ProfileCorpus, RetrievalConfig
+from sediff_jax.experience.distill import OfflineDistiller
+from sediff_jax.experience.reports import PromptExperience
+from sediff_jax.generation.model import SEDiffModel, experience_profiles_path
 from sediff_jax.generation.prompts import Prompt
+from sediff_jax.generation.rhythm import RhythmError, RhythmPlan, rhythm_from_rr, simulated_rhythm
 from sediff_jax.parallel import batch_sharding, make_mesh, replicated_sharding
+from sediff_jax.signal.phase import pad_peaks, rhythm_features
 from sediff_jax.simulator.consistency import simulator_energies
+from sediff_jax.simulator.priors import load_prior
+from sediff_jax.text import HashingEncoder, MiniLMEncoder, TextCache, encoder_from_id
 
-# x0 is clipped to +-DEFAULT_LATENT_CLIP (unit-variance latents; ~ the 99th percentile of |latent| on PTB-XL) unless
-# the model's config or the sampler says otherwise. Without it the first reverse step divides the eps error by
-# sqrt(alpha_bar_{T-1}) ~ 1e-4 (cosine schedule) and the shipped model's latents end with std ~1000 (measured).
-DEFAULT_LATENT_CLIP = 3.0
 CONDITION_KEYS = ("text_tokens", "text_mask", "experience_tokens", "experience_mask", "age", "sex", "hr")
+RHYTHM_STREAM = 0x52485954  # folded into a record's key for its simulated rhythm (the sampler's noise is untouched)
 EXPERIENCE_MODES = ("auto", "off")
 
 
 def text_encoder_for(model: SEDiffModel):
     """The text encoder the model was trained with (its id names the encoder, weights digest and length)."""
-    from sediff_jax.text import encoder_from_id
 
     try:
-        return encoder_from_id(str(model.config["text_encoder"]))
+        return encoder_from_id(model.spec.text_encoder)
     except ValueError as e:
         raise CheckpointError(f"{model.source}: {e}") from None
 
@@ -50,19 +53,18 @@ class Generator:
 
     def __init__(self, model: SEDiffModel, mesh=None, text_encoder=None, prior=None, max_batch: int = 64,
                  chunk_steps: int = 25):
-        from sediff_jax.simulator.priors import load_prior
 
         self.model = model
         self.mesh = make_mesh() if mesh is None else mesh
         self.encoder = text_encoder_for(model) if text_encoder is None else text_encoder
-        prior_path = model.config.get("prior", "default")
+        prior_path = model.spec.prior
         self.prior = prior if prior is not None else load_prior(None if prior_path in ("default", "") else prior_path)
-        self.class_names = tuple(model.config.get("prior_classes") or self.prior.class_names)
+        self.class_names = model.spec.prior_classes or tuple(self.prior.class_names)
         missing = [c for c in self.class_names if c not in self.prior.classes]
         if missing:
             raise CheckpointError(f"{model.source}: the simulator prior lacks the model's classes {missing[:3]}")
         self.wave_table = self.prior.wave_table(self.class_names)
-        self.latent_clip = float(model.config.get("latent_clip", DEFAULT_LATENT_CLIP))
+        self.latent_clip = model.spec.latent_clip
         self.prompt_experience, self.experience_cache = self._experience_source()
         devices = self.mesh.devices.size
         self.max_batch = max(devices, max_batch - max_batch % devices)
@@ -77,11 +79,6 @@ class Generator:
     def _experience_source(self):
         """(PromptExperience, TextCache) for a model trained with experience whose corpus is at hand, else
         (None, None): such a model gets the masked segment, as in its condition-dropout training."""
-        from sediff_jax.experience import ExperienceIndex, ProfileCorpus, RetrievalConfig
-        from sediff_jax.experience.distill import OfflineDistiller
-        from sediff_jax.experience.reports import PromptExperience
-        from sediff_jax.generation.model import experience_profiles_path
-        from sediff_jax.text import HashingEncoder, MiniLMEncoder, TextCache
 
         self.experience_error = None
         try:
@@ -91,11 +88,11 @@ class Generator:
             return None, None
         if path is None:
             return None, None
-        experience = self.model.config["experience"]
-        retrieval = experience.get("retrieval") or {}
+        experience = self.model.spec.experience
+        retrieval = experience.retrieval or {}
         config = RetrievalConfig(weights=retrieval.get("weights") or {}, k=int(retrieval.get("k", 5)))
         index = ExperienceIndex(ProfileCorpus.load(path), config)
-        length = int(experience.get("max_tokens", 128))
+        length = int(experience.max_tokens)
         try:
             encoder = (HashingEncoder(dim=self.encoder.dim, max_length=length)
                        if isinstance(self.encoder, HashingEncoder) else MiniLMEncoder(max_length=length))
@@ -115,7 +112,44 @@ class Generator:
         return [self.prompt_experience.report(p.text)[0] for p in prompts]
 
     # Conditions ------------------------------------------------------------------------------------------------
-    def conditions(self, prompts: Sequence[Prompt], experience: str = "auto") -> dict[str, np.ndarray]:
+    @property
+    def uses_rhythm(self) -> bool:
+        """Whether the model was trained with the rhythm scaffold (and so is told where each beat falls)."""
+        return self.model.spec.denoiser.rhythm_channels > 0
+
+    def plan_rhythms(self, prompts: Sequence[Prompt], seed: int = 0,
+                     rhythms: Sequence[RhythmPlan | None] | None = None) -> list[RhythmPlan | None]:
+        """Each prompt's rhythm: `rhythms[i]` where given, else the prompt's rr_ms, else the simulator's rhythm of
+        its text and heart rate (seeded by (seed, i)); all None for a model trained without the scaffold (an
+        explicit rhythm for such a model is an error)."""
+        given = list(rhythms) if rhythms is not None else [None] * len(prompts)
+        if len(given) != len(prompts):
+            raise ValueError(f"{len(given)} rhythms for {len(prompts)} prompts")
+        if not self.uses_rhythm:
+            if any(r is not None for r in given) or any(p.rr_ms is not None for p in prompts):
+                raise RhythmError(f"{self.model.source}: this model was trained without the rhythm scaffold, so it "
+                                  "cannot follow a given rhythm (rr_ms / rhythm_from); use a scaffold model")
+            return [None] * len(prompts)
+        duration = self.model.spec.duration_s
+        plans = []
+        for i, (prompt, plan) in enumerate(zip(prompts, given)):
+            if plan is None and prompt.rr_ms is not None:
+                plan = rhythm_from_rr(prompt.rr_ms, duration, where=f"prompt {i} rr_ms")
+            if plan is None:
+                key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), i), RHYTHM_STREAM)
+                plan = simulated_rhythm(prompt, key, duration)
+            plans.append(plan)
+        return plans
+
+    def rhythm_condition(self, plans: Sequence[RhythmPlan | None]) -> np.ndarray:
+        """(len(plans), latent time, 3) float32: the scaffold of each plan (zeros for None: no scaffold)."""
+        length = self.latent_shape[0]
+        down = self.model.num_samples // length
+        peaks = pad_peaks([np.zeros(0) if p is None else p.r_peak_samples(self.model.fs) for p in plans])
+        return np.asarray(rhythm_features(peaks, length, down), np.float32)
+
+    def conditions(self, prompts: Sequence[Prompt], experience: str = "auto",
+                   rhythms: Sequence[RhythmPlan | None] | None = None) -> dict[str, np.ndarray]:
         """Host arrays of the denoiser's conditions plus `class_index` (simulator prior class) per prompt.
 
         experience='auto' retrieves and distils a report per prompt for a model trained with experience (see
@@ -134,14 +168,14 @@ class Generator:
             "sex": np.array([p.sex_code for p in prompts], np.int32),
             "hr": np.array([np.nan if p.hr is None else p.hr for p in prompts], np.float32),
             "class_index": prior_class_index(texts, self.class_names),
+            **({"rhythm": self.rhythm_condition(rhythms or [None] * len(prompts))} if self.uses_rhythm else {}),
         }
 
     # Sampling --------------------------------------------------------------------------------------------------
     def _energy(self, vae, batch):
         """Simulator-guidance energy of latents x0 (batch, time, C): L_Euler + L_interlead + L_sim of the
         decoded beat (`simulator_energies`), with the prompts' prior classes and heart rates."""
-        fs, scale = self.model.fs, self.model.latent_scale
-        before = int(round(float(self.model.config.get("beat_before_s", 0.2)) * fs))
+        fs, scale, before = self.model.fs, self.model.latent_scale, self.model.spec.beat_r_index
         waves = jax.tree.map(lambda table: table[batch["class_index"]], self.wave_table)
 
         def energy(x0):
@@ -162,7 +196,7 @@ class Generator:
 
                 denoiser = nnx.merge(denoiser_graphdef, params[0])
                 vae = nnx.merge(vae_graphdef, params[1])
-                conditions = {k: batch[k] for k in CONDITION_KEYS}
+                conditions = {k: batch[k] for k in CONDITION_KEYS + ("rhythm",) if k in batch}
 
                 def net(x_t, t, drop):  # x_t holds 1 or 2 (guidance) copies of the batch
                     copies = x_t.shape[0] // x.shape[0]
@@ -179,11 +213,14 @@ class Generator:
         return self._runners[key]
 
     def generate(self, prompts: Sequence[Prompt], seed: int = 0, sampler: SamplerConfig = SamplerConfig(),
-                 experience: str = "auto", progress: Callable[[int], None] | None = None) -> np.ndarray:
+                 experience: str = "auto", progress: Callable[[int], None] | None = None,
+                 rhythms: Sequence[RhythmPlan | None] | None = None) -> np.ndarray:
         """ECGs (len(prompts), time, 12) float32 mV at `model.fs`; progress(n) is called with the number of
         reverse steps just done (summed over batches). `sampler.clip_x0` None means the model's latent clip
-        (`latent_clip` in its config, else DEFAULT_LATENT_CLIP); pass inf for none."""
+        (its spec's `latent_clip`); pass inf for none. rhythms: per prompt, the beats to follow (`plan_rhythms`
+        fills the rest; a model trained with the scaffold is told them)."""
         prompts = list(prompts)
+        plans = self.plan_rhythms(prompts, seed, rhythms)
         if sampler.clip_x0 is None:
             sampler = dataclasses.replace(sampler, clip_x0=self.latent_clip)
         if not math.isfinite(sampler.clip_x0):
@@ -195,14 +232,16 @@ class Generator:
         outputs = []
         for start in range(0, len(prompts), self.max_batch):
             part = prompts[start:start + self.max_batch]
-            outputs.append(self._generate_batch(part, keys[start:start + len(part)], sampler, experience, progress))
+            outputs.append(self._generate_batch(part, plans[start:start + len(part)], keys[start:start + len(part)],
+                                                sampler, experience, progress))
         return np.concatenate(outputs)[: len(prompts)]
 
-    def _generate_batch(self, prompts, keys, sampler, experience, progress) -> np.ndarray:
+    def _generate_batch(self, prompts, plans, keys, sampler, experience, progress) -> np.ndarray:
         n = len(prompts)
         devices = self.mesh.devices.size
         padded = math.ceil(n / devices) * devices
-        batch = self.conditions(prompts + [prompts[-1]] * (padded - n), experience)
+        batch = self.conditions(prompts + [prompts[-1]] * (padded - n), experience,
+                                list(plans) + [plans[-1]] * (padded - n))
         keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], padded - n, axis=0)])
         data = batch_sharding(self.mesh)
         batch = jax.device_put(batch, data)

@@ -1,8 +1,8 @@
 """A trained SE-Diff model for generation: the denoiser's EMA weights, the VAE, and what sampling needs to know.
 
 Two on-disk forms load the same way (`load_model`):
-  * an exported model directory: `config.json` (format `sediff_jax.model`, version 1: model configs, schedule,
-    prediction, fs, latent scale, text encoder, simulator prior) and `model.safetensors` (`denoiser/...`,
+  * an exported model directory: `config.json` (a `ModelSpec`: model configs, schedule, prediction, fs, latent
+    scale, text encoder, simulator prior, experience) and `model.safetensors` (`denoiser/...`,
     `vae/...` float tensors). Written by `export_model` (experiments/export_model.py); the shipped checkpoint
     is one.
   * a training workdir (with `diffusion/`) or a diffusion stage directory: the best EMA checkpoint, and the VAE
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -26,17 +25,16 @@ from flax import nnx
 
 from sediff_jax.assets import shipped_path
 from sediff_jax.checkpoints import CheckpointError
-from sediff_jax.checkpoints.trained import dataclass_from_json, load_denoiser, load_vae
+from sediff_jax.checkpoints.spec import MODEL_FORMAT, MODEL_VERSION, ModelSpec
+from sediff_jax.checkpoints.trained import load_denoiser, load_vae
 from sediff_jax.checkpoints.weights import flatten_params, unflatten_params, weights_id
-from sediff_jax.diffusion.schedule import PREDICTIONS, NoiseSchedule, make_schedule
+from sediff_jax.diffusion.schedule import NoiseSchedule
 from sediff_jax.io import jsonio
 from sediff_jax.io.outputs import OutputError, output_dir, replace_directory
-from sediff_jax.models.denoiser import DenoiserConfig, LatentDenoiser
-from sediff_jax.models.vae import ECGVAE, VAEConfig
+from sediff_jax.models.denoiser import LatentDenoiser
+from sediff_jax.models.vae import ECGVAE
 from sediff_jax.optim import split_params
 
-MODEL_FORMAT = "sediff_jax.model"
-MODEL_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 # The checkpoint shipped with the repository (checkpoints/README.md is its model card).
 SHIPPED_CHECKPOINT = shipped_path("sediff_ptbxl100")
@@ -44,36 +42,36 @@ SHIPPED_CHECKPOINT = shipped_path("sediff_ptbxl100")
 
 @dataclasses.dataclass
 class SEDiffModel:
-    """denoiser / vae: (graphdef, params) pairs, params as pure dicts of arrays.  config: the `config.json` dict
-    (see the module docstring).  source: where it was loaded from.  id: 12 hex digits of the weights' hash."""
+    """denoiser / vae: (graphdef, params) pairs, params as pure dicts of arrays.  spec: the model's ModelSpec.
+    source: where it was loaded from.  id: 12 hex digits of the weights' hash."""
 
     denoiser_graphdef: nnx.GraphDef
     denoiser_params: Any
     vae_graphdef: nnx.GraphDef
     vae_params: Any
-    config: dict[str, Any]
+    spec: ModelSpec
     source: str
     id: str
 
     @property
     def schedule(self) -> NoiseSchedule:
-        return make_schedule(self.config["schedule"]["kind"], int(self.config["schedule"]["num_steps"]))
+        return self.spec.schedule
 
     @property
     def fs(self) -> float:
-        return float(self.config["fs"])
+        return self.spec.fs
 
     @property
     def num_samples(self) -> int:
-        return int(round(float(self.config["duration_s"]) * self.fs))
+        return self.spec.num_samples
 
     @property
     def latent_scale(self) -> float:
-        return float(self.config["latent_scale"])
+        return self.spec.latent_scale
 
     @property
     def prediction(self) -> str:
-        return str(self.config["prediction"])
+        return self.spec.prediction
 
     def denoiser(self) -> LatentDenoiser:
         return nnx.merge(self.denoiser_graphdef, self.denoiser_params)
@@ -82,64 +80,9 @@ class SEDiffModel:
         return nnx.merge(self.vae_graphdef, self.vae_params)
 
 
-def _field_error(where: str, key: str, value: Any, wanted: str) -> CheckpointError:
-    return CheckpointError(f"{where}: field {key!r} is {json.dumps(value)[:80]}; expected {wanted}")
-
-
-def validate_model_config(config: Any, where: str) -> None:
-    """Check a model `config.json` field by field (CheckpointError names the file and the field): a model that
-    loads is one that can generate."""
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{where}: not a model config (a JSON object is expected)")
-    for key in ("denoiser", "vae", "schedule", "prediction", "fs", "duration_s", "latent_scale", "text_encoder"):
-        if key not in config:
-            raise CheckpointError(f"{where}: incompatible checkpoint, the config has no {key!r}")
-
-    def positive(key: str, value: Any, limit: float = math.inf) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value <= limit):
-            raise _field_error(where, key, value, f"a number in (0, {limit:g}]")
-
-    positive("fs", config["fs"], 10_000)
-    positive("duration_s", config["duration_s"], 3600)
-    positive("latent_scale", config["latent_scale"], 1e6)
-    positive("latent_clip", config.get("latent_clip", 3.0), 1e6)
-    positive("beat_before_s", config.get("beat_before_s", 0.2), config["duration_s"])
-    if round(config["fs"] * config["duration_s"]) < 8:
-        raise _field_error(where, "duration_s", config["duration_s"], "at least 8 samples at fs")
-    if config["prediction"] not in PREDICTIONS:
-        raise _field_error(where, "prediction", config["prediction"], f"one of {PREDICTIONS}")
-    schedule = config["schedule"]
-    if not isinstance(schedule, dict) or schedule.get("kind") not in ("cosine", "linear"):
-        raise _field_error(where, "schedule", schedule, "{'kind': 'cosine' or 'linear', 'num_steps': ...}")
-    steps = schedule.get("num_steps")
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps <= 100_000:
-        raise _field_error(where, "schedule.num_steps", steps, "an integer in [2, 100000]")
-    if not isinstance(config["text_encoder"], str) or not config["text_encoder"]:
-        raise _field_error(where, "text_encoder", config["text_encoder"], "a text encoder id")
-    for key, cls in (("denoiser", DenoiserConfig), ("vae", VAEConfig)):
-        fields = config[key]
-        if not isinstance(fields, dict):
-            raise _field_error(where, key, fields, "an object of model settings")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - names)
-        if unknown:
-            raise CheckpointError(f"{where}: field {key!r} has unknown settings {unknown[:3]} (a model of another "
-                                  "sediff_jax version?)")
-        for name, value in fields.items():
-            values = value if isinstance(value, list) else [value]
-            if not all(isinstance(v, (int, float, str, bool)) or v is None for v in values) or any(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and not 0 < v <= 65_536 for v in values):
-                raise _field_error(where, f"{key}.{name}", value, "numbers in (0, 65536] (or a setting name)")
-    experience = config.get("experience", {"used": False})
-    if not isinstance(experience, dict) or not isinstance(experience.get("used", False), bool):
-        raise _field_error(where, "experience", experience, "an object with 'used': true/false")
-    if not isinstance(config.get("prior_classes", []), list):
-        raise _field_error(where, "prior_classes", config.get("prior_classes"), "a list of class names")
-
-
-def _build(config: dict[str, Any]) -> tuple[nnx.GraphDef, Any, nnx.GraphDef, Any]:
-    denoiser = LatentDenoiser(dataclass_from_json(DenoiserConfig, config["denoiser"]), rngs=nnx.Rngs(0))
-    vae = ECGVAE(dataclass_from_json(VAEConfig, config["vae"]), rngs=nnx.Rngs(0))
+def _build(spec: ModelSpec) -> tuple[nnx.GraphDef, Any, nnx.GraphDef, Any]:
+    denoiser = LatentDenoiser(spec.denoiser, rngs=nnx.Rngs(0))
+    vae = ECGVAE(spec.vae, rngs=nnx.Rngs(0))
     return (*split_params(denoiser), *split_params(vae))
 
 
@@ -159,7 +102,7 @@ def load_exported(directory: str | os.PathLike) -> SEDiffModel:
     if config.get("version") != MODEL_VERSION:
         raise CheckpointError(f"{config_path}: model version {config.get('version')!r}; this sediff_jax reads "
                               f"version {MODEL_VERSION}")
-    validate_model_config(config, str(config_path))
+    spec = ModelSpec.from_json(config, str(config_path))
     try:
         flat = load_file(str(weights_path))
     except FileNotFoundError:
@@ -167,13 +110,13 @@ def load_exported(directory: str | os.PathLike) -> SEDiffModel:
     except Exception as e:  # safetensors raises its own error types for truncated or corrupt files
         raise CheckpointError(f"{weights_path}: unreadable weights ({e})") from None
     try:
-        denoiser_graphdef, denoiser_template, vae_graphdef, vae_template = _build(config)
+        denoiser_graphdef, denoiser_template, vae_graphdef, vae_template = _build(spec)
     except (TypeError, ValueError, ZeroDivisionError) as e:  # settings that pass one by one but not together
         raise CheckpointError(f"{config_path}: the model settings do not build a model ({e})") from None
     return SEDiffModel(
         denoiser_graphdef, unflatten_params(denoiser_template, flat, "denoiser", str(weights_path)),
         vae_graphdef, unflatten_params(vae_template, flat, "vae", str(weights_path)),
-        config, str(directory), weights_id(flat))
+        spec, str(directory), weights_id(flat))
 
 
 def _stage_dir(path: Path) -> Path | None:
@@ -192,21 +135,11 @@ def load_training_run(stage_dir: str | os.PathLike, which: str = "best") -> SEDi
     if not os.path.isdir(vae_dir):
         raise CheckpointError(f"{stage_dir}: its VAE stage {vae_dir} is missing")
     vae_graphdef, vae_params, _ = load_vae(vae_dir, which="best")
-    loss = meta.get("loss", {})
-    config = {
-        "format": MODEL_FORMAT, "version": MODEL_VERSION,
-        "denoiser": meta["model"], "vae": meta["vae"]["model"], "schedule": meta["schedule"],
-        "prediction": loss.get("prediction", "epsilon"), "fs": meta["fs"], "duration_s": meta["duration_s"],
-        "latent_scale": meta["latent_scale"], "beat_before_s": loss.get("beat_before_s", 0.2),
-        "text_encoder": meta["text_encoder"], "prior": meta.get("prior", "default"),
-        "prior_classes": meta.get("prior_classes", []), "loss": loss, "latent_clip": 3.0,
-        "experience": meta.get("experience", {"used": False}),
-        "training": {"step": int(step), "workdir": str(stage_dir.parent)},
-    }
+    spec = ModelSpec.from_training(meta, step, str(stage_dir.parent))
     denoiser_params = jax.device_get(denoiser_params)
     vae_params = jax.device_get(vae_params)
     flat = {**flatten_params(denoiser_params, "denoiser"), **flatten_params(vae_params, "vae")}
-    return SEDiffModel(graphdef, denoiser_params, vae_graphdef, vae_params, config, str(stage_dir),
+    return SEDiffModel(graphdef, denoiser_params, vae_graphdef, vae_params, spec, str(stage_dir),
                        weights_id(flat))
 
 
@@ -232,12 +165,12 @@ def experience_profiles_path(model: SEDiffModel) -> Path | None:
     """The profile corpus a model trained with experience retrieves from: the copy in an exported model's
     directory, else the experience directory it was trained with; None for a model trained without.  A model
     trained with experience whose corpus is missing raises CheckpointError naming where it was looked for."""
-    experience = model.config.get("experience") or {}
-    if not experience.get("used"):
+    experience = model.spec.experience
+    if not experience.used:
         return None
     candidates = [Path(model.source) / EXPERIENCE_PROFILES_FILE]
-    if experience.get("dir"):
-        candidates.append(Path(experience["dir"]) / "profiles.npz")
+    if experience.dir:
+        candidates.append(Path(experience.dir) / "profiles.npz")
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         raise CheckpointError(f"{model.source}: the model was trained with experience but its corpus is missing "
@@ -288,10 +221,11 @@ def export_model(model: SEDiffModel, out_dir: str | os.PathLike, extra: dict[str
         raise ValueError(f"dtype={dtype!r}; expected float32 or float16")
     out_dir = Path(os.path.abspath(check_export_target(out_dir, overwrite)))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    config = {**model.config, **(extra or {}), "weights_dtype": dtype}
+    spec = model.spec.replace(weights_dtype=dtype, provenance={**model.spec.provenance, **(extra or {})})
     profiles = experience_profiles_path(model)
     if profiles is not None:  # the corpus travels with the model; the training machine's path means nothing
-        config["experience"] = {**config["experience"], "dir": None}
+        spec = spec.replace(experience=dataclasses.replace(spec.experience, dir=None))
+    config = spec.to_json()
     flat = {name: value.astype(dtype) if np.issubdtype(value.dtype, np.floating) else value
             for name, value in {**flatten_params(model.denoiser_params, "denoiser"),
                                 **flatten_params(model.vae_params, "vae")}.items()}

@@ -14,7 +14,8 @@ from pathlib import Path
 AGE_RANGE = (0.0, 120.0)  # years
 HR_RANGE = (20.0, 300.0)  # bpm
 SEXES = {"M": 0, "F": 1}
-FIELDS = ("text", "age", "sex", "hr")
+RR_RANGE_MS = (200.0, 3000.0)  # 300 to 20 bpm, beat to beat
+FIELDS = ("text", "age", "sex", "hr", "rr_ms")
 MAX_TEXT_CHARS = 10_000  # a report far beyond any clinical statement (the text encoders read 128-256 tokens)
 
 
@@ -24,12 +25,14 @@ class PromptError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Prompt:
-    """text: the report (English).  age: years or None.  sex: 'M', 'F' or None.  hr: heart rate, bpm, or None."""
+    """text: the report (English).  age: years or None.  sex: 'M', 'F' or None.  hr: heart rate, bpm, or None.
+    rr_ms: the RR intervals (ms) the ECG should beat with, or None (the rhythm comes from the text and hr)."""
 
     text: str
     age: float | None = None
     sex: str | None = None
     hr: float | None = None
+    rr_ms: tuple[float, ...] | None = None
 
     @property
     def sex_code(self) -> int:
@@ -52,7 +55,26 @@ def _number(value, name: str, where: str) -> float | None:
     return number
 
 
-def make_prompt(text, age=None, sex=None, hr=None, where: str = "--") -> Prompt:
+def _rr_list(value, where: str) -> tuple[float, ...] | None:
+    """RR intervals from a list or a string ('800,810 795' or '[800, 810]'), each checked; None when empty."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        items = [item for item in value.strip().strip("[]").replace(",", " ").split()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise PromptError(f"{where}rr_ms must be a list of RR intervals in ms, got {value!r}")
+    rr = tuple(_number(item, "rr_ms", where) for item in items)
+    if len(rr) < 1:
+        raise PromptError(f"{where}rr_ms needs at least one RR interval (2 beats)")
+    for k, x in enumerate(rr):
+        if x is None or not RR_RANGE_MS[0] <= x <= RR_RANGE_MS[1]:
+            raise PromptError(f"{where}rr_ms[{k}]={x} is outside {RR_RANGE_MS[0]:g}-{RR_RANGE_MS[1]:g} ms")
+    return rr
+
+
+def make_prompt(text, age=None, sex=None, hr=None, where: str = "--", rr_ms=None) -> Prompt:
     """A validated Prompt. `where` prefixes the field name in errors ('--' for flags, 'prompts.csv row 3: ')."""
     if not isinstance(text, str) or not text.strip():
         raise PromptError(f"{where}text must be a non-empty report, got {text!r}")
@@ -76,11 +98,15 @@ def make_prompt(text, age=None, sex=None, hr=None, where: str = "--") -> Prompt:
     if len(text) > MAX_TEXT_CHARS:
         raise PromptError(f"{where}text is {len(text)} characters long; a report may have at most "
                           f"{MAX_TEXT_CHARS}")
-    return Prompt(text, age, sex, hr)
+    rr = _rr_list(rr_ms, where)
+    if rr is not None and hr is None:  # the heart-rate token says what the RR list does
+        hr = 60000.0 / (sum(rr) / len(rr))
+    return Prompt(text, age, sex, hr, rr)
 
 
 def read_prompts(path: str | os.PathLike) -> list[Prompt]:
-    """Prompts from a CSV (header with `text` and any of age, sex, hr) or JSONL file (one object per line)."""
+    """Prompts from a CSV (header with `text` and any of age, sex, hr, rr_ms) or JSONL file (one object per
+    line). rr_ms: RR intervals in ms, a JSON list or a string of numbers separated by spaces or commas."""
     path = Path(path)
     try:
         raw = path.read_text(encoding="utf-8-sig")  # (a byte-order mark, as Excel writes, is dropped)
@@ -103,7 +129,7 @@ def read_prompts(path: str | os.PathLike) -> list[Prompt]:
         try:
             if reader.fieldnames is None or "text" not in [f.strip() for f in reader.fieldnames]:
                 raise PromptError(f"--prompts={path}: the CSV needs a header with a 'text' column (and optionally "
-                                  f"age, sex, hr), got {reader.fieldnames}")
+                                  f"age, sex, hr, rr_ms), got {reader.fieldnames}")
             for number, row in enumerate(reader, 2):  # row 1 is the header
                 if None in row:
                     raise PromptError(f"--prompts={path} row {number}: more values than header columns")
@@ -116,7 +142,7 @@ def read_prompts(path: str | os.PathLike) -> list[Prompt]:
         if unknown:
             raise PromptError(f"--prompts={path} row {number}: unknown columns {unknown}; expected {list(FIELDS)}")
         prompts.append(make_prompt(row.get("text"), row.get("age"), row.get("sex"), row.get("hr"),
-                                   where=f"--prompts={path} row {number}: "))
+                                   where=f"--prompts={path} row {number}: ", rr_ms=row.get("rr_ms")))
     if not prompts:
         raise PromptError(f"--prompts={path}: no prompts in the file")
     return prompts

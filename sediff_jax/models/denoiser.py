@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sediff_jax.signal.phase import RHYTHM_FEATURES
+
 Array = jax.Array
 DType = jnp.dtype | type
 TEXT, EXPERIENCE, METADATA = 0, 1, 2
@@ -30,7 +32,9 @@ class DenoiserConfig:
     """latent_channels: C of the (time, C) latent.  channels: widths per U-Net level (each level after the first
     halves the time axis).  attention: per level, whether blocks attend (self + cross).  num_heads: attention
     heads.  context_dim: width of the condition tokens (the text encoder's, 384 for MiniLM).
-    time_embed_dim: width of the timestep embedding.  num_groups: GroupNorm groups."""
+    time_embed_dim: width of the timestep embedding.  num_groups: GroupNorm groups.  rhythm_channels: channels
+    of the rhythm scaffold concatenated to x_t (`sediff_jax.signal.phase.rhythm_features`: cos phi, sin phi,
+    present); 0 = none, SE-Diff as published."""
 
     latent_channels: int = 4
     channels: tuple[int, ...] = (64, 128, 128)
@@ -39,8 +43,11 @@ class DenoiserConfig:
     context_dim: int = 384
     time_embed_dim: int = 128
     num_groups: int = 8
+    rhythm_channels: int = 0
 
     def __post_init__(self):
+        if self.rhythm_channels not in (0, RHYTHM_FEATURES):
+            raise ValueError(f"rhythm_channels={self.rhythm_channels}; expected 0 (no scaffold) or {RHYTHM_FEATURES}")
         if len(self.channels) != len(self.attention):
             raise ValueError(f"channels {self.channels} and attention {self.attention} need one entry per level")
 
@@ -166,7 +173,8 @@ class LatentDenoiser(nnx.Module):
 
     x_t: (batch, time, latent_channels); t: (batch,) timesteps.  conditions: dict with text_tokens
     (batch, Lt, d), text_mask (batch, Lt), experience_tokens (batch, Le, d), experience_mask, age (batch,)
-    years or NaN, sex (batch,) 0/1/-1, hr (batch,) bpm or NaN.  drop: (batch, 3) bool (text, experience,
+    years or NaN, sex (batch,) 0/1/-1, hr (batch,) bpm or NaN, and with `config.rhythm_channels` rhythm
+    (batch, time, 3) (the scaffold; zeros for none). drop: (batch, 3) bool (text, experience,
     metadata) for classifier-free guidance; None keeps every condition. `dtype`: the compute precision (module
     docstring); the prediction is float32 whatever it is.
     """
@@ -177,7 +185,8 @@ class LatentDenoiser(nnx.Module):
         self.time_in = nnx.Linear(e, e, dtype=dtype, rngs=rngs)
         self.time_out = nnx.Linear(e, e, dtype=dtype, rngs=rngs)
         self.conditions = ConditionTokens(config, dtype=dtype, rngs=rngs)
-        self.conv_in = nnx.Conv(config.latent_channels, c[0], (3,), padding="SAME", dtype=dtype, rngs=rngs)
+        self.conv_in = nnx.Conv(config.latent_channels + config.rhythm_channels, c[0], (3,), padding="SAME",
+                                dtype=dtype, rngs=rngs)
         down, down_attn, downsample, skips_c = [], [], [], []
         c_prev = c[0]
         for level, (width, attend) in enumerate(zip(c, config.attention)):
@@ -209,7 +218,10 @@ class LatentDenoiser(nnx.Module):
         b, length, _ = x_t.shape
         multiple = self.config.length_multiple
         pad = (-length) % multiple
-        x = jnp.pad(x_t, ((0, 0), (0, pad), (0, 0)))
+        x = x_t
+        if self.config.rhythm_channels:
+            x = jnp.concatenate([x, conditions["rhythm"].astype(x.dtype)], axis=-1)
+        x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
         drop = jnp.zeros((b, 3), bool) if drop is None else drop
         context, context_mask = self.conditions(
             conditions["text_tokens"], conditions["text_mask"], conditions["experience_tokens"],

@@ -28,6 +28,7 @@ class VAEConfig:
     """num_leads: input channels.  latent_channels: C of the (time / 8, C) latent.
     channels: widths of the three resolution stages.  kernel_size: conv kernel (samples).
     num_groups: GroupNorm groups.  beat_samples: length of the decoded beat (0.6 s x fs).
+    beat_r_index: sample of the decoded beat that is its R peak (0.2 s x fs): with beat_samples, the beat window.
     beat_hidden: width of the beat decoder."""
 
     num_leads: int = 12
@@ -37,6 +38,11 @@ class VAEConfig:
     num_groups: int = 8
     beat_samples: int = 60
     beat_hidden: int = 128
+    beat_r_index: int = 20
+
+    def __post_init__(self):
+        if not 0 <= self.beat_r_index < self.beat_samples:
+            raise ValueError(f"beat_r_index={self.beat_r_index} must lie in the beat's {self.beat_samples} samples")
 
     @property
     def downsampling(self) -> int:

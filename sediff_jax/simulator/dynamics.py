@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sediff_jax.simulator.params import BaselineParams, WaveParams
 from sediff_jax.simulator.rhythm import angular_velocity
@@ -108,10 +109,18 @@ def dipole_vector_field(t: Array, state: Array, args: VectorFieldArgs) -> Array:
     return jnp.concatenate([jnp.stack([dx, dy]), dv])
 
 
+def dipole_wave_components(phase: Array, waves: WaveParams) -> Array:
+    """Each wave's closed-form contribution to each dipole channel at `phase` (any shape (...,), rad):
+    (..., channels, waves) mV. NumPy inputs give a NumPy float64 result (host-side fitting), JAX inputs a JAX one."""
+    xp = np if all(isinstance(a, (np.ndarray, float, int)) for a in (phase, *waves)) else jnp
+    angle = phase[..., None, None] - waves.theta
+    dth = angle - (2.0 * math.pi) * xp.round(angle * (0.5 / math.pi))  # wrap_angle, in either library
+    return waves.amplitude * xp.exp(-0.5 * (dth / waves.width) ** 2)
+
+
 def dipole_waveform(phase: Array, waves: WaveParams) -> Array:
     """Closed form of the dipole channels as a function of phase (no baseline): (..., channels) mV.
 
     `phase` has any shape (...,); used for the consistent initial state and as an analytic reference.
     """
-    dth = wrap_angle(phase[..., None, None] - waves.theta)
-    return jnp.sum(waves.amplitude * jnp.exp(-0.5 * (dth / waves.width) ** 2), axis=-1)
+    return dipole_wave_components(phase, waves).sum(axis=-1)

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from sediff_jax.io import atomic_path
 from sediff_jax.simulator.params import (
     DIPOLE_CHANNELS,
     DIPOLE_WAVES,
@@ -206,7 +207,6 @@ def build_prior(
 
 def save_prior(prior: SimulatorPrior, path: str | os.PathLike) -> Path:
     """Write the prior as JSON, atomically."""
-    from sediff_jax.io import atomic_path
 
     data = prior.to_json()
     classes = data.pop("classes")

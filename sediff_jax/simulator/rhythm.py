@@ -93,10 +93,12 @@ def angular_velocity(t: Array, rr: Array, rr_fs: Array) -> Array:
 
 
 def heart_rate_scaled_waves(waves: WaveParams, hr_mean: Array, theta_exponent: np.ndarray) -> WaveParams:
-    """ECGSYN's adaptation of the waves to the heart rate: h = sqrt(HR / 60), b *= h, th *= h ** e."""
-    h = jnp.sqrt(hr_mean / 60.0)
+    """ECGSYN's adaptation of the waves to the heart rate: h = sqrt(HR / 60), b *= h, th *= h ** e.
+
+    Works on JAX arrays (traced, float32) and on NumPy ones (host-side fitting, float64) alike."""
+    h = (hr_mean / 60.0) ** 0.5
     return WaveParams(
-        theta=waves.theta * h ** jnp.asarray(theta_exponent),
+        theta=waves.theta * h ** theta_exponent,
         width=waves.width * h,
         amplitude=waves.amplitude,
     )

@@ -21,6 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sediff_jax.io import atomic_path
+from sediff_jax.text.minilm import default_model_dir, load_minilm, mean_pool
+
 ENCODERS = ("minilm", "hashing")
 
 
@@ -54,9 +57,7 @@ class MiniLMEncoder:
     dim = 384
 
     def __init__(self, model_dir: str | os.PathLike | None = None, max_length: int = 64, batch_size: int = 64):
-        from tokenizers import Tokenizer
-
-        from sediff_jax.text.minilm import default_model_dir, load_minilm, mean_pool
+        from tokenizers import Tokenizer  # (installed with the MiniLM weights; the hashing encoder needs neither)
 
         if not 2 <= max_length <= 512:
             raise ValueError(f"max_length={max_length} must be in [2, 512] tokens")
@@ -257,7 +258,6 @@ class TextCache:
 
     def save(self) -> None:
         """Write the cache if anything was added since it was read or last saved."""
-        from sediff_jax.io import atomic_path
 
         if self.cache_path is None or not self._dirty or not self._index:
             return

@@ -32,10 +32,8 @@ import numpy as np
 from flax import nnx
 
 from sediff_jax.checkpoints import stage as ckpt
-from sediff_jax.checkpoints.trained import dataclass_from_json, load_vae
-from sediff_jax.conditioning import ConditionBuilder
-from sediff_jax.data.builder import VERSION, config_name, open_split
-from sediff_jax.data.canonical import CanonicalConfig
+from sediff_jax.checkpoints.spec import dataclass_from_json
+from sediff_jax.checkpoints.trained import load_vae, vae_config_from_meta
 from sediff_jax.data.loader import BatchLoader, LoaderState
 from sediff_jax.io import jsonio
 from sediff_jax.io.atomic import atomic_path
@@ -43,6 +41,7 @@ from sediff_jax.models.vae import VAEConfig
 from sediff_jax.parallel import host_local_to_global, make_mesh, replicated_sharding
 from sediff_jax.progress import Progress
 from sediff_jax.training import stages
+from sediff_jax.training.config import resolve, resolve_training
 from sediff_jax.training.metrics import MetricWriter
 from sediff_jax.training.state import TrainState, abstract_like, init_state
 from sediff_jax.training.steps import (
@@ -57,37 +56,6 @@ MAX_UNCHECKED_STEPS = 1000  # metrics held on the device between checks, at most
 
 class TrainingDiverged(FloatingPointError):
     """A loss term or the gradient became NaN/Inf; the message names the step and the term."""
-
-
-# -- data -----------------------------------------------------------------------------------------------------
-
-def canonical_config(config: ml_collections.ConfigDict) -> CanonicalConfig:
-    return CanonicalConfig(fs=float(config.data.fs), duration_s=float(config.data.duration_s),
-                           highpass_hz=config.data.get("highpass_hz"))
-
-
-def prepared_path(config: ml_collections.ConfigDict) -> str:
-    """The prepared dataset of `config.data`; built first when missing and `data.prepare_if_missing`."""
-    data = config.data
-    path = os.path.join(data.prepared_dir, data.dataset, config_name(canonical_config(config)), VERSION)
-    if os.path.exists(os.path.join(path, "dataset_info.json")):
-        return path
-    if not data.get("prepare_if_missing", True):
-        raise FileNotFoundError(f"{path}: prepared dataset not found (run experiments/prepare_data.py or set "
-                                "data.prepare_if_missing)")
-    if jax.process_count() > 1:
-        raise FileNotFoundError(f"{path}: prepare the dataset before a multi-host run")
-    from sediff_jax.data.prepare import PrepareConfig, prepare
-
-    source = data.get("source_dir") or ""
-    if data.dataset != "synthetic" and not source:
-        raise ValueError(f"data.source_dir is needed to prepare {data.dataset}")
-    logging.info("preparing %s into %s", data.dataset, path)
-    report = prepare(PrepareConfig(dataset=data.dataset, out_dir=data.prepared_dir, source_dir=source,
-                                   canonical=canonical_config(config), num_synthetic=data.get("num_synthetic", 200),
-                                   seed=data.get("synthetic_seed", 0), num_workers=data.get("num_workers", 1)))
-    logging.info("%s", report.summary())
-    return path
 
 
 def numeric_batch(batch: dict[str, Any], keys: tuple[str, ...], mesh) -> dict[str, jax.Array]:
@@ -161,11 +129,11 @@ def run_loop(
     checkpointer: ckpt.Checkpointer,
 ) -> tuple[TrainState, StageResult]:
     """Steps `start_step` .. training.num_steps with logging, evaluation, checkpoints and the NaN guard."""
-    training = config.training
+    training = resolve_training(config.training)
     num_steps = int(training.num_steps)
-    writer = MetricWriter(stage_dir, tensorboard=training.get("tensorboard", True), resume_step=start_step)
+    writer = MetricWriter(stage_dir, tensorboard=training.tensorboard, resume_step=start_step)
     progress = None
-    if jax.process_index() == 0 and training.get("progress_bar", True):
+    if jax.process_index() == 0 and training.progress_bar:
         progress = Progress(num_steps, stage, unit="step", initial=start_step)
     # Metrics stay on the device until a logging, evaluation or checkpoint step, then leave in one transfer
     # (no host round trip per step); every step's `finite` flag is checked there, before anything is saved.
@@ -195,7 +163,7 @@ def run_loop(
                 step += 1
                 unchecked.append((step, metrics))
                 final = step == num_steps
-                halt = training.get("halt_at_step", 0)
+                halt = training.halt_at_step
                 preempted = stop.requested or checkpointer.reached_preemption(step) or (halt and step == halt)
                 evaluating = step % training.eval_every == 0 or final
                 saving = step % training.checkpoint_every == 0 or final or preempted
@@ -246,14 +214,6 @@ def _resume(checkpointer: ckpt.Checkpointer, stage_dir: str, state: TrainState, 
     return state, loader_state, step, {**meta, **{k: v for k, v in saved_meta.items() if k not in meta}}
 
 
-def _open(config, split: str):
-    return open_split(prepared_path(config), split)
-
-
-def _eval_loader(config, source, batch_size: int) -> BatchLoader:
-    return BatchLoader(source, batch_size, shuffle=False, drop_remainder=False, num_epochs=1, prefetch=1)
-
-
 def _mesh_checked(config) -> Any:
     mesh = make_mesh()
     if config.training.batch_size % mesh.devices.size:
@@ -269,26 +229,20 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str, on_ready: Callabl
     stage_dir = os.path.join(workdir, "vae")
     mesh = _mesh_checked(config.vae)
     training = config.vae.training
-    loss_config = stages.vae_loss_config(config)
     model = stages.vae_model(config, config.seed)
     state = jax.device_put(init_state(model.params, model.tx, config.seed), replicated_sharding(mesh))
-    meta = {"stage": "vae", "model": dataclasses.asdict(stages.vae_config(config)), "fs": float(config.data.fs),
-            "loss": dataclasses.asdict(loss_config), "precision": config.get("precision", "float32")}
-    meta = json.loads(json.dumps(meta))
-    checkpointer = ckpt.Checkpointer(stage_dir, training.get("max_to_keep", 3))
-    state, loader_state, start, meta = _resume(checkpointer, stage_dir, state, mesh, meta)
+    checkpointer = ckpt.Checkpointer(stage_dir, training.max_to_keep)
+    state, loader_state, start, meta = _resume(checkpointer, stage_dir, state, mesh, stages.vae_meta(config))
     if on_ready is not None:
         on_ready()
     train_step, eval_step = stages.vae_steps(config, model, mesh)
-    loader = BatchLoader(_open(config, config.data.train_split), training.batch_size, seed=config.seed,
-                         state=loader_state, prefetch=config.data.get("prefetch", 2),
-                         workers=config.data.get("loader_workers", 0))
-    eval_source = _open(config, config.data.eval_split)
+    loader = stages.train_loader(config, config.vae, stages.split_source(config, config.data.train_split),
+                                 loader_state)
+    eval_source = stages.split_source(config, config.data.eval_split)
 
-    def evaluate(state: TrainState, source=eval_source, max_batches=training.get("max_eval_batches", 1 << 30)
-                 ) -> dict[str, float]:
+    def evaluate(state: TrainState, source=eval_source, max_batches=training.max_eval_batches) -> dict[str, float]:
         sums: dict[str, float] = {}
-        eval_loader = _eval_loader(config, source, training.batch_size)
+        eval_loader = stages.eval_loader(source, training.batch_size)
         for k, batch in enumerate(eval_loader):
             if k >= max_batches:
                 break
@@ -307,98 +261,62 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str, on_ready: Callabl
     return _test(config, result, lambda source: evaluate(state, source, 1 << 30), stage_dir)
 
 
+def _frozen_vae(config: ml_collections.ConfigDict, workdir: str, mesh) -> tuple[str, nnx.GraphDef, Any, dict]:
+    """(directory, graphdef, replicated EMA params, meta with its full VAEConfig) of stage 2's frozen VAE."""
+    vae_dir = config.diffusion.vae_checkpoint or os.path.join(workdir, "vae")
+    try:
+        graphdef, params, meta = load_vae(vae_dir, which="best", dtype=stages.compute_dtype(config))
+    except ckpt.CheckpointError as e:
+        raise ckpt.CheckpointError(f"stage 2 needs a trained VAE: {e}. Train stage 1 first (--config.stage=vae or "
+                                   "both) or point --config.diffusion.vae_checkpoint at a VAE stage directory") from e
+    if abs(float(meta["fs"]) - float(config.data.fs)) > 1e-6:
+        raise ckpt.CheckpointError(f"{vae_dir}: the VAE was trained at {meta['fs']} Hz, data.fs is {config.data.fs}")
+    meta = {**meta, "model": dataclasses.asdict(vae_config_from_meta(meta))}
+    return vae_dir, graphdef, jax.device_put(params, replicated_sharding(mesh)), meta
+
+
 def train_diffusion(config: ml_collections.ConfigDict, workdir: str, on_ready: Callable[[], None] | None = None
                     ) -> StageResult:
     """Stage 2 under `workdir/diffusion` (see train_vae)."""
-    from sediff_jax.simulator.priors import load_prior
-    from sediff_jax.text import TextCache, make_text_encoder
-
     stage_dir = os.path.join(workdir, "diffusion")
     dcfg = config.diffusion
     mesh = _mesh_checked(dcfg)
     training = dcfg.training
-    vae_dir = dcfg.get("vae_checkpoint") or os.path.join(workdir, "vae")
-    try:
-        vae_graphdef, vae_params, vae_meta = load_vae(vae_dir, which="best", dtype=stages.compute_dtype(config))
-    except ckpt.CheckpointError as e:
-        raise ckpt.CheckpointError(f"stage 2 needs a trained VAE: {e}. Train stage 1 first (--config.stage=vae or "
-                                   "both) or point --config.diffusion.vae_checkpoint at a VAE stage directory") from e
-    vae_params = jax.device_put(vae_params, replicated_sharding(mesh))
-    if abs(float(vae_meta["fs"]) - float(config.data.fs)) > 1e-6:
-        raise ckpt.CheckpointError(f"{vae_dir}: the VAE was trained at {vae_meta['fs']} Hz, data.fs is {config.data.fs}")
+    vae_dir, vae_graphdef, vae_params, vae_meta = _frozen_vae(config, workdir, mesh)
     vae_model = dataclass_from_json(VAEConfig, vae_meta["model"])
-
-    encoder = make_text_encoder(config.text.encoder, max_length=config.text.max_length)
-    text_cache = TextCache(encoder, os.path.join(workdir, f"text_cache_{config.text.encoder}.npz"))
-    prior = load_prior(dcfg.get("prior") or None)
-    class_names = prior.class_names
-    wave_table = prior.wave_table(class_names)
-    experience, experience_cache, experience_meta = None, None, {"used": False}
-    experience_dir = config.get("experience", {}).get("dir", "")
-    if experience_dir:
-        from sediff_jax.experience.reports import ExperienceTable
-
-        experience = ExperienceTable.load(os.path.join(experience_dir, "experience.jsonl"))
-        max_tokens = int(config.experience.max_tokens)
-        experience_cache = TextCache(make_text_encoder(config.text.encoder, max_length=max_tokens),
-                                     os.path.join(workdir, f"experience_cache_{config.text.encoder}.npz"))
-        experience_meta = {"used": True, "dir": os.path.abspath(experience_dir), "max_tokens": max_tokens,
-                           "records": len(experience)}
-        manifest = os.path.join(experience_dir, "manifest.json")
-        if os.path.exists(manifest):
-            with open(manifest) as f:
-                built = json.load(f)
-            experience_meta.update(retrieval=built.get("retrieval"), distiller=built.get("distiller"))
-    conditions = ConditionBuilder(text_cache, class_names, experience, experience_cache)
-
-    def save_text_cache():
-        if jax.process_index() == 0:  # one writer of the shared workdir
-            text_cache.save()
-            if experience_cache is not None:
-                experience_cache.save()
-
-    model_config = stages.denoiser_config(config, vae_model.latent_channels, encoder.dim)
-    model = stages.diffusion_model(config, vae_model.latent_channels, encoder.dim, config.seed + 1)
+    conditions = stages.diffusion_conditions(config, workdir)
+    model_config = stages.denoiser_config(config, vae_model.latent_channels, conditions.encoder.dim)
+    model = stages.diffusion_model(config, vae_model.latent_channels, conditions.encoder.dim, config.seed + 1)
     state = jax.device_put(init_state(model.params, model.tx, config.seed + 1), replicated_sharding(mesh))
-    loss_config = stages.diffusion_loss_config(config)
-    meta = {"stage": "diffusion", "model": dataclasses.asdict(model_config),
-            "vae": {"directory": os.path.abspath(vae_dir), "model": vae_meta["model"]},
-            "schedule": {"kind": dcfg.schedule.kind, "num_steps": int(dcfg.schedule.num_steps)},
-            "loss": dataclasses.asdict(loss_config), "fs": float(config.data.fs),
-            "duration_s": float(config.data.duration_s), "text_encoder": encoder.id,
-            "prior": str(dcfg.get("prior") or "default"),
-            "prior_classes": list(class_names), "experience": experience_meta,
-            "precision": config.get("precision", "float32")}
-    meta = json.loads(json.dumps(meta))
-    checkpointer = ckpt.Checkpointer(stage_dir, training.get("max_to_keep", 3))
+    loss_config = stages.diffusion_loss_config(config, vae_model)
+    meta = stages.diffusion_meta(config, model_config, vae_dir, vae_meta, loss_config, conditions)
+    checkpointer = ckpt.Checkpointer(stage_dir, training.max_to_keep)
     state, loader_state, start, meta = _resume(checkpointer, stage_dir, state, mesh, meta)
     if on_ready is not None:
         on_ready()
-    train_source = _open(config, config.data.train_split)
+    train_source = stages.split_source(config, config.data.train_split)
 
     if "latent_scale" not in meta:  # a fresh run: unit-variance latents, from the first training examples
         vae = nnx.merge(vae_graphdef, vae_params)
         encode = jax.jit(lambda ecg: vae.encode(ecg)[0])
         probe = BatchLoader(train_source, training.batch_size, seed=config.seed, shuffle=False, num_epochs=1,
                             prefetch=0, process_index=0, process_count=1)
-        batches = [b["ecg"] for _, b in zip(range(dcfg.get("latent_scale_batches", 4)), probe)]
+        batches = [b["ecg"] for _, b in zip(range(dcfg.latent_scale_batches), probe)]
         probe.close()
         meta["latent_scale"] = latent_scale_from(encode, batches)
         logging.info("latent scale %.4f", meta["latent_scale"])
     train_step, eval_step = stages.diffusion_steps(config, model, vae_graphdef, loss_config, meta["latent_scale"],
-                                                   wave_table, mesh)
-    loader = BatchLoader(train_source, training.batch_size, seed=config.seed, state=loader_state,
-                         prefetch=config.data.get("prefetch", 2), workers=config.data.get("loader_workers", 0))
-    eval_source = _open(config, config.data.eval_split)
+                                                   conditions.wave_table, mesh)
+    loader = stages.train_loader(config, dcfg, train_source, loader_state)
+    eval_source = stages.split_source(config, config.data.eval_split)
 
     def to_inputs(batch):
-        return numeric_batch(conditions(batch), DIFFUSION_BATCH_KEYS, mesh)
+        return numeric_batch(conditions.builder(batch), DIFFUSION_BATCH_KEYS, mesh)
 
-    def evaluate(state: TrainState, source=eval_source, max_batches=training.get("max_eval_batches", 1 << 30)
-                 ) -> dict[str, float]:
+    def evaluate(state: TrainState, source=eval_source, max_batches=training.max_eval_batches) -> dict[str, float]:
         sums: dict[str, float] = {}
         count = 0.0
-        eval_loader = _eval_loader(config, source, training.batch_size)
+        eval_loader = stages.eval_loader(source, training.batch_size)
         for k, batch in enumerate(eval_loader):  # fixed noise per batch: comparable across evaluations
             if k >= max_batches:
                 break
@@ -408,7 +326,7 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, on_ready: C
                 sums[name] = sums.get(name, 0.0) + float(v) * n
             count += n
         eval_loader.close()
-        save_text_cache()
+        conditions.save_caches()
         return {name: v / max(count, 1.0) for name, v in sums.items()}
 
     state, result = run_loop(stage="diffusion", stage_dir=stage_dir, config=dcfg, state=state, start_step=start,
@@ -416,7 +334,7 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, on_ready: C
                              to_inputs=to_inputs, evaluate=evaluate, best_metric="ddpm", meta=meta,
                              checkpointer=checkpointer)
     result = _test(config, result, lambda source: evaluate(state, source, 1 << 30), stage_dir)
-    save_text_cache()
+    conditions.save_caches()
     checkpointer.close()
     return result
 
@@ -424,10 +342,10 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, on_ready: C
 def _test(config, result: StageResult, evaluate: Callable, stage_dir: str) -> StageResult:
     """After a completed stage: evaluate the final EMA weights on the whole test split (`data.test_split`,
     '' to skip) and write `<stage>/test_metrics.json`."""
-    split = config.data.get("test_split", "")
+    split = config.data.test_split
     if result.stopped_early or not split:
         return result
-    result.test_metrics = evaluate(_open(config, split))
+    result.test_metrics = evaluate(stages.split_source(config, split))
     if jax.process_index() == 0:
         jsonio.write_json(os.path.join(stage_dir, "test_metrics.json"),
                           {"split": split, "step": result.step, **result.test_metrics})
@@ -445,11 +363,11 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> list[StageResult]:
     """Run `config.stage` under `workdir`; returns one StageResult per stage run."""
+    config = resolve(config)
     if config.stage not in STAGES:
         raise ValueError(f"stage {config.stage!r} is unknown; expected one of {STAGES}")
     if not config.data.prepared_dir:
-        with config.unlocked():
-            config.data.prepared_dir = os.path.join(workdir, "prepared")
+        config.data.prepared_dir = os.path.join(workdir, "prepared")
     # config.json describes the run in the workdir: written once the first stage has accepted the workdir (a run
     # refused for a mismatching checkpoint leaves the previous run's config in place).
     ready = lambda: write_config(config, workdir)  # noqa: E731

@@ -1,26 +1,39 @@
-"""One builder per training stage: model, optimiser and jitted steps from a training config, with no data layer.
+"""The builders of both training stages from a (resolved) training config: data sources and loaders, models,
+optimisers, jitted steps, stage 2's conditions, and the meta each stage's checkpoints record.
 
 The loop (`sediff_jax.training.loop`), the train-step and device benchmarks and the ablation runner build both
-stages here, so a benchmark times exactly the step that training runs. Nothing here reads data or checkpoints.
+stages here, so a benchmark times exactly the step that training runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+import json
+import logging
+import os
+from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from sediff_jax.conditioning import ConditionBuilder
+from sediff_jax.data.builder import VERSION, config_name, open_split
+from sediff_jax.data.canonical import CanonicalConfig
+from sediff_jax.data.loader import BatchLoader, LoaderState
+from sediff_jax.data.prepare import PrepareConfig, prepare
 from sediff_jax.diffusion.losses import DiffusionLossConfig
 from sediff_jax.diffusion.schedule import make_schedule
+from sediff_jax.experience.reports import ExperienceTable
 from sediff_jax.models.denoiser import DenoiserConfig, LatentDenoiser
 from sediff_jax.models.vae import ECGVAE, VAEConfig
 from sediff_jax.models.vae_losses import VAELossConfig
 from sediff_jax.simulator.params import WaveParams
+from sediff_jax.simulator.priors import load_prior
+from sediff_jax.text import TextCache, make_text_encoder
 from sediff_jax.training.state import OptimizerConfig, PyTree, make_optimizer, split_params
 from sediff_jax.training.steps import DiffusionStepConfig, make_diffusion_steps, make_vae_steps
 
@@ -41,10 +54,55 @@ def from_config(cls, config: ml_collections.ConfigDict | dict, **overrides):
 def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
     """The models' compute precision of `config.precision`: 'float32', or 'bfloat16' (mixed precision: bfloat16
     convolutions, attention and matmuls; float32 parameters, optimiser, losses, simulator and ODE solve)."""
-    precision = config.get("precision", "float32")
+    precision = config.precision
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is unknown; expected one of {', '.join(PRECISIONS)}")
     return PRECISIONS[precision]
+
+
+# -- data -----------------------------------------------------------------------------------------------------
+
+def canonical_config(config: ml_collections.ConfigDict) -> CanonicalConfig:
+    return CanonicalConfig(fs=float(config.data.fs), duration_s=float(config.data.duration_s),
+                           highpass_hz=config.data.highpass_hz)
+
+
+def prepared_path(config: ml_collections.ConfigDict) -> str:
+    """The prepared dataset of `config.data`; built first when missing and `data.prepare_if_missing`."""
+    data = config.data
+    path = os.path.join(data.prepared_dir, data.dataset, config_name(canonical_config(config)), VERSION)
+    if os.path.exists(os.path.join(path, "dataset_info.json")):
+        return path
+    if not data.prepare_if_missing:
+        raise FileNotFoundError(f"{path}: prepared dataset not found (run experiments/prepare_data.py or set "
+                                "data.prepare_if_missing)")
+    if jax.process_count() > 1:
+        raise FileNotFoundError(f"{path}: prepare the dataset before a multi-host run")
+    if data.dataset != "synthetic" and not data.source_dir:
+        raise ValueError(f"data.source_dir is needed to prepare {data.dataset}")
+    logging.info("preparing %s into %s", data.dataset, path)
+    report = prepare(PrepareConfig(dataset=data.dataset, out_dir=data.prepared_dir, source_dir=data.source_dir,
+                                   canonical=canonical_config(config), num_synthetic=data.num_synthetic,
+                                   seed=data.synthetic_seed, num_workers=data.num_workers))
+    logging.info("%s", report.summary())
+    return path
+
+
+def split_source(config: ml_collections.ConfigDict, split: str):
+    """The random-access source of one split of the prepared dataset."""
+    return open_split(prepared_path(config), split)
+
+
+def train_loader(config: ml_collections.ConfigDict, stage_config: ml_collections.ConfigDict, source,
+                 state: LoaderState | None) -> BatchLoader:
+    """The shuffled, repeating, per-host training loader of a stage, resumed at `state`."""
+    return BatchLoader(source, stage_config.training.batch_size, seed=config.seed, state=state,
+                       prefetch=config.data.prefetch, workers=config.data.loader_workers)
+
+
+def eval_loader(source, batch_size: int) -> BatchLoader:
+    """One ordered pass over `source`, the last batch padded (its mask says which rows are real)."""
+    return BatchLoader(source, batch_size, shuffle=False, drop_remainder=False, num_epochs=1, prefetch=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +127,9 @@ def vae_loss_config(config: ml_collections.ConfigDict) -> VAELossConfig:
 
 
 def vae_config(config: ml_collections.ConfigDict) -> VAEConfig:
-    return from_config(VAEConfig, config.vae.model, beat_samples=vae_loss_config(config).beat_samples)
+    """The VAE of `config`; its decoded beat spans the loss's beat window (R at `beat_r_index`)."""
+    before, after = vae_loss_config(config).beat_window
+    return from_config(VAEConfig, config.vae.model, beat_samples=before + after, beat_r_index=before)
 
 
 def build_vae(config: ml_collections.ConfigDict, seed: int) -> ECGVAE:
@@ -79,6 +139,16 @@ def build_vae(config: ml_collections.ConfigDict, seed: int) -> ECGVAE:
 def vae_model(config: ml_collections.ConfigDict, seed: int) -> StageModel:
     graphdef, params = split_params(build_vae(config, seed))
     return StageModel(graphdef, params, *_optimizer(config.vae))
+
+
+def vae_meta(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What stage 1's checkpoints record (JSON types): the VAE config, fs, loss settings, precision."""
+    return _json({"stage": "vae", "model": dataclasses.asdict(vae_config(config)), "fs": float(config.data.fs),
+                  "loss": dataclasses.asdict(vae_loss_config(config)), "precision": config.precision})
+
+
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(value))
 
 
 def vae_steps(config: ml_collections.ConfigDict, model: StageModel, mesh: Mesh) -> tuple[Callable, Callable]:
@@ -101,9 +171,13 @@ def diffusion_model(config: ml_collections.ConfigDict, latent_channels: int, con
     return StageModel(graphdef, params, *_optimizer(config.diffusion))
 
 
-def diffusion_loss_config(config: ml_collections.ConfigDict, **overrides) -> DiffusionLossConfig:
-    return from_config(DiffusionLossConfig, config.diffusion.loss, fs=float(config.data.fs),
-                       beat_before_s=float(config.vae.loss.beat_before_s), **overrides)
+def diffusion_loss_config(config: ml_collections.ConfigDict, vae: VAEConfig | None = None, **overrides
+                          ) -> DiffusionLossConfig:
+    """Stage 2's loss settings; the decoded beat's R position is the frozen VAE's (`vae`, default: `config`'s)."""
+    vae = vae_config(config) if vae is None else vae
+    fs = float(config.data.fs)
+    return from_config(DiffusionLossConfig, config.diffusion.loss, fs=fs, beat_before_s=vae.beat_r_index / fs,
+                       **overrides)
 
 
 def diffusion_steps(config: ml_collections.ConfigDict, model: StageModel, vae_graphdef: nnx.GraphDef,
@@ -114,6 +188,64 @@ def diffusion_steps(config: ml_collections.ConfigDict, model: StageModel, vae_gr
     dcfg = config.diffusion
     schedule = make_schedule(dcfg.schedule.kind, int(dcfg.schedule.num_steps))
     step_config = DiffusionStepConfig(latent_scale=float(latent_scale),
-                                      condition_dropout=tuple(dcfg.condition_dropout))
+                                      condition_dropout=tuple(dcfg.condition_dropout),
+                                      rhythm=int(dcfg.model.rhythm_channels) > 0,
+                                      rhythm_dropout=float(dcfg.rhythm_dropout))
     return make_diffusion_steps(model.graphdef, vae_graphdef, model.tx, schedule, loss_config, step_config,
                                 wave_table, model.optimizer.ema_decay, mesh)
+
+
+@dataclasses.dataclass
+class DiffusionConditions:
+    """Stage 2's conditioning: the text encoder and its cache, the simulator prior's classes and wave table, the
+    experience table (if `experience.dir`) and what the checkpoint records of it."""
+
+    encoder: Any
+    builder: ConditionBuilder
+    class_names: tuple[str, ...]
+    wave_table: WaveParams
+    experience: dict[str, Any]
+    caches: tuple[TextCache, ...]
+
+    def save_caches(self) -> None:
+        """Persist the text encodings (process 0 only: one writer of the shared workdir)."""
+        if jax.process_index() == 0:
+            for cache in self.caches:
+                cache.save()
+
+
+def diffusion_conditions(config: ml_collections.ConfigDict, workdir: str) -> DiffusionConditions:
+    encoder = make_text_encoder(config.text.encoder, max_length=config.text.max_length)
+    text_cache = TextCache(encoder, os.path.join(workdir, f"text_cache_{config.text.encoder}.npz"))
+    prior = load_prior(config.diffusion.prior or None)
+    class_names = tuple(prior.class_names)
+    table, experience_cache, recorded = None, None, {"used": False}
+    if config.experience.dir:
+        directory = config.experience.dir
+        table = ExperienceTable.load(os.path.join(directory, "experience.jsonl"))
+        max_tokens = int(config.experience.max_tokens)
+        experience_cache = TextCache(make_text_encoder(config.text.encoder, max_length=max_tokens),
+                                     os.path.join(workdir, f"experience_cache_{config.text.encoder}.npz"))
+        recorded = {"used": True, "dir": os.path.abspath(directory), "max_tokens": max_tokens, "records": len(table)}
+        manifest = os.path.join(directory, "manifest.json")
+        if os.path.exists(manifest):
+            with open(manifest) as f:
+                built = json.load(f)
+            recorded.update(retrieval=built.get("retrieval"), distiller=built.get("distiller"))
+    caches = (text_cache,) if experience_cache is None else (text_cache, experience_cache)
+    return DiffusionConditions(encoder, ConditionBuilder(text_cache, class_names, table, experience_cache),
+                               class_names, prior.wave_table(class_names), recorded, caches)
+
+
+def diffusion_meta(config: ml_collections.ConfigDict, model: DenoiserConfig, vae_dir: str, vae_meta_: dict,
+                   loss: DiffusionLossConfig, conditions: DiffusionConditions) -> dict[str, Any]:
+    """What stage 2's checkpoints record (JSON types); `checkpoints.spec.ModelSpec.from_training` reads it."""
+    dcfg = config.diffusion
+    return _json({
+        "stage": "diffusion", "model": dataclasses.asdict(model),
+        "vae": {"directory": os.path.abspath(vae_dir), "model": vae_meta_["model"]},
+        "schedule": {"kind": dcfg.schedule.kind, "num_steps": int(dcfg.schedule.num_steps)},
+        "loss": dataclasses.asdict(loss), "fs": float(config.data.fs), "duration_s": float(config.data.duration_s),
+        "text_encoder": conditions.encoder.id, "prior": str(dcfg.prior or "default"),
+        "prior_classes": list(conditions.class_names), "experience": conditions.experience,
+        "precision": config.precision})

@@ -22,6 +22,7 @@ from sediff_jax.diffusion.losses import DiffusionLossConfig, diffusion_losses
 from sediff_jax.diffusion.schedule import NoiseSchedule
 from sediff_jax.models.denoiser import METADATA, TEXT
 from sediff_jax.models.vae_losses import VAELossConfig, vae_losses
+from sediff_jax.signal.phase import rhythm_features
 from sediff_jax.simulator.params import WaveParams
 from sediff_jax.parallel import batch_sharding, replicated_sharding
 from sediff_jax.training.state import TrainState, apply_gradients, keep_if_finite
@@ -30,7 +31,7 @@ Array = jax.Array
 Batch = dict[str, Array]
 VAE_BATCH_KEYS = ("ecg", "r_peaks", "mask")
 DIFFUSION_BATCH_KEYS = ("ecg", "mask", "hr_bpm", "age", "sex", "text_tokens", "text_mask", "experience_tokens",
-                        "experience_mask", "class_index")
+                        "experience_mask", "class_index", "r_peaks")
 
 
 def _finite(terms: dict[str, Array], grads) -> Array:
@@ -84,10 +85,14 @@ def make_vae_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, los
 @dataclasses.dataclass(frozen=True)
 class DiffusionStepConfig:
     """latent_scale: multiplies the VAE latent mean into the diffusion latent (unit variance).
-    condition_dropout: probability of dropping (text, experience, metadata) per record, for guidance."""
+    condition_dropout: probability of dropping (text, experience, metadata) per record, for guidance.
+    rhythm: give the denoiser the rhythm scaffold of each record's R peaks (`signal.phase.rhythm_features`);
+    rhythm_dropout: the probability of replacing it by the all-zero "no scaffold" input."""
 
     latent_scale: float = 1.0
     condition_dropout: tuple[float, float, float] = (0.1, 0.1, 0.1)
+    rhythm: bool = False
+    rhythm_dropout: float = 0.1
 
 
 def conditions_from_batch(batch: Batch) -> dict[str, Array]:
@@ -111,7 +116,8 @@ def make_diffusion_steps(
 
     The VAE is frozen: its parameters are an input (replicated), not a compiled-in constant. batch: ecg
     (b, time, 12) mV, mask, hr_bpm, age, sex, text_tokens (b, Lt, d), text_mask, experience_tokens (b, Le, d),
-    experience_mask, class_index (b,) int32 into `wave_table` (leaves (num_classes, 3, 6)).
+    experience_mask, class_index (b,) int32 into `wave_table` (leaves (num_classes, 3, 6)), r_peaks
+    (b, max_peaks) samples, -1 padded (the rhythm scaffold's source).
     Evaluation reports every simulator energy, also those switched off for training (ablations).
     The simulator terms (L_Euler, L_sim) count only for records whose text and metadata were kept (the model
     was told the class and heart rate); L_interlead counts for every record.
@@ -121,6 +127,7 @@ def make_diffusion_steps(
 
     def losses(params, vae_params, batch, key, drop_conditions: bool):
         k_t, k_noise, k_drop, k_sim = jax.random.split(key, 4)
+        k_rhythm = jax.random.fold_in(k_drop, 1)
         vae = nnx.merge(vae_graphdef, vae_params)
         mean, _ = vae.encode(batch["ecg"])
         x0 = jax.lax.stop_gradient(mean) * scale
@@ -133,6 +140,12 @@ def make_diffusion_steps(
             drop = jnp.zeros((b, 3), bool)
         denoiser = nnx.merge(graphdef, params)
         conditions = conditions_from_batch(batch)
+        if step_config.rhythm:
+            features = rhythm_features(batch["r_peaks"], x0.shape[1], batch["ecg"].shape[1] // x0.shape[1])
+            if drop_conditions:
+                keep = jax.random.uniform(k_rhythm, (b,)) >= step_config.rhythm_dropout
+                features = features * keep[:, None, None].astype(features.dtype)
+            conditions["rhythm"] = features
         waves = jax.tree.map(lambda table: table[batch["class_index"]], wave_table)
         told = ~(drop[:, TEXT] | drop[:, METADATA])
         hr = jnp.where(told, batch["hr_bpm"], jnp.nan)

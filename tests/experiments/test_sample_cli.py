@@ -57,6 +57,13 @@ def test_writes_wfdb_png_npz_and_manifest(repo_root, exported_model_dir, tmp_pat
                  marks=pytest.mark.slow),
     pytest.param(["--text=normal ECG", "--steps=5000"], "--steps=5000 must be within 1-100",
                  marks=pytest.mark.slow),
+    (["--text=normal ECG", "--rr_ms=800"], "trained without the rhythm scaffold"),
+    pytest.param(["--text=normal ECG", "--rr_ms=800,100"], r"rr_ms\[1\]=100.0 is outside 200-3000 ms",
+                 marks=pytest.mark.slow),
+    pytest.param(["--text=normal ECG", "--rhythm_from=MISSING"], "--rhythm_from=.*nowhere",
+                 marks=pytest.mark.slow),
+    pytest.param(["--text=normal ECG", "--rhythm_from=MISSING", "--rr_ms=800"], "pass one",
+                 marks=pytest.mark.slow),
 ])
 def test_bad_input_names_the_flag_and_writes_nothing(repo_root, exported_model_dir, tmp_path, args, message):
     bad = tmp_path / "bad.csv"

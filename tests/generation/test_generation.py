@@ -11,6 +11,7 @@ import pytest
 from sediff_jax.diffusion.sampling import SamplerConfig
 from sediff_jax.generation import Generator, PromptError, export_model, load_model, make_prompt, read_prompts
 from sediff_jax.checkpoints import CheckpointError
+from sediff_jax.checkpoints.spec import ExperienceSpec
 from sediff_jax.parallel import make_mesh
 from tests.generation.small_model import small_model
 
@@ -26,7 +27,7 @@ def test_export_then_load_gives_the_same_weights_and_config(exported_model_dir, 
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     for a, b in zip(jax.tree.leaves(original.vae_params), jax.tree.leaves(model.vae_params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert model.config["latent_scale"] == 2.0 and model.num_samples == 256 and len(model.id) == 12
+    assert model.spec.latent_scale == 2.0 and model.num_samples == 256 and len(model.id) == 12
     assert load_model(exported_model_dir).id == model.id
     with pytest.raises(FileExistsError):
         export_model(original, exported_model_dir)
@@ -115,7 +116,7 @@ def test_float16_export_halves_the_file_and_loads_as_float32(exported_model_dir,
     half = load_model(export_model(model, tmp_path / "half", dtype="float16"))
     size = lambda d: (d / "model.safetensors").stat().st_size  # noqa: E731
     assert size(tmp_path / "half") < 0.55 * size(exported_model_dir)
-    assert half.config["weights_dtype"] == "float16"
+    assert half.spec.weights_dtype == "float16"
     for a, b in zip(jax.tree.leaves(model.denoiser_params), jax.tree.leaves(half.denoiser_params)):
         assert b.dtype == np.float32
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-3, atol=1e-4)
@@ -173,7 +174,7 @@ def test_sample_overwrite_replaces_only_its_own_outputs(model, tmp_path):
 def test_a_model_trained_with_experience_needs_its_corpus(model, tmp_path):
     from sediff_jax.generation.model import experience_profiles_path
 
-    trained_with = dataclasses.replace(model, config={**model.config, "experience": {"used": True}},
+    trained_with = dataclasses.replace(model, spec=model.spec.replace(experience=ExperienceSpec(used=True)),
                                        source=str(tmp_path))
     with pytest.raises(CheckpointError, match="trained with experience but its corpus is missing"):
         experience_profiles_path(trained_with)

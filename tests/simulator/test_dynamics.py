@@ -91,3 +91,19 @@ def test_heart_rate_scaling_follows_ecgsyn():
     np.testing.assert_allclose(fast.width, p.waves.width * h, rtol=1e-6)
     np.testing.assert_allclose(fast.theta[0], p.waves.theta[0] * np.array([h**0.5, h, 1, h, h**0.5]), rtol=1e-6)
     np.testing.assert_array_equal(fast.amplitude, p.waves.amplitude)
+
+
+def test_wave_components_agree_on_numpy_float64_and_jax():
+    """One closed form serves the traced losses (JAX float32) and host-side fitting (NumPy float64)."""
+    waves = sim_params.dipole_params().waves
+    host = sim_params.WaveParams(*(np.asarray(leaf, np.float64) for leaf in waves))
+    phase = np.linspace(-3 * np.pi, 3 * np.pi, 301)  # beyond one turn: the wrap
+    on_host = dynamics.dipole_wave_components(phase, host)
+    on_device = dynamics.dipole_wave_components(jnp.asarray(phase, jnp.float32), waves)
+    assert isinstance(on_host, np.ndarray) and on_host.dtype == np.float64 and on_host.shape == (301, 3, 6)
+    assert isinstance(on_device, jax.Array)
+    np.testing.assert_allclose(np.asarray(on_device), on_host, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(dynamics.dipole_waveform(jnp.asarray(phase), waves)), on_host.sum(-1),
+                               atol=5e-5)
+    scaled = rhythm.heart_rate_scaled_waves(host, 90.0, sim_params.DIPOLE_THETA_HR_EXPONENT.astype(np.float64))
+    assert scaled.theta.dtype == np.float64

@@ -45,8 +45,10 @@ def _assert_same_tree(a, b):
 def test_precision_switch_names_the_bad_value():
     import ml_collections
 
+    from sediff_jax.training.config import resolve
+
     assert compute_dtype(ml_collections.ConfigDict({"precision": "bfloat16"})) == jnp.bfloat16
-    assert compute_dtype(ml_collections.ConfigDict({})) == jnp.float32
+    assert compute_dtype(resolve(ml_collections.ConfigDict({}))) == jnp.float32  # the schema's default
     with pytest.raises(ValueError, match="'float16' is unknown"):
         compute_dtype(ml_collections.ConfigDict({"precision": "float16"}))
     assert set(PRECISIONS) == {"float32", "bfloat16"}

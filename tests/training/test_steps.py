@@ -15,7 +15,7 @@ from sediff_jax.models.denoiser import LatentDenoiser
 from sediff_jax.models.vae import ECGVAE
 from sediff_jax.models.vae_losses import VAELossConfig
 from sediff_jax.simulator.priors import load_prior
-from sediff_jax.parallel import make_mesh, replicated_sharding
+from sediff_jax.parallel import host_local_to_global, make_mesh, replicated_sharding
 from sediff_jax.training.state import OptimizerConfig, init_state, make_optimizer, split_params
 from sediff_jax.training.steps import (
     DIFFUSION_BATCH_KEYS, VAE_BATCH_KEYS, DiffusionStepConfig, conditions_from_batch, make_diffusion_steps,
@@ -219,3 +219,29 @@ def test_evaluation_reports_every_energy_even_when_switched_off(batch):
     state = jax.device_put(jax.tree.map(np.array, init_state(params, tx, 0)), replicated_sharding(mesh))
     _, metrics = train_step(state, vae_params, inputs)
     assert set(metrics) == {"ddpm", "total", "grad_norm", "finite"}  # training computes none of them
+
+
+def test_the_rhythm_scaffold_reaches_the_denoiser_and_its_dropout_removes_it(batch):
+    """A scaffold denoiser's loss depends on where the R peaks are; with rhythm dropout 1 it cannot."""
+    loss_config = DiffusionLossConfig(fs=FS, euler_weight=0.0, interlead_weight=0.0, sim_weight=0.0)
+    vae_graphdef, vae_params = split_params(ECGVAE(VAE_CONFIG, rngs=nnx.Rngs(0)))
+    denoiser = LatentDenoiser(dataclasses.replace(DENOISER_CONFIG, rhythm_channels=3), rngs=nnx.Rngs(1))
+    graphdef, params = split_params(denoiser)
+    params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(x.size), x.shape), params)
+    tx = make_optimizer(OptimizerConfig(learning_rate=1e-3, warmup_steps=1, total_steps=10))
+    mesh = make_mesh(jax.devices()[:1])
+    inputs = {k: batch[k] for k in DIFFUSION_BATCH_KEYS}
+    shifted = dict(inputs, r_peaks=np.where(inputs["r_peaks"] >= 0, inputs["r_peaks"] + 30, -1))
+    losses = {}
+    for dropout in (0.0, 1.0):
+        train_step, eval_step = make_diffusion_steps(
+            graphdef, vae_graphdef, tx, _SCHEDULES["cosine50"], loss_config,
+            DiffusionStepConfig(latent_scale=2.0, rhythm=True, rhythm_dropout=dropout), WAVES, 0.99, mesh)
+        for name, b in (("real", inputs), ("shifted", shifted)):
+            state = init_state(jax.tree.map(jnp.copy, params), tx, 3)  # (the step donates its state)
+            _, metrics = train_step(state, vae_params, host_local_to_global(b, mesh))
+            losses[dropout, name] = float(metrics["ddpm"])
+    terms, _ = eval_step(params, vae_params, jax.random.key(0), host_local_to_global(inputs, mesh))
+    assert np.isfinite(float(terms["ddpm"]))
+    assert abs(losses[0.0, "real"] - losses[0.0, "shifted"]) > 1e-6
+    assert losses[1.0, "real"] == losses[1.0, "shifted"]

@@ -160,7 +160,7 @@ def test_a_trained_run_generates_and_exports_to_the_same_model(uninterrupted, tm
     workdir, _ = uninterrupted
     from_run = load_model(workdir)
     exported = load_model(export_model(from_run, tmp_path / "model"))
-    assert exported.id == from_run.id and exported.config["latent_scale"] == from_run.config["latent_scale"]
+    assert exported.id == from_run.id and exported.spec.latent_scale == from_run.spec.latent_scale
     prompts = [make_prompt("sinus rhythm", age=40, sex="F", hr=65)]
     sampler = SamplerConfig(num_steps=3, guidance_scale=2.0)
     mesh = make_mesh(jax.devices()[:1])
@@ -196,9 +196,9 @@ def test_a_run_trained_with_experience_ships_its_corpus_and_samples_with_reports
     train(c, str(tmp_path / "run"))
 
     model = load_model(export_model(load_model(str(tmp_path / "run")), tmp_path / "model"))
-    assert model.config["experience"]["used"] and model.config["experience"]["records"] == 12
+    assert model.spec.experience.used and model.spec.experience.records == 12
     assert (tmp_path / "model" / EXPERIENCE_PROFILES_FILE).is_file()
-    assert model.config["experience"]["dir"] is None  # the export stands alone
+    assert model.spec.experience.dir is None  # the export stands alone
     generator = Generator(model, mesh=make_mesh(jax.devices()[:1]))
     prompt = make_prompt("Sinus rhythm. Left ventricular hypertrophy.", age=60, sex="M", hr=70)
     report, = generator.experience_reports([prompt])

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import numpy as np
 
 from sediff_jax.leads import NUM_LEADS, leads_from_independent
+from sediff_jax.simulator.dynamics import dipole_wave_components
+from sediff_jax.simulator.fitting.config import NUM_WAVES, TIMED_WAVES, TIMING_GRID
 from sediff_jax.simulator.params import (
     DIPOLE_THETA_HR_EXPONENT,
     WaveParams,
 )
-from sediff_jax.simulator.fitting.config import NUM_WAVES, TIMED_WAVES, TIMING_GRID
 from sediff_jax.simulator.projection import DOWER
+from sediff_jax.simulator.rhythm import heart_rate_scaled_waves
 
 Array = jax.Array
 
@@ -29,18 +30,20 @@ def lead_matrix() -> np.ndarray:
 
 
 def scaled_waves(waves: WaveParams, hr_mean: float) -> tuple[np.ndarray, np.ndarray]:
-    """Angles and widths at `hr_mean` (ECGSYN scaling), NumPy float64."""
-    h = math.sqrt(hr_mean / 60.0)
-    theta = np.asarray(waves.theta, np.float64) * h ** DIPOLE_THETA_HR_EXPONENT.astype(np.float64)
-    return theta, np.asarray(waves.width, np.float64) * h
+    """Angles and widths at `hr_mean` (`rhythm.heart_rate_scaled_waves`), NumPy float64."""
+    scaled = heart_rate_scaled_waves(_float64(waves), float(hr_mean), DIPOLE_THETA_HR_EXPONENT.astype(np.float64))
+    return scaled.theta, scaled.width
 
 
 def wave_components(waves: WaveParams, hr_mean: float, phase: np.ndarray) -> np.ndarray:
-    """(len(phase), channels, waves) mV: each wave's closed-form contribution to each dipole channel."""
-    theta, width = scaled_waves(waves, hr_mean)
-    dth = phase[:, None, None] - theta
-    dth = dth - 2.0 * np.pi * np.round(dth / (2.0 * np.pi))
-    return np.asarray(waves.amplitude, np.float64) * np.exp(-0.5 * (dth / width) ** 2)
+    """(len(phase), channels, waves) mV: each wave's closed-form contribution to each dipole channel at `hr_mean`
+    (`dynamics.dipole_wave_components` of the rate-scaled waves), NumPy float64."""
+    scaled = heart_rate_scaled_waves(_float64(waves), float(hr_mean), DIPOLE_THETA_HR_EXPONENT.astype(np.float64))
+    return dipole_wave_components(np.asarray(phase, np.float64), scaled)
+
+
+def _float64(waves: WaveParams) -> WaveParams:
+    return WaveParams(*(np.asarray(leaf, np.float64) for leaf in waves))
 
 
 def wave_peak_times(waves: WaveParams, hr_mean: float) -> tuple[dict[str, float], np.ndarray]:

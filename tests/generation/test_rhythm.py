@@ -1,0 +1,132 @@
+"""Rhythm plans: the simulator's rhythm of a prompt, RR lists and records, bad rhythms refused by name, and the
+scaffold the generator gives a model trained with it."""
+
+import jax
+import numpy as np
+import pytest
+
+from sediff_jax.diffusion.sampling import SamplerConfig
+from sediff_jax.generation import (
+    Generator,
+    PromptError,
+    RhythmError,
+    make_prompt,
+    read_prompts,
+    rhythm_from_record,
+    rhythm_from_rr,
+    simulated_rhythm,
+)
+from sediff_jax.generation.rhythm import rhythm_class
+from sediff_jax.parallel import make_mesh
+from sediff_jax.signal.phase import cardiac_phase, latent_times
+from tests.generation.small_model import small_model
+
+
+def _rr_cv(plan) -> float:
+    rr = np.asarray(plan.rr_ms)
+    return float(rr.std() / rr.mean())
+
+
+@pytest.mark.parametrize("text, hr", [("sinus rhythm, normal ECG", 64.0), ("sinus tachycardia", 130.0),
+                                      ("atrial fibrillation", 95.0), ("atrial flutter with 2:1 block", 150.0)])
+def test_simulated_rhythm_has_the_requested_rate(text, hr):
+    plan = simulated_rhythm(make_prompt(text, age=50, hr=hr), jax.random.key(0), 10.0)
+    assert plan.source == "simulator" and plan.r_peaks_s[0] >= 0 and plan.r_peaks_s[-1] < 10.0
+    assert abs(plan.hr_bpm - hr) < 0.5
+
+
+def test_rhythm_classes_give_their_variability_and_are_seeded():
+    def cvs(text, age=None):
+        return [_rr_cv(simulated_rhythm(make_prompt(text, age=age), jax.random.key(s), 10.0)) for s in range(16)]
+
+    assert np.median(cvs("sinus rhythm", age=40)) <= 0.06
+    assert np.mean(cvs("atrial fibrillation")) >= 0.10
+    assert np.median(cvs("sinus arrhythmia")) > np.median(cvs("sinus rhythm", age=40))
+    assert np.median(cvs("atrial flutter")) < 0.03
+    prompt = make_prompt("normal ECG")
+    a, b = (simulated_rhythm(prompt, jax.random.key(5), 10.0) for _ in range(2))
+    assert a == b and a != simulated_rhythm(prompt, jax.random.key(6), 10.0)
+    assert abs(a.hr_bpm - 70.0) < 0.5  # the default rate when the prompt gives none
+    assert rhythm_class("Atrial fibrillation with rapid ventricular response") == "atrial_fibrillation"
+    assert rhythm_class("left bundle branch block") == "sinus"
+
+
+def test_premature_ventricular_beat_is_early_with_a_compensatory_pause():
+    plan = simulated_rhythm(make_prompt("sinus rhythm with premature ventricular contractions", hr=60),
+                            jax.random.key(1), 10.0)
+    rr = np.asarray(plan.rr_ms)
+    short = int(np.argmin(rr))
+    assert rr[short] < 0.75 * np.median(rr) and rr[short + 1] > 1.25 * np.median(rr)
+    assert abs(rr[short] + rr[short + 1] - 2 * np.median(rr)) < 0.1 * np.median(rr)
+
+
+def test_rr_lists_give_their_beats_and_bad_ones_are_refused_by_name():
+    plan = rhythm_from_rr([800, 850, 900], 10.0)
+    np.testing.assert_allclose(plan.r_peaks_s, [0.3, 1.1, 1.95, 2.85])
+    np.testing.assert_allclose(plan.rr_ms, [800, 850, 900])
+    with pytest.raises(RhythmError, match="at least 2 beats"):
+        rhythm_from_rr([], 10.0)
+    with pytest.raises(RhythmError, match="RR interval 2 is 150 ms, outside 200-3000"):
+        rhythm_from_rr([800, 150], 10.0)
+    with pytest.raises(RhythmError, match="more than fit the 10 s record"):
+        rhythm_from_rr([1000] * 10, 10.0)
+
+
+def test_prompts_take_rr_lists_from_flags_and_files(tmp_path):
+    prompt = make_prompt("normal ECG", rr_ms="800, 820 780")
+    assert prompt.rr_ms == (800.0, 820.0, 780.0) and abs(prompt.hr - 75.0) < 0.01  # hr token from the RR list
+    assert make_prompt("normal ECG", hr=70, rr_ms=[800]).hr == 70
+    for bad, message in [("800,abc", "rr_ms must be a number"), ("100", r"rr_ms\[0\]=100.0 is outside"),
+                         ({"a": 1}, "must be a list")]:
+        with pytest.raises(PromptError, match=message):
+            make_prompt("normal ECG", rr_ms=bad)
+    path = tmp_path / "prompts.csv"
+    path.write_text('text,hr,rr_ms\nnormal ECG,,"900,910"\nsinus tachycardia,120,\n')
+    prompts = read_prompts(path)
+    assert prompts[0].rr_ms == (900.0, 910.0) and prompts[1].rr_ms is None
+    path.write_text('text,rr_ms\nnormal ECG,"900,5000"\n')
+    with pytest.raises(PromptError, match=r"row 2: rr_ms\[1\]=5000.0 is outside"):
+        read_prompts(path)
+
+
+def test_rhythm_from_a_real_record_follows_its_r_peaks(data_dir):
+    from sediff_jax.data.canonical import CanonicalConfig, canonicalize
+    from sediff_jax.data.wfdb_reader import read_record
+
+    path = str(data_dir / "ptb-xl" / "records100" / "00000" / "00001_lr")
+    plan = rhythm_from_record(path, 10.0)
+    raw = read_record(path)
+    record = canonicalize(raw, CanonicalConfig(fs=raw.fs, duration_s=10.0))
+    np.testing.assert_allclose(plan.r_peaks_s, record.r_peaks / record.fs)
+    assert plan.source == f"record:{path}" and 40 < plan.hr_bpm < 120
+    with pytest.raises(RhythmError, match="--rhythm_from=.*nowhere"):
+        rhythm_from_record(str(data_dir / "nowhere"), 10.0)
+
+
+def test_the_generator_gives_a_scaffold_model_the_planned_phase():
+    model = small_model(rhythm=True)
+    generator = Generator(model, mesh=make_mesh(jax.devices()[:1]), max_batch=8)
+    prompts = [make_prompt("sinus rhythm", hr=70), make_prompt("normal ECG", rr_ms=[600, 700])]
+    plans = generator.plan_rhythms(prompts, seed=3)
+    assert plans[0].source == "simulator" and plans[1].rr_ms == pytest.approx((600.0, 700.0))
+    assert plans == generator.plan_rhythms(prompts, seed=3)
+    features = generator.rhythm_condition(plans)
+    length = generator.latent_shape[0]
+    assert features.shape == (2, length, 3)
+    phase, _ = cardiac_phase(plans[1].r_peak_samples(model.fs), latent_times(length, model.num_samples // length))
+    np.testing.assert_allclose(features[1, :, 0], np.cos(np.asarray(phase)), atol=1e-5)
+    sampler = SamplerConfig(kind="ddim", num_steps=3, guidance_scale=2.0)
+    ecg = generator.generate(prompts, seed=0, sampler=sampler)
+    assert ecg.shape == (2, model.num_samples, 12) and np.all(np.isfinite(ecg))
+    other = generator.generate(prompts, seed=0, sampler=sampler,
+                               rhythms=[plans[0], rhythm_from_rr([400, 400, 400, 400], model.spec.duration_s)])
+    assert np.abs(other[1] - ecg[1]).max() > 1e-4  # the scaffold reaches the output
+    with pytest.raises(RhythmError, match="more than fit the 2.56 s record"):
+        generator.plan_rhythms([make_prompt("normal ECG", rr_ms=[1000, 1000, 1000])])
+
+
+def test_a_model_without_the_scaffold_refuses_a_given_rhythm(model):
+    generator = Generator(model, mesh=make_mesh(jax.devices()[:1]), max_batch=8)
+    assert generator.plan_rhythms([make_prompt("normal ECG")]) == [None]
+    with pytest.raises(RhythmError, match="trained without the rhythm scaffold"):
+        generator.plan_rhythms([make_prompt("normal ECG", rr_ms=[800])])
