@@ -27,6 +27,8 @@ from sediff_jax.io import jsonio
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Exported model directory or training workdir (default: the shipped "
                     "checkpoint).")
+flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint of a training workdir: best on validation or "
+                  "the last.")
 flags.DEFINE_enum("dataset", "ptbxl", ["ptbxl", "ludb", "mimic"], "Dataset layout.")
 flags.DEFINE_string("source_dir", None, "Dataset root (default: $SEDIFF_DATA_DIR/ptb-xl or /ludb).")
 flags.DEFINE_string("split", "test", "Split to evaluate (PTB-XL: fold 10 is 'test').")
@@ -81,7 +83,7 @@ def main(argv):
     checkpoint = FLAGS.checkpoint or str(SHIPPED_CHECKPOINT)
     source = FLAGS.source_dir or dataset_dir(FLAGS.dataset)
     try:
-        model = load_model(checkpoint)
+        model = load_model(checkpoint, FLAGS.which)
     except CheckpointError as e:
         raise cli.UsageError(f"--checkpoint: {e}") from None
     if FLAGS.steps > model.schedule.num_steps:

@@ -30,6 +30,8 @@ from sediff_jax.io import jsonio
 FLAGS = flags.FLAGS
 flags.DEFINE_list("checkpoints", None, "name=path of each model (exported directory or training workdir).",
                   required=True)
+flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint of a training workdir: best on validation or "
+                  "the last.")
 flags.DEFINE_string("source_dir", None, "PTB-XL root (default: $SEDIFF_DATA_DIR/ptb-xl).")
 flags.DEFINE_string("split", "test", "Split of the paired protocol (fold 10 is 'test').")
 flags.DEFINE_integer("num_records", 100, "Records of the paired protocol.")
@@ -157,7 +159,7 @@ def main(argv):
         if not path:
             raise cli.UsageError(f"--checkpoints: {item!r} is not name=path")
         try:
-            models[name] = load_model(path)
+            models[name] = load_model(path, FLAGS.which)
         except CheckpointError as e:
             raise cli.UsageError(f"--checkpoints: {name}: {e}") from None
     first = next(iter(models.values()))
