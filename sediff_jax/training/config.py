@@ -5,7 +5,8 @@ config against it and fills what it leaves out, so the trainer reads every key d
 Ablation variants (`apply_variant`) switch SE-Diff's loss terms: full (default), no_simulator (L_Euler and L_sim
 off), no_euler, no_sim_solve (L_sim off), no_interlead, ddpm_only (every simulator term off), no_experience
 (experience tokens off: `experience.dir` cleared, the paper's "w/o Exp"); scaffold / paper: with / without the
-rhythm scaffold (the cardiac phase of each record's R peaks as denoiser input; `paper` is SE-Diff as published).
+rhythm scaffold (the cardiac phase of each record's R peaks as denoiser input, on by default; `paper` is SE-Diff
+as published).
 """
 
 from __future__ import annotations
@@ -69,9 +70,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.model = ml_collections.ConfigDict(dict(
         channels=(64, 128, 128), attention=(False, True, True), num_heads=4, time_embed_dim=128, num_groups=8,
-        rhythm_channels=0))
-    # The rhythm scaffold (rhythm_channels=3: the cardiac phase of the record's R peaks as input channels) is
-    # dropped for this fraction of records, so the model also generates without one.
+        rhythm_channels=3))
+    # The rhythm scaffold (rhythm_channels=3: the cardiac phase of the record's R peaks as input channels; 0 is
+    # SE-Diff as published, the `paper` variant) is the default because it won on all of PTB-XL: heart-rate error
+    # 1.45 vs 10.06 bpm, sinus RR CV 0.031 vs 0.211, FID 0.80 vs 1.09, MAE within one standard error (README).
+    # It is dropped for this fraction of records, so the model also generates without one.
     c.diffusion.rhythm_dropout = 0.1
     c.diffusion.schedule = ml_collections.ConfigDict(dict(kind="cosine", num_steps=1000))
     c.diffusion.loss = ml_collections.ConfigDict(dict(
