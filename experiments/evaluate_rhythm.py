@@ -209,7 +209,8 @@ def main(argv):
     summary = (f"Paired: the first {len(pairs.record_ids)} usable records of PTB-XL {FLAGS.split} ({source}); "
                f"prompts: {len(SINUS_PROMPTS)} sinus and {len(AF_PROMPTS)} AF prompts x {FLAGS.samples_per_prompt}; "
                f"explicit: {len(RR_LISTS_MS)} RR lists and {kinds.count('rhythm_from')} records' R peaks, each with "
-               f"the prompts {list(MORPHOLOGIES.values())}. DDIM-{FLAGS.steps}, eta {FLAGS.eta:g}, guidance {FLAGS.guidance_scale:g}, "
+               f"the prompts {list(MORPHOLOGIES.values())}. DDIM-{FLAGS.steps}, eta {FLAGS.eta:g}, "
+               f"guidance {FLAGS.guidance_scale:g}, "
                f"experience off, seed {FLAGS.seed}. Lead II; mean ± s.e. (median, n).")
     meta = {"summary": summary}
     report = markdown(results, real_groups, meta)

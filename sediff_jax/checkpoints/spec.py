@@ -126,7 +126,8 @@ class ModelSpec:
         try:
             return cls(
                 fs=float(config["fs"]), duration_s=float(config["duration_s"]),
-                vae=dataclass_from_json(VAEConfig, vae), denoiser=dataclass_from_json(DenoiserConfig, config["denoiser"]),
+                vae=dataclass_from_json(VAEConfig, vae),
+                denoiser=dataclass_from_json(DenoiserConfig, config["denoiser"]),
                 schedule_kind=config["schedule"]["kind"], schedule_steps=int(config["schedule"]["num_steps"]),
                 prediction=config["prediction"], latent_scale=float(config["latent_scale"]),
                 latent_clip=float(config.get("latent_clip", DEFAULT_LATENT_CLIP)), text_encoder=config["text_encoder"],
