@@ -121,18 +121,15 @@ def experience_summary(generator, prompts, experience: str) -> dict:
 
 
 def rhythm_match_ms(ecg, fs: float, plan) -> float | None:
-    """Median distance (ms) from each requested R peak to the nearest R peak detected in the generated ECG."""
+    """Median distance (ms) from each requested R peak to the nearest one our detector finds in the ECG."""
     import numpy as np
 
-    from sediff_jax.signal.rpeaks import detect_r_peaks
+    from sediff_jax.evaluation.rhythm import peak_match_ms
 
     if plan is None:
         return None
-    found = detect_r_peaks(ecg, fs) / fs
-    if found.size == 0:
-        return None
-    wanted = np.asarray(plan.r_peaks_s)
-    return round(float(np.median(np.min(np.abs(wanted[:, None] - found[None, :]), axis=1))) * 1000.0, 1)
+    distance = float(peak_match_ms(ecg[None], fs, [plan.r_peaks_s], "ours")[0])
+    return round(distance, 1) if np.isfinite(distance) else None
 
 
 def generate_files(out, prompts, generator, config, seed: int, num_samples: int, png: bool,
@@ -150,8 +147,13 @@ def generate_files(out, prompts, generator, config, seed: int, num_samples: int,
     expanded = [(i, k, p) for i, p in enumerate(prompts) for k in range(num_samples)]
     start = time.perf_counter()
     total = config.num_steps * -(-len(expanded) // generator.max_batch)
-    plans = generator.plan_rhythms([p for _, _, p in expanded], seed,
-                                   None if rhythm is None else [rhythm] * len(expanded))
+    from sediff_jax.generation import PromptError
+
+    try:  # before anything is written: a rhythm the model cannot follow, or that does not fit, stops here
+        plans = generator.plan_rhythms([p for _, _, p in expanded], seed,
+                                       None if rhythm is None else [rhythm] * len(expanded))
+    except PromptError as e:  # (RhythmError is one)
+        raise UsageError(str(e)) from None
     with cli.Progress(total, f"{config.kind}-{config.num_steps}", unit="step") as progress:
         ecg = generator.generate([p for _, _, p in expanded], seed, config, experience, progress.update, plans)
     seconds = time.perf_counter() - start
@@ -257,7 +259,6 @@ def main(argv):
     try:
         rhythm = (rhythm_from_record(FLAGS.rhythm_from, model.spec.duration_s) if FLAGS.rhythm_from is not None
                   else None)
-        generator.plan_rhythms(prompts, FLAGS.seed, None if rhythm is None else [rhythm] * len(prompts))
     except PromptError as e:  # (RhythmError is one) before anything is written
         raise UsageError(str(e)) from None
     manifest = generate_files(out, prompts, generator, config, FLAGS.seed, FLAGS.num_samples, FLAGS.png,

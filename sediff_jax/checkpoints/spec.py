@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from sediff_jax.checkpoints.errors import CheckpointError
 from sediff_jax.diffusion.schedule import PREDICTIONS, NoiseSchedule, make_schedule
+from sediff_jax.io import jsonio
 from sediff_jax.models.denoiser import DenoiserConfig
 from sediff_jax.models.vae import VAEConfig
 
@@ -105,7 +106,7 @@ class ModelSpec:
 
     def to_json(self) -> dict[str, Any]:
         """The `config.json` object of an exported model (JSON types: lists, not tuples)."""
-        return json.loads(json.dumps({
+        return jsonio.strict({
             **self.provenance, "format": MODEL_FORMAT, "version": MODEL_VERSION, "fs": self.fs,
             "duration_s": self.duration_s, "vae": dataclasses.asdict(self.vae),
             "denoiser": dataclasses.asdict(self.denoiser),
@@ -113,7 +114,7 @@ class ModelSpec:
             "prediction": self.prediction, "latent_scale": self.latent_scale, "latent_clip": self.latent_clip,
             "text_encoder": self.text_encoder, "prior": self.prior, "prior_classes": list(self.prior_classes),
             "experience": dataclasses.asdict(self.experience), "weights_dtype": self.weights_dtype,
-        }))
+        })
 
     @classmethod
     def from_json(cls, config: Any, where: str) -> "ModelSpec":

@@ -25,8 +25,8 @@ from flax import nnx
 
 from sediff_jax.assets import shipped_path
 from sediff_jax.checkpoints import CheckpointError
-from sediff_jax.checkpoints.spec import MODEL_FORMAT, MODEL_VERSION, ModelSpec
-from sediff_jax.checkpoints.trained import load_denoiser, load_vae
+from sediff_jax.checkpoints.spec import MODEL_FORMAT, MODEL_VERSION, ModelSpec  # noqa: F401 (re-exported)
+from sediff_jax.checkpoints.trained import CONFIG_FILE, WEIGHTS_FILE, load_denoiser, load_vae, read_exported
 from sediff_jax.checkpoints.weights import flatten_params, unflatten_params, weights_id
 from sediff_jax.diffusion.schedule import NoiseSchedule
 from sediff_jax.io import jsonio
@@ -35,7 +35,6 @@ from sediff_jax.models.denoiser import LatentDenoiser
 from sediff_jax.models.vae import ECGVAE
 from sediff_jax.optim import split_params
 
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 # The checkpoint shipped with the repository (checkpoints/README.md is its model card).
 SHIPPED_CHECKPOINT = shipped_path("sediff_ptbxl100")
 
@@ -87,32 +86,12 @@ def _build(spec: ModelSpec) -> tuple[nnx.GraphDef, Any, nnx.GraphDef, Any]:
 
 
 def load_exported(directory: str | os.PathLike) -> SEDiffModel:
-    from safetensors.numpy import load_file
-
-    directory = Path(directory)
-    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{config_path}: unreadable model config ({e})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{config_path}: not a model config (a JSON object is expected)")
-    if config.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"{config_path}: not an SE-Diff model (format {config.get('format')!r})")
-    if config.get("version") != MODEL_VERSION:
-        raise CheckpointError(f"{config_path}: model version {config.get('version')!r}; this sediff_jax reads "
-                              f"version {MODEL_VERSION}")
-    spec = ModelSpec.from_json(config, str(config_path))
-    try:
-        flat = load_file(str(weights_path))
-    except FileNotFoundError:
-        raise CheckpointError(f"{weights_path}: missing (the model directory needs {WEIGHTS_FILE})") from None
-    except Exception as e:  # safetensors raises its own error types for truncated or corrupt files
-        raise CheckpointError(f"{weights_path}: unreadable weights ({e})") from None
+    spec, flat, weights_path = read_exported(directory)
     try:
         denoiser_graphdef, denoiser_template, vae_graphdef, vae_template = _build(spec)
     except (TypeError, ValueError, ZeroDivisionError) as e:  # settings that pass one by one but not together
-        raise CheckpointError(f"{config_path}: the model settings do not build a model ({e})") from None
+        raise CheckpointError(f"{Path(directory) / CONFIG_FILE}: the model settings do not build a model ({e})"
+                              ) from None
     return SEDiffModel(
         denoiser_graphdef, unflatten_params(denoiser_template, flat, "denoiser", str(weights_path)),
         vae_graphdef, unflatten_params(vae_template, flat, "vae", str(weights_path)),

@@ -28,6 +28,7 @@ from sediff_jax.data.prepare import PrepareConfig, prepare
 from sediff_jax.diffusion.losses import DiffusionLossConfig
 from sediff_jax.diffusion.schedule import make_schedule
 from sediff_jax.experience.reports import ExperienceTable
+from sediff_jax.io import jsonio
 from sediff_jax.models.denoiser import DenoiserConfig, LatentDenoiser
 from sediff_jax.models.vae import ECGVAE, VAEConfig
 from sediff_jax.models.vae_losses import VAELossConfig
@@ -143,12 +144,8 @@ def vae_model(config: ml_collections.ConfigDict, seed: int) -> StageModel:
 
 def vae_meta(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """What stage 1's checkpoints record (JSON types): the VAE config, fs, loss settings, precision."""
-    return _json({"stage": "vae", "model": dataclasses.asdict(vae_config(config)), "fs": float(config.data.fs),
+    return jsonio.strict({"stage": "vae", "model": dataclasses.asdict(vae_config(config)), "fs": float(config.data.fs),
                   "loss": dataclasses.asdict(vae_loss_config(config)), "precision": config.precision})
-
-
-def _json(value: Any) -> Any:
-    return json.loads(json.dumps(value))
 
 
 def vae_steps(config: ml_collections.ConfigDict, model: StageModel, mesh: Mesh) -> tuple[Callable, Callable]:
@@ -241,7 +238,7 @@ def diffusion_meta(config: ml_collections.ConfigDict, model: DenoiserConfig, vae
                    loss: DiffusionLossConfig, conditions: DiffusionConditions) -> dict[str, Any]:
     """What stage 2's checkpoints record (JSON types); `checkpoints.spec.ModelSpec.from_training` reads it."""
     dcfg = config.diffusion
-    return _json({
+    return jsonio.strict({
         "stage": "diffusion", "model": dataclasses.asdict(model),
         "vae": {"directory": os.path.abspath(vae_dir), "model": vae_meta_["model"]},
         "schedule": {"kind": dcfg.schedule.kind, "num_steps": int(dcfg.schedule.num_steps)},

@@ -182,3 +182,19 @@ def test_a_model_trained_with_experience_needs_its_corpus(model, tmp_path):
     with pytest.raises(CheckpointError, match="corpus is missing"):
         generator.experience_reports([make_prompt("normal ECG")], "auto")
     assert generator.experience_reports([make_prompt("normal ECG")], "off") == [""]
+
+
+def test_an_exported_model_s_vae_serves_as_stage_1(exported_model_dir, model):
+    """Stage 2 can start from a shipped model's VAE: load_vae reads it from the export like a VAE stage."""
+    from sediff_jax.checkpoints.trained import load_vae
+
+    _, params, meta = load_vae(str(exported_model_dir))
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(model.vae_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert meta["stage"] == "vae" and meta["fs"] == model.fs and meta["model"]["beat_r_index"] == 20
+    broken = exported_model_dir.parent / "truncated_weights"
+    broken.mkdir(exist_ok=True)
+    shutil.copy(exported_model_dir / "config.json", broken)
+    (broken / "model.safetensors").write_bytes((exported_model_dir / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="model.safetensors: unreadable weights"):
+        load_vae(str(broken))
