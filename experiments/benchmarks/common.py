@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from sediff_jax import simulator as sim
 from sediff_jax.signal.rpeaks import detect_r_peaks
@@ -17,15 +18,18 @@ from sediff_jax.simulator.priors import load_prior
 from sediff_jax.training import stages
 from sediff_jax.parallel import replicated_sharding, shard_batch
 from sediff_jax.training.state import init_state
-from sediff_jax.training.steps import DIFFUSION_BATCH_KEYS, VAE_BATCH_KEYS
+from sediff_jax.training.steps import DIFFUSION_BATCH_KEYS, LATENT_BATCH_KEYS, VAE_BATCH_KEYS
 
 CONTEXT_DIM = 384  # MiniLM's token width
 # Diffusion variants: the loss-term weights each sets (others keep the config's); 'ddpm_only' is the reference
 # (the paper's release trains it: its simulator terms carry no gradient); 'sim' is the diffrax solve's term;
 # '..._closed_form' computes L_sim's beat in closed form (the exact solution, no sequential solver loop).
 TERMS = ("euler_weight", "interlead_weight", "sim_weight")
+# A '_latents' suffix (e.g. 'full_latents') takes the batch's latents from a latent cache instead of encoding
+# its ECGs in the step (`sediff_jax.data.latents`).
 VARIANTS = ("ddpm_only", "interlead", "euler", "sim", "full", "full_every_record", "sim_closed_form",
             "full_closed_form")
+FROM_LATENTS = "_latents"
 
 
 def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int, experience_tokens: int = 1,
@@ -95,8 +99,10 @@ def vae_run(config: ml_collections.ConfigDict, batch: dict, mesh) -> StepRun:
 
 def variant_weights(config: ml_collections.ConfigDict, variant: str) -> dict:
     """The loss-config overrides of a diffusion variant (a term the config switches off is timed at 0.05)."""
+    variant = variant.removesuffix(FROM_LATENTS)
     if variant not in VARIANTS:
-        raise ValueError(f"diffusion variant {variant!r} is unknown; expected one of {VARIANTS}")
+        raise ValueError(f"diffusion variant {variant!r} is unknown; expected one of {VARIANTS} (each also with "
+                         f"{FROM_LATENTS!r})")
     weights = {k: float(config.diffusion.loss[k]) or 0.05 for k in TERMS}
     off = dict.fromkeys(TERMS, 0.0)
     single = {"interlead": "interlead_weight", "euler": "euler_weight", "sim": "sim_weight"}
@@ -119,10 +125,16 @@ def diffusion_runs(config: ml_collections.ConfigDict, batch: dict, mesh, variant
     prior = load_prior()
     waves = prior.wave_table(prior.class_names)
     inputs = shard_batch({k: batch[k] for k in DIFFUSION_BATCH_KEYS}, mesh)
+    latent_inputs = None
     runs = {}
     for variant in variants:
+        if variant.endswith(FROM_LATENTS) and latent_inputs is None:  # what a latent cache holds: the VAE's means
+            encode = jax.jit(lambda p, ecg: nnx.merge(vae.graphdef, p).encode(ecg)[0])
+            latent_batch = dict(batch, latent_mean=np.asarray(encode(vae.params, batch["ecg"])))
+            latent_inputs = shard_batch({k: latent_batch[k] for k in LATENT_BATCH_KEYS}, mesh)
         loss_config = stages.diffusion_loss_config(config, **{**loss_overrides, **variant_weights(config, variant)})
         train_step, _ = stages.diffusion_steps(config, model, vae.graphdef, loss_config, 1.0, waves, mesh)
         state = _fresh_state(model, 1, mesh)
-        runs[variant] = StepRun(train_step, state, inputs, (vae_params,))
+        runs[variant] = StepRun(train_step, state, latent_inputs if variant.endswith(FROM_LATENTS) else inputs,
+                                (vae_params,))
     return runs

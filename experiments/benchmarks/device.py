@@ -43,7 +43,7 @@ flags.DEFINE_bool("overwrite", False, "Replace this benchmark's outputs in --out
 flags.DEFINE_bool("smoke", False, "Tiny sizes on any device (CPU in CI): the same code, < 3 minutes.")
 flags.DEFINE_list("configs", ["ptbxl100", "ptbxl500", "pod"], "Model configs of experiments/configs.")
 flags.DEFINE_list("precisions", ["float32", "bfloat16"], "Compute precisions of the train-step rows.")
-flags.DEFINE_list("variants", ["ddpm_only", "sim", "full", "full_closed_form"],
+flags.DEFINE_list("variants", ["ddpm_only", "sim", "full", "full_closed_form", "full_latents"],
                   "Diffusion variants (experiments.benchmarks.common); 'sim' and '*_closed_form' run for the first "
                   "config only.")
 flags.DEFINE_integer("per_device_batch", 256, "Train-step records per device.", lower_bound=1)

@@ -10,7 +10,9 @@ weights are the config's. Variants are compiled first (compile time reported sep
 take turns for `--rounds` rounds of `--steps` steps, so that the shared machine's slow spells hit them alike;
 reported: median step time, samples/s, and the median over rounds of each variant's time / the DDPM time. The target is
 full SE-Diff <= 1.25x the DDPM step. The simulator terms run on the config's `sim_fraction` of the batch (a random
-half by default); `full_every_record` shows the cost with them on every record.
+half by default); `full_every_record` shows the cost with them on every record. `ddpm_only_latents` and
+`full_latents` are the same steps from a latent cache (`sediff_jax.data.latents`: the batch holds the VAE's
+latent means, so the step does not run the encoder); beside ddpm_only and full they show what the cache saves.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ flags.DEFINE_integer("rounds", 5, "Rounds in which the variants take turns (medi
 flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's diffusion batch size).")
 flags.DEFINE_float("interlead_crop", None, "Override the configs' diffusion.loss.interlead_crop.")
 flags.DEFINE_float("sim_fraction", None, "Override the configs' diffusion.loss.sim_fraction.")
-flags.DEFINE_list("variants", ["ddpm_only", "interlead", "euler", "sim", "full", "full_every_record"],
+flags.DEFINE_list("variants", ["ddpm_only", "interlead", "euler", "sim", "full", "full_every_record",
+                               "ddpm_only_latents", "full_latents"],
                   "Diffusion variants: ddpm_only, interlead, euler, sim (one term alone), full, or "
-                  "full_every_record (full with the simulator terms on every record: sim_fraction = 1).")
+                  "full_every_record (full with the simulator terms on every record: sim_fraction = 1); a "
+                  "'_latents' suffix: from a latent cache (the batch holds the VAE's latent means, no encoding).")
 
 
 def _compile(run) -> float:

@@ -30,6 +30,9 @@ from sediff_jax.data.sources import MEASUREMENT_NAMES
 
 STRING_FIELDS = ("record_id", "patient_id", "text", "original_text", "codes", "superclasses", "repairs")
 NUMERIC_FIELDS = ("ecg", "hr_bpm", "age", "sex", "measurements")
+# The per-record signal arrays a source may carry: the ECG (prepared datasets) or its VAE latent means (a latent
+# cache, `sediff_jax.data.latents`); a batch stacks those its examples have, and the string fields they have.
+SIGNAL_FIELDS = ("ecg", "latent_mean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,21 +107,22 @@ def make_batch(source, indices: np.ndarray, max_r_peaks: int = 51) -> dict[str, 
     filler = examples[0] if real.size else source.__getitems__([0])[0]
     fill = [filler] * int((~mask).sum())
     examples = list(examples) + fill
-    batch: dict[str, Any] = {
-        "ecg": np.stack([e["ecg"] for e in examples]).astype(np.float32, copy=False),
+    batch: dict[str, Any] = {name: np.stack([e[name] for e in examples]).astype(np.float32, copy=False)
+                             for name in SIGNAL_FIELDS if name in examples[0]}
+    batch.update({
         "hr_bpm": np.array([e["hr_bpm"] for e in examples], np.float32),
         "age": np.array([e["age"] for e in examples], np.float32),
         "sex": np.array([e["sex"] for e in examples], np.int32),
         "measurements": np.stack([np.asarray(e["measurements"], np.float32) for e in examples]).reshape(
             len(examples), len(MEASUREMENT_NAMES)),
-    }
+    })
     peaks = np.full((len(examples), max_r_peaks), -1, np.int32)
     counts = np.zeros(len(examples), np.int32)
     for k, e in enumerate(examples):
         p = np.asarray(e["r_peaks"], np.int32)[:max_r_peaks]
         peaks[k, : len(p)], counts[k] = p, len(p)
     batch["r_peaks"], batch["num_r_peaks"] = peaks, counts
-    for name in STRING_FIELDS:
+    for name in (name for name in STRING_FIELDS if name in examples[0]):
         batch[name] = np.array([_text(e[name]) for e in examples], dtype=object)
     batch["index"] = np.concatenate([real, np.full(int((~mask).sum()), -1)]).astype(np.int64)
     batch["mask"] = np.concatenate([np.ones(real.size, bool), np.zeros(int((~mask).sum()), bool)])
@@ -141,7 +145,7 @@ class BatchLoader:
       workers: grain worker processes that read and assemble batches (0: threads in this process).
       state: a LoaderState to resume from.
 
-    Each batch is a dict: ecg (b, time, 12) float32 mV, r_peaks (b, max_r_peaks) int32, num_r_peaks (b,),
+    Each batch is a dict: ecg (b, time, 12) float32 mV (or latent_mean (b, time / 8, C) from a latent cache), r_peaks (b, max_r_peaks) int32, num_r_peaks (b,),
     hr_bpm, age (b,) float32 (NaN unknown), sex (b,) int32 (0 male, 1 female, -1 unknown), measurements
     (b, 9) float32, index (b,) int64 (position in the split), mask (b,) bool, and the text fields as (b,)
     arrays of str. b = global_batch_size / process_count.

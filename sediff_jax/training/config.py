@@ -85,6 +85,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion.prior = ""  # a simulator prior JSON; "" = the shipped PTB-XL prior
     c.diffusion.vae_checkpoint = ""  # a VAE stage directory; "" = <workdir>/vae
     c.diffusion.latent_scale_batches = 4
+    # Train from a latent cache (every record encoded once by the frozen VAE, `sediff_jax.data.latents`): "" encodes
+    # each batch in the step; "auto" builds (once) and uses the cache beside the prepared dataset; or a cache
+    # directory (`python -m experiments.encode_latents`). latent_cache_dtype: how "auto" stores the latents.
+    c.diffusion.latent_cache = ""
+    c.diffusion.latent_cache_dtype = "float16"
     c.diffusion.optimizer = optimizer(2e-4, warmup_steps=200, ema_decay=0.999)
     c.diffusion.training = training(batch_size=32, num_steps=5000)
     c.variant = "full"

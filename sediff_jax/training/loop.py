@@ -18,6 +18,7 @@ process takes part in checkpointing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -44,11 +45,7 @@ from sediff_jax.training import stages
 from sediff_jax.training.config import resolve, resolve_training
 from sediff_jax.training.metrics import MetricWriter
 from sediff_jax.training.state import TrainState, abstract_like, init_state
-from sediff_jax.training.steps import (
-    DIFFUSION_BATCH_KEYS,
-    VAE_BATCH_KEYS,
-    latent_scale_from,
-)
+from sediff_jax.training.steps import DIFFUSION_BATCH_KEYS, LATENT_BATCH_KEYS, VAE_BATCH_KEYS, latent_scale_from
 
 STAGES = ("vae", "diffusion", "both")
 MAX_UNCHECKED_STEPS = 1000  # metrics held on the device between checks, at most
@@ -258,7 +255,8 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str, on_ready: Callabl
                              to_inputs=lambda b: numeric_batch(b, VAE_BATCH_KEYS, mesh), evaluate=evaluate,
                              best_metric="mae_mv", meta=meta, checkpointer=checkpointer)
     checkpointer.close()
-    return _test(config, result, lambda source: evaluate(state, source, 1 << 30), stage_dir)
+    return _test(config, result, lambda split: evaluate(state, stages.split_source(config, split), 1 << 30),
+                 stage_dir)
 
 
 def _frozen_vae(config: ml_collections.ConfigDict, workdir: str, mesh) -> tuple[str, nnx.GraphDef, Any, dict]:
@@ -294,24 +292,30 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, on_ready: C
     state, loader_state, start, meta = _resume(checkpointer, stage_dir, state, mesh, meta)
     if on_ready is not None:
         on_ready()
-    train_source = stages.split_source(config, config.data.train_split)
+    latent_dir = stages.latent_cache(config, vae_dir, vae_params)
+    source = functools.partial(stages.stage2_source, config, latent_dir=latent_dir)
+    train_source = source(config.data.train_split)
+    batch_keys = DIFFUSION_BATCH_KEYS if latent_dir is None else LATENT_BATCH_KEYS
+    if latent_dir is not None:
+        logging.info("stage 2 trains from the latent cache %s", latent_dir)
 
     if "latent_scale" not in meta:  # a fresh run: unit-variance latents, from the first training examples
         vae = nnx.merge(vae_graphdef, vae_params)
-        encode = jax.jit(lambda ecg: vae.encode(ecg)[0])
+        encode = jax.jit(lambda ecg: vae.encode(ecg)[0]) if latent_dir is None else (lambda mean: mean)
         probe = BatchLoader(train_source, training.batch_size, seed=config.seed, shuffle=False, num_epochs=1,
                             prefetch=0, process_index=0, process_count=1)
-        batches = [b["ecg"] for _, b in zip(range(dcfg.latent_scale_batches), probe)]
+        field = "ecg" if latent_dir is None else "latent_mean"
+        batches = [b[field] for _, b in zip(range(dcfg.latent_scale_batches), probe)]
         probe.close()
         meta["latent_scale"] = latent_scale_from(encode, batches)
         logging.info("latent scale %.4f", meta["latent_scale"])
     train_step, eval_step = stages.diffusion_steps(config, model, vae_graphdef, loss_config, meta["latent_scale"],
                                                    conditions.wave_table, mesh)
     loader = stages.train_loader(config, dcfg, train_source, loader_state)
-    eval_source = stages.split_source(config, config.data.eval_split)
+    eval_source = source(config.data.eval_split)
 
     def to_inputs(batch):
-        return numeric_batch(conditions.builder(batch), DIFFUSION_BATCH_KEYS, mesh)
+        return numeric_batch(conditions.builder(batch), batch_keys, mesh)
 
     def evaluate(state: TrainState, source=eval_source, max_batches=training.max_eval_batches) -> dict[str, float]:
         sums: dict[str, float] = {}
@@ -333,7 +337,7 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, on_ready: C
                              loader=loader, train_step=lambda s, b: train_step(s, vae_params, b),
                              to_inputs=to_inputs, evaluate=evaluate, best_metric="ddpm", meta=meta,
                              checkpointer=checkpointer)
-    result = _test(config, result, lambda source: evaluate(state, source, 1 << 30), stage_dir)
+    result = _test(config, result, lambda split: evaluate(state, source(split), 1 << 30), stage_dir)
     conditions.save_caches()
     checkpointer.close()
     return result
@@ -341,11 +345,11 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, on_ready: C
 
 def _test(config, result: StageResult, evaluate: Callable, stage_dir: str) -> StageResult:
     """After a completed stage: evaluate the final EMA weights on the whole test split (`data.test_split`,
-    '' to skip) and write `<stage>/test_metrics.json`."""
+    '' to skip; `evaluate(split)`) and write `<stage>/test_metrics.json`."""
     split = config.data.test_split
     if result.stopped_early or not split:
         return result
-    result.test_metrics = evaluate(stages.split_source(config, split))
+    result.test_metrics = evaluate(split)
     if jax.process_index() == 0:
         jsonio.write_json(os.path.join(stage_dir, "test_metrics.json"),
                           {"split": split, "step": result.step, **result.test_metrics})

@@ -32,6 +32,8 @@ Batch = dict[str, Array]
 VAE_BATCH_KEYS = ("ecg", "r_peaks", "mask")
 DIFFUSION_BATCH_KEYS = ("ecg", "mask", "hr_bpm", "age", "sex", "text_tokens", "text_mask", "experience_tokens",
                         "experience_mask", "class_index", "r_peaks")
+# Stage 2 from a latent cache (`sediff_jax.data.latents`): the VAE's latent means instead of the ECG.
+LATENT_BATCH_KEYS = tuple("latent_mean" if key == "ecg" else key for key in DIFFUSION_BATCH_KEYS)
 
 
 def _finite(terms: dict[str, Array], grads) -> Array:
@@ -115,7 +117,7 @@ def make_diffusion_steps(
     """(train_step(state, vae_params, batch) -> (state, metrics), eval_step(params, vae_params, batch, key)).
 
     The VAE is frozen: its parameters are an input (replicated), not a compiled-in constant. batch: ecg
-    (b, time, 12) mV, mask, hr_bpm, age, sex, text_tokens (b, Lt, d), text_mask, experience_tokens (b, Le, d),
+    (b, time, 12) mV (or latent_mean (b, time / downsampling, C), the VAE's encoding from a latent cache), mask, hr_bpm, age, sex, text_tokens (b, Lt, d), text_mask, experience_tokens (b, Le, d),
     experience_mask, class_index (b,) int32 into `wave_table` (leaves (num_classes, 3, 6)), r_peaks
     (b, max_peaks) samples, -1 padded (the rhythm scaffold's source).
     Evaluation reports every simulator energy, also those switched off for training (ablations).
@@ -129,7 +131,10 @@ def make_diffusion_steps(
         k_t, k_noise, k_drop, k_sim = jax.random.split(key, 4)
         k_rhythm = jax.random.fold_in(k_drop, 1)
         vae = nnx.merge(vae_graphdef, vae_params)
-        mean, _ = vae.encode(batch["ecg"])
+        if "latent_mean" in batch:  # from a latent cache: the VAE encoded this record once, beforehand
+            mean = batch["latent_mean"].astype(jnp.float32)
+        else:
+            mean, _ = vae.encode(batch["ecg"])
         x0 = jax.lax.stop_gradient(mean) * scale
         b = x0.shape[0]
         t = jax.random.randint(k_t, (b,), 0, schedule.num_steps)
@@ -141,7 +146,7 @@ def make_diffusion_steps(
         denoiser = nnx.merge(graphdef, params)
         conditions = conditions_from_batch(batch)
         if step_config.rhythm:
-            features = rhythm_features(batch["r_peaks"], x0.shape[1], batch["ecg"].shape[1] // x0.shape[1])
+            features = rhythm_features(batch["r_peaks"], x0.shape[1], vae.config.downsampling)
             if drop_conditions:
                 keep = jax.random.uniform(k_rhythm, (b,)) >= step_config.rhythm_dropout
                 features = features * keep[:, None, None].astype(features.dtype)

@@ -215,3 +215,75 @@ def test_a_run_trained_with_experience_ships_its_corpus_and_samples_with_reports
                               num_samples=1, png=False, experience="auto")
     assert manifest["experience"] == {"mode": "auto", "used": True, "reports": [report]}
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["experience"] == manifest["experience"]
+
+
+def test_stage_2_from_a_latent_cache_trains_like_encoding_in_the_step(uninterrupted, prepared_dir, tmp_path):
+    """The cache holds the frozen VAE's encoding of every record; stage 2 trained from it (float32) takes the same
+    steps as the run that encodes each batch in the step (same batches, same latent scale, same losses up to
+    float rounding); 'auto' builds the cache once beside the prepared dataset and reuses it; a cache of another
+    VAE is refused by name."""
+    from flax import nnx
+
+    from sediff_jax.data.latents import MANIFEST, LatentCacheError, LatentSource
+    from sediff_jax.training import stages
+    from sediff_jax.training.config import resolve
+
+    reference, _ = uninterrupted
+    vae_dir = os.path.join(reference, "vae")
+    config = resolve(_config(prepared_dir))
+    config.stage = "diffusion"
+    config.diffusion.vae_checkpoint = vae_dir
+    cache, info = stages.build_latent_cache(config, vae_dir, str(tmp_path / "cache"), dtype="float32")
+    graphdef, params, _ = load_vae(vae_dir)
+    source = stages.split_source(config, "validation")
+    ecg = np.stack([source[i]["ecg"] for i in range(len(source))])
+    np.testing.assert_allclose(LatentSource(cache, "validation").latent_mean,
+                               nnx.merge(graphdef, params).encode(ecg)[0], rtol=1e-5, atol=1e-5)
+    assert info.latent_shape == (125, stages.vae_config(config).latent_channels) and info.downsampling == 8
+
+    config.diffusion.latent_cache = cache
+    result, = train(config, str(tmp_path / "run"))
+    assert result.step == STEPS and not result.stopped_early
+    reference_meta, _ = ckpt.read_meta(os.path.join(reference, "diffusion"))
+    meta, _ = ckpt.read_meta(str(tmp_path / "run" / "diffusion"))
+    np.testing.assert_allclose(meta["latent_scale"], reference_meta["latent_scale"], rtol=1e-5)
+    expected = read_metrics(os.path.join(reference, "diffusion", "metrics.jsonl"))
+    got = read_metrics(str(tmp_path / "run" / "diffusion" / "metrics.jsonl"))
+    assert len(got) == len(expected) == STEPS
+    for name in ("ddpm", "euler", "interlead", "sim", "total"):  # step 1 sees identical weights: tight
+        np.testing.assert_allclose(got[0][name], expected[0][name], rtol=1e-4, err_msg=name)
+        np.testing.assert_allclose(got[-1][name], expected[-1][name], rtol=2e-2, err_msg=name)
+
+    config.diffusion.latent_cache = "auto"
+    auto = stages.latent_cache(config, vae_dir, params)
+    assert auto == stages.latent_cache_dir(config, info.vae_id) and auto.startswith(prepared_dir)
+    built = os.path.getmtime(os.path.join(auto, MANIFEST))
+    assert stages.latent_cache(config, vae_dir, params) == auto and os.path.getmtime(os.path.join(auto, MANIFEST)) == built
+
+    manifest = json.loads(open(os.path.join(cache, MANIFEST)).read())
+    with open(os.path.join(cache, MANIFEST), "w") as f:
+        json.dump(dict(manifest, vae_id="ffffffffffff"), f)
+    config.diffusion.latent_cache = cache
+    with pytest.raises(LatentCacheError, match=f"weights ffffffffffff.*this run's VAE has weights {info.vae_id}"):
+        train(config, str(tmp_path / "refused"))
+
+
+
+def test_encode_latents_cli_writes_a_cache_and_reports_a_missing_vae(uninterrupted, prepared_dir, tmp_path, repo_root):
+    import subprocess
+    import sys
+
+    from sediff_jax.data.latents import read_info
+
+    reference, _ = uninterrupted
+    command = [sys.executable, "-m", "experiments.encode_latents", "--config=experiments/configs/tiny.py",
+               f"--config.data.prepared_dir={prepared_dir}", "--config.data.num_synthetic=48"]
+    done = subprocess.run(command + [f"--workdir={reference}", f"--out={tmp_path / 'cache'}"], cwd=repo_root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = read_info(str(tmp_path / "cache"))
+    assert f"VAE weights {info.vae_id}" in done.stdout and info.dtype == "float16" and sum(info.splits.values()) == 48
+    missing = subprocess.run(command + [f"--workdir={tmp_path / 'nowhere'}", f"--out={tmp_path / 'other'}"],
+                             cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "nowhere" in missing.stderr
+    assert not (tmp_path / "other").exists()
