@@ -39,6 +39,9 @@ flags.DEFINE_string("from_fits", None, "Build from a --fits_out file instead of 
 flags.DEFINE_integer("min_count", 3, "Smallest number of usable fits for a class to be kept.")
 flags.DEFINE_float("min_correlation", 0.8, "Fits with a lower median lead correlation are not averaged.")
 flags.DEFINE_integer("max_records", None, "Fit only the first N records of the split.")
+flags.DEFINE_integer("max_per_class", None, "Fit at most ~N records per SE-Diff class / PTB-XL superclass (a seeded "
+                     "sample that keeps every record of rarer classes; data.classes.capped_by_class).")
+flags.DEFINE_integer("seed", 0, "Seed of the --max_per_class sample.")
 flags.DEFINE_integer("batch_size", 64, "Records per compiled fitting batch.")
 flags.DEFINE_integer("max_iterations", None, "Adam steps per fit (default: FitConfig's).")
 
@@ -47,6 +50,7 @@ flags.register_validator("batch_size", lambda v: v >= 1, message="--batch_size m
 cli.check_float("fs", 50, 10000)
 cli.check_float("min_correlation", -1, 1)
 cli.check_int("max_records", 1)
+cli.check_int("max_per_class", 1)
 cli.check_int("max_iterations", 1)
 
 
@@ -112,7 +116,7 @@ def main(argv):
         usable_path(FLAGS.out, "--out")  # checked before any work
     from sediff_jax.data.builder import load_and_canonicalize
     from sediff_jax.data.canonical import CanonicalConfig
-    from sediff_jax.data.classes import record_classes
+    from sediff_jax.data.classes import capped_by_class, record_classes
     from sediff_jax.data.wfdb_reader import RecordError
     from sediff_jax.simulator.fitting import FitConfig, FitError, fit_ecgs, prepare_fit
     from sediff_jax.simulator.priors import RecordFit, build_prior, save_prior
@@ -132,6 +136,11 @@ def main(argv):
         if not os.path.isdir(source_dir):
             raise app.UsageError(f"--source_dir={source_dir} is not a folder")
         entries = read_split_entries(FLAGS.dataset, source_dir, FLAGS.fs, FLAGS.split, FLAGS.mimic_patients_csv)
+        records_in_split = len(entries)
+        if FLAGS.max_per_class:
+            chosen = capped_by_class([record_classes(e) for e in entries], FLAGS.max_per_class, FLAGS.seed)
+            entries = [entries[i] for i in chosen]
+            print(f"{len(entries)} of {records_in_split} records: at most ~{FLAGS.max_per_class} per class", flush=True)
         entries = entries[: FLAGS.max_records]
         if not entries:
             raise app.UsageError(f"no records in split {FLAGS.split!r} of {source_dir}")
@@ -159,7 +168,8 @@ def main(argv):
         for line in skipped:
             print(f"skipped {line}", file=sys.stderr)
         source = {"dataset": FLAGS.dataset, "source_dir": source_dir, "split": FLAGS.split,
-                  "records_in_split": len(entries), "records_skipped": len(skipped),
+                  "records_in_split": records_in_split, "records_chosen": len(entries),
+                  "max_per_class": FLAGS.max_per_class, "records_skipped": len(skipped),
                   "fit_config": dataclasses.asdict(config), "fit_seconds": round(time.perf_counter() - started, 1)}
         if FLAGS.fits_out:
             save_fits(FLAGS.fits_out, record_ids, labels, fits, source)

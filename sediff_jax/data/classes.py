@@ -9,6 +9,9 @@ build from SCP statements in English) and generated prompts alike. A record may 
 from __future__ import annotations
 
 import re
+from typing import Sequence
+
+import numpy as np
 
 # SE-Diff's class list, in order; names are stable identifiers (used as prior keys: 'sediff/<name>').
 SEDIFF_CLASSES: tuple[str, ...] = (
@@ -61,3 +64,24 @@ def record_classes(entry) -> tuple[str, ...]:
     if entry.superclasses or entry.record_id.startswith("ptbxl/"):
         labels += [f"statement/{c}" for c in entry.codes]
     return tuple(dict.fromkeys(labels))
+
+
+def capped_by_class(labels: Sequence[Sequence[str]], max_per_class: int, seed: int = 0,
+                    ignore_prefixes: tuple[str, ...] = ("statement/",)) -> np.ndarray:
+    """Indices (sorted) of a subset of records with at most ~`max_per_class` records per class label.
+
+    Records are visited in a seeded random order and one is kept while any of its labels (those not starting
+    with `ignore_prefixes`; a record without any counts as class 'none') has fewer than `max_per_class` kept
+    records. Rare classes keep every record; a common class can exceed the cap only through records kept for a
+    rarer class they also carry. labels: per record, e.g. `record_classes(entry)`."""
+    if max_per_class < 1:
+        raise ValueError(f"max_per_class={max_per_class} must be >= 1")
+    counts: dict[str, int] = {}
+    kept = []
+    for i in np.random.default_rng(seed).permutation(len(labels)):
+        names = [x for x in labels[i] if not x.startswith(ignore_prefixes)] or ["none"]
+        if any(counts.get(name, 0) < max_per_class for name in names):
+            kept.append(int(i))
+            for name in names:
+                counts[name] = counts.get(name, 0) + 1
+    return np.sort(np.asarray(kept, np.int64))

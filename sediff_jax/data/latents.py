@@ -96,7 +96,10 @@ def check_matches(info: LatentCacheInfo, directory: str, *, vae_id: str, splits:
         raise LatentCacheError(f"{directory}: encoded by the VAE with weights {info.vae_id} ({info.vae_dir}); this "
                                f"run's VAE has weights {vae_id}. Rebuild the cache for this VAE")
     for split, count in splits.items():
-        if info.splits.get(split) != count:
+        if split not in info.splits:
+            raise LatentCacheError(f"{directory}: no split {split!r} in the latent cache (it has "
+                                   f"{', '.join(info.splits)}). Rebuild the cache with this run's splits")
+        if info.splits[split] != count:
             raise LatentCacheError(f"{directory}: split {split!r} has {info.splits.get(split)} records in the cache, "
                                    f"{count} in the prepared dataset ({info.dataset}). Rebuild the cache")
 

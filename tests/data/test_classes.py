@@ -1,5 +1,6 @@
 """Diagnostic classes from report text, and PTB-XL statement labels."""
 
+import numpy as np
 import pytest
 
 from sediff_jax.data.classes import SEDIFF_CLASSES, record_classes, sediff_classes
@@ -48,3 +49,21 @@ def test_ptbxl_labels_agree_with_statements(data_dir):
             assert "sediff/left_bundle_branch_block" in labels, entry.text
         if "PVC" in codes:
             assert "sediff/premature_ventricular_contraction" in labels, entry.text
+
+
+def test_capped_by_class_keeps_rare_classes_whole_and_caps_common_ones():
+    from sediff_jax.data.classes import capped_by_class
+
+    labels = ([("sediff/sinus_rhythm", "superclass/NORM", "statement/NORM")] * 500
+              + [("sediff/sinus_rhythm", "sediff/wolff_parkinson_white")] * 7 + [()] * 30)
+    chosen = capped_by_class(labels, 20, seed=1)
+    picked = [labels[i] for i in chosen]
+    assert sum("sediff/wolff_parkinson_white" in x for x in picked) == 7  # rare: all of them
+    assert sum(x == () for x in picked) == 20  # records without labels count as one class
+    assert 20 <= sum("superclass/NORM" in x for x in picked) <= 20  # statements are not capped classes
+    assert sum("sediff/sinus_rhythm" in x for x in picked) <= 27
+    assert list(chosen) == sorted(chosen) and len(set(chosen)) == len(chosen)
+    np.testing.assert_array_equal(chosen, capped_by_class(labels, 20, seed=1))
+    assert not np.array_equal(chosen, capped_by_class(labels, 20, seed=2))
+    with pytest.raises(ValueError, match="max_per_class"):
+        capped_by_class(labels, 0)

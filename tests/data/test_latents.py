@@ -136,6 +136,8 @@ def test_caches_of_another_vae_or_dataset_and_damaged_caches_are_refused(prepare
         latents.check_matches(info, cache, vae_id="ffffffffffff", splits=sizes)
     with pytest.raises(latents.LatentCacheError, match=f"split 'train' has {sizes['train']} records in the cache, 99"):
         latents.check_matches(info, cache, vae_id=info.vae_id, splits=dict(sizes, train=99))
+    with pytest.raises(latents.LatentCacheError, match="no split 'extra' in the latent cache"):
+        latents.check_matches(info, cache, vae_id=info.vae_id, splits=dict(sizes, extra=3))
     with pytest.raises(latents.LatentCacheError, match="no latent cache here"):
         latents.read_info(str(tmp_path))
     with pytest.raises(latents.LatentCacheError, match="no split 'nope'"):

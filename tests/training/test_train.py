@@ -137,7 +137,7 @@ def test_nan_loss_stops_with_the_step_and_term(prepared_dir, tmp_path):
     checkpointer.close()
 
 
-@pytest.mark.parametrize("name", ["tiny", "synthetic", "ptbxl100", "ptbxl500", "mimic", "pod"])
+@pytest.mark.parametrize("name", ["tiny", "synthetic", "ptbxl100", "ptbxl100_full", "ptbxl500", "mimic", "pod"])
 def test_configs_load_with_every_variant(name):
     module = importlib.import_module(f"experiments.configs.{name}")
     for variant in common.VARIANTS:
