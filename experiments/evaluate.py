@@ -41,6 +41,9 @@ flags.DEFINE_float("guidance_scale", 2.0, "Classifier-free guidance scale.")
 flags.DEFINE_float("eta", 1.0, "DDIM noise in [0, 1] (as experiments/sample.py).")
 flags.DEFINE_enum("experience", "auto", ["auto", "off"], "Retrieved clinical experience (auto: when the model "
                   "was trained with it).")
+flags.DEFINE_enum("rhythm", "plan", ["plan", "record"], "Beat timing of each generated ECG: planned from its prompt "
+                  "(plan, conditions as in the paper) or the paired record's own R peaks (record; models with the "
+                  "rhythm scaffold only): then the paired metrics compare beats that fall together.")
 flags.DEFINE_float("highpass_hz", None, "Baseline filter of the real records (as in the model's training data).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("max_batch", 64, "ECGs sampled together (memory).")
@@ -68,7 +71,7 @@ def main(argv):
     from sediff_jax.evaluation.clip import load_clip
     from sediff_jax.evaluation.paired import real_pairs
     from sediff_jax.evaluation.runner import NonFiniteECG, generate_paired, markdown_report, score
-    from sediff_jax.generation import SHIPPED_CHECKPOINT, load_model
+    from sediff_jax.generation import SHIPPED_CHECKPOINT, PromptError, load_model
     from sediff_jax.generation.model import experience_profiles_path
     from sediff_jax.io.atomic import atomic_path
     from sediff_jax.io.outputs import output_dir
@@ -109,7 +112,10 @@ def main(argv):
     except (LayoutError, ValueError, OSError) as e:
         raise cli.UsageError(f"--dataset={FLAGS.dataset} --source_dir={source} --split={FLAGS.split}: {e}") from None
     try:
-        generated, seconds = generate_paired(model, pairs, sampler, FLAGS.seed, FLAGS.experience, FLAGS.max_batch)
+        generated, seconds = generate_paired(model, pairs, sampler, FLAGS.seed, FLAGS.experience, FLAGS.max_batch,
+                                             FLAGS.rhythm)
+    except PromptError as e:  # a given rhythm for a model without the scaffold
+        raise cli.UsageError(f"--rhythm={FLAGS.rhythm}: {e}") from None
     except NonFiniteECG as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -119,7 +125,8 @@ def main(argv):
         "dataset": FLAGS.dataset, "source_dir": source, "split": FLAGS.split, "records": pairs.record_ids,
         "skipped": pairs.skipped, "sampler": {"kind": sampler.kind, "steps": sampler.num_steps,
                                               "guidance_scale": sampler.guidance_scale, "eta": sampler.eta},
-        "experience": FLAGS.experience, "seed": FLAGS.seed, "generation_seconds": round(seconds, 2),
+        "experience": FLAGS.experience, "rhythm": FLAGS.rhythm, "seed": FLAGS.seed,
+        "generation_seconds": round(seconds, 2),
         **scores,
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "python": platform.python_version(),
@@ -129,9 +136,9 @@ def main(argv):
     out = out.path
     summary = (f"{len(pairs.record_ids)} records ({len(pairs.skipped)} skipped), one ECG each "
                f"({sampler.kind}-{sampler.num_steps}, eta {sampler.eta:g}, guidance {sampler.guidance_scale:g}, "
-               f"experience {FLAGS.experience}, seed {FLAGS.seed}); generated vs the record whose conditions it was "
-               f"generated from. HR: {scores['paired']['unmeasurable_hr']} generated ECGs had too few beats to "
-               "measure.")
+               f"experience {FLAGS.experience}, rhythm {FLAGS.rhythm}, seed {FLAGS.seed}); generated vs the record "
+               f"whose conditions it was generated from. HR: {scores['paired']['unmeasurable_hr']} generated ECGs "
+               "had too few beats to measure.")
     report = markdown_report(f"Evaluation: {model.id} on {FLAGS.dataset} {FLAGS.split}", summary, scores)
     jsonio.write_json(out / "metrics.json", result)
     with atomic_path(out / "report.md") as tmp:

@@ -19,6 +19,7 @@ from sediff_jax.evaluation.physiology import interval_errors, measured_heart_rat
 from sediff_jax.evaluation.rhythm import detectors, rhythm_table
 from sediff_jax.evaluation.signal import limb_lead_residual_mv, paired_mae_mv, paired_nrmse
 from sediff_jax.generation import PromptError, make_prompt
+from sediff_jax.generation.rhythm import RhythmError, rhythm_from_peaks
 from sediff_jax.signal.delineation import DelineationError, delineate
 
 INTERVALS = ("pr_ms", "qrs_ms", "qt_ms", "qtc_bazett_ms", "qtc_fridericia_ms", "qrs_axis_deg")
@@ -37,6 +38,7 @@ class RealPairs:
     skipped: dict[str, str]
     superclasses: list[tuple[str, ...]] = dataclasses.field(default_factory=list)
     labels_changed: list[bool] = dataclasses.field(default_factory=list)
+    r_peaks: list[np.ndarray] = dataclasses.field(default_factory=list)  # samples at fs, per record
 
     @property
     def labelled(self) -> np.ndarray:
@@ -47,6 +49,17 @@ class RealPairs:
     def texts(self) -> list[str]:
         return [p.text for p in self.prompts]
 
+    def rhythms(self, duration_s: float) -> list:
+        """Each record's own beat timing as a `generation.RhythmPlan` (None where it has fewer than 2 usable
+        beats or RR intervals out of range: the generator then plans one from the prompt)."""
+        plans = []
+        for record_id, peaks in zip(self.record_ids, self.r_peaks):
+            try:
+                plans.append(rhythm_from_peaks(peaks, self.fs, duration_s, f"record:{record_id}", record_id))
+            except RhythmError:
+                plans.append(None)
+        return plans
+
 
 def real_pairs(entries: Sequence, canonical, split: str, limit: int | None = None) -> RealPairs:
     """The records of `split` (in dataset order, the first `limit`), canonicalised, with their prompts.
@@ -56,7 +69,7 @@ def real_pairs(entries: Sequence, canonical, split: str, limit: int | None = Non
     chosen = [e for e in entries if e.split == split]
     if not chosen:
         raise ValueError(f"no records in split {split!r} (splits present: {sorted({e.split for e in entries})})")
-    ids, ecgs, prompts, skipped, superclasses, changed = [], [], [], {}, [], []
+    ids, ecgs, prompts, skipped, superclasses, changed, peaks = [], [], [], {}, [], [], []
     for entry in chosen:
         if limit is not None and len(ids) >= limit:
             break
@@ -75,13 +88,14 @@ def real_pairs(entries: Sequence, canonical, split: str, limit: int | None = Non
         ids.append(entry.record_id)
         superclasses.append(tuple(entry.superclasses))
         changed.append(bool(entry.labels_changed))
+        peaks.append(np.asarray(record.r_peaks, np.int64))
         ecgs.append(record.ecg)
         prompts.append(prompt)
     if not ids:
         raise ValueError(f"none of the {len(chosen)} records of split {split!r} could be used: "
                          f"{next(iter(skipped.values()), '')}")
     return RealPairs(ids, np.stack(ecgs).astype(np.float32), float(canonical.fs), prompts, skipped, superclasses,
-                     changed)
+                     changed, peaks)
 
 
 def _intervals(ecg: np.ndarray, fs: float) -> list[dict[str, float]]:

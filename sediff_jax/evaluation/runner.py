@@ -32,12 +32,21 @@ class NonFiniteECG(FloatingPointError):
     """The model produced NaN or inf samples."""
 
 
-def generate_paired(model, pairs: RealPairs, sampler, seed: int = 0, experience: str = "auto",
-                    max_batch: int = 64) -> tuple[np.ndarray, float]:
-    """(generated (n, time, 12) float32 mV, seconds): row i from record i's prompt, key fold_in(seed, i)."""
+RHYTHM_SOURCES = ("plan", "record")
 
+
+def generate_paired(model, pairs: RealPairs, sampler, seed: int = 0, experience: str = "auto",
+                    max_batch: int = 64, rhythm: str = "plan") -> tuple[np.ndarray, float]:
+    """(generated (n, time, 12) float32 mV, seconds): row i from record i's prompt, key fold_in(seed, i).
+
+    rhythm: 'plan' (the generator plans each ECG's beats from its prompt, as from text alone) or 'record' (a model
+    with the rhythm scaffold is given each record's own R peaks, so generated and real beats fall together)."""
+    if rhythm not in RHYTHM_SOURCES:
+        raise ValueError(f"rhythm {rhythm!r} is unknown; expected one of {RHYTHM_SOURCES}")
+    rhythms = pairs.rhythms(model.spec.duration_s) if rhythm == "record" else None
     start = time.perf_counter()
-    generated = Generator(model, max_batch=max_batch).generate(pairs.prompts, seed, sampler, experience)
+    generated = Generator(model, max_batch=max_batch).generate(pairs.prompts, seed, sampler, experience,
+                                                               rhythms=rhythms)
     seconds = time.perf_counter() - start
     if not np.all(np.isfinite(generated)):
         raise NonFiniteECG(f"{model.source}: the model produced non-finite ECGs")

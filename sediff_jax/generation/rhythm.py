@@ -140,9 +140,15 @@ def rhythm_from_record(path: str, duration_s: float, offset_s: float = 0.0) -> R
                                                    offset_s=offset_s))
     except (RecordError, ValueError, OSError) as e:
         raise RhythmError(f"{where}: {e}") from None
-    peaks = np.asarray(record.r_peaks, np.float64) / record.fs
+    return rhythm_from_peaks(record.r_peaks, record.fs, duration_s, f"record:{path}", where)
+
+
+def rhythm_from_peaks(r_peaks: Sequence[int], fs: float, duration_s: float, source: str, where: str) -> RhythmPlan:
+    """The rhythm of R peaks at samples `r_peaks` of a record at `fs` Hz (e.g. a real record's, for a paired
+    evaluation that gives the model its beat timing); refused by name like `rhythm_from_rr`."""
+    peaks = np.asarray(r_peaks, np.float64) / float(fs)
     _check_peaks(peaks, duration_s, where)
-    return RhythmPlan(tuple(float(t) for t in peaks), f"record:{path}", "given")
+    return RhythmPlan(tuple(float(t) for t in peaks), source, "given")
 
 
 def _ectopic(peaks: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The paired protocol on real PTB-XL records: a record against itself scores zero everywhere, a known
 offset gives that MAE, and experiments/evaluate.py writes its JSON and Markdown report."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -59,3 +60,33 @@ def test_evaluate_cli_writes_metrics_and_report(repo_root, exported_model_dir, d
     bad = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--checkpoint={tmp_path / 'none'}",
                           f"--out={tmp_path / 'x'}"], cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--checkpoint" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_record_rhythm_gives_a_scaffold_model_each_records_own_beats(pairs, model):
+    from sediff_jax.diffusion.sampling import SamplerConfig
+    from sediff_jax.evaluation.runner import generate_paired
+    from sediff_jax.generation.model import SEDiffModel
+    from sediff_jax.generation.rhythm import RhythmError
+    from tests.generation.small_model import small_model
+
+    plans = pairs.rhythms(10.0)
+    assert sum(p is not None for p in plans) >= 5
+    for plan, peaks, record_id in zip(plans, pairs.r_peaks, pairs.record_ids):
+        if plan is not None:
+            np.testing.assert_allclose(plan.r_peak_samples(pairs.fs), peaks, atol=1e-9)
+            assert plan.source == f"record:{record_id}" and plan.rhythm == "given"
+    sampler = SamplerConfig(kind="ddim", num_steps=2, guidance_scale=1.0)
+    scaffold = small_model(rhythm=True)
+    assert isinstance(scaffold, SEDiffModel)
+    n = scaffold.num_samples  # the small model makes 2.56 s: the records' first 2.56 s and their beats
+    pairs = dataclasses.replace(pairs, ecg=pairs.ecg[:, :n], r_peaks=[p[p < n] for p in pairs.r_peaks])
+    assert sum(p is not None for p in pairs.rhythms(scaffold.spec.duration_s)) >= 4
+    from_record, _ = generate_paired(scaffold, pairs, sampler, seed=0, experience="off", rhythm="record")
+    again, _ = generate_paired(scaffold, pairs, sampler, seed=0, experience="off", rhythm="record")
+    planned, _ = generate_paired(scaffold, pairs, sampler, seed=0, experience="off", rhythm="plan")
+    np.testing.assert_array_equal(from_record, again)
+    assert from_record.shape == pairs.ecg.shape and not np.allclose(from_record, planned)
+    with pytest.raises(RhythmError, match="without the rhythm scaffold"):
+        generate_paired(model, pairs, sampler, seed=0, experience="off", rhythm="record")
+    with pytest.raises(ValueError, match="rhythm 'nope'"):
+        generate_paired(model, pairs, sampler, rhythm="nope")
