@@ -28,4 +28,5 @@ def get_config(variant: str | None = None):
     c.diffusion.training.update(batch_size=32, num_steps=16000, log_every=25, eval_every=1000, checkpoint_every=250,
                                 max_eval_batches=16)
     c.diffusion.latent_cache = "auto"
+    c.diffusion.prior = "ptbxl100_full_train_v2"  # refitted on folds 1-8 (sediff_jax/simulator/priors.py)
     return apply_variant(c, variant)

@@ -58,7 +58,7 @@ class Generator:
         self.mesh = make_mesh() if mesh is None else mesh
         self.encoder = text_encoder_for(model) if text_encoder is None else text_encoder
         prior_path = model.spec.prior
-        self.prior = prior if prior is not None else load_prior(None if prior_path in ("default", "") else prior_path)
+        self.prior = prior if prior is not None else load_prior(prior_path)
         self.class_names = model.spec.prior_classes or tuple(self.prior.class_names)
         missing = [c for c in self.class_names if c not in self.prior.classes]
         if missing:

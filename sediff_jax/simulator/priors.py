@@ -41,7 +41,11 @@ FIELD_UNITS = {"theta": "rad at 60 bpm", "width": "rad at 60 bpm", "amplitude": 
                "hr_std": "bpm"}
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 ALL = "all"
-DEFAULT_PRIOR_PATH = Path(__file__).resolve().parent / "priors" / "ptbxl500_train_v1.json"
+SHIPPED_PRIORS_DIR = Path(__file__).resolve().parent / "priors"
+# 'default' (what models trained before named their prior recorded): fitted at 500 Hz on the 353 training records
+# of the first 500 PTB-XL records. ptbxl100_full_train_v2: at 100 Hz on 1,466 records of all PTB-XL folds 1-8, at
+# most ~100 per class (experiments/build_simulator_prior.py --max_per_class=100).
+DEFAULT_PRIOR_PATH = SHIPPED_PRIORS_DIR / "ptbxl500_train_v1.json"
 
 
 class PriorError(ValueError):
@@ -220,9 +224,30 @@ def save_prior(prior: SimulatorPrior, path: str | os.PathLike) -> Path:
     return path
 
 
+def shipped_priors() -> tuple[str, ...]:
+    """Names of the priors shipped in the package (`load_prior` takes them as well as paths)."""
+    return tuple(sorted(p.stem for p in SHIPPED_PRIORS_DIR.glob("*.json")))
+
+
+def prior_path(prior: str | os.PathLike | None) -> Path:
+    """The file of `prior`: None, '' or 'default' -> `DEFAULT_PRIOR_PATH`; a shipped prior's name (e.g.
+    'ptbxl100_full_train_v2', so a trained model's record of its prior works on any machine) -> its file in the
+    package; anything else is a path."""
+    if prior is None or str(prior) in ("", "default"):
+        return DEFAULT_PRIOR_PATH
+    text = str(prior)
+    if os.sep not in text and "/" not in text and not text.endswith(".json"):
+        shipped = SHIPPED_PRIORS_DIR / f"{text}.json"
+        if not shipped.exists():
+            raise PriorError(f"{text!r}: no such shipped prior (shipped: {', '.join(shipped_priors())}) and not a "
+                             "path to a prior file")
+        return shipped
+    return Path(prior)
+
+
 def load_prior(path: str | os.PathLike | None = None) -> SimulatorPrior:
-    """Read a prior file (default: the shipped PTB-XL prior, `DEFAULT_PRIOR_PATH`)."""
-    path = Path(path) if path is not None else DEFAULT_PRIOR_PATH
+    """Read a prior: a file, a shipped prior's name, or None / 'default' for `DEFAULT_PRIOR_PATH` (`prior_path`)."""
+    path = prior_path(path)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:

@@ -82,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
         interlead_full_signal=True, interlead_crop=0.25, weighting="alpha_bar", weighting_power=1.0,
         sim_fraction=0.5, sim_solver="heun", sim_internal_fs=500.0))
     c.diffusion.condition_dropout = (0.1, 0.1, 0.1)
-    c.diffusion.prior = ""  # a simulator prior JSON; "" = the shipped PTB-XL prior
+    c.diffusion.prior = ""  # a simulator prior: a JSON path, a shipped prior's name, or "" (the default PTB-XL prior)
     c.diffusion.vae_checkpoint = ""  # a VAE stage directory; "" = <workdir>/vae
     c.diffusion.latent_scale_batches = 4
     # Train from a latent cache (every record encoded once by the frozen VAE, `sediff_jax.data.latents`): "" encodes

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sediff_jax import simulator as sim
+from sediff_jax.data.classes import SEDIFF_CLASSES
 from sediff_jax.simulator import priors
 from sediff_jax.simulator.priors import PriorError, RecordFit
 
@@ -93,3 +94,19 @@ def test_shipped_prior_is_the_ptbxl_train_split():
     lead_ii = ecg[:, 1]
     assert lead_ii.max() > 0.5 and lead_ii.max() == pytest.approx(np.abs(lead_ii).max())
     assert per_lead[1, 0] < -80 and 150 < per_lead[1, 4] < 400
+
+
+def test_shipped_priors_load_by_name_and_the_full_ptbxl_one_covers_19_classes():
+    assert set(priors.shipped_priors()) >= {"ptbxl500_train_v1", "ptbxl100_full_train_v2"}
+    assert priors.prior_path("default") == priors.prior_path(None) == priors.DEFAULT_PRIOR_PATH
+    assert priors.prior_path("ptbxl500_train_v1") == priors.DEFAULT_PRIOR_PATH
+    full = priors.load_prior("ptbxl100_full_train_v2")
+    assert full.provenance["max_per_class"] == 100 and full.provenance["records_in_split"] == 17418
+    assert full["all"].count >= 1400 and full["all"].quality["median_correlation"]["p50"] > 0.95
+    covered = {name.removeprefix("sediff/") for name in full.class_names if name.startswith("sediff/")}
+    assert covered == set(SEDIFF_CLASSES) - {"ventricular_tachycardia"}  # PTB-XL has no VT record
+    for name in ("sediff/atrial_flutter", "sediff/wolff_parkinson_white", "sediff/left_bundle_branch_block"):
+        assert full[name].count >= 10, name
+    with pytest.raises(PriorError, match="no such shipped prior.*ptbxl100_full_train_v2"):
+        priors.load_prior("ptbxl_nope")
+
