@@ -33,8 +33,12 @@ flags.DEFINE_integer("steps", 50, "DDIM steps for the synthetic ECGs.")
 flags.DEFINE_float("guidance_scale", 2.0, "Classifier-free guidance scale.")
 flags.DEFINE_float("eta", 1.0, "DDIM noise.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_integer("train_records", None, "Use a seeded random subset of this many training records in every "
+                     "protocol (real, real + synthetic and synthetic alike): a matched comparison where generating a "
+                     "synthetic ECG for every training record costs too much (all of PTB-XL: 17,416 records).")
 flags.DEFINE_string("out", None, "Output directory.", required=True)
 cli.check_int("num_steps", 1)
+cli.check_int("train_records", 1)
 cli.check_int("batch_size", 1)
 cli.check_sampling_flags()
 
@@ -77,6 +81,10 @@ def main(argv):
         print(f"error: --source_dir={source}: {e}", file=sys.stderr)
         return 2
     out = Path(FLAGS.out)
+    if FLAGS.train_records and FLAGS.train_records < len(parts["train"].record_ids):
+        chosen = np.sort(np.random.default_rng(FLAGS.seed).choice(len(parts["train"].record_ids),
+                                                                  FLAGS.train_records, replace=False))
+        parts["train"] = parts["train"].take(chosen)
     train = parts["train"]
     sampler = SamplerConfig(kind="ddim", num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale, eta=FLAGS.eta)
     stamp = f"{model.id}/ddim{FLAGS.steps}/g{FLAGS.guidance_scale:g}/eta{FLAGS.eta:g}/seed{FLAGS.seed}"

@@ -49,6 +49,17 @@ class RealPairs:
     def texts(self) -> list[str]:
         return [p.text for p in self.prompts]
 
+    def take(self, indices) -> "RealPairs":
+        """The records at `indices` (in that order), with everything that belongs to them."""
+        idx = [int(i) for i in indices]
+
+        def pick(values: list) -> list:
+            return [values[i] for i in idx] if values else values
+
+        return dataclasses.replace(self, record_ids=pick(self.record_ids), ecg=self.ecg[idx],
+                                   prompts=pick(self.prompts), superclasses=pick(self.superclasses),
+                                   labels_changed=pick(self.labels_changed), r_peaks=pick(self.r_peaks))
+
     def rhythms(self, duration_s: float) -> list:
         """Each record's own beat timing as a `generation.RhythmPlan` (None where it has fewer than 2 usable
         beats or RR intervals out of range: the generator then plans one from the prompt)."""

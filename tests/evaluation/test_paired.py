@@ -90,3 +90,13 @@ def test_record_rhythm_gives_a_scaffold_model_each_records_own_beats(pairs, mode
         generate_paired(model, pairs, sampler, seed=0, experience="off", rhythm="record")
     with pytest.raises(ValueError, match="rhythm 'nope'"):
         generate_paired(model, pairs, sampler, rhythm="nope")
+
+
+def test_take_keeps_each_records_fields_together(pairs):
+    sub = pairs.take([4, 1])
+    assert sub.record_ids == [pairs.record_ids[4], pairs.record_ids[1]] and sub.fs == pairs.fs
+    np.testing.assert_array_equal(sub.ecg, pairs.ecg[[4, 1]])
+    assert sub.prompts == [pairs.prompts[4], pairs.prompts[1]]
+    assert sub.superclasses == [pairs.superclasses[4], pairs.superclasses[1]]
+    np.testing.assert_array_equal(sub.r_peaks[0], pairs.r_peaks[4])
+    assert list(sub.labelled) == [pairs.labelled[4], pairs.labelled[1]]
