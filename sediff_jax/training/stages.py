@@ -108,6 +108,11 @@ def cache_splits(config: ml_collections.ConfigDict) -> dict[str, int]:
     return {split: len(split_source(config, split)) for split in names}
 
 
+def vae_weights_id(params: PyTree) -> str:
+    """The id of a VAE's weights (`checkpoints.weights_id`): what a latent cache records of its encoder."""
+    return weights_id(flatten_params(jax.device_get(params), "vae"))
+
+
 def latent_cache_dir(config: ml_collections.ConfigDict, vae_id: str) -> str:
     """Where `diffusion.latent_cache=auto` keeps the cache of the VAE with weights `vae_id`: beside the prepared
     dataset (`<prepared version dir>_latents/<vae_id>`)."""
@@ -119,7 +124,7 @@ def build_latent_cache(config: ml_collections.ConfigDict, vae_dir: str, director
     """Encode every record of the config's splits with the VAE at `vae_dir` (its best EMA weights, float32) into
     a latent cache at `directory` (default: `latent_cache_dir`); returns (directory, info)."""
     graphdef, params, meta = load_vae(vae_dir, which="best", dtype=jnp.float32)
-    vae_id = weights_id(flatten_params(jax.device_get(params), "vae"))
+    vae_id = vae_weights_id(params)
     directory = directory or latent_cache_dir(config, vae_id)
     vae = nnx.merge(graphdef, params)
     encode = jax.jit(lambda ecg: vae.encode(ecg)[0])
@@ -144,7 +149,7 @@ def latent_cache(config: ml_collections.ConfigDict, vae_dir: str, vae_params: Py
     setting = config.diffusion.latent_cache
     if not setting:
         return None
-    vae_id = weights_id(flatten_params(jax.device_get(vae_params), "vae"))
+    vae_id = vae_weights_id(vae_params)
     directory = latent_cache_dir(config, vae_id) if setting == "auto" else setting
     if setting == "auto" and not os.path.exists(os.path.join(directory, "manifest.json")):
         if jax.process_count() > 1:
