@@ -8,7 +8,8 @@ One synthetic ECG is generated from each training record's conditions (report, a
 (real plus the synthetic ECGs of records with any class but NORM: minority augmentation), TSTR (synthetic only).
 Thresholds are tuned on the real validation fold; macro F1 and macro AUROC on the real test fold, mean and std
 over --seeds. Writes --out/downstream.json and --out/report.md (atomically); --out/synthetic.npz keeps the
-generated ECGs, and a rerun with the same checkpoint and sampler reuses them.
+generated ECGs, and a rerun with the same checkpoint and sampler reuses them. --protocols=TRTR generates nothing:
+the real-data classifier alone.
 """
 
 from __future__ import annotations
@@ -90,7 +91,9 @@ def main(argv):
     stamp = f"{model.id}/ddim{FLAGS.steps}/g{FLAGS.guidance_scale:g}/eta{FLAGS.eta:g}/seed{FLAGS.seed}"
     cached = out / "synthetic.npz"
     synthetic = None
-    if cached.is_file():
+    if FLAGS.protocols == ["TRTR"]:  # real records only: nothing to generate
+        synthetic = np.zeros((0,) + train.ecg.shape[1:], np.float32)
+    elif cached.is_file():
         with np.load(cached) as f:
             if str(f["stamp"]) == stamp and list(f["record_ids"]) == train.record_ids:
                 synthetic = f["ecg"]
@@ -119,7 +122,8 @@ def main(argv):
                                     (parts["validation"].ecg[keep["validation"]],
                                      labels["validation"][keep["validation"]]),
                                     (parts["test"].ecg[keep["test"]], labels["test"][keep["test"]]),
-                                    (synthetic[keep["train"]], labels["train"][keep["train"]]), model.fs,
+                                    (synthetic[keep["train"]] if len(synthetic) else synthetic,
+                                     labels["train"][keep["train"]]), model.fs,
                                     FLAGS.protocols, seeds, config, log=log)
     lines = ["| protocol | training records | macro F1 | macro AUROC |", "|---|---:|---:|---:|"]
     for setting, r in results.items():

@@ -158,3 +158,22 @@ def test_classifier_learns_simulated_diagnoses():
                                   NetworkTrainConfig(batch_size=16, num_steps=60, crop_s=4.0, learning_rate=3e-3))
     probabilities = classifier.probabilities(ecg[32:])
     assert auroc(labels[32:, 1], probabilities[:, 1]) > 0.95
+
+
+def test_downstream_cli_trains_the_real_data_classifier_without_generating(repo_root, exported_model_dir, data_dir,
+                                                                           tmp_path):
+    """--protocols=TRTR is the real-data classifier alone: it writes its scores and generates no synthetic ECG."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "downstream"
+    result = subprocess.run([sys.executable, "-m", "experiments.downstream", f"--checkpoint={exported_model_dir}",
+                             f"--source_dir={data_dir / 'ptb-xl'}", "--protocols=TRTR", "--seeds=0", "--num_steps=3",
+                             "--batch_size=8", f"--out={out}"], cwd=repo_root, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "generating" not in result.stdout and not (out / "synthetic.npz").exists()
+    scores = json.loads((out / "downstream.json").read_text())["results"]
+    assert list(scores) == ["TRTR"] and scores["TRTR"]["train_records"] > 300
+    assert 0.0 <= scores["TRTR"]["macro_auroc"] <= 1.0 and "| TRTR |" in (out / "report.md").read_text()
