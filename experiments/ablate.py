@@ -7,8 +7,9 @@ split with the paired protocol, and print the paper-style table with the paper's
         --experience_dir=runs/exp_ptbxl100 --num_steps=1000 --num_samples=66
 
 Variants (experiments/configs/common.py): full, no_simulator (L_Euler and L_sim off), no_interlead,
-no_experience, and the finer no_euler, no_sim_solve, ddpm_only. Layout under --workdir: prepared/ (the dataset),
-vae/ (stage 1, trained first unless --vae_checkpoint), <variant>/ (stage 2), ablation/ (per-variant
+no_experience, paper (without the rhythm scaffold), and the finer no_euler, no_sim_solve, ddpm_only. Layout under --workdir: prepared/ (the dataset),
+vae/ (stage 1, trained first unless --vae_checkpoint), <variant>/ (stage 2), text_cache/ (the text and
+experience encodings every variant shares, unless --text_cache_dir), ablation/ (per-variant
 metrics.json, table.md, ablation.json). Every stage resumes: running the command again after a kill continues
 training, and with everything trained it only re-evaluates (e.g. with a new --encoder).
 """
@@ -34,6 +35,8 @@ flags.DEFINE_string("vae_checkpoint", None, "A trained VAE stage directory to sh
 flags.DEFINE_string("prepared_dir", None, "Prepared dataset root (default: <workdir>/prepared).")
 flags.DEFINE_string("experience_dir", None, "experiments/build_experience.py output, used by every variant but "
                     "no_experience (required when no_experience is compared).")
+flags.DEFINE_string("text_cache_dir", None, "Text and experience encodings shared by every variant (default: "
+                    "<workdir>/text_cache; a training workdir over the same data, e.g. runs/full, reuses its own).")
 flags.DEFINE_integer("num_steps", None, "Diffusion steps per variant (default: the config's).")
 flags.DEFINE_integer("vae_steps", None, "VAE steps (default: the config's).")
 flags.DEFINE_bool("train", True, "Train (or resume) before evaluating; --notrain evaluates what exists.")
@@ -65,6 +68,7 @@ def variant_config(variant: str):
     config.diffusion.vae_checkpoint = os.path.abspath(FLAGS.vae_checkpoint or os.path.join(root, "vae"))
     if variant != "no_experience" and FLAGS.experience_dir:
         config.experience.dir = os.path.abspath(FLAGS.experience_dir)
+    config.text.cache_dir = os.path.abspath(FLAGS.text_cache_dir or os.path.join(root, "text_cache"))
     if FLAGS.num_steps:
         config.diffusion.training.num_steps = FLAGS.num_steps
     if FLAGS.vae_steps:
@@ -110,7 +114,8 @@ def main(argv):
     from sediff_jax.generation import load_model
     from sediff_jax.io.atomic import atomic_path
     from sediff_jax.checkpoints import CheckpointError
-    from sediff_jax.training.loop import canonical_config, train
+    from sediff_jax.training.loop import train
+    from sediff_jax.training.stages import canonical_config
 
     out = Path(FLAGS.out or os.path.join(FLAGS.workdir, "ablation"))
     first = variant_config(FLAGS.variants[0])
