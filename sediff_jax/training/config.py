@@ -55,7 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
         highpass_hz=None, num_synthetic=200, synthetic_seed=0, num_workers=1, train_split="train",
         eval_split="validation", test_split="test", prefetch=2, loader_workers=0))
     # loader_workers: grain processes that read and assemble batches (0: `prefetch` threads in the trainer).
-    c.text = ml_collections.ConfigDict(dict(encoder="minilm", max_length=64))
+    # cache_dir: where stage 2 keeps the text and experience encodings (text_cache_<encoder>.npz,
+    # experience_cache_<encoder>.npz); "" is the workdir. Runs over the same texts may share one (the ablation does).
+    c.text = ml_collections.ConfigDict(dict(encoder="minilm", max_length=64, cache_dir=""))
     # Retrieved experience (experiments/build_experience.py output); "" trains without (the "w/o Exp" ablation).
     c.experience = ml_collections.ConfigDict(dict(dir="", max_tokens=128))
 

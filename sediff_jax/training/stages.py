@@ -278,8 +278,11 @@ class DiffusionConditions:
 
 
 def diffusion_conditions(config: ml_collections.ConfigDict, workdir: str) -> DiffusionConditions:
+    """Text encoder, encodings caches (in `text.cache_dir`, default `workdir`), prior classes and experience."""
     encoder = make_text_encoder(config.text.encoder, max_length=config.text.max_length)
-    text_cache = TextCache(encoder, os.path.join(workdir, f"text_cache_{config.text.encoder}.npz"))
+    cache_dir = config.text.cache_dir or workdir
+    os.makedirs(cache_dir, exist_ok=True)
+    text_cache = TextCache(encoder, os.path.join(cache_dir, f"text_cache_{config.text.encoder}.npz"))
     prior = load_prior(config.diffusion.prior or None)
     class_names = tuple(prior.class_names)
     table, experience_cache, recorded = None, None, {"used": False}
@@ -288,7 +291,7 @@ def diffusion_conditions(config: ml_collections.ConfigDict, workdir: str) -> Dif
         table = ExperienceTable.load(os.path.join(directory, "experience.jsonl"))
         max_tokens = int(config.experience.max_tokens)
         experience_cache = TextCache(make_text_encoder(config.text.encoder, max_length=max_tokens),
-                                     os.path.join(workdir, f"experience_cache_{config.text.encoder}.npz"))
+                                     os.path.join(cache_dir, f"experience_cache_{config.text.encoder}.npz"))
         recorded = {"used": True, "dir": os.path.abspath(directory), "max_tokens": max_tokens, "records": len(table)}
         manifest = os.path.join(directory, "manifest.json")
         if os.path.exists(manifest):
