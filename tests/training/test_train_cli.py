@@ -9,9 +9,9 @@ import sys
 import time
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+from sediff_jax.checkpoints import stage as ckpt
 from sediff_jax.training.metrics import read_metrics
 
 
@@ -89,10 +89,10 @@ def test_two_processes_over_loopback_match_one_process_with_two_devices(prepared
     _, params = split_params(build_vae(tiny.get_config(), 0))
     abstract = abstract_like(jax.eval_shape(lambda: init_state(params, make_optimizer(OptimizerConfig()), 0)),
                              SingleDeviceSharding(jax.devices()[0]))
-    restore = ocp.StandardCheckpointer().restore
-    a = restore(str(multi / "vae" / "checkpoints" / "3" / "state"), abstract)
-    b = restore(str(single / "vae" / "checkpoints" / "3" / "state"), abstract)
-    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    a, _, _, _ = ckpt.restore(str(multi / "vae"), abstract, step=3)
+    b, _, _, _ = ckpt.restore(str(single / "vae"), abstract, step=3)
+    assert len(jax.tree.leaves(a.ema_params)) == len(jax.tree.leaves(a.params)) > 0
+    for x, y in zip(jax.tree.leaves((a.params, a.ema_params)), jax.tree.leaves((b.params, b.ema_params))):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
     ma = read_metrics(str(multi / "vae" / "metrics.jsonl"))
     mb = read_metrics(str(single / "vae" / "metrics.jsonl"))
