@@ -7,10 +7,10 @@ split with the paired protocol, and print the paper-style table with the paper's
         --experience_dir=runs/exp_ptbxl100 --num_steps=1000 --num_samples=66
 
 Variants (experiments/configs/common.py): full, no_simulator (L_Euler and L_sim off), no_interlead,
-no_experience, paper (without the rhythm scaffold), and the finer no_euler, no_sim_solve, ddpm_only. Layout under --workdir: prepared/ (the dataset),
-vae/ (stage 1, trained first unless --vae_checkpoint), <variant>/ (stage 2), text_cache/ (the text and
-experience encodings every variant shares, unless --text_cache_dir), ablation/ (per-variant
-metrics.json, table.md, ablation.json). Every stage resumes: running the command again after a kill continues
+no_experience, paper (without the rhythm scaffold), and the finer no_euler, no_sim_solve, ddpm_only. Layout
+under --workdir: prepared/ (the dataset), vae/ (stage 1, trained first unless --vae_checkpoint), <variant>/
+(stage 2), text_cache/ (the text and experience encodings every variant shares, unless --text_cache_dir),
+ablation/ (per-variant metrics.json, table.md, ablation.json). Every stage resumes: running the command again after a kill continues
 training, and with everything trained it only re-evaluates (e.g. with a new --encoder).
 """
 
