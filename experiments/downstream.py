@@ -90,15 +90,14 @@ def main(argv):
     sampler = SamplerConfig(kind="ddim", num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale, eta=FLAGS.eta)
     stamp = f"{model.id}/ddim{FLAGS.steps}/g{FLAGS.guidance_scale:g}/eta{FLAGS.eta:g}/seed{FLAGS.seed}"
     cached = out / "synthetic.npz"
+    needs_synthetic = FLAGS.protocols != ["TRTR"]  # TRTR alone trains on real records only: nothing to generate
     synthetic = None
-    if FLAGS.protocols == ["TRTR"]:  # real records only: nothing to generate
-        synthetic = np.zeros((0,) + train.ecg.shape[1:], np.float32)
-    elif cached.is_file():
+    if needs_synthetic and cached.is_file():
         with np.load(cached) as f:
             if str(f["stamp"]) == stamp and list(f["record_ids"]) == train.record_ids:
                 synthetic = f["ecg"]
     start = time.perf_counter()
-    if synthetic is None:
+    if needs_synthetic and synthetic is None:
         print(f"generating {len(train.record_ids)} synthetic ECGs from the training records' conditions", flush=True)
         try:
             synthetic, _ = generate_paired(model, train, sampler, FLAGS.seed)
@@ -122,8 +121,8 @@ def main(argv):
                                     (parts["validation"].ecg[keep["validation"]],
                                      labels["validation"][keep["validation"]]),
                                     (parts["test"].ecg[keep["test"]], labels["test"][keep["test"]]),
-                                    (synthetic[keep["train"]] if len(synthetic) else synthetic,
-                                     labels["train"][keep["train"]]), model.fs,
+                                    (synthetic[keep["train"]], labels["train"][keep["train"]])
+                                    if needs_synthetic else None, model.fs,
                                     FLAGS.protocols, seeds, config, log=log)
     lines = ["| protocol | training records | macro F1 | macro AUROC |", "|---|---:|---:|---:|"]
     for setting, r in results.items():

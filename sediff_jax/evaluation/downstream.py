@@ -115,13 +115,16 @@ def train_classifier(ecg: np.ndarray, labels: np.ndarray, fs: float,
     return Classifier(split_params(model)[0], params)
 
 
-def training_set(setting: str, real_ecg: np.ndarray, real_labels: np.ndarray, synthetic_ecg: np.ndarray,
-                 synthetic_labels: np.ndarray, majority: str = "NORM",
+def training_set(setting: str, real_ecg: np.ndarray, real_labels: np.ndarray, synthetic_ecg: np.ndarray | None,
+                 synthetic_labels: np.ndarray | None, majority: str = "NORM",
                  classes: Sequence[str] = SUPERCLASSES) -> tuple[np.ndarray, np.ndarray]:
     """The (ecg, labels) a protocol trains on. Synthetic rows carry the labels of the record they were generated
-    from; TRTR+S adds the synthetic rows with any class other than `majority`."""
+    from; TRTR+S adds the synthetic rows with any class other than `majority`. The synthetic arrays may be None
+    when only TRTR runs."""
     if setting == "TRTR":
         return real_ecg, real_labels
+    if setting in ("TSTR", "TRTR+S") and synthetic_ecg is None:
+        raise ValueError(f"protocol {setting} trains on synthetic ECGs, but none were given")
     if setting == "TSTR":
         return synthetic_ecg, synthetic_labels
     if setting == "TRTR+S":
@@ -133,16 +136,18 @@ def training_set(setting: str, real_ecg: np.ndarray, real_labels: np.ndarray, sy
 
 
 def downstream_experiment(train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray],
-                          test: tuple[np.ndarray, np.ndarray], synthetic: tuple[np.ndarray, np.ndarray], fs: float,
+                          test: tuple[np.ndarray, np.ndarray], synthetic: tuple[np.ndarray, np.ndarray] | None,
+                          fs: float,
                           settings: Sequence[str] = SETTINGS, seeds: Sequence[int] = (0, 1, 2),
                           train_config: NetworkTrainConfig = NetworkTrainConfig(batch_size=32, num_steps=500),
                           model_config: ECGEncoderConfig = ECGEncoderConfig(),
                           log=None) -> dict[str, Any]:
-    """Each protocol trained once per seed; (ecg (n, time, 12) mV, labels (n, classes)) for every part.
+    """Each protocol trained once per seed; (ecg (n, time, 12) mV, labels (n, classes)) for every part
+    (`synthetic` None when only TRTR runs).
     Returns {setting: {"runs": [per-seed scores], "macro_f1": mean, "macro_f1_std", "macro_auroc", ...}}."""
     results = {}
     for setting in settings:
-        ecg, labels = training_set(setting, *train, *synthetic)
+        ecg, labels = training_set(setting, *train, *(synthetic or (None, None)))
         runs = []
         for seed in seeds:
             config = dataclasses.replace(train_config, seed=seed, batch_size=min(train_config.batch_size, len(ecg)))

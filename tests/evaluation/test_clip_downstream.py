@@ -138,6 +138,10 @@ def test_protocols_pick_their_training_sets():
     assert len(ecg) == 6 and labels[4:].tolist() == synthetic_y[1:].tolist()  # minority rows only
     with pytest.raises(ValueError, match="unknown"):
         training_set("TRTS", real, real_y, synthetic, synthetic_y)
+    assert training_set("TRTR", real, real_y, None, None)[0] is real  # TRTR alone: nothing generated
+    for setting in ("TSTR", "TRTR+S"):
+        with pytest.raises(ValueError, match="none were given"):
+            training_set(setting, real, real_y, None, None)
     assert SUPERCLASSES[0] == "NORM"
 
 
