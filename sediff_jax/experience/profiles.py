@@ -182,7 +182,7 @@ class ProfileCorpus:
         path = Path(path)
         with atomic_path(path, suffix=".npz") as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
+                np.savez_compressed(f, **arrays)  # the fixed-width str arrays are mostly padding
         return path
 
     @classmethod
