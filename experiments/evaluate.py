@@ -7,7 +7,7 @@ For each of the first --num_samples records of --split, one ECG is generated fro
 (report, age, sex, measured heart rate) and compared with the record: MAE and NRMSE, heart-rate error (from the
 generated ECG's R peaks, against the record's rate), interval errors (PR, QRS, QT, QTc, axis; median-beat
 delineation of both), and the Einthoven/Goldberger residual. Writes --out/metrics.json and --out/report.md
-(atomically). With the ECG-text CLIP model (--encoder; default the shipped one, trained on PTB-XL folds 1-8 at
+(atomically; --save_generated adds the generated ECGs as --out/generated.npz). With the ECG-text CLIP model (--encoder; default the shipped one, trained on PTB-XL folds 1-8 at
 100 Hz by experiments/train_clip.py) it adds FID, rFID, k-NN precision/recall, CLIP score and rCLIP on its
 features; an encoder for another rate or length is reported as not applicable.
 """
@@ -52,17 +52,21 @@ flags.DEFINE_string("encoder", "shipped", "ECG-text CLIP checkpoint for FID/CLIP
 flags.DEFINE_string("out", None, "Output directory (metrics.json, report.md): new or empty, see --overwrite.",
                     required=True)
 flags.DEFINE_bool("overwrite", False, "Replace this tool's earlier metrics.json and report.md in --out.")
+flags.DEFINE_bool("save_generated", False, "Also write --out/generated.npz: every generated ECG ((n, time, 12) "
+                  "float32 mV) with its record id and prompt text, to look at or re-measure.")
 cli.check_int("num_samples", 1)
 cli.check_sampling_flags()
 cli.check_float("highpass_hz", 0, 40, low_open=True)
 cli.check_int("max_batch", 1)
 
-OUTPUT_FILES = ("metrics.json", "report.md")
+OUTPUT_FILES = ("metrics.json", "report.md", "generated.npz")
 flags.register_validator("num_samples", lambda v: v >= 1, message="--num_samples must be >= 1")
 
 
 def main(argv):
     del argv
+    import numpy as np
+
     from experiments.configs.common import dataset_dir
     from sediff_jax.data.canonical import CanonicalConfig
     from sediff_jax.data.prepare import PrepareConfig, read_entries
@@ -74,6 +78,7 @@ def main(argv):
     from sediff_jax.generation import SHIPPED_CHECKPOINT, PromptError, load_model
     from sediff_jax.generation.model import experience_profiles_path
     from sediff_jax.io.atomic import atomic_path
+    from sediff_jax.io.npz import write_npz
     from sediff_jax.io.outputs import output_dir
     from sediff_jax.checkpoints import CheckpointError
 
@@ -140,11 +145,15 @@ def main(argv):
                f"whose conditions it was generated from. HR: {scores['paired']['unmeasurable_hr']} generated ECGs "
                "had too few beats to measure.")
     report = markdown_report(f"Evaluation: {model.id} on {FLAGS.dataset} {FLAGS.split}", summary, scores)
+    if FLAGS.save_generated:
+        write_npz(out / "generated.npz", generated, model.fs, record_ids=np.array(pairs.record_ids),
+                  texts=np.array(pairs.texts),
+                  hr_bpm=np.array([np.nan if p.hr is None else p.hr for p in pairs.prompts], np.float32))
     jsonio.write_json(out / "metrics.json", result)
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(report)
     print(report)
-    print(f"wrote {out}/metrics.json and report.md")
+    print(f"wrote {out}/metrics.json and report.md" + (" and generated.npz" if FLAGS.save_generated else ""))
     return 0
 
 

@@ -42,10 +42,14 @@ def test_a_record_against_itself_scores_zero_and_an_offset_is_its_mae(pairs):
 def test_evaluate_cli_writes_metrics_and_report(repo_root, exported_model_dir, data_dir, tmp_path):
     out = tmp_path / "eval"
     result = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--checkpoint={exported_model_dir}",
-                             f"--source_dir={data_dir / 'ptb-xl'}", "--num_samples=3", "--steps=2", f"--out={out}"],
-                            cwd=repo_root, capture_output=True, text=True, timeout=300)
+                             f"--source_dir={data_dir / 'ptb-xl'}", "--num_samples=3", "--steps=2", f"--out={out}",
+                             "--save_generated"], cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
+    with np.load(out / "generated.npz") as saved:  # the ECGs that were scored, with what they were made from
+        assert saved["ecg"].shape[::2] == (3, 12) and np.all(np.isfinite(saved["ecg"])) and saved["fs"] > 0
+        assert saved["record_ids"].tolist() == metrics["records"] and all(saved["texts"])
+        assert np.all((saved["hr_bpm"] > 30) & (saved["hr_bpm"] < 200))
     assert len(metrics["records"]) == 3 and metrics["paired"]["n"] == 3 and metrics["split"] == "test"
     assert np.isfinite(metrics["paired"]["mae_mv"]["mean"])
     assert "| MAE (mV) |" in (out / "report.md").read_text()
