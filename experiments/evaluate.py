@@ -7,9 +7,11 @@ For each of the first --num_samples records of --split, one ECG is generated fro
 (report, age, sex, measured heart rate) and compared with the record: MAE and NRMSE, heart-rate error (from the
 generated ECG's R peaks, against the record's rate), interval errors (PR, QRS, QT, QTc, axis; median-beat
 delineation of both), and the Einthoven/Goldberger residual. Writes --out/metrics.json and --out/report.md
-(atomically; --save_generated adds the generated ECGs as --out/generated.npz). With the ECG-text CLIP model (--encoder; default the shipped one, trained on PTB-XL folds 1-8 at
-100 Hz by experiments/train_clip.py) it adds FID, rFID, k-NN precision/recall, CLIP score and rCLIP on its
-features; an encoder for another rate or length is reported as not applicable.
+(atomically; --save_generated adds the generated ECGs as --out/generated.npz). With the ECG-text CLIP model
+(--encoder; default the shipped one, trained on PTB-XL folds 1-8 at 100 Hz by experiments/train_clip.py) it adds FID, rFID, k-NN precision/recall, CLIP score and rCLIP on its
+features; an encoder for another rate or length is reported as not applicable. --reference_split scores other
+real records as if generated (the ideal generator), --vae_reference the paired records after the model's VAE (the
+best a denoiser on this VAE can do).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ flags.DEFINE_string("split", "test", "Split to evaluate (PTB-XL: fold 10 is 'tes
 flags.DEFINE_integer("num_samples", 64, "Records (one generated ECG each).")
 flags.DEFINE_string("reference_split", None, "Also score as many real records of this split (e.g. validation) "
                     "as if generated: the FID / rFID / precision-recall an ideal generator gets.")
+flags.DEFINE_bool("vae_reference", False, "Also score the paired records passed through the model's VAE (encode, "
+                  "decode) as if generated: the FID / recall / MAE a perfect denoiser on this VAE would get.")
 flags.DEFINE_enum("sampler", "ddim", ["ddim", "ddpm"], "Sampler.")
 flags.DEFINE_integer("steps", 50, "Reverse steps.")
 flags.DEFINE_float("guidance_scale", 2.0, "Classifier-free guidance scale.")
@@ -74,7 +78,8 @@ def main(argv):
     from sediff_jax.diffusion.sampling import SamplerConfig
     from sediff_jax.evaluation.clip import load_clip
     from sediff_jax.evaluation.paired import real_pairs
-    from sediff_jax.evaluation.runner import NonFiniteECG, generate_paired, markdown_report, score
+    from sediff_jax.evaluation.runner import (NonFiniteECG, generate_paired, markdown_report, score,
+                                             vae_reconstructions)
     from sediff_jax.generation import SHIPPED_CHECKPOINT, PromptError, load_model
     from sediff_jax.generation.model import experience_profiles_path
     from sediff_jax.io.atomic import atomic_path
@@ -124,7 +129,8 @@ def main(argv):
     except NonFiniteECG as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    scores = score(generated, pairs, encoder, reference)
+    reconstructed = vae_reconstructions(model, pairs.ecg, FLAGS.max_batch) if FLAGS.vae_reference else None
+    scores = score(generated, pairs, encoder, reference, reconstructed)
     result = {
         "checkpoint": {"path": str(model.source), "id": model.id},
         "dataset": FLAGS.dataset, "source_dir": source, "split": FLAGS.split, "records": pairs.record_ids,

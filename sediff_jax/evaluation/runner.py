@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import jax
 import numpy as np
 
 from sediff_jax.evaluation.distribution import (
@@ -22,6 +23,7 @@ from sediff_jax.evaluation.distribution import (
     relative_fid,
     split_half_fid,
 )
+from sediff_jax.evaluation.networks import batched_apply
 from sediff_jax.evaluation.paired import RealPairs, markdown_table, paired_metrics
 from sediff_jax.generation import Generator
 
@@ -85,10 +87,27 @@ def reference_metrics(encoder, reference: RealPairs, pairs: RealPairs, k: int = 
                 encoder.ecg_embeddings(reference.ecg), encoder.text_embeddings(reference.texts))}
 
 
-def score(generated: np.ndarray, pairs: RealPairs, encoder=None, reference: RealPairs | None = None
-          ) -> dict[str, Any]:
+def vae_reconstructions(model, ecg: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """`ecg` (n, time, 12) mV through the model's VAE (encoder mean, decoder): what a latent model with this VAE
+    can at best reproduce. (n, time, 12) float32 mV."""
+    vae = model.vae()
+    return batched_apply(jax.jit(lambda x: vae(x)["reconstruction"]), ecg, batch_size)
+
+
+def vae_reference_metrics(encoder, reconstructed: np.ndarray, pairs: RealPairs, k: int = 3, seed: int = 0
+                          ) -> dict[str, Any]:
+    """The paired records after the VAE (`vae_reconstructions`) scored as if generated: the ceiling of any
+    denoiser on this VAE. MAE against the records, and the feature-space metrics."""
+    return {"mae_mv": float(np.mean(np.abs(reconstructed - pairs.ecg))),
+            **{key: value for key, value in distribution_metrics(encoder, reconstructed, pairs, k, seed).items()
+               if key in ("fid", "rfid", "precision", "recall", "clip_generated", "rclip")}}
+
+
+def score(generated: np.ndarray, pairs: RealPairs, encoder=None, reference: RealPairs | None = None,
+          reconstructed: np.ndarray | None = None) -> dict[str, Any]:
     """{"paired": `paired_metrics`, "distribution": `distribution_metrics` (with "reference":
-    `reference_metrics` when `reference` is given) or {"computed": False, "why": ...}}."""
+    `reference_metrics` when `reference` is given, "vae_reference": `vae_reference_metrics` when the paired
+    records' VAE `reconstructed` are) or {"computed": False, "why": ...}}."""
     paired = paired_metrics(generated, pairs.ecg, pairs.fs, [p.hr for p in pairs.prompts])
     if encoder is None:
         distribution = {"computed": False, "why": "no ECG-text CLIP encoder given"}
@@ -102,6 +121,8 @@ def score(generated: np.ndarray, pairs: RealPairs, encoder=None, reference: Real
         distribution = distribution_metrics(encoder, generated, pairs)
         if reference is not None:
             distribution["reference"] = reference_metrics(encoder, reference, pairs)
+        if reconstructed is not None:
+            distribution["vae_reference"] = vae_reference_metrics(encoder, reconstructed, pairs)
     return {"paired": paired, "distribution": distribution}
 
 
@@ -109,24 +130,30 @@ def distribution_table(distribution: dict[str, Any]) -> str:
     """The distribution metrics as a Markdown table, or a line saying why they are missing."""
     if not distribution.get("computed"):
         return f"Distribution metrics (FID, rFID, CLIP): not computed, {distribution.get('why', '')}."
-    d, ref = distribution, distribution.get("reference")
-    rows = [("FID (real vs generated)", f"{d['fid']:.4g}", ref and f"{ref['fid']:.4g}"),
-            ("FID split (two halves of real)", f"{d['fid_split']:.4g}", None),
-            ("rFID", f"{d['rfid']:.4f}", ref and f"{ref['rfid']:.4f}"),
+    d, ref, vae = distribution, distribution.get("reference"), distribution.get("vae_reference")
+    rows = [("FID (real vs generated)", f"{d['fid']:.4g}", ref and f"{ref['fid']:.4g}", vae and f"{vae['fid']:.4g}"),
+            ("FID split (two halves of real)", f"{d['fid_split']:.4g}", None, None),
+            ("rFID", f"{d['rfid']:.4f}", ref and f"{ref['rfid']:.4f}", vae and f"{vae['rfid']:.4f}"),
             (f"precision / recall (k = {d['k']})", f"{d['precision']:.3f} / {d['recall']:.3f}",
-             ref and f"{ref['precision']:.3f} / {ref['recall']:.3f}"),
-            ("CLIP score, generated", f"{d['clip_generated']:.4f}", ref and f"{ref['clip_real']:.4f}"),
-            ("CLIP score, real", f"{d['clip_real']:.4f}", None),
-            ("CLIP score, real with shuffled texts", f"{d['clip_real_shuffled']:.4f}", None),
-            ("rCLIP", f"{d['rclip']:.4f}", None)]
+             ref and f"{ref['precision']:.3f} / {ref['recall']:.3f}",
+             vae and f"{vae['precision']:.3f} / {vae['recall']:.3f}"),
+            ("CLIP score, generated", f"{d['clip_generated']:.4f}", ref and f"{ref['clip_real']:.4f}",
+             vae and f"{vae['clip_generated']:.4f}"),
+            ("CLIP score, real", f"{d['clip_real']:.4f}", None, None),
+            ("CLIP score, real with shuffled texts", f"{d['clip_real_shuffled']:.4f}", None, None),
+            ("rCLIP", f"{d['rclip']:.4f}", None, vae and f"{vae['rclip']:.4f}")]
+    header, notes = ["metric", "generated"], [f"Encoder `{d['encoder']}`."]
     if ref:
-        lines = [f"Encoder `{d['encoder']}`. Reference: {ref['records']} other real records scored as if generated "
-                 "(their own reports for the CLIP score).", "", "| metric | generated | other real records |",
-                 "|---|---:|---:|"]
-        lines += [f"| {name} | {value} | {other or ''} |" for name, value, other in rows]
-    else:
-        lines = [f"Encoder `{d['encoder']}`.", "", "| metric | value |", "|---|---:|"]
-        lines += [f"| {name} | {value} |" for name, value, _ in rows]
+        header.append("other real records")
+        notes.append(f"Reference: {ref['records']} other real records scored as if generated (their own reports for "
+                     "the CLIP score).")
+    if vae:
+        header.append("records through the VAE")
+        notes.append(f"VAE reference: the paired records encoded and decoded by the model's VAE (MAE "
+                     f"{vae['mae_mv']:.4f} mV), the ceiling of a denoiser on this VAE.")
+    columns = [True, True, bool(ref), bool(vae)]
+    lines = [" ".join(notes), "", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(value or "" for value, used in zip(row, columns) if used) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -43,7 +43,8 @@ def test_evaluate_cli_writes_metrics_and_report(repo_root, exported_model_dir, d
     out = tmp_path / "eval"
     result = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--checkpoint={exported_model_dir}",
                              f"--source_dir={data_dir / 'ptb-xl'}", "--num_samples=3", "--steps=2", f"--out={out}",
-                             "--save_generated"], cwd=repo_root, capture_output=True, text=True, timeout=300)
+                             "--save_generated", "--vae_reference"], cwd=repo_root, capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     with np.load(out / "generated.npz") as saved:  # the ECGs that were scored, with what they were made from
