@@ -10,8 +10,9 @@ Variants (experiments/configs/common.py): full, no_simulator (L_Euler and L_sim 
 no_experience, paper (without the rhythm scaffold), and the finer no_euler, no_sim_solve, ddpm_only. Layout
 under --workdir: prepared/ (the dataset), vae/ (stage 1, trained first unless --vae_checkpoint), <variant>/
 (stage 2), text_cache/ (the text and experience encodings every variant shares, unless --text_cache_dir),
-ablation/ (per-variant metrics.json, table.md, ablation.json). Every stage resumes: running the command again after a kill continues
-training, and with everything trained it only re-evaluates (e.g. with a new --encoder).
+ablation/ (per-variant metrics.json, table.md, ablation.json). Every stage resumes: running the command again after
+a kill continues training, and with everything trained it only re-evaluates (e.g. with a new --encoder). SIGTERM
+while training saves a checkpoint and exits (status 0) without evaluating that variant or starting the next.
 """
 
 from __future__ import annotations
@@ -76,6 +77,18 @@ def variant_config(variant: str):
     return config
 
 
+def train_or_stop(config, workdir: str, what: str) -> bool:
+    """Train (or resume) `config.stage` under `workdir`. False when a stop request (SIGTERM) ended training early:
+    the checkpoint is saved, and the ablation must stop too rather than evaluate a half-trained `what`."""
+    from sediff_jax.training.loop import train
+
+    stopped = [r for r in train(config, workdir) if r.stopped_early]
+    if stopped:
+        print(f"{what}: stopped at step {stopped[-1].step} on request; run the same command again to resume",
+              flush=True)
+    return not stopped
+
+
 def table(results: dict[str, dict]) -> str:
     lines = ["| variant | HR error (bpm), median / mean ± s.e. | paper HR error (bpm) | MAE (mV) | NRMSE | "
              "QT error (ms) | rFID | rCLIP |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -114,7 +127,6 @@ def main(argv):
     from sediff_jax.generation import load_model
     from sediff_jax.io.atomic import atomic_path
     from sediff_jax.checkpoints import CheckpointError
-    from sediff_jax.training.loop import train
     from sediff_jax.training.stages import canonical_config
 
     out = Path(FLAGS.out or os.path.join(FLAGS.workdir, "ablation"))
@@ -126,7 +138,8 @@ def main(argv):
     if FLAGS.train and not FLAGS.vae_checkpoint:
         vae_config = variant_config(FLAGS.variants[0])
         vae_config.stage = "vae"
-        train(vae_config, os.path.abspath(FLAGS.workdir))
+        if not train_or_stop(vae_config, os.path.abspath(FLAGS.workdir), "vae"):
+            return 0
     canonical = canonical_config(first)
     entries = read_entries(PrepareConfig(dataset=first.data.dataset, out_dir="", source_dir=first.data.source_dir,
                                          canonical=canonical))
@@ -145,8 +158,8 @@ def main(argv):
         config = variant_config(variant)
         config.stage = "diffusion"
         workdir = os.path.join(os.path.abspath(FLAGS.workdir), variant)
-        if FLAGS.train:
-            train(config, workdir)
+        if FLAGS.train and not train_or_stop(config, workdir, variant):
+            return 0
         model = load_model(workdir)
         pairs = real_pairs_for(model)
         generated, seconds = generate_paired(model, pairs, sampler, FLAGS.seed, "auto")

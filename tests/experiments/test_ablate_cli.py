@@ -32,6 +32,43 @@ def test_evaluates_trained_variants_and_writes_the_table(repo_root, exported_mod
     assert per_variant["paired"] == summary["results"]["no_interlead"]["paired"]
 
 
+# The ablation with training replaced by a run that a SIGTERM ended early (that the loop saves and returns on SIGTERM
+# is tested in tests/training/test_train_cli.py): the runner must exit, not evaluate the half-trained variant.
+_STOPPED_TRAINING = """
+import sys
+from sediff_jax import generation
+from sediff_jax.training import loop
+
+def stopped(config, workdir):
+    print(f"training {config.stage} in {workdir}", flush=True)
+    return [loop.StageResult(stage=config.stage, step=3, stopped_early=True, last_metrics={}, eval_metrics={},
+                             seconds=0.0)]
+
+def no_model(*args, **kwargs):
+    raise AssertionError("a variant was loaded for evaluation after a stop request")
+
+loop.train, generation.load_model = stopped, no_model
+from experiments import ablate, cli
+sys.argv = ["ablate", *sys.argv[1:]]
+cli.run(ablate.main)
+"""
+
+
+@pytest.mark.parametrize("stage", ["vae", "diffusion"])
+def test_a_stop_request_while_training_ends_the_ablation(stage, repo_root, data_dir, tmp_path):
+    workdir = tmp_path / "runs"
+    shared_vae = [f"--vae_checkpoint={tmp_path / 'vae'}"] if stage == "diffusion" else []
+    result = subprocess.run([sys.executable, "-c", _STOPPED_TRAINING, "--config=ptbxl100", f"--workdir={workdir}",
+                             "--variants=full,no_interlead", "--encoder=", *shared_vae], cwd=repo_root,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = [line for line in result.stdout.splitlines() if line.startswith("training ")]
+    assert trained == [f"training {stage} in {workdir / 'full' if stage == 'diffusion' else workdir}"], result.stdout
+    what = "full" if stage == "diffusion" else "vae"
+    assert f"{what}: stopped at step 3 on request; run the same command again to resume" in result.stdout
+    assert not (workdir / "ablation").exists()
+
+
 def test_flag_errors_name_the_flag(repo_root, tmp_path):
     result = _run(repo_root, f"--workdir={tmp_path}", "--variants=full,no_experience")
     assert result.returncode != 0 and "--experience_dir" in result.stderr
