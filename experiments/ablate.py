@@ -89,18 +89,28 @@ def train_or_stop(config, workdir: str, what: str) -> bool:
     return not stopped
 
 
+def _mean_sem(stat: dict | None, digits: int) -> str:
+    if not stat:
+        return "n/a"
+    return f"{stat['mean']:.{digits}f} ± {stat.get('sem', float('nan')):.{digits}f}"
+
+
 def table(results: dict[str, dict]) -> str:
-    lines = ["| variant | HR error (bpm), median / mean ± s.e. | paper HR error (bpm) | MAE (mV) | NRMSE | "
-             "QT error (ms) | rFID | rCLIP |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    """The paper-style table: one row per variant of `results` ({variant: `score` output}); mean ± standard
+    error over the records where a metric has one."""
+    lines = ["| variant | HR error (bpm), median / mean ± s.e. | HR error, XQRS (bpm) | paper HR error (bpm) | "
+             "MAE (mV) | NRMSE | QT error (ms) | Einthoven residual (mV) | rFID | recall | rCLIP |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for variant, r in results.items():
         p, d = r["paired"], r["distribution"]
         paper = PAPER_HR_ERROR_BPM.get(variant)
         lines.append(
-            f"| {LABELS.get(variant, variant)} | {p['hr_error_bpm']['median']:.2f} / {p['hr_error_bpm']['mean']:.2f} "
-            f"± {p['hr_error_bpm'].get('sem', float('nan')):.2f} | "
-            f"{'' if paper is None else f'{paper:.2f}'} | {p['mae_mv']['mean']:.4f} | {p['nrmse']['mean']:.4f} | "
-            f"{p['intervals']['qt_ms']['mean']:.1f} | "
-            + (f"{d['rfid']:.4f} | {d['rclip']:.4f} |" if d.get("computed") else "n/a | n/a |"))
+            f"| {LABELS.get(variant, variant)} | {p['hr_error_bpm']['median']:.2f} / {_mean_sem(p['hr_error_bpm'], 2)} "
+            f"| {_mean_sem(p.get('hr_error_xqrs_bpm'), 2)} | {'' if paper is None else f'{paper:.2f}'} | "
+            f"{_mean_sem(p['mae_mv'], 4)} | {p['nrmse']['mean']:.4f} | {p['intervals']['qt_ms']['mean']:.1f} | "
+            f"{_mean_sem(p.get('limb_residual_mv'), 4)} | "
+            + (f"{d['rfid']:.4f} | {d['recall']:.3f} | {d['rclip']:.4f} |" if d.get("computed") else
+               "n/a | n/a | n/a |"))
     return "\n".join(lines)
 
 
