@@ -6,13 +6,15 @@ split with the paired protocol, and print the paper-style table with the paper's
     python -m experiments.ablate --config=ptbxl100 --workdir=runs/ablate_ptbxl100 \
         --experience_dir=runs/exp_ptbxl100 --num_steps=1000 --num_samples=66
 
-Variants (experiments/configs/common.py): full, no_simulator (L_Euler and L_sim off), no_interlead,
-no_experience, paper (without the rhythm scaffold), and the finer no_euler, no_sim_solve, ddpm_only. Layout
-under --workdir: prepared/ (the dataset), vae/ (stage 1, trained first unless --vae_checkpoint), <variant>/
-(stage 2), text_cache/ (the text and experience encodings every variant shares, unless --text_cache_dir),
-ablation/ (per-variant metrics.json, table.md, ablation.json). Every stage resumes: running the command again after
-a kill continues training, and with everything trained it only re-evaluates (e.g. with a new --encoder). SIGTERM
-while training saves a checkpoint and exits (status 0) without evaluating that variant or starting the next.
+Variants (experiments/configs/common.py): full, no_simulator (L_Euler and L_sim off), no_interlead, no_experience,
+paper (without the rhythm scaffold), and the finer no_euler, no_sim_solve, ddpm_only. Layout under --workdir:
+prepared/ (the dataset), vae/ (stage 1, trained first unless --vae_checkpoint), <variant>/ (stage 2), text_cache/
+(the text and experience encodings every variant shares, unless --text_cache_dir), ablation/ (per variant
+metrics.json, report.md and generated.npz; table.md, ablation.json). The table has each variant's metrics and,
+record by record, its differences from `full` with paired standard errors (the same records and sampling seeds for
+every variant, so the records' own spread cancels). Every stage resumes: running the command again after a kill
+continues training, and with everything trained it only re-evaluates (e.g. with a new --encoder). SIGTERM while
+training saves a checkpoint and exits (status 0) without evaluating that variant or starting the next.
 """
 
 from __future__ import annotations
@@ -114,6 +116,21 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+DIFFERENCES = (("mae_mv", "MAE (mV)", 4), ("hr_error_bpm", "HR error (bpm)", 2),
+               ("hr_error_xqrs_bpm", "HR error, XQRS (bpm)", 2), ("limb_residual_mv", "Einthoven residual (mV)", 4))
+
+
+def differences_table(differences: dict[str, dict], baseline: str) -> str:
+    """Each variant minus `baseline`, record by record (`paired_differences`): mean ± paired standard error."""
+    lines = [f"| variant - {LABELS.get(baseline, baseline)} | " + " | ".join(name for _, name, _ in DIFFERENCES) + " |",
+             "|---|" + "---:|" * len(DIFFERENCES)]
+    for variant, d in differences.items():
+        lines.append(f"| {LABELS.get(variant, variant)} | " + " | ".join(
+            f"{d[key]['mean']:+.{digits}f} ± {d[key]['sem']:.{digits}f}" if key in d else "n/a"
+            for key, _, digits in DIFFERENCES) + " |")
+    return "\n".join(lines)
+
+
 def main(argv):
     del argv
     from sediff_jax.io.outputs import working_folder
@@ -132,8 +149,8 @@ def main(argv):
     from sediff_jax.data.prepare import PrepareConfig, read_entries
     from sediff_jax.diffusion.sampling import SamplerConfig
     from sediff_jax.evaluation.clip import load_clip
-    from sediff_jax.evaluation.paired import real_pairs
-    from sediff_jax.evaluation.runner import generate_paired, markdown_report, score
+    from sediff_jax.evaluation.paired import paired_differences, paired_per_record, real_pairs
+    from sediff_jax.evaluation.runner import generate_paired, markdown_report, score, write_generated
     from sediff_jax.generation import load_model
     from sediff_jax.io.atomic import atomic_path
     from sediff_jax.checkpoints import CheckpointError
@@ -163,7 +180,7 @@ def main(argv):
         return pairs_for[key]
 
     sampler = SamplerConfig(kind="ddim", num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale, eta=FLAGS.eta)
-    results = {}
+    results, per_record = {}, {}
     for variant in FLAGS.variants:
         config = variant_config(variant)
         config.stage = "diffusion"
@@ -173,7 +190,9 @@ def main(argv):
         model = load_model(workdir)
         pairs = real_pairs_for(model)
         generated, seconds = generate_paired(model, pairs, sampler, FLAGS.seed, "auto")
-        results[variant] = score(generated, pairs, encoder)
+        per_record[variant] = paired_per_record(generated, pairs.ecg, pairs.fs, [p.hr for p in pairs.prompts])
+        results[variant] = score(generated, pairs, encoder, per_record=per_record[variant])
+        write_generated(out / variant / "generated.npz", generated, model.fs, pairs)
         record = {"variant": variant, "workdir": workdir, "model_id": model.id, "records": pairs.record_ids,
                   "sampler": {"steps": FLAGS.steps, "guidance_scale": FLAGS.guidance_scale, "eta": FLAGS.eta},
                   "seed": FLAGS.seed, "generation_seconds": round(seconds, 2), **results[variant]}
@@ -186,10 +205,18 @@ def main(argv):
             f"each, DDIM-{FLAGS.steps} eta {FLAGS.eta:g}, guidance {FLAGS.guidance_scale:g}, seed {FLAGS.seed}); "
             f"experience {'on' if FLAGS.experience_dir else 'off'} except in no_experience; paper: MIMIC-IV-ECG."
             f"\n\n{table(results)}\n")
+    baseline = "full" if "full" in per_record else FLAGS.variants[0]
+    differences = {variant: paired_differences(rows, per_record[baseline])
+                   for variant, rows in per_record.items() if variant != baseline}
+    if differences:
+        text += (f"\nRecord by record against {LABELS[baseline]} (the same {FLAGS.num_samples} records and seeds; "
+                 f"mean difference ± its paired standard error; negative is better):\n\n"
+                 f"{differences_table(differences, baseline)}\n")
     with atomic_path(out / "table.md") as tmp:
         tmp.write_text(text)
     jsonio.write_json(out / "ablation.json",
-                      {"config": FLAGS.config, "command": " ".join(sys.argv), "results": results})
+                      {"config": FLAGS.config, "command": " ".join(sys.argv), "results": results,
+                       "differences": {"baseline": baseline, "variants": differences}})
     print(text)
     return 0
 

@@ -70,8 +70,6 @@ flags.register_validator("num_samples", lambda v: v >= 1, message="--num_samples
 
 def main(argv):
     del argv
-    import numpy as np
-
     from experiments.configs.common import dataset_dir
     from sediff_jax.data.canonical import CanonicalConfig
     from sediff_jax.data.prepare import PrepareConfig, read_entries
@@ -80,11 +78,10 @@ def main(argv):
     from sediff_jax.evaluation.clip import load_clip
     from sediff_jax.evaluation.paired import real_pairs
     from sediff_jax.evaluation.runner import (NonFiniteECG, generate_paired, markdown_report, score,
-                                             vae_reconstructions)
+                                             vae_reconstructions, write_generated)
     from sediff_jax.generation import SHIPPED_CHECKPOINT, PromptError, load_model
     from sediff_jax.generation.model import experience_profiles_path
     from sediff_jax.io.atomic import atomic_path
-    from sediff_jax.io.npz import write_npz
     from sediff_jax.io.outputs import output_dir
     from sediff_jax.checkpoints import CheckpointError
 
@@ -153,9 +150,7 @@ def main(argv):
                "had too few beats to measure.")
     report = markdown_report(f"Evaluation: {model.id} on {FLAGS.dataset} {FLAGS.split}", summary, scores)
     if FLAGS.save_generated:
-        write_npz(out / "generated.npz", generated, model.fs, record_ids=np.array(pairs.record_ids),
-                  texts=np.array(pairs.texts),
-                  hr_bpm=np.array([np.nan if p.hr is None else p.hr for p in pairs.prompts], np.float32))
+        write_generated(out / "generated.npz", generated, model.fs, pairs)
     jsonio.write_json(out / "metrics.json", result)
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(report)

@@ -119,35 +119,70 @@ def _intervals(ecg: np.ndarray, fs: float) -> list[dict[str, float]]:
     return out
 
 
-def paired_metrics(generated: np.ndarray, real: np.ndarray, fs: float,
-                   requested_hr: Sequence[float | None]) -> dict[str, Any]:
-    """Summaries (median, mean, n) of the paired metrics.
+def paired_per_record(generated: np.ndarray, real: np.ndarray, fs: float,
+                      requested_hr: Sequence[float | None]) -> dict[str, Any]:
+    """The paired metrics of each row, before they are summarised (`paired_metrics`), e.g. to compare two models
+    record by record (`paired_differences`).
 
     generated, real: (n, time, 12) mV, row i generated from record i's conditions.  requested_hr: bpm per row.
-    Returns {"mae_mv", "nrmse", "hr_error_bpm", "hr_error_rel", "hr_error_<detector>_bpm" (XQRS; neurokit2
-    when installed: `evaluation.rhythm`), "rr_cv_xqrs", "limb_residual_mv" (generated),
-    "limb_residual_real_mv", "intervals": {name: |generated - real| summary}, "unmeasurable_hr": count,
-    "undelineated": count}."""
+    Returns (n,) float64 arrays "hr_bpm" (measured), "mae_mv", "nrmse", "hr_error_bpm", "hr_error_rel", "hr_error_<detector>_bpm" (XQRS;
+    neurokit2 when installed: `evaluation.rhythm`), "rr_cv_xqrs", "limb_residual_mv" (generated),
+    "limb_residual_real_mv" (NaN where unmeasurable), and "intervals_generated", "intervals_real": per row the
+    `Delineation.intervals()` dict, empty where delineation failed."""
     requested = np.array([np.nan if h is None else h for h in requested_hr], np.float64)
     measured = measured_heart_rates(generated, fs)
     hr_error = np.abs(measured - requested)
     independent = rhythm_table(generated, fs, [name for name in detectors()])
-    gen_intervals, real_intervals = _intervals(generated, fs), _intervals(real, fs)
+    return {
+        "hr_bpm": measured,
+        "mae_mv": np.asarray(paired_mae_mv(generated, real), np.float64),
+        "nrmse": np.asarray(paired_nrmse(generated, real), np.float64),
+        "hr_error_bpm": hr_error,
+        "hr_error_rel": hr_error / requested,
+        **{f"hr_error_{name}_bpm": np.abs(independent[f"{name}_hr_bpm"] - requested) for name in detectors()},
+        "rr_cv_xqrs": independent["xqrs_rr_cv"],
+        "limb_residual_mv": np.asarray(limb_lead_residual_mv(generated), np.float64),
+        "limb_residual_real_mv": np.asarray(limb_lead_residual_mv(real), np.float64),
+        "intervals_generated": _intervals(generated, fs),
+        "intervals_real": _intervals(real, fs),
+    }
+
+
+def paired_metrics(generated: np.ndarray, real: np.ndarray, fs: float,
+                   requested_hr: Sequence[float | None], per_record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Summaries (median, mean, sem, n) of the paired metrics.
+
+    generated, real: (n, time, 12) mV, row i generated from record i's conditions.  requested_hr: bpm per row.
+    per_record: `paired_per_record` of the same arguments when already computed.
+    Returns {"mae_mv", "nrmse", "hr_error_bpm", "hr_error_rel", "hr_error_<detector>_bpm", "rr_cv_xqrs",
+    "limb_residual_mv", "limb_residual_real_mv", "intervals": {name: |generated - real| summary},
+    "unmeasurable_hr": count, "undelineated": count}."""
+    rows = per_record if per_record is not None else paired_per_record(generated, real, fs, requested_hr)
+    gen_intervals, real_intervals = rows["intervals_generated"], rows["intervals_real"]
+    summarised = [key for key in rows if key != "hr_bpm" and not key.startswith("intervals_")]
     return {
         "n": int(len(generated)),
-        "mae_mv": summarize(paired_mae_mv(generated, real)),
-        "nrmse": summarize(paired_nrmse(generated, real)),
-        "hr_error_bpm": summarize(hr_error),
-        "hr_error_rel": summarize(hr_error / requested),
-        **{f"hr_error_{name}_bpm": summarize(np.abs(independent[f"{name}_hr_bpm"] - requested))
-           for name in detectors()},
-        "rr_cv_xqrs": summarize(independent["xqrs_rr_cv"]),
-        "unmeasurable_hr": int(np.sum(~np.isfinite(measured))),
-        "limb_residual_mv": summarize(limb_lead_residual_mv(generated)),
-        "limb_residual_real_mv": summarize(limb_lead_residual_mv(real)),
+        **{key: summarize(rows[key]) for key in summarised},
+        "unmeasurable_hr": int(np.sum(~np.isfinite(rows["hr_bpm"]))),
         "intervals": interval_errors(gen_intervals, real_intervals, INTERVALS),
         "undelineated": int(sum(not g for g in gen_intervals)),
     }
+
+
+def paired_differences(variant: dict[str, Any], baseline: dict[str, Any],
+                       keys: Sequence[str] = ("mae_mv", "hr_error_bpm", "hr_error_xqrs_bpm", "limb_residual_mv")
+                       ) -> dict[str, dict[str, float]]:
+    """Record by record, variant minus baseline (`paired_per_record` of two models on the same records): per key
+    the `summarize` of the differences where both are finite. Its standard error is the paired one, far smaller
+    than either model's own when the records' difficulty dominates the spread."""
+    out = {}
+    for key in keys:
+        if key in variant and key in baseline:
+            a, b = np.asarray(variant[key], np.float64), np.asarray(baseline[key], np.float64)
+            if a.shape != b.shape:
+                raise ValueError(f"{key}: {a.shape} and {b.shape} are not the same records")
+            out[key] = summarize(a - b)
+    return out
 
 
 def markdown_table(metrics: dict[str, Any]) -> str:

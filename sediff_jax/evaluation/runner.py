@@ -26,6 +26,7 @@ from sediff_jax.evaluation.distribution import (
 from sediff_jax.evaluation.networks import batched_apply
 from sediff_jax.evaluation.paired import RealPairs, markdown_table, paired_metrics
 from sediff_jax.generation import Generator
+from sediff_jax.io.npz import write_npz
 
 MIN_DISTRIBUTION_RECORDS = 8  # two halves of >= 4 for FID_split, more than k = 3 neighbours
 
@@ -53,6 +54,13 @@ def generate_paired(model, pairs: RealPairs, sampler, seed: int = 0, experience:
     if not np.all(np.isfinite(generated)):
         raise NonFiniteECG(f"{model.source}: the model produced non-finite ECGs")
     return generated, seconds
+
+
+def write_generated(path, generated: np.ndarray, fs: float, pairs: RealPairs) -> None:
+    """`generated` (n, time, 12) mV as an npz (`sediff_jax.io.npz`) with each row's record id, prompt text and
+    requested heart rate (bpm, NaN where none), to look at or re-measure."""
+    write_npz(path, generated, fs, record_ids=np.array(pairs.record_ids), texts=np.array(pairs.texts),
+              hr_bpm=np.array([np.nan if p.hr is None else p.hr for p in pairs.prompts], np.float32))
 
 
 def distribution_metrics(encoder, generated: np.ndarray, pairs: RealPairs, k: int = 3, seed: int = 0
@@ -104,11 +112,12 @@ def vae_reference_metrics(encoder, reconstructed: np.ndarray, pairs: RealPairs, 
 
 
 def score(generated: np.ndarray, pairs: RealPairs, encoder=None, reference: RealPairs | None = None,
-          reconstructed: np.ndarray | None = None) -> dict[str, Any]:
+          reconstructed: np.ndarray | None = None, per_record: dict[str, Any] | None = None) -> dict[str, Any]:
     """{"paired": `paired_metrics`, "distribution": `distribution_metrics` (with "reference":
     `reference_metrics` when `reference` is given, "vae_reference": `vae_reference_metrics` when the paired
-    records' VAE `reconstructed` are) or {"computed": False, "why": ...}}."""
-    paired = paired_metrics(generated, pairs.ecg, pairs.fs, [p.hr for p in pairs.prompts])
+    records' VAE `reconstructed` are) or {"computed": False, "why": ...}}. per_record: `paired_per_record` of
+    `generated` and `pairs` when the caller keeps it too."""
+    paired = paired_metrics(generated, pairs.ecg, pairs.fs, [p.hr for p in pairs.prompts], per_record)
     if encoder is None:
         distribution = {"computed": False, "why": "no ECG-text CLIP encoder given"}
     elif len(generated) < MIN_DISTRIBUTION_RECORDS:

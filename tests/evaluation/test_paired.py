@@ -11,7 +11,9 @@ import pytest
 
 from sediff_jax.data.canonical import CanonicalConfig
 from sediff_jax.data.prepare import PrepareConfig, read_entries
-from sediff_jax.evaluation.paired import markdown_table, paired_metrics, real_pairs
+from sediff_jax.evaluation.paired import (markdown_table, paired_differences, paired_metrics,
+                                          paired_per_record, real_pairs)
+from sediff_jax.evaluation.physiology import summarize
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,27 @@ def test_a_record_against_itself_scores_zero_and_an_offset_is_its_mae(pairs):
     assert shifted["limb_residual_mv"]["median"] > 0.05 > same["limb_residual_mv"]["median"]
     table = markdown_table(shifted)
     assert "| MAE (mV) | 0.1 | 0.1 | 6 |" in table and "| QT error (ms) |" in table
+
+
+def test_per_record_values_summarise_to_the_metrics_and_differ_record_by_record(pairs):
+    hr = [p.hr for p in pairs.prompts]
+    scale = np.linspace(0.01, 0.1, 6, dtype=np.float32)[:, None, None]  # records of unequal difficulty
+    noise = np.random.default_rng(0).normal(0, 1, pairs.ecg.shape).astype(np.float32) * scale
+    rows = paired_per_record(pairs.ecg + noise, pairs.ecg, pairs.fs, hr)
+    assert rows["mae_mv"].shape == (6,) and len(rows["intervals_generated"]) == 6
+    np.testing.assert_allclose(rows["mae_mv"], np.abs(noise).mean(axis=(1, 2)), rtol=1e-5)
+    assert (paired_metrics(pairs.ecg + noise, pairs.ecg, pairs.fs, hr, rows)
+            == paired_metrics(pairs.ecg + noise, pairs.ecg, pairs.fs, hr))
+    # 20 % more noise in every record: 20 % more MAE in each, so the differences are 0.2 x each record's MAE and
+    # their spread (the paired standard error) is a fifth of the records' own.
+    worse = paired_per_record(pairs.ecg + 1.2 * noise, pairs.ecg, pairs.fs, hr)
+    difference, alone = paired_differences(worse, rows)["mae_mv"], summarize(rows["mae_mv"])
+    assert difference["n"] == 6
+    assert difference["mean"] == pytest.approx(0.2 * alone["mean"], rel=1e-4)
+    assert difference["sem"] == pytest.approx(0.2 * alone["sem"], rel=1e-3)
+    assert paired_differences(rows, rows)["mae_mv"]["mean"] == 0
+    with pytest.raises(ValueError, match="not the same records"):
+        paired_differences({"mae_mv": rows["mae_mv"][:3]}, rows)
 
 
 def test_evaluate_cli_writes_metrics_and_report(repo_root, exported_model_dir, data_dir, tmp_path):

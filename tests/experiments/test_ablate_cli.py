@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -25,11 +26,18 @@ def test_evaluates_trained_variants_and_writes_the_table(repo_root, exported_mod
     assert "| SE-Diff (full) |" in table and "| 8.43 |" in table and "| w/o inter-lead |" in table, table
     summary = json.loads((tmp_path / "runs" / "ablation" / "ablation.json").read_text())
     full = summary["results"]["full"]
+    full_records = json.loads((tmp_path / "runs" / "ablation" / "full" / "metrics.json").read_text())["records"]
     assert full["paired"]["n"] == 8 and "n/a" in table
     # The small model makes 256-sample ECGs; the shipped CLIP model takes 1000 (FID/CLIP are tested elsewhere).
     assert not full["distribution"]["computed"] and "1000 samples" in full["distribution"]["why"]
     per_variant = json.loads((tmp_path / "runs" / "ablation" / "no_interlead" / "metrics.json").read_text())
     assert per_variant["paired"] == summary["results"]["no_interlead"]["paired"]
+    # The same weights, records and seeds: record by record the two variants differ by exactly zero.
+    assert "Record by record against SE-Diff (full)" in table and "| w/o inter-lead | +0.0000 ± 0.0000 |" in table
+    assert summary["differences"]["baseline"] == "full"
+    assert summary["differences"]["variants"]["no_interlead"]["mae_mv"]["mean"] == 0
+    with np.load(tmp_path / "runs" / "ablation" / "full" / "generated.npz") as saved:
+        assert saved["ecg"].shape[0] == 8 and saved["record_ids"].tolist() == full_records
 
 
 # The ablation with training replaced by a run that a SIGTERM ended early (that the loop saves and returns on SIGTERM
