@@ -190,7 +190,7 @@ def main(argv):
         model = load_model(workdir)
         pairs = real_pairs_for(model)
         generated, seconds = generate_paired(model, pairs, sampler, FLAGS.seed, "auto")
-        per_record[variant] = paired_per_record(generated, pairs.ecg, pairs.fs, [p.hr for p in pairs.prompts])
+        per_record[variant] = paired_per_record(generated, pairs.ecg, pairs.fs, pairs.requested_hr_bpm)
         results[variant] = score(generated, pairs, encoder, per_record=per_record[variant])
         write_generated(out / variant / "generated.npz", generated, model.fs, pairs)
         record = {"variant": variant, "workdir": workdir, "model_id": model.id, "records": pairs.record_ids,
@@ -206,7 +206,7 @@ def main(argv):
             f"experience {'on' if FLAGS.experience_dir else 'off'} except in no_experience; paper: MIMIC-IV-ECG."
             f"\n\n{table(results)}\n")
     baseline = "full" if "full" in per_record else FLAGS.variants[0]
-    differences = {variant: paired_differences(rows, per_record[baseline])
+    differences = {variant: paired_differences(rows, per_record[baseline], [key for key, _, _ in DIFFERENCES])
                    for variant, rows in per_record.items() if variant != baseline}
     if differences:
         text += (f"\nRecord by record against {LABELS[baseline]} (the same {FLAGS.num_samples} records and seeds; "

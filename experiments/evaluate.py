@@ -3,16 +3,15 @@ r"""Evaluate a model on a real dataset split with SE-Diff's paired protocol.
     python -m experiments.evaluate --dataset=ptbxl --split=test --num_samples=66 --out=eval/ptbxl100_test
     python -m experiments.evaluate --checkpoint=runs/ptbxl100 --dataset=ludb --source_dir=../shared/data/ludb ...
 
-For each of the first --num_samples records of --split, one ECG is generated from the record's conditions
-(report, age, sex, measured heart rate) and compared with the record: MAE and NRMSE, heart-rate error (from the
-generated ECG's R peaks, against the record's rate), interval errors (PR, QRS, QT, QTc, axis; median-beat
-delineation of both), and the Einthoven/Goldberger residual. Writes --out/metrics.json and --out/report.md
-(atomically; --save_generated adds the generated ECGs as --out/generated.npz). With the ECG-text CLIP model
-(--encoder; default the shipped one, trained on PTB-XL folds 1-8 at 100 Hz by experiments/train_clip.py) it
-adds FID, rFID, k-NN precision/recall, CLIP score and rCLIP on its features; an encoder for another rate or
-length is reported as not applicable. --reference_split scores other
-real records as if generated (the ideal generator), --vae_reference the paired records after the model's VAE (the
-best a denoiser on this VAE can do).
+For each of the first --num_samples records of --split, one ECG is generated from the record's conditions (report,
+age, sex, measured heart rate) and compared with the record: MAE and NRMSE, heart-rate error (from the generated
+ECG's R peaks, against the record's rate), interval errors (PR, QRS, QT, QTc, axis; median-beat delineation of
+both), and the Einthoven/Goldberger residual. Writes --out/metrics.json and --out/report.md (atomically;
+--save_generated adds the generated ECGs as --out/generated.npz). With the ECG-text CLIP model (--encoder; default
+the shipped one, trained on PTB-XL folds 1-8 at 100 Hz by experiments/train_clip.py) it adds FID, rFID, k-NN
+precision/recall, CLIP score and rCLIP on its features; an encoder for another rate or length is reported as not
+applicable. --reference_split scores other real records as if generated (the ideal generator), --vae_reference the
+paired records after the model's VAE (the best a denoiser on this VAE can do).
 """
 
 from __future__ import annotations

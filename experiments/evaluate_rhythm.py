@@ -85,7 +85,7 @@ def evaluate_model(model, pairs, sinus_af, explicit, sampler) -> dict:
     fs = model.fs
     ecg = _generate(generator, pairs.prompts, sampler, FLAGS.seed)
     table = rhythm_table(ecg, fs)
-    wanted = np.array([p.hr for p in pairs.prompts], np.float64)
+    wanted = pairs.requested_hr_bpm
     out["paired"] = {name: _stats(np.abs(table[f"{name}_hr_bpm"] - wanted))
                      for name in ("xqrs", "neurokit2", "ours") if f"{name}_hr_bpm" in table}
     out["paired_rr_cv"] = {group: _stats(table["xqrs_rr_cv"][mask]) for group, mask in pairs_groups(pairs).items()}

@@ -49,6 +49,11 @@ class RealPairs:
     def texts(self) -> list[str]:
         return [p.text for p in self.prompts]
 
+    @property
+    def requested_hr_bpm(self) -> np.ndarray:
+        """(n,) float64 heart rate each record's prompt asks for, bpm; NaN where it gives none."""
+        return np.array([np.nan if p.hr is None else p.hr for p in self.prompts], np.float64)
+
     def take(self, indices) -> "RealPairs":
         """The records at `indices` (in that order), with everything that belongs to them."""
         idx = [int(i) for i in indices]
@@ -125,10 +130,10 @@ def paired_per_record(generated: np.ndarray, real: np.ndarray, fs: float,
     record by record (`paired_differences`).
 
     generated, real: (n, time, 12) mV, row i generated from record i's conditions.  requested_hr: bpm per row.
-    Returns (n,) float64 arrays "hr_bpm" (measured), "mae_mv", "nrmse", "hr_error_bpm", "hr_error_rel", "hr_error_<detector>_bpm" (XQRS;
-    neurokit2 when installed: `evaluation.rhythm`), "rr_cv_xqrs", "limb_residual_mv" (generated),
-    "limb_residual_real_mv" (NaN where unmeasurable), and "intervals_generated", "intervals_real": per row the
-    `Delineation.intervals()` dict, empty where delineation failed."""
+    Returns (n,) float64 arrays "hr_bpm" (measured), "mae_mv", "nrmse", "hr_error_bpm", "hr_error_rel",
+    "hr_error_<detector>_bpm" (XQRS; neurokit2 when installed: `evaluation.rhythm`), "rr_cv_xqrs",
+    "limb_residual_mv" (generated), "limb_residual_real_mv" (NaN where unmeasurable), and "intervals_generated",
+    "intervals_real": per row the `Delineation.intervals()` dict, empty where delineation failed."""
     requested = np.array([np.nan if h is None else h for h in requested_hr], np.float64)
     measured = measured_heart_rates(generated, fs)
     hr_error = np.abs(measured - requested)

@@ -60,7 +60,7 @@ def write_generated(path, generated: np.ndarray, fs: float, pairs: RealPairs) ->
     """`generated` (n, time, 12) mV as an npz (`sediff_jax.io.npz`) with each row's record id, prompt text and
     requested heart rate (bpm, NaN where none), to look at or re-measure."""
     write_npz(path, generated, fs, record_ids=np.array(pairs.record_ids), texts=np.array(pairs.texts),
-              hr_bpm=np.array([np.nan if p.hr is None else p.hr for p in pairs.prompts], np.float32))
+              hr_bpm=pairs.requested_hr_bpm.astype(np.float32))
 
 
 def distribution_metrics(encoder, generated: np.ndarray, pairs: RealPairs, k: int = 3, seed: int = 0
@@ -117,7 +117,7 @@ def score(generated: np.ndarray, pairs: RealPairs, encoder=None, reference: Real
     `reference_metrics` when `reference` is given, "vae_reference": `vae_reference_metrics` when the paired
     records' VAE `reconstructed` are) or {"computed": False, "why": ...}}. per_record: `paired_per_record` of
     `generated` and `pairs` when the caller keeps it too."""
-    paired = paired_metrics(generated, pairs.ecg, pairs.fs, [p.hr for p in pairs.prompts], per_record)
+    paired = paired_metrics(generated, pairs.ecg, pairs.fs, pairs.requested_hr_bpm, per_record)
     if encoder is None:
         distribution = {"computed": False, "why": "no ECG-text CLIP encoder given"}
     elif len(generated) < MIN_DISTRIBUTION_RECORDS:
