@@ -133,10 +133,11 @@ def differences_table(differences: dict[str, dict], baseline: str) -> str:
 
 def main(argv):
     del argv
-    from sediff_jax.io.outputs import working_folder
+    from sediff_jax.io.outputs import check_workdir, claim_workdir, output_dir
 
-    if FLAGS.out is not None:
-        working_folder(FLAGS.out, "--out")  # checked before any work
+    check_workdir(FLAGS.workdir, "--workdir", tool="ablate")  # checked before any work
+    out_dir = output_dir(FLAGS.out or os.path.join(FLAGS.workdir, "ablation"), flag="--out", tool="ablate",
+                         overwrite=True)  # (a rerun re-evaluates: it replaces its own earlier outputs there)
     unknown = [v for v in FLAGS.variants if v not in LABELS]
     if unknown:
         raise app.UsageError(f"--variants: unknown {unknown}; expected some of {', '.join(LABELS)}")
@@ -145,6 +146,7 @@ def main(argv):
                              "experiments/build_experience.py); without it every variant trains without experience")
     if FLAGS.experience_dir and not (Path(FLAGS.experience_dir) / "experience.jsonl").is_file():
         raise app.UsageError(f"--experience_dir={FLAGS.experience_dir}: no experience.jsonl there")
+    claim_workdir(FLAGS.workdir, "--workdir", tool="ablate")
 
     from sediff_jax.data.prepare import PrepareConfig, read_entries
     from sediff_jax.diffusion.sampling import SamplerConfig
@@ -156,7 +158,7 @@ def main(argv):
     from sediff_jax.checkpoints import CheckpointError
     from sediff_jax.training.stages import canonical_config
 
-    out = Path(FLAGS.out or os.path.join(FLAGS.workdir, "ablation"))
+    out = out_dir.path
     first = variant_config(FLAGS.variants[0])
     try:
         encoder = None if not FLAGS.encoder else load_clip(None if FLAGS.encoder == "shipped" else FLAGS.encoder)
@@ -192,14 +194,15 @@ def main(argv):
         generated, seconds = generate_paired(model, pairs, sampler, FLAGS.seed, "auto")
         per_record[variant] = paired_per_record(generated, pairs.ecg, pairs.fs, pairs.requested_hr_bpm)
         results[variant] = score(generated, pairs, encoder, per_record=per_record[variant])
-        write_generated(out / variant / "generated.npz", generated, model.fs, pairs)
         record = {"variant": variant, "workdir": workdir, "model_id": model.id, "records": pairs.record_ids,
                   "sampler": {"steps": FLAGS.steps, "guidance_scale": FLAGS.guidance_scale, "eta": FLAGS.eta},
                   "seed": FLAGS.seed, "generation_seconds": round(seconds, 2), **results[variant]}
-        jsonio.write_json(out / variant / "metrics.json", record)
-        with atomic_path(out / variant / "report.md") as tmp:
-            tmp.write_text(markdown_report(f"{LABELS[variant]} ({model.id})", f"{len(pairs.record_ids)} records of "
-                                           f"{FLAGS.split}", results[variant]))
+        with out_dir.writing(*(f"{variant}/{name}" for name in ("generated.npz", "metrics.json", "report.md"))):
+            write_generated(out / variant / "generated.npz", generated, model.fs, pairs)
+            jsonio.write_json(out / variant / "metrics.json", record)
+            with atomic_path(out / variant / "report.md") as tmp:
+                tmp.write_text(markdown_report(f"{LABELS[variant]} ({model.id})", f"{len(pairs.record_ids)} records "
+                                               f"of {FLAGS.split}", results[variant]))
         print(f"{variant}: HR error {results[variant]['paired']['hr_error_bpm']['mean']:.2f} bpm (mean)", flush=True)
     text = (f"Ablation: {FLAGS.config}, {first.data.dataset} {FLAGS.split} ({FLAGS.num_samples} records, one ECG "
             f"each, DDIM-{FLAGS.steps} eta {FLAGS.eta:g}, guidance {FLAGS.guidance_scale:g}, seed {FLAGS.seed}); "
@@ -212,11 +215,12 @@ def main(argv):
         text += (f"\nRecord by record against {LABELS[baseline]} (the same {FLAGS.num_samples} records and seeds; "
                  f"mean difference ± its paired standard error; negative is better):\n\n"
                  f"{differences_table(differences, baseline)}\n")
-    with atomic_path(out / "table.md") as tmp:
-        tmp.write_text(text)
-    jsonio.write_json(out / "ablation.json",
-                      {"config": FLAGS.config, "command": " ".join(sys.argv), "results": results,
-                       "differences": {"baseline": baseline, "variants": differences}})
+    with out_dir.writing("table.md", "ablation.json"):
+        with atomic_path(out / "table.md") as tmp:
+            tmp.write_text(text)
+        jsonio.write_json(out / "ablation.json",
+                          {"config": FLAGS.config, "command": " ".join(sys.argv), "results": results,
+                           "differences": {"baseline": baseline, "variants": differences}})
     print(text)
     return 0
 

@@ -17,6 +17,7 @@ key from the environment variable `--llm_api_key_env`) and falls back to the off
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -79,7 +80,7 @@ def main(argv):
     from sediff_jax.io.outputs import output_dir
 
     weights = parse_weights(FLAGS.weights)
-    output = output_dir(FLAGS.out_dir, OUTPUT_FILES, overwrite=FLAGS.overwrite, tool="build_experience")
+    output = output_dir(FLAGS.out_dir, overwrite=FLAGS.overwrite, tool="build_experience")
     if FLAGS.dataset == "mimic" and not FLAGS.hosp_dir:
         raise app.UsageError("--dataset=mimic needs --hosp_dir (the MIMIC-IV hosp module)")
     if FLAGS.distiller == "llm" and not (FLAGS.llm_base_url and FLAGS.llm_model):
@@ -113,7 +114,8 @@ def main(argv):
         raise cli.UsageError(str(e)) from None
     profiles_s = time.perf_counter() - start
     distiller = make_distiller(FLAGS.distiller, llm)
-    with cli.Progress(len(corpus), "retrieve + distil", unit="record") as progress:
+    llm_cache = output.writing("llm_cache.json") if llm is not None else contextlib.nullcontext()
+    with llm_cache, cli.Progress(len(corpus), "retrieve + distil", unit="record") as progress:
         entries = build_reports(corpus, index, distiller, progress=progress.update)
     llm_summary = distiller.summary() if llm is not None else None
     if llm_summary is not None and llm_summary["offline_fallbacks"]:
@@ -121,12 +123,13 @@ def main(argv):
               f"distiller ({llm_summary['last_error']})", file=sys.stderr)
     output.mkdir()
     output.clear(keep=["llm_cache.json"])
-    save_experience(out, corpus, index, entries, dataset=FLAGS.dataset, source_dir=FLAGS.source_dir,
-                    distiller=("offline (every LLM call fell back)" if llm_summary and not llm_summary["llm_reports"]
-                               else FLAGS.distiller),
-                    llm=llm_summary, build_report=dataclasses.asdict(report),
-                    seconds={"profiles": round(profiles_s, 2), "total": round(time.perf_counter() - start, 2)},
-                    command=" ".join(sys.argv))
+    with output.writing(*OUTPUT_FILES[:3]):
+        save_experience(out, corpus, index, entries, dataset=FLAGS.dataset, source_dir=FLAGS.source_dir,
+                        distiller=("offline (every LLM call fell back)"
+                                   if llm_summary and not llm_summary["llm_reports"] else FLAGS.distiller),
+                        llm=llm_summary, build_report=dataclasses.asdict(report),
+                        seconds={"profiles": round(profiles_s, 2), "total": round(time.perf_counter() - start, 2)},
+                        command=" ".join(sys.argv))
     with_report = sum(bool(e["report"]) for e in entries)
     print(f"{len(corpus)} profiles ({len(index)} in the training index), {with_report} with an experience report; "
           f"wrote {out}/profiles.npz, experience.jsonl, manifest.json")

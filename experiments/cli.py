@@ -128,3 +128,36 @@ def check_sampling_flags() -> None:
     check_float("eta", 0, 1)
     check_int("seed", 0, MAX_SEED)
 
+
+
+def define_variety_flags() -> None:
+    """The sampling options that keep variety (diffusion.sampling's module docstring), for the generating CLIs."""
+    flags.DEFINE_list("guidance_interval", None, "Guide only at noise levels sigma in (LOW, HIGH], e.g. 0.3,5 "
+                      "(Kynkaanniemi et al. 2024); elsewhere the conditional model. Default: every step.")
+    flags.DEFINE_list("group_guidance", None, "Guidance scales per condition group TEXT,EXPERIENCE,METADATA on a "
+                      "nested chain (replaces --guidance_scale; 4 model calls per step).")
+    flags.DEFINE_float("cads_noise", 0.0, "Condition-annealed sampling (CADS, Sadat et al. 2024): noise scale of "
+                       "the text and experience tokens at high noise (0: off; 0.1-0.25 typical).")
+    flags.DEFINE_list("cads_tau", ["0.6", "0.9"], "CADS TAU1,TAU2: the condition is intact below TAU1 and pure "
+                      "noise above TAU2 (fractions of the schedule).")
+    flags.register_validator("cads_noise", lambda v: math.isfinite(v) and v >= 0,
+                             message="--cads_noise must be a finite number >= 0")
+
+
+def _floats(name: str, values: list[str] | None, count: int) -> tuple[float, ...] | None:
+    if values is None:
+        return None
+    try:
+        parsed = tuple(float(v) for v in values)
+    except ValueError:
+        raise UsageError(f"--{name}={','.join(values)}: expected {count} numbers separated by commas") from None
+    if len(parsed) != count:
+        raise UsageError(f"--{name}={','.join(values)}: expected {count} numbers, got {len(parsed)}")
+    return parsed
+
+
+def variety_options() -> dict[str, Any]:
+    """SamplerConfig keyword arguments from the flags of `define_variety_flags` (UsageError naming a bad one)."""
+    return {"guidance_interval": _floats("guidance_interval", FLAGS.guidance_interval, 2),
+            "group_scales": _floats("group_guidance", FLAGS.group_guidance, 3),
+            "cads_noise": FLAGS.cads_noise, "cads_tau": _floats("cads_tau", FLAGS.cads_tau, 2)}

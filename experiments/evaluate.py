@@ -60,6 +60,7 @@ flags.DEFINE_bool("save_generated", False, "Also write --out/generated.npz: ever
                   "float32 mV) with its record id and prompt text, to look at or re-measure.")
 cli.check_int("num_samples", 1)
 cli.check_sampling_flags()
+cli.define_variety_flags()
 cli.check_float("highpass_hz", 0, 40, low_open=True)
 cli.check_int("max_batch", 1)
 
@@ -84,10 +85,10 @@ def main(argv):
     from sediff_jax.io.outputs import output_dir
     from sediff_jax.checkpoints import CheckpointError
 
-    out = output_dir(FLAGS.out, OUTPUT_FILES, overwrite=FLAGS.overwrite, flag="--out", tool="evaluate")
+    out = output_dir(FLAGS.out, overwrite=FLAGS.overwrite, flag="--out", tool="evaluate")
     try:
         sampler = SamplerConfig(kind=FLAGS.sampler, num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale,
-                                eta=FLAGS.eta)
+                                eta=FLAGS.eta, **cli.variety_options())
     except ValueError as e:
         raise cli.UsageError(str(e)) from None
     checkpoint = FLAGS.checkpoint or str(SHIPPED_CHECKPOINT)
@@ -132,7 +133,10 @@ def main(argv):
         "checkpoint": {"path": str(model.source), "id": model.id},
         "dataset": FLAGS.dataset, "source_dir": source, "split": FLAGS.split, "records": pairs.record_ids,
         "skipped": pairs.skipped, "sampler": {"kind": sampler.kind, "steps": sampler.num_steps,
-                                              "guidance_scale": sampler.guidance_scale, "eta": sampler.eta},
+                                              "guidance_scale": sampler.guidance_scale, "eta": sampler.eta,
+                                              "guidance_interval": sampler.guidance_interval,
+                                              "group_scales": sampler.group_scales,
+                                              "cads_noise": sampler.cads_noise, "cads_tau": sampler.cads_tau},
         "experience": FLAGS.experience, "rhythm": FLAGS.rhythm, "seed": FLAGS.seed,
         "generation_seconds": round(seconds, 2),
         **scores,
@@ -141,18 +145,19 @@ def main(argv):
     }
     out.mkdir()
     out.clear()
-    out = out.path
+    folder, out = out, out.path
     summary = (f"{len(pairs.record_ids)} records ({len(pairs.skipped)} skipped), one ECG each "
                f"({sampler.kind}-{sampler.num_steps}, eta {sampler.eta:g}, guidance {sampler.guidance_scale:g}, "
                f"experience {FLAGS.experience}, rhythm {FLAGS.rhythm}, seed {FLAGS.seed}); generated vs the record "
                f"whose conditions it was generated from. HR: {scores['paired']['unmeasurable_hr']} generated ECGs "
                "had too few beats to measure.")
     report = markdown_report(f"Evaluation: {model.id} on {FLAGS.dataset} {FLAGS.split}", summary, scores)
-    if FLAGS.save_generated:
-        write_generated(out / "generated.npz", generated, model.fs, pairs)
-    jsonio.write_json(out / "metrics.json", result)
-    with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(report)
+    with folder.writing(*OUTPUT_FILES):
+        if FLAGS.save_generated:
+            write_generated(out / "generated.npz", generated, model.fs, pairs)
+        jsonio.write_json(out / "metrics.json", result)
+        with atomic_path(out / "report.md") as tmp:
+            tmp.write_text(report)
     print(report)
     print(f"wrote {out}/metrics.json and report.md" + (" and generated.npz" if FLAGS.save_generated else ""))
     return 0

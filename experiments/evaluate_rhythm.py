@@ -165,7 +165,7 @@ def main(argv):
     from sediff_jax.io.atomic import atomic_path
     from sediff_jax.io.outputs import output_dir
 
-    out = output_dir(FLAGS.out, OUTPUT_FILES, overwrite=FLAGS.overwrite, flag="--out", tool="evaluate_rhythm")
+    out = output_dir(FLAGS.out, overwrite=FLAGS.overwrite, flag="--out", tool="evaluate_rhythm")
     models = {}
     for item in FLAGS.checkpoints:
         name, _, path = item.partition("=")
@@ -216,12 +216,13 @@ def main(argv):
     report = markdown(results, real_groups, meta)
     out.mkdir()
     out.clear()
-    jsonio.write_json(out.path / "rhythm.json", {
-        "models": results, "real": real_groups, "summary": summary, "device": str(jax.devices()[0].device_kind),
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])})
-    with atomic_path(out.path / "rhythm.md") as tmp:
-        tmp.write_text(report)
+    with out.writing(*OUTPUT_FILES):
+        jsonio.write_json(out.path / "rhythm.json", {
+            "models": results, "real": real_groups, "summary": summary, "device": str(jax.devices()[0].device_kind),
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])})
+        with atomic_path(out.path / "rhythm.md") as tmp:
+            tmp.write_text(report)
     print(report)
     return 0
 

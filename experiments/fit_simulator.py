@@ -31,8 +31,8 @@ flags.DEFINE_string("record", None, "WFDB record path without extension (e.g. da
 flags.DEFINE_string("records_file", None, "Text file with one WFDB record path per line.")
 flags.DEFINE_string("out_dir", None, "Where <name>.json/.npz/.png are written (a new or empty folder, see "
                     "--overwrite).", required=True)
-flags.DEFINE_bool("overwrite", False, "Replace this tool's earlier outputs in --out_dir (*.json, *.npz, *.png); "
-                  "a folder holding other files refuses.")
+flags.DEFINE_bool("overwrite", False, "Replace this tool's earlier outputs in --out_dir (the files its record "
+                  "there, .sediff_outputs.json, lists, if unchanged); a folder holding any other file refuses.")
 flags.DEFINE_enum("mode", "beat", ["beat", "strip"], "Fit the median beat or the whole strip.")
 flags.DEFINE_float("duration", 10.0, "Seconds of each record used (from --offset); shorter records are used whole.")
 flags.DEFINE_float("offset", 0.0, "Start of the used part of each record, s.")
@@ -49,7 +49,6 @@ flags.register_validator("fit_fs", lambda v: v is None or 100 <= v <= 2000, mess
 cli.check_int("max_iterations", 1)
 cli.check_int("batch_size", 1)
 
-OUTPUT_FILES = ("*.json", "*.npz", "*.png")  # <name>.json/.npz/.png per record
 
 
 def record_paths(record: str | None, records_file: str | None) -> list[str]:
@@ -109,6 +108,11 @@ def load_for_fitting(path: str, fit_fs: float | None, duration_s: float, offset_
     return canonicalize(raw, config), raw
 
 
+def output_names(name: str, png: bool) -> list[str]:
+    """The files `write_outputs` writes for record `name`."""
+    return [f"{name}.json", f"{name}.npz"] + ([f"{name}.png"] if png else [])
+
+
 def write_outputs(out_dir: Path, name: str, result, record_fs: float, source: str, png: bool) -> list[Path]:
     """<name>.json/.npz/.png for one fit, each written atomically; signals resampled to the record's rate."""
     from sediff_jax.signal.filters import resample
@@ -149,7 +153,7 @@ def main(argv):
     from sediff_jax.simulator.fitting import FitConfig, FitError, fit_ecgs, prepare_fit
 
     paths = record_paths(FLAGS.record, FLAGS.records_file)
-    out = output_dir(FLAGS.out_dir, OUTPUT_FILES, overwrite=FLAGS.overwrite, tool="fit_simulator")
+    out = output_dir(FLAGS.out_dir, overwrite=FLAGS.overwrite, tool="fit_simulator")
     out_dir, cleared = out.path, False
     failures: list[str] = []
     loaded = []
@@ -191,7 +195,8 @@ def main(argv):
             cleared = True
         for (path, _, raw), result in zip(fittable, results):
             name = Path(path).name
-            write_outputs(out_dir, name, result, raw.fs, path, FLAGS.png)
+            with out.writing(*output_names(name, FLAGS.png)):
+                write_outputs(out_dir, name, result, raw.fs, path, FLAGS.png)
             num_written += 1
             state = "converged" if result.converged else "not converged"
             print(f"{name}: median lead r = {np.median(result.lead_correlation):.3f}, HR "

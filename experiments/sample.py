@@ -57,20 +57,19 @@ flags.DEFINE_float("clip_x0", None, "Clip the predicted clean latent to +-this (
 flags.DEFINE_float("simulator_guidance", 0.0, "Simulator-consistency guidance scale (0: off; see README).")
 flags.DEFINE_enum("experience", "auto", ["auto", "off"], "Retrieved clinical experience (auto: when available).")
 flags.DEFINE_string("out_dir", None, "Output directory (new or empty; see --overwrite).", required=True)
-flags.DEFINE_bool("overwrite", False, "Replace this tool's earlier outputs in --out_dir (ecg_*, samples.npz, "
-                  "manifest.json); other files are never touched, and a folder holding any refuses.")
+flags.DEFINE_bool("overwrite", False, "Replace this tool's earlier outputs in --out_dir (the files its record "
+                  "there, .sediff_outputs.json, lists, if unchanged); a folder holding any other file refuses.")
 flags.DEFINE_bool("png", True, "Write a standard-layout 12-lead PNG per ECG.")
 flags.DEFINE_integer("max_batch", 64, "ECGs sampled together (memory).")
 
 
 cli.check_int("num_samples", 1)
 cli.check_sampling_flags()
+cli.define_variety_flags()
 cli.check_float("clip_x0", 0, low_open=True, allow_inf=True)
 cli.check_float("simulator_guidance", 0)
 cli.check_int("max_batch", 1)
 
-# What this tool writes into --out_dir (all that --overwrite may replace).
-OUTPUT_FILES = ("ecg_*.hea", "ecg_*.dat", "ecg_*.png", "samples.npz", "manifest.json")
 UsageError = cli.UsageError
 
 
@@ -97,15 +96,17 @@ def _prompts():
         raise UsageError(str(e)) from None
 
 
-def _sampler_config(model):
+def _sampler_config(model=None):
+    """The sampler the flags ask for (checked before the model loads; --steps against the model once it has)."""
     from sediff_jax.diffusion.sampling import SamplerConfig
 
-    limit = model.schedule.num_steps
+    limit = model.schedule.num_steps if model is not None else FLAGS.steps
     if not 1 <= FLAGS.steps <= limit:
         raise UsageError(f"--steps={FLAGS.steps} must be within 1-{limit} (the model's diffusion steps)")
     try:
         return SamplerConfig(kind=FLAGS.sampler, num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale,
-                             eta=FLAGS.eta, simulator_guidance=FLAGS.simulator_guidance, clip_x0=FLAGS.clip_x0)
+                             eta=FLAGS.eta, simulator_guidance=FLAGS.simulator_guidance, clip_x0=FLAGS.clip_x0,
+                             **cli.variety_options())
     except ValueError as e:
         raise UsageError(f"--{str(e).split('=')[0]}: {e}") from None
 
@@ -198,6 +199,8 @@ def generate_files(out, prompts, generator, config, seed: int, num_samples: int,
             "prompts": [p.as_dict() for p in prompts], "num_samples": num_samples, "seed": seed,
             "sampler": {"kind": config.kind, "steps": config.num_steps, "guidance_scale": config.guidance_scale,
                         "eta": config.eta, "simulator_guidance": config.simulator_guidance,
+                        "guidance_interval": config.guidance_interval, "group_scales": config.group_scales,
+                        "cads_noise": config.cads_noise, "cads_tau": config.cads_tau,
                         "clip_x0": generator.latent_clip if config.clip_x0 is None else config.clip_x0},
             "experience": experience_summary(generator, prompts, experience),
             "checkpoint": {"path": str(model.source), "id": model.id,
@@ -209,8 +212,7 @@ def generate_files(out, prompts, generator, config, seed: int, num_samples: int,
         }
         (tmp / "manifest.json").write_text(jsonio.dumps(manifest, indent=1) + "\n")
         out.clear(keep=[tmp])  # this tool's earlier outputs (--overwrite); the new ones are complete
-        for f in sorted(tmp.iterdir(), key=lambda f: f.name == "manifest.json"):  # the manifest last
-            os.replace(f, out_dir / f.name)
+        out.install(sorted(tmp.iterdir(), key=lambda f: f.name == "manifest.json"))  # the manifest last
     return manifest
 
 
@@ -243,7 +245,8 @@ def main(argv):
     from sediff_jax.generation import PromptError, rhythm_from_record
 
     prompts = _prompts()
-    out = output_dir(FLAGS.out_dir, OUTPUT_FILES, overwrite=FLAGS.overwrite, tool="sample")
+    _sampler_config()  # bad sampling flags stop here, before the model loads
+    out = output_dir(FLAGS.out_dir, overwrite=FLAGS.overwrite, tool="sample")
     checkpoint = FLAGS.checkpoint or str(SHIPPED_CHECKPOINT)
     limit = _model_steps(checkpoint)
     if limit is not None and FLAGS.steps > limit:  # before the model load

@@ -33,10 +33,10 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
     del argv
-    from sediff_jax.io.outputs import working_folder
+    from sediff_jax.io.outputs import check_workdir
     from sediff_jax.training.loop import STAGES
 
-    working_folder(FLAGS.workdir, "--workdir")
+    check_workdir(FLAGS.workdir, "--workdir")
     try:
         stage = FLAGS.config.get("stage")  # (a config file that failed to load reports it here)
     except OSError as e:

@@ -223,7 +223,7 @@ def main(argv):
         for name, value in SMOKE.items():
             if not FLAGS[name].present:
                 setattr(FLAGS, name, value)
-    out = output_dir(FLAGS.out, OUTPUTS, overwrite=FLAGS.overwrite, flag="--out", tool="the device benchmark")
+    out = output_dir(FLAGS.out, overwrite=FLAGS.overwrite, flag="--out", tool="the device benchmark")
     out.mkdir()
     from sediff_jax.parallel import make_mesh
 
@@ -236,7 +236,7 @@ def main(argv):
         "python": platform.python_version(), "date": datetime.date.today().isoformat(), "smoke": FLAGS.smoke,
         "peak_bf16": peak_bf16, "peak_fp32": peak_fp32, "budget_s": FLAGS.budget_s, "start": start,
         "per_device_batch": FLAGS.per_device_batch, "steps": FLAGS.steps}
-    report = Report(out.path, header)
+    report = Report(out, header)
 
     def budget_left() -> bool:
         return time.time() - start < FLAGS.budget_s

@@ -41,8 +41,9 @@ def memory_bytes(compiled) -> int | None:
 class Report:
     """Rows of each section, rewritten (atomically) to the out folder after every row."""
 
-    def __init__(self, out_dir: str, header: dict):
-        self.out_dir, self.header = out_dir, header
+    def __init__(self, out, header: dict):
+        """out: the io.outputs.OutputDir the report is written to (its files are entered in its record)."""
+        self.out, self.out_dir, self.header = out, str(out.path), header
         self.sections: dict[str, list[dict]] = {"train_step": [], "sampling": [], "simulator": []}
         self.skipped: list[str] = []
 
@@ -53,11 +54,12 @@ class Report:
     def write(self) -> None:
         from sediff_jax.io import atomic_path, jsonio
 
-        jsonio.write_json(os.path.join(self.out_dir, "device_benchmark.json"),
-                          {**self.header, **self.sections, "skipped": self.skipped})
-        with atomic_path(os.path.join(self.out_dir, "device_benchmark.md")) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(self.markdown())
+        with self.out.writing("device_benchmark.json", "device_benchmark.md"):
+            jsonio.write_json(os.path.join(self.out_dir, "device_benchmark.json"),
+                              {**self.header, **self.sections, "skipped": self.skipped})
+            with atomic_path(os.path.join(self.out_dir, "device_benchmark.md")) as tmp:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.write(self.markdown())
 
     def markdown(self) -> str:
         h = self.header

@@ -10,6 +10,17 @@ One reverse step from t to the previous kept timestep s (s = -1 at the end, alph
            sigma = eta sqrt((1 - a_s) / (1 - a_t)) sqrt(1 - a_t / a_s)
     DDPM:  x_s ~ q(x_s | x_t, x0), the Gaussian posterior of the forward process (mean mu~, variance beta~)
 
+Guidance that keeps variety (all off by default, each bit-identical to plain CFG when it covers every step):
+* guidance interval (Kynkaanniemi et al. 2024): guide only at steps whose noise level sigma(t) = sqrt((1 - a_t) /
+  a_t) lies in (low, high]; elsewhere take the conditional eps (one model call). Guidance at the noisiest steps
+  pulls every sample toward the class mode; at the cleanest it does little.
+* per-group guidance: scales (w_text, w_experience, w_metadata) on a chain of nested conditions, metadata first,
+  eps = e_0 + w_meta (e_m - e_0) + w_text (e_mt - e_m) + w_exp (e_mte - e_mt) (one call of 4 x batch); equal
+  scales telescope to plain CFG.
+* condition annealing (CADS, Sadat et al. 2024; `anneal_condition`, applied by the caller that holds the
+  condition embeddings): y <- sqrt(gamma) y + s sqrt(1 - gamma) n, rescaled to y's mean and std (mixed by psi),
+  with gamma(t) = 1 below tau1, 0 above tau2 (t as a fraction of the schedule), linear between.
+
 DDIM with eta = 1 is the DDPM ancestral step (same mean, same variance; the tests check this identity), eta = 0
 is the deterministic probability-flow sampler. Simulator guidance (off by default) moves x0 down the gradient of a
 consistency energy E(x0) (e.g. L_Euler + L_interlead + L_sim of the decoded beat) before the step:
@@ -44,7 +55,12 @@ class SamplerConfig:
     classifier-free guidance (0 unconditional, 1 conditional, > 1 stronger).  guidance_drop: which condition
     groups (text, experience, metadata) the unconditional branch drops, as in training's condition dropout.
     eta: DDIM's noise (0 deterministic, 1 = DDPM).  clip_x0: clip the predicted x0 to +-clip_x0 (latent units;
-    None: no clipping; as in Ho et al.'s sampler, which clips x0 to the data range).  simulator_guidance: scale of the simulator-energy nudge (0: off)."""
+    None: no clipping; as in Ho et al.'s sampler, which clips x0 to the data range).  simulator_guidance: scale of
+    the simulator-energy nudge (0: off).
+    guidance_interval: (low, high) noise levels sigma between which guidance applies (None: every step).
+    group_scales: (text, experience, metadata) guidance scales on the nested chain (None: `guidance_scale` with
+    `guidance_drop`).  cads_noise: CADS noise scale s (0: off); cads_tau: (tau1, tau2) fractions of the schedule;
+    cads_psi: CADS rescale mix."""
 
     kind: str = "ddim"
     num_steps: int = 50
@@ -53,6 +69,11 @@ class SamplerConfig:
     eta: float = 0.0
     clip_x0: float | None = None
     simulator_guidance: float = 0.0
+    guidance_interval: tuple[float, float] | None = None
+    group_scales: tuple[float, float, float] | None = None
+    cads_noise: float = 0.0
+    cads_tau: tuple[float, float] = (0.6, 0.9)
+    cads_psi: float = 1.0
 
     def __post_init__(self):
         if self.kind not in SAMPLERS:
@@ -69,6 +90,27 @@ class SamplerConfig:
             raise ValueError(f"simulator_guidance={self.simulator_guidance} must be a finite number >= 0")
         if len(self.guidance_drop) != 3 or not any(self.guidance_drop):
             raise ValueError(f"guidance_drop={self.guidance_drop} must name 3 groups and drop at least one")
+        if self.guidance_interval is not None:
+            low, high = self.guidance_interval
+            if not (0 <= low < high):  # (False for NaN; high may be inf)
+                raise ValueError(f"guidance_interval={self.guidance_interval} must be (low, high) noise levels "
+                                 "with 0 <= low < high")
+        if self.group_scales is not None and (len(self.group_scales) != 3 or not all(
+                math.isfinite(w) and w >= 0 for w in self.group_scales)):
+            raise ValueError(f"group_scales={self.group_scales} must be 3 finite numbers >= 0 (text, experience, "
+                             "metadata)")
+        if not (math.isfinite(self.cads_noise) and self.cads_noise >= 0):
+            raise ValueError(f"cads_noise={self.cads_noise} must be a finite number >= 0")
+        tau1, tau2 = self.cads_tau
+        if not 0 <= tau1 < tau2 <= 1:
+            raise ValueError(f"cads_tau={self.cads_tau} must be (tau1, tau2) with 0 <= tau1 < tau2 <= 1")
+        if not 0 <= self.cads_psi <= 1:
+            raise ValueError(f"cads_psi={self.cads_psi} must be in [0, 1]")
+
+    @property
+    def guided(self) -> bool:
+        """Whether any step calls the model more than once (classifier-free or per-group guidance)."""
+        return self.group_scales is not None or self.guidance_scale != 1.0
 
 
 def sampling_timesteps(num_train_steps: int, num_steps: int) -> np.ndarray:
@@ -94,6 +136,65 @@ def guided_epsilon(model: Model, schedule: NoiseSchedule, prediction: str, x_t: 
     eps_c, eps_u = jnp.split(predict_epsilon(schedule, prediction, jnp.concatenate([x_t, x_t]), both,
                                              jnp.concatenate([t, t])), 2)
     return eps_u + scale * (eps_c - eps_u)
+
+
+# The nested condition chain of per-group guidance: drop patterns (text, experience, metadata), least first.
+GROUP_CHAIN = ((True, True, True), (True, True, False), (False, True, False), (False, False, False))
+
+
+def group_guided_epsilon(model: Model, schedule: NoiseSchedule, prediction: str, x_t: Array, t: Array,
+                         scales: tuple[float, float, float]) -> Array:
+    """Per-group guidance: e_0 + w_meta (e_m - e_0) + w_text (e_mt - e_m) + w_exp (e_all - e_mt), one model call
+    of 4 x batch. scales: (w_text, w_experience, w_metadata)."""
+    b = x_t.shape[0]
+    k = len(GROUP_CHAIN)
+    drop = jnp.concatenate([jnp.broadcast_to(jnp.asarray(d, bool), (b, 3)) for d in GROUP_CHAIN])
+    xs, ts = jnp.concatenate([x_t] * k), jnp.concatenate([t] * k)
+    e0, e_m, e_mt, e_all = jnp.split(predict_epsilon(schedule, prediction, xs, model(xs, ts, drop), ts), k)
+    w_text, w_exp, w_meta = scales
+    return e0 + w_meta * (e_m - e0) + w_text * (e_mt - e_m) + w_exp * (e_all - e_mt)
+
+
+def noise_levels(schedule: NoiseSchedule, timesteps: np.ndarray) -> np.ndarray:
+    """sigma(t) = sqrt((1 - a_t) / a_t), the noise-to-signal ratio of each timestep (EDM's noise level)."""
+    a = np.asarray(schedule.alphas_cumprod, np.float64)[np.asarray(timesteps)]
+    return np.sqrt((1.0 - a) / a)
+
+
+def guided_steps(schedule: NoiseSchedule, config: SamplerConfig) -> np.ndarray:
+    """(num_steps,) bool: which reverse steps apply guidance (all, unless `config.guidance_interval`)."""
+    timesteps = sampling_timesteps(schedule.num_steps, config.num_steps)
+    if config.guidance_interval is None:
+        return np.ones(len(timesteps), bool)
+    low, high = config.guidance_interval
+    sigma = noise_levels(schedule, timesteps)
+    return (sigma > low) & (sigma <= high)
+
+
+def cads_gamma(t_fraction: Array, tau: tuple[float, float]) -> Array:
+    """CADS's condition weight: 1 for t <= tau1 (clean end), 0 for t >= tau2, linear between."""
+    tau1, tau2 = tau
+    return jnp.clip((tau2 - t_fraction) / (tau2 - tau1), 0.0, 1.0)
+
+
+def anneal_condition(y: Array, mask: Array, t_fraction: Array, key: Array, config: SamplerConfig) -> Array:
+    """CADS (Sadat et al. 2024) on one record's condition tokens y (m, d) with mask (m,): y mixed with Gaussian
+    noise by gamma(t), then rescaled to y's mean and std over the valid tokens (mixed by psi). Identity (bit for
+    bit) where gamma is 1 or `config.cads_noise` is 0."""
+    gamma = cads_gamma(t_fraction, config.cads_tau)
+    noisy = jnp.sqrt(gamma) * y + config.cads_noise * jnp.sqrt(1.0 - gamma) * jax.random.normal(key, y.shape,
+                                                                                                 y.dtype)
+    weight = mask.astype(y.dtype)[:, None]
+    count = jnp.maximum(jnp.sum(weight) * y.shape[1], 1.0)
+
+    def moments(v):
+        mean = jnp.sum(v * weight) / count
+        return mean, jnp.sqrt(jnp.sum(((v - mean) * weight) ** 2) / count) + 1e-6
+
+    (m0, s0), (m1, s1) = moments(y), moments(noisy)
+    rescaled = (noisy - m1) / s1 * s0 + m0
+    mixed = config.cads_psi * rescaled + (1.0 - config.cads_psi) * noisy
+    return jnp.where((gamma >= 1.0) | (config.cads_noise == 0.0), y, mixed)
 
 
 def _alpha_bar(schedule: NoiseSchedule, t: Array) -> Array:
@@ -148,12 +249,26 @@ def denoise_steps(model: Model, schedule: NoiseSchedule, prediction: str, config
     table = jnp.asarray(np.concatenate([timesteps, [-1]]), jnp.int32)
     count = len(timesteps) - int(first) if count is None else count
     guide = energy if config.simulator_guidance > 0 else None
+    guided = guided_steps(schedule, config)
+
+    def guided_eps(x, t):
+        if config.group_scales is not None:
+            return group_guided_epsilon(model, schedule, prediction, x, t, config.group_scales)
+        return guided_epsilon(model, schedule, prediction, x, t, config.guidance_scale, config.guidance_drop)
+
+    def conditional_eps(x, t):
+        return guided_epsilon(model, schedule, prediction, x, t, 1.0)
 
     def body(i, x):
         index = first + i
         t, t_prev = table[index], table[index + 1]
-        eps = guided_epsilon(model, schedule, prediction, x, jnp.full((x.shape[0],), t, jnp.int32),
-                             config.guidance_scale, config.guidance_drop)
+        ts = jnp.full((x.shape[0],), t, jnp.int32)
+        if guided.all() or not config.guided:
+            eps = guided_eps(x, ts)
+        elif not guided.any():
+            eps = conditional_eps(x, ts)
+        else:  # guidance within an interval of noise levels: the other steps call the model once
+            eps = jax.lax.cond(jnp.asarray(guided)[index], guided_eps, conditional_eps, x, ts)
         noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, index), x.shape[1:], jnp.float32))(keys)
         return reverse_step(schedule, config, x, eps, t, t_prev, noise, guide)[0]
 

@@ -21,7 +21,8 @@ import numpy as np
 
 from sediff_jax.checkpoints import CheckpointError
 from sediff_jax.conditioning import experience_condition, prior_class_index
-from sediff_jax.diffusion.sampling import SamplerConfig, denoise_steps, initial_latents, sampling_timesteps
+from sediff_jax.diffusion.sampling import (SamplerConfig, anneal_condition, denoise_steps, initial_latents,
+                                          sampling_timesteps)
 from sediff_jax.experience import ExperienceIndex, ProfileCorpus, RetrievalConfig
 from sediff_jax.experience.distill import OfflineDistiller
 from sediff_jax.experience.reports import PromptExperience
@@ -46,6 +47,23 @@ def text_encoder_for(model: SEDiffModel):
         return encoder_from_id(model.spec.text_encoder)
     except ValueError as e:
         raise CheckpointError(f"{model.source}: {e}") from None
+
+
+CADS_NOISE_STREAM = 2**31 - 2  # fold_in index of a record's CADS noise stream (steps fold in their timestep)
+
+
+def cads_conditions(conditions: dict, keys: jax.Array, t: jax.Array, num_train_steps: int,
+                    config: SamplerConfig) -> dict:
+    """The text and experience tokens of `conditions` annealed by CADS at timestep t (`anneal_condition`); record
+    i's noise comes from its key, so it does not depend on the batch it shares."""
+    fraction = t.astype(jnp.float32) / max(num_train_steps - 1, 1)
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, CADS_NOISE_STREAM), t))(keys)
+    out = dict(conditions)
+    for offset, (tokens, mask) in enumerate((("text_tokens", "text_mask"), ("experience_tokens", "experience_mask"))):
+        group_keys = jax.vmap(lambda k: jax.random.fold_in(k, offset))(step_keys)  # noqa: B023
+        out[tokens] = jax.vmap(lambda y, m, k: anneal_condition(y, m, fraction, k, config))(
+            conditions[tokens], conditions[mask], group_keys)
+    return out
 
 
 class Generator:
@@ -198,9 +216,11 @@ class Generator:
                 vae = nnx.merge(vae_graphdef, params[1])
                 conditions = {k: batch[k] for k in CONDITION_KEYS + ("rhythm",) if k in batch}
 
-                def net(x_t, t, drop):  # x_t holds 1 or 2 (guidance) copies of the batch
+                def net(x_t, t, drop):  # x_t holds 1, 2 (guidance) or 4 (per-group guidance) copies of the batch
                     copies = x_t.shape[0] // x.shape[0]
-                    tiled = jax.tree.map(lambda c: jnp.concatenate([c] * copies), conditions)
+                    annealed = (conditions if config.cads_noise == 0 else
+                                cads_conditions(conditions, keys, t[0], schedule.num_steps, config))
+                    tiled = jax.tree.map(lambda c: jnp.concatenate([c] * copies), annealed)
                     return denoiser(x_t, t, tiled, drop)
 
                 x = denoise_steps(net, schedule, prediction, config, x, keys, first, count,

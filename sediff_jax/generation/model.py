@@ -30,7 +30,7 @@ from sediff_jax.checkpoints.trained import CONFIG_FILE, WEIGHTS_FILE, load_denoi
 from sediff_jax.checkpoints.weights import flatten_params, unflatten_params, weights_id
 from sediff_jax.diffusion.schedule import NoiseSchedule
 from sediff_jax.io import jsonio
-from sediff_jax.io.outputs import OutputError, output_dir, replace_directory
+from sediff_jax.io.outputs import OutputError, replace_directory, working_folder
 from sediff_jax.models.denoiser import LatentDenoiser
 from sediff_jax.models.vae import ECGVAE
 from sediff_jax.optim import split_params
@@ -177,15 +177,18 @@ def check_export_target(out_dir: str | os.PathLike | None, overwrite: bool = Fal
     """The export folder, checked before any work: a new folder, or with `overwrite` an existing exported model
     (never the working directory or above it, a git checkout, or a folder with other files).  Raises OutputError
     (a ValueError) or FileExistsError, naming the folder."""
-    out = output_dir(out_dir, EXPORTED_FILES, overwrite=True, flag="--out", tool="export_model")
-    if out.path.exists() and any(out.path.iterdir()):
+    path = working_folder(out_dir, "--out")
+    if path.exists() and any(path.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{out.path} exists (pass overwrite=True / --overwrite to replace the model "
+            raise FileExistsError(f"{path} exists (pass overwrite=True / --overwrite to replace the model "
                                   "exported there)")
-        if not is_exported_model(out.path):
-            raise OutputError(f"--out={out.path} is not an exported SE-Diff model (no {CONFIG_FILE} of format "
-                              f"{MODEL_FORMAT!r}); --overwrite replaces only an exported model")
-    return out.path
+        if not is_exported_model(path):
+            foreign = sorted(e.name for e in path.iterdir() if e.name not in EXPORTED_FILES)
+            raise OutputError(f"--out={path} is not an exported SE-Diff model ("
+                              + (f"it holds {foreign[0]}, which export_model did not write" if foreign else
+                                 f"no {CONFIG_FILE} of format {MODEL_FORMAT!r}")
+                              + "); --overwrite replaces only an exported model")
+    return path
 
 
 def export_model(model: SEDiffModel, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None,

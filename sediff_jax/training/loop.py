@@ -38,6 +38,7 @@ from sediff_jax.checkpoints.trained import load_vae, vae_config_from_meta
 from sediff_jax.data.loader import BatchLoader, LoaderState
 from sediff_jax.io import jsonio
 from sediff_jax.io.atomic import atomic_path
+from sediff_jax.io.outputs import check_workdir, claim_workdir
 from sediff_jax.models.vae import VAEConfig
 from sediff_jax.parallel import host_local_to_global, make_mesh, replicated_sharding
 from sediff_jax.progress import Progress
@@ -206,6 +207,7 @@ def _resume(checkpointer: ckpt.Checkpointer, stage_dir: str, state: TrainState, 
             raise ckpt.CheckpointError(
                 f"{stage_dir}: the checkpoint at step {step} has {key} {saved_meta.get(key)!r}, this run "
                 f"{meta[key]!r}; use a new workdir or the same config")
+    stages.check_recipe(saved_meta, meta.get("recipe"), stage_dir, step)
     logging.info("resumed %s at step %d", stage_dir, step)
     loader_state = LoaderState(**loader_json) if loader_json else None
     return state, loader_state, step, {**meta, **{k: v for k, v in saved_meta.items() if k not in meta}}
@@ -370,6 +372,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[StageResult]:
     config = resolve(config)
     if config.stage not in STAGES:
         raise ValueError(f"stage {config.stage!r} is unknown; expected one of {STAGES}")
+    check_workdir(workdir)  # an exported model or a folder of other files is refused before anything is written
+    stages.check_resumable(config, workdir, ("vae", "diffusion") if config.stage == "both" else (config.stage,))
+    if jax.process_index() == 0:
+        claim_workdir(workdir)
     if not config.data.prepared_dir:
         config.data.prepared_dir = os.path.join(workdir, "prepared")
     # config.json describes the run in the workdir: written once the first stage has accepted the workdir (a run

@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from sediff_jax.checkpoints import stage as ckpt
 from sediff_jax.checkpoints.trained import load_vae
 from sediff_jax.checkpoints.weights import flatten_params, weights_id
 from sediff_jax.conditioning import ConditionBuilder
@@ -208,10 +209,71 @@ def vae_model(config: ml_collections.ConfigDict, seed: int) -> StageModel:
     return StageModel(graphdef, params, *_optimizer(config.vae))
 
 
+# Settings a resumed run may change: how long and how often, where caches and inputs live, how data is read.
+RESUMABLE_KEYS = ("stage", "data.source_dir", "data.prepared_dir", "data.prepare_if_missing", "data.num_workers",
+                  "data.prefetch", "data.loader_workers", "text.cache_dir")
+RESUMABLE_TRAINING_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "max_to_keep",
+                           "max_eval_batches", "tensorboard", "progress_bar", "halt_at_step")
+_STAGE_PATH_KEYS = {"diffusion": ("vae_checkpoint", "latent_cache", "latent_cache_dtype")}
+
+
+def recipe(config: ml_collections.ConfigDict, stage: str) -> dict[str, Any]:
+    """The settings that define stage `stage`'s run, flattened ("diffusion.optimizer.learning_rate": 2e-4), as its
+    checkpoints record them: everything of the stage's group and the shared groups but the resumable keys (a
+    resumed run whose recipe differs would silently mix two runs)."""
+    flat: dict[str, Any] = {}
+
+    def walk(group, prefix):
+        for key, value in group.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, ml_collections.ConfigDict):
+                walk(value, name + ".")
+            else:
+                flat[name] = list(value) if isinstance(value, tuple) else value
+
+    walk(config, "")
+    other = "diffusion" if stage == "vae" else "vae"
+    skip = set(RESUMABLE_KEYS) | {f"{stage}.training.{k}" for k in RESUMABLE_TRAINING_KEYS} | {
+        f"{stage}.{k}" for k in _STAGE_PATH_KEYS.get(stage, ())}
+    return jsonio.strict({k: v for k, v in sorted(flat.items())
+                          if k not in skip and not k.startswith(other + ".")
+                          and not (stage == "vae" and k.split(".")[0] in ("text", "experience", "variant"))})
+
+
+def check_recipe(saved_meta: dict, recipe: dict | None, stage_dir: str, step: int) -> None:
+    """CheckpointError naming the differing settings when a stage's checkpoint was trained with another recipe
+    (`stages.recipe`; checkpoints written before it was recorded are not checked)."""
+    saved = saved_meta.get("recipe")
+    if not isinstance(saved, dict) or recipe is None:
+        return
+    differing = [k for k in sorted(set(saved) | set(recipe)) if saved.get(k) != recipe.get(k)]
+    if differing:
+        shown = "; ".join(f"{k}: {saved.get(k)!r} there, {recipe.get(k)!r} now" for k in differing[:4])
+        more = f" and {len(differing) - 4} more" if len(differing) > 4 else ""
+        raise ckpt.CheckpointError(
+            f"{stage_dir}: the run there (step {step}) was trained with other settings ({shown}{more}); resuming "
+            "would mix two runs and replace its results. Use a new workdir for the new settings, or rerun with the "
+            "old ones (only steps, intervals, paths and loader settings may change on resume)")
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str, stages_run: tuple[str, ...]) -> None:
+    """Before anything is written: every stage this run resumes was trained with this run's recipe."""
+    for stage in stages_run:
+        stage_dir = os.path.join(workdir, stage)
+        if not os.path.isdir(os.path.join(stage_dir, "checkpoints")):
+            continue
+        try:
+            saved_meta, step = ckpt.read_meta(stage_dir)
+        except ckpt.CheckpointError:
+            continue  # (no complete checkpoint yet: nothing to mix)
+        check_recipe(saved_meta, recipe(config, stage), stage_dir, step)
+
+
 def vae_meta(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """What stage 1's checkpoints record (JSON types): the VAE config, fs, loss settings, precision."""
+    """What stage 1's checkpoints record (JSON types): the VAE config, fs, loss settings, precision, recipe."""
     return jsonio.strict({"stage": "vae", "model": dataclasses.asdict(vae_config(config)), "fs": float(config.data.fs),
-                  "loss": dataclasses.asdict(vae_loss_config(config)), "precision": config.precision})
+                          "loss": dataclasses.asdict(vae_loss_config(config)), "precision": config.precision,
+                          "recipe": recipe(config, "vae")})
 
 
 def vae_steps(config: ml_collections.ConfigDict, model: StageModel, mesh: Mesh) -> tuple[Callable, Callable]:
@@ -314,4 +376,4 @@ def diffusion_meta(config: ml_collections.ConfigDict, model: DenoiserConfig, vae
         "loss": dataclasses.asdict(loss), "fs": float(config.data.fs), "duration_s": float(config.data.duration_s),
         "text_encoder": conditions.encoder.id, "prior": str(dcfg.prior or "default"),
         "prior_classes": list(conditions.class_names), "experience": conditions.experience,
-        "precision": config.precision})
+        "precision": config.precision, "recipe": recipe(config, "diffusion")})

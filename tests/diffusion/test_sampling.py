@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from sediff_jax.diffusion.sampling import (
-    SamplerConfig, denoise_steps, guided_epsilon, initial_latents, record_keys, reverse_step, sample, sampling_timesteps,
+    SamplerConfig, anneal_condition, cads_gamma, denoise_steps, group_guided_epsilon, guided_epsilon, guided_steps,
+    initial_latents, noise_levels, record_keys, reverse_step, sample, sampling_timesteps,
 )
 from sediff_jax.diffusion.schedule import make_schedule, target
 
@@ -129,9 +130,96 @@ def test_simulator_guidance_pulls_samples_down_the_energy_and_is_off_at_zero():
     assert abs(guided.mean() - 0.5) < abs(_run(plain, 2).mean() - 0.5) - 0.2
 
 
+SMALL = (64, 3, 2)
+
+
+def _small(config, key=5):
+    return np.asarray(jax.jit(lambda k: sample(gaussian_model, SCHEDULE, "epsilon", config, SMALL, k))(
+        jax.random.key(key)))
+
+
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_a_guidance_interval_covering_every_step_is_plain_guidance_bit_for_bit(kind):
+    plain = SamplerConfig(kind=kind, num_steps=20, guidance_scale=2.0, eta=1.0)
+    sigma = noise_levels(SCHEDULE, sampling_timesteps(SCHEDULE.num_steps, 20))
+    for interval in ((0.0, float("inf")), (float(sigma.min()) / 2, float(sigma.max()))):
+        np.testing.assert_array_equal(_small(dataclasses.replace(plain, guidance_interval=interval)), _small(plain))
+    # an interval that covers no step is the conditional model (guidance scale 1), bit for bit
+    none = dataclasses.replace(plain, guidance_interval=(1e6, 1e7))
+    assert not guided_steps(SCHEDULE, none).any()
+    np.testing.assert_array_equal(_small(none), _small(dataclasses.replace(plain, guidance_scale=1.0)))
+
+
+def test_a_guidance_interval_guides_exactly_the_steps_inside_it():
+    """The interval sampler equals running the steps outside it with scale 1 and those inside with the scale:
+    composed by hand from chunks of the plain samplers, bit for bit."""
+    config = SamplerConfig(kind="ddim", num_steps=20, guidance_scale=3.0, eta=1.0)
+    sigma = noise_levels(SCHEDULE, sampling_timesteps(SCHEDULE.num_steps, 20))
+    interval = (0.3, 5.0)
+    inside = (sigma > 0.3) & (sigma <= 5.0)
+    assert 0 < inside.sum() < 20 and inside[0] == False  # noqa: E712 (the noisiest steps are outside)
+    np.testing.assert_array_equal(guided_steps(SCHEDULE, dataclasses.replace(config, guidance_interval=interval)),
+                                  inside)
+    keys = record_keys(jax.random.key(5), SMALL[0])
+    x = initial_latents(keys, SMALL)
+    conditional = dataclasses.replace(config, guidance_scale=1.0)
+    step = jax.jit(lambda x, cfg_guided, j: denoise_steps(gaussian_model, SCHEDULE, "epsilon",
+                                                           config if cfg_guided else conditional, x, keys, j, 1),
+                   static_argnums=(1,))
+    for j in range(20):
+        x = step(x, bool(inside[j]), j)
+    got = _small(dataclasses.replace(config, guidance_interval=interval))
+    np.testing.assert_allclose(got, np.asarray(x), rtol=0, atol=1e-6)
+    assert not np.allclose(got, _small(config), atol=1e-3)  # and it is not plain guidance
+
+
+def _three_group_model(x_t, t, drop):
+    """A Gaussian model whose mean adds 1.0 for text, 0.5 for experience and 0.25 for metadata when kept."""
+    mu = MU_U + jnp.where(drop[:, 0], 0.0, 1.0) + jnp.where(drop[:, 1], 0.0, 0.5) + jnp.where(drop[:, 2], 0.0, 0.25)
+    return gaussian_epsilon(x_t, t, mu[:, None, None])
+
+
+def test_per_group_guidance_scales_each_group_and_equal_scales_are_plain_guidance():
+    x = jax.random.normal(jax.random.key(0), (8, 3, 2))
+    t = jnp.full((8,), 400, jnp.int32)
+    plain = guided_epsilon(_three_group_model, SCHEDULE, "epsilon", x, t, 2.5)
+    np.testing.assert_allclose(group_guided_epsilon(_three_group_model, SCHEDULE, "epsilon", x, t, (2.5,) * 3),
+                               plain, rtol=1e-5, atol=1e-5)
+    # eps is affine in mu here, so the guided mean is MU_U + 1.0 w_text + 0.5 w_exp + 0.25 w_meta
+    config = SamplerConfig(kind="ddim", num_steps=50, group_scales=(2.0, 0.0, 1.0))
+    got = np.asarray(jax.jit(lambda k: sample(_three_group_model, SCHEDULE, "epsilon", config, SHAPE, k))(
+        jax.random.key(1)))
+    assert abs(got.mean() - (MU_U + 2.0 + 0.0 + 0.25)) < 0.04, got.mean()
+
+
+def test_cads_anneals_the_condition_only_at_high_noise_and_keeps_its_statistics():
+    config = SamplerConfig(cads_noise=0.25, cads_tau=(0.6, 0.9))
+    np.testing.assert_allclose(cads_gamma(jnp.array([0.0, 0.6, 0.75, 0.9, 1.0]), config.cads_tau),
+                               [1.0, 1.0, 0.5, 0.0, 0.0], atol=1e-6)
+    y = jax.random.normal(jax.random.key(0), (6, 32)) * 0.3 + 0.1
+    mask = jnp.array([True] * 4 + [False] * 2)
+    key = jax.random.key(1)
+    np.testing.assert_array_equal(anneal_condition(y, mask, jnp.float32(0.5), key, config), y)
+    off = dataclasses.replace(config, cads_noise=0.0)
+    np.testing.assert_array_equal(anneal_condition(y, mask, jnp.float32(0.95), key, off), y)
+    annealed = anneal_condition(y, mask, jnp.float32(0.75), key, config)
+    assert not np.allclose(annealed, y)
+    valid, got = np.asarray(y)[:4], np.asarray(annealed)[:4]
+    assert abs(got.mean() - valid.mean()) < 1e-5 and abs(got.std() - valid.std()) < 1e-4  # rescaled (psi 1)
+    assert 0.5 < np.corrcoef(got.ravel(), valid.ravel())[0, 1] < 0.999  # partly the condition, partly noise
+    pure = anneal_condition(y, mask, jnp.float32(1.0), key, config)  # gamma 0: noise alone, rescaled
+    assert abs(np.corrcoef(np.asarray(pure)[:4].ravel(), valid.ravel())[0, 1]) < 0.3
+
+
 def test_bad_sampler_settings_are_refused():
     for kwargs, match in (({"kind": "euler"}, "sampler"), ({"num_steps": 0}, "num_steps"),
                           ({"guidance_scale": -1.0}, "guidance_scale"), ({"eta": 2.0}, "eta"),
-                          ({"guidance_drop": (False, False, False)}, "guidance_drop")):
+                          ({"guidance_drop": (False, False, False)}, "guidance_drop"),
+                          ({"guidance_interval": (2.0, 1.0)}, "guidance_interval"),
+                          ({"guidance_interval": (float("nan"), 1.0)}, "guidance_interval"),
+                          ({"group_scales": (1.0, -1.0, 1.0)}, "group_scales"),
+                          ({"group_scales": (1.0, 1.0)}, "group_scales"),
+                          ({"cads_noise": float("inf")}, "cads_noise"), ({"cads_tau": (0.9, 0.6)}, "cads_tau"),
+                          ({"cads_psi": 1.5}, "cads_psi")):
         with pytest.raises(ValueError, match=match):
             SamplerConfig(**kwargs)

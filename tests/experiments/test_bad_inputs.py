@@ -31,7 +31,12 @@ CASES = [
     ("sample", ["--text=x", "--out_dir=."], E, r"--out_dir=\.: refusing to write there \(it is the working directory\)"),
     ("sample", ["--text=x", "--out_dir=..", "--overwrite"], E, r"contains the working directory"),
     ("sample", ["--text=x", "--out_dir=FULL"], E, r"is not empty; pass --overwrite"),
-    ("sample", ["--text=x", "--out_dir=FULL", "--overwrite"], E, r"holds files sample did not write \(notes.txt\)"),
+    ("sample", ["--text=x", "--out_dir=FULL", "--overwrite"], E, r"holds notes.txt, which sample did not write"),
+    ("sample", ["--text=x", "--out_dir=USERRECORDS", "--overwrite"], E,
+     r"holds ecg_patient1.dat, which sample did not write"),  # (the old pattern ecg_* deleted them)
+    ("fit_simulator", ["--record=RECORDS/good", "--out_dir=FIGURES", "--overwrite"], E,
+     r"holds fit.json, which fit_simulator did not write"),  # (the old patterns *.json/*.png deleted them)
+    ("sample", ["--text=x", "--out_dir=DANGLING"], E, r"is a symlink to .*, which does not exist"),
     ("sample", ["--text=x", "--out_dir=AFILE"], E, r"exists and is not a folder"),
     ("sample", ["--text=x", "--out_dir=AFILE/sub"], E, r"is a file, not a folder"),
     ("sample", ["--text=x", "--out_dir=NEW", "--guidance_scale=nan"], E, r"--guidance_scale must be a finite"),
@@ -44,6 +49,9 @@ CASES = [
     ("sample", ["--text=x", "--out_dir=NEW", "--steps=5000", "--checkpoint=MODEL"], E,
      r"--steps=5000 must be within 1-100"),
     ("sample", ["--text=x", "--out_dir=NEW", "--num_samples=0"], E, r"--num_samples must be >= 1"),
+    ("sample", ["--text=x", "--out_dir=NEW", "--guidance_interval=5,1"], E, r"guidance_interval=\(5.0, 1.0\) must be"),
+    ("sample", ["--text=x", "--out_dir=NEW", "--group_guidance=1,2"], E, r"--group_guidance=1,2: expected 3 numbers"),
+    ("sample", ["--text=x", "--out_dir=NEW", "--cads_noise=-1"], E, r"--cads_noise must be a finite number >= 0"),
     ("sample", ["--text=", "--out_dir=NEW"], E, r"--text must be a non-empty report"),
     ("sample", ["--text=\x1b\x07\t", "--out_dir=NEW", "--checkpoint=MODEL"], E, r"only control characters"),
     ("sample", ["--text=x", "--hr=400", "--out_dir=NEW"], E, r"--hr=400 is outside 20-300"),
@@ -114,7 +122,7 @@ CASES = [
     # export_model: never deletes what it did not write
     ("export_model", ["--workdir=MODEL", "--out=.", "--overwrite"], E, r"--out=\.: refusing to write there"),
     ("export_model", ["--workdir=MODEL", "--out=..", "--overwrite"], E, r"contains the working directory"),
-    ("export_model", ["--workdir=MODEL", "--out=FULL", "--overwrite"], E, r"holds files export_model did not write"),
+    ("export_model", ["--workdir=MODEL", "--out=FULL", "--overwrite"], E, r"holds notes.txt, which export_model did not write"),
     ("export_model", ["--workdir=MODEL", "--out=MODEL"], E, r"exists \(pass overwrite"),
     ("export_model", ["--workdir=NOWHERE", "--out=NEW"], E, r"no such checkpoint"),
     ("export_model", ["--workdir=MODEL", "--out=NEW", "--metrics=NANJSON"], E, r"NaN is not valid JSON"),
@@ -123,6 +131,12 @@ CASES = [
      r"--config.stage='bogus' is unknown"),
     ("train", ["--config=experiments/configs/tiny.py", "--workdir=."], E, r"refusing to write there"),
     ("train", ["--config=experiments/configs/tiny.py", "--workdir=AFILE"], E, r"exists and is not a folder"),
+    ("train", ["--config=experiments/configs/tiny.py", "--workdir=MODEL"], E,
+     r"is an exported model, not a training workdir"),  # (it rewrote the model's config.json)
+    ("train", ["--config=experiments/configs/tiny.py", "--workdir=FULL"], E,
+     r"is not empty and holds no train run of ours \(it has notes.txt"),
+    ("ablate", ["--workdir=MODEL"], E, r"is an exported model, not a training workdir"),
+    ("ablate", ["--workdir=."], E, r"refusing to write there \(it is the working directory\)"),
     ("train", ["--config=experiments/configs/nope.py", "--workdir=NEW"], E, r"Failed loading config file.*nope.py"),
     # the research tools: bad numbers are refused while flags are parsed
     ("downstream", ["--out=NEW", "--eta=nan"], E, r"--eta must be"),
@@ -139,6 +153,13 @@ def _scenario(root, model_dir):
     (root / "full").mkdir()
     (root / "full" / "notes.txt").write_text("a user's file\n")
     (root / "afile").write_text("not a folder\n")
+    (root / "user_records").mkdir()
+    for suffix in (".hea", ".dat"):
+        (root / "user_records" / f"ecg_patient1{suffix}").write_text("a patient's record\n")
+    (root / "figures").mkdir()
+    for name in ("fit.json", "fit.npz", "fit.png"):
+        (root / "figures" / name).write_text("a README figure\n")
+    (root / "dangling").symlink_to(root / "gone")
     records = root / "records"
     good = simulated_ecg(fs=500.0, duration_s=4.0)
     write_record(str(records), "good", good, 500.0)
@@ -172,7 +193,7 @@ def _scenario(root, model_dir):
     (root / "huge.csv").write_text('text,hr\n"' + "x" * 200_000 + '",60\n')
     (root / "nan.json").write_text('{"mae": NaN}')
     return {
-        "FULL": "full", "AFILE": "afile", "NEW": "new_out", "RECORDS": "records", "MODEL": "models/model",
+        "FULL": "full", "AFILE": "afile", "USERRECORDS": "user_records", "FIGURES": "figures", "DANGLING": "dangling", "NEW": "new_out", "RECORDS": "records", "MODEL": "models/model",
         "NOCORPUS": "models/nocorpus", "NOWHERE": "nowhere", "HUGECSV": "huge.csv", "NANJSON": "nan.json",
         "SCENARIO": ".", **{f"BROKEN_{name}": f"models/broken_{name}" for name in [*broken, "not_object"]},
     }

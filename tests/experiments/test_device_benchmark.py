@@ -27,7 +27,9 @@ def test_xla_cost_analysis_counts_a_matmul():
 def test_report_writes_markdown_and_json_after_each_row(tmp_path):
     header = {"device": "NVIDIA H200", "platform": "gpu", "devices": 1, "jax": "0.11.2", "date": "2026-12-01",
               "smoke": False, "peak_bf16": 989e12, "peak_fp32": 67e12, "budget_s": 450.0, "start": 0.0}
-    report = Report(str(tmp_path), header)
+    from sediff_jax.io.outputs import output_dir
+
+    report = Report(output_dir(tmp_path, tool="the device benchmark", overwrite=True), header)
     row = {"config": "ptbxl100", "precision": "bfloat16", "step": "diffusion full", "batch": 256, "compile_s": 30.0,
            "ms_per_step": 20.0, "samples_per_s": 12800.0, "x_ddpm": 1.2, "gflop_per_step": 500.0,
            "tflop_per_s": 25.0, "mfu_bf16": 25e12 / 989e12, "mfu_fp32": None, "memory_gib": 3.5}

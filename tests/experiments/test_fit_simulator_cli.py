@@ -51,7 +51,10 @@ def test_round_trip_and_bad_records(repo_root, tmp_path, data_dir):
     assert "wfdb-samples/100: cannot fit: not a 12-lead ECG header" in errors and "'MLII'" in errors
     assert "6 of 8 record(s) could not be fitted; 2 written" in errors
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{n}.{e}" for n in ("good", "00001_lr") for e in ("json", "npz", "png"))
+        [f"{n}.{e}" for n in ("good", "00001_lr") for e in ("json", "npz", "png")] + [".sediff_outputs.json"])
+    recorded = json.loads((out / ".sediff_outputs.json").read_text())["files"]
+    assert sorted(recorded) == sorted(f"{n}.{e}" for n in ("good", "00001_lr") for e in ("json", "npz", "png"))
+    assert all(v["tool"] == "fit_simulator" and v["sha256"] for v in recorded.values())
 
     summary = json.loads((out / "good.json").read_text())
     assert summary["record"] == good and summary["record_fs_hz"] == 500.0 and summary["mode"] == "beat"
@@ -70,7 +73,7 @@ def test_round_trip_and_bad_records(repo_root, tmp_path, data_dir):
         r = [np.corrcoef(f["real"][:, k], f["fitted"][:, k])[0, 1] for k in range(12)]
         assert np.median(r) > 0.9
     assert _is_png(out / "good.png") and _is_png(out / "00001_lr.png")
-    assert not list(out.glob(".*"))  # no temporary files left behind
+    assert [p.name for p in out.glob(".*")] == [".sediff_outputs.json"]  # no temporary files left behind
 
 
 def test_flag_errors(repo_root, tmp_path):

@@ -26,13 +26,15 @@ def test_writes_wfdb_png_npz_and_manifest(repo_root, exported_model_dir, tmp_pat
     assert result.returncode == 0, result.stderr[-2000:]
     names = sorted(p.name for p in out.iterdir())
     expected = [f"ecg_{i:03d}_{k:02d}.{ext}" for i in range(2) for k in range(2) for ext in ("dat", "hea", "png")]
-    assert names == sorted(expected + ["manifest.json", "samples.npz"])
+    assert names == sorted(expected + ["manifest.json", "samples.npz", ".sediff_outputs.json"])
     record = wfdb.rdrecord(str(out / "ecg_001_01"))
     assert record.fs == 100 and record.sig_len == 256 and record.sig_name == list(LEAD_NAMES)
     assert "text: sinus tachycardia" in record.comments and "hr_bpm: 120" in record.comments
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seed"] == 5 and manifest["sampler"] == {"kind": "ddim", "steps": 4, "guidance_scale": 1.5,
                                                              "eta": 1.0, "simulator_guidance": 0.0,
+                                                             "guidance_interval": None, "group_scales": None,
+                                                             "cads_noise": 0.0, "cads_tau": [0.6, 0.9],
                                                              "clip_x0": 3.0}
     assert manifest["samples"] == 4 and len(manifest["checkpoint"]["id"]) == 12
     with np.load(out / "samples.npz") as f:

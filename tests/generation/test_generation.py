@@ -71,6 +71,25 @@ def test_same_seed_gives_identical_ecgs_on_1_and_8_devices(model):
     assert not np.allclose(other_seed, one, atol=1e-3)
 
 
+def test_cads_and_per_group_guidance_change_samples_and_keep_each_record_s_own(model):
+    """CADS anneals the text/experience tokens of each record with its own noise: samples differ from plain
+    guidance, are reproducible, and a record's ECG does not depend on the batch it shares; per-group guidance with
+    equal scales is plain guidance up to round-off."""
+    prompts = [make_prompt("sinus rhythm", age=50, hr=70), make_prompt("atrial fibrillation", age=70, hr=110),
+               make_prompt("left bundle branch block", age=65, sex="M")]
+    mesh = make_mesh(jax.devices()[:1])
+    generator = Generator(model, mesh=mesh, max_batch=8)
+    plain = SamplerConfig(num_steps=6, guidance_scale=2.0, eta=1.0)
+    cads = dataclasses.replace(plain, cads_noise=0.5, cads_tau=(0.2, 0.6))
+    a, b = generator.generate(prompts, 3, plain), generator.generate(prompts, 3, cads)
+    assert np.all(np.isfinite(b)) and not np.allclose(a, b)
+    np.testing.assert_array_equal(b, generator.generate(prompts, 3, cads))
+    alone = Generator(model, mesh=mesh, max_batch=1).generate(prompts, 3, cads)
+    np.testing.assert_allclose(alone, b, rtol=1e-5, atol=1e-5)
+    groups = generator.generate(prompts, 3, dataclasses.replace(plain, group_scales=(2.0, 2.0, 2.0)))
+    np.testing.assert_allclose(groups, a, rtol=1e-3, atol=1e-3)
+
+
 def test_conditions_encode_prompts_with_unknowns_marked(model):
     generator = Generator(model, mesh=make_mesh(jax.devices()[:1]))
     c = generator.conditions(PROMPTS)
@@ -152,23 +171,36 @@ def test_prompt_files_from_spreadsheets_and_hostile_text(tmp_path):
 
 
 def test_sample_overwrite_replaces_only_its_own_outputs(model, tmp_path):
-    """An earlier run's files (a PNG of another prompt included) go; nothing else is touched; the manifest is
-    strict JSON."""
-    from experiments.sample import OUTPUT_FILES, generate_files
-    from sediff_jax.io.outputs import output_dir
+    """--overwrite removes exactly the files an earlier run entered in the folder's record: a user's records named
+    like ours (ecg_patient1.hea/.dat) are refused, never deleted; the manifest is strict JSON."""
+    from experiments.sample import generate_files
+    from sediff_jax.io.outputs import LEDGER_FILE, OutputError, output_dir
 
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "ecg_007_00.png").write_bytes(b"an old plot of another prompt")
-    (out / "ecg_007_00.hea").write_text("old")
     generator = Generator(model, max_batch=8)
     sampler = SamplerConfig(num_steps=2, guidance_scale=1.0)
-    generate_files(output_dir(out, OUTPUT_FILES, overwrite=True), [make_prompt("normal ECG")], generator, sampler,
-                   seed=0, num_samples=1, png=False, experience="auto")
-    assert sorted(p.name for p in out.iterdir()) == ["ecg_000_00.dat", "ecg_000_00.hea", "manifest.json",
-                                                     "samples.npz"]
+    prompts = [make_prompt("normal ECG"), make_prompt("sinus tachycardia")]
+    generate_files(output_dir(out, tool="sample"), prompts, generator, sampler, seed=0, num_samples=1,
+                   png=False, experience="auto")
+    first = sorted(p.name for p in out.iterdir())
+    assert first == sorted(["ecg_000_00.dat", "ecg_000_00.hea", "ecg_001_00.dat", "ecg_001_00.hea",
+                            "manifest.json", "samples.npz", LEDGER_FILE])
+    generate_files(output_dir(out, tool="sample", overwrite=True), prompts[:1], generator, sampler, seed=0,
+                   num_samples=1, png=False, experience="auto")  # the second prompt's earlier files go too
+    assert sorted(p.name for p in out.iterdir()) == sorted(["ecg_000_00.dat", "ecg_000_00.hea", "manifest.json",
+                                                            "samples.npz", LEDGER_FILE])
     manifest = json.loads((out / "manifest.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert manifest["records"][0]["files"] == ["ecg_000_00.hea", "ecg_000_00.dat"]
+
+    (out / "ecg_patient1.hea").write_text("a user's real record")
+    (out / "ecg_patient1.dat").write_bytes(b"\x01\x02")
+    with pytest.raises(OutputError, match="holds ecg_patient1.dat, which sample did not write"):
+        output_dir(out, tool="sample", overwrite=True)
+    (out / "ecg_patient1.hea").unlink(), (out / "ecg_patient1.dat").unlink()
+    (out / "samples.npz").write_bytes(b"edited by hand")
+    with pytest.raises(OutputError, match="samples.npz was changed after sample wrote it"):
+        output_dir(out, tool="sample", overwrite=True)
+    assert (out / "samples.npz").read_bytes() == b"edited by hand"
 
 
 def test_a_model_trained_with_experience_needs_its_corpus(model, tmp_path):

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from sediff_jax.io import jsonio
-from sediff_jax.io.outputs import OutputError, output_dir, replace_directory, usable_path, working_folder
+from sediff_jax.io.outputs import (LEDGER_FILE, OutputError, output_dir, replace_directory, usable_path,
+                                   working_folder)
 
-OWNED = ("ecg_*.hea", "ecg_*.dat", "manifest.json")
+TOOL = "sample"
 
 
 def test_protected_folders_are_refused(tmp_path, monkeypatch):
@@ -22,44 +23,116 @@ def test_protected_folders_are_refused(tmp_path, monkeypatch):
                          (str(tmp_path), "contains the working directory"), ("/", "refusing to write there"),
                          (str(tmp_path / "repo"), "contains the working directory")):
         with pytest.raises(OutputError, match=reason):
-            output_dir(path, OWNED, overwrite=True)
+            output_dir(path, tool=TOOL, overwrite=True)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(OutputError, match="git checkout"):
         working_folder(tmp_path / "repo", "--workdir")
     with pytest.raises(OutputError, match="is empty"):
-        output_dir("", OWNED)
+        output_dir("", tool=TOOL)
     with pytest.raises(OutputError, match="is empty"):
         usable_path("  ", "--out")
 
 
 def test_a_new_folder_is_checked_but_not_created(tmp_path):
-    out = output_dir(tmp_path / "a" / "b", OWNED)
+    out = output_dir(tmp_path / "a" / "b", tool=TOOL)
     assert not (tmp_path / "a").exists()
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="is a file, not a folder"):
-        output_dir(tmp_path / "file" / "b", OWNED)
+        output_dir(tmp_path / "file" / "b", tool=TOOL)
     with pytest.raises(OutputError, match="exists and is not a folder"):
-        output_dir(tmp_path / "file", OWNED)
+        output_dir(tmp_path / "file", tool=TOOL)
     assert out.mkdir().is_dir()
 
 
-def test_overwrite_clears_only_this_tools_outputs(tmp_path):
+def _write(out, name, text):
+    with out.writing(name):
+        path = out.path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_overwrite_clears_exactly_what_the_record_lists(tmp_path):
     folder = tmp_path / "out"
-    folder.mkdir()
-    for name in ("ecg_000_00.hea", "ecg_000_00.dat", "manifest.json", ".tmp-abc"):
-        (folder / name).write_text("old")
-    (folder / ".tmp-abc").unlink()
+    out = output_dir(folder, tool=TOOL)
+    for name in ("ecg_000_00.hea", "ecg_000_00.dat", "manifest.json", "sub/beat.npz"):
+        _write(out, name, "old")
     (folder / ".tmp-abc").mkdir()  # a temporary folder a killed run left behind
+    (folder / ".report.md.tmp-x1.md").write_text("half")  # and a temporary file of io.atomic
     with pytest.raises(OutputError, match="not empty; pass --overwrite"):
-        output_dir(folder, OWNED)
-    out = output_dir(folder, OWNED, overwrite=True)
-    assert sorted(out.clear()) == [".tmp-abc", "ecg_000_00.dat", "ecg_000_00.hea", "manifest.json"]
-    assert not any(folder.iterdir())
-    (folder / "ecg_001_00.hea").write_text("old")
-    (folder / "notes.txt").write_text("mine")
-    with pytest.raises(OutputError, match=r"holds files t did not write \(notes.txt\)"):
-        output_dir(folder, OWNED, overwrite=True, tool="t")
-    assert (folder / "notes.txt").read_text() == "mine" and (folder / "ecg_001_00.hea").exists()
+        output_dir(folder, tool=TOOL)
+    out = output_dir(folder, tool=TOOL, overwrite=True)
+    assert sorted(out.clear()) == [".report.md.tmp-x1.md", ".tmp-abc", "ecg_000_00.dat", "ecg_000_00.hea",
+                                   "manifest.json", "sub/beat.npz"]
+    assert sorted(p.name for p in folder.iterdir()) == [LEDGER_FILE]  # the emptied sub/ went too
+    assert json.loads((folder / LEDGER_FILE).read_text())["files"] == {}
+
+
+def test_overwrite_refuses_foreign_changed_and_other_tools_files_and_deletes_none(tmp_path):
+    """The old pattern policy deleted a user's ecg_patient1.hea (it matched ecg_*) and every *.json/*.png of a
+    figures folder under fit_simulator: now any file the record does not list as this tool's refuses."""
+    folder = tmp_path / "out"
+    out = output_dir(folder, tool=TOOL)
+    _write(out, "ecg_000_00.hea", "ours")
+    (folder / "ecg_patient1.hea").write_text("a user's record")
+    with pytest.raises(OutputError, match=r"holds ecg_patient1.hea, which sample did not write \(written by no "
+                                          r"tool of ours\)"):
+        output_dir(folder, tool=TOOL, overwrite=True)
+    (folder / "ecg_patient1.hea").unlink()
+    with pytest.raises(OutputError, match=r"holds ecg_000_00.hea, which fit_simulator did not write \(written by "
+                                          r"sample\)"):
+        output_dir(folder, tool="fit_simulator", overwrite=True)
+    (folder / "ecg_000_00.hea").write_text("ours, edited by the user")
+    with pytest.raises(OutputError, match="ecg_000_00.hea was changed after sample wrote it"):
+        output_dir(folder, tool=TOOL, overwrite=True)
+    assert (folder / "ecg_000_00.hea").read_text() == "ours, edited by the user"
+    (folder / "deep").mkdir()
+    (folder / "deep" / "notes.txt").write_text("mine")
+    (folder / "ecg_000_00.hea").write_text("ours")
+    with pytest.raises(OutputError, match="holds deep/notes.txt"):
+        output_dir(folder, tool=TOOL, overwrite=True)
+    # a changed file is not deleted even when the check was skipped (the folder changed after the check)
+    (folder / "deep" / "notes.txt").unlink()
+    out = output_dir(folder, tool=TOOL, overwrite=True)
+    (folder / "ecg_000_00.hea").write_text("changed after the check")
+    assert out.clear() == [] and (folder / "ecg_000_00.hea").read_text() == "changed after the check"
+
+
+def test_a_folder_without_a_record_is_all_foreign_and_a_damaged_record_refuses(tmp_path):
+    docs = tmp_path / "images"
+    docs.mkdir()
+    for name in ("fit.json", "fit.npz", "fit.png"):  # what fit_simulator's old patterns (*.json ...) claimed
+        (docs / name).write_text("a README figure")
+    with pytest.raises(OutputError, match="fit.json, which fit_simulator did not write.*has no "
+                                          r"\.sediff_outputs\.json"):
+        output_dir(docs, tool="fit_simulator", overwrite=True)
+    assert sorted(p.name for p in docs.iterdir()) == ["fit.json", "fit.npz", "fit.png"]
+    folder = tmp_path / "out"
+    out = output_dir(folder, tool=TOOL)
+    _write(out, "a.txt", "x")
+    (folder / LEDGER_FILE).write_text("{not json")
+    with pytest.raises(OutputError, match="record of earlier outputs is damaged"):
+        output_dir(folder, tool=TOOL, overwrite=True)
+
+
+def test_a_pending_entry_is_ours_and_symlinks_are_checked(tmp_path):
+    """A run killed between writing a file and recording its hash leaves a pending entry: still ours. A symlink
+    in the folder is foreign; a dangling symlink as the folder is refused."""
+    folder = tmp_path / "out"
+    out = output_dir(folder, tool=TOOL)
+    out.reserve(["ecg_000_00.hea"])
+    (folder / "ecg_000_00.hea").write_text("written, not yet recorded")
+    assert output_dir(folder, tool=TOOL, overwrite=True).clear() == ["ecg_000_00.hea"]
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "precious.txt").write_text("keep")
+    (folder / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OutputError, match="holds link, which sample did not write"):
+        output_dir(folder, tool=TOOL, overwrite=True)
+    assert (tmp_path / "elsewhere" / "precious.txt").exists()
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(OutputError, match="is a symlink to .*nowhere, which does not exist"):
+        output_dir(tmp_path / "dangling", tool=TOOL)
+    with pytest.raises(OutputError, match="which does not exist"):
+        output_dir(tmp_path / "dangling" / "sub", tool=TOOL)
 
 
 def test_replace_directory_swaps_by_rename_aside(tmp_path):

@@ -99,6 +99,41 @@ def test_a_run_refuses_a_workdir_of_another_model(uninterrupted, prepared_dir, t
     assert open(os.path.join(reference, "config.json")).read() == before  # the refused run changed nothing
 
 
+def test_a_resumed_run_with_another_recipe_is_refused_before_anything_is_written(uninterrupted, prepared_dir):
+    """Two runs on one workdir with different learning rates both exited 0 and the first run's results were lost:
+    a second run whose recipe differs is refused naming the setting; steps and intervals may change."""
+    reference, _ = uninterrupted
+    config = _config(prepared_dir)
+    config.diffusion.optimizer.learning_rate = 1e-3
+    listing = {p: os.stat(os.path.join(d, p)).st_mtime_ns for d, _, files in os.walk(reference) for p in files}
+    with pytest.raises(ckpt.CheckpointError, match=r"diffusion.optimizer.learning_rate: 0.0002 there, 0.001 now"):
+        train(config, reference)
+    assert {p: os.stat(os.path.join(d, p)).st_mtime_ns for d, _, files in os.walk(reference)
+            for p in files} == listing  # nothing written, config.json and metrics included
+    config = _config(prepared_dir)
+    config.vae.training.update(log_every=3, eval_every=4)  # a resume may change how often it logs
+    config.stage = "vae"
+    assert [(r.stage, r.step) for r in train(config, reference)] == [("vae", STEPS)]
+
+
+def test_train_refuses_an_exported_model_or_a_foreign_folder_as_its_workdir(uninterrupted, prepared_dir, tmp_path):
+    from sediff_jax.generation import export_model, load_model
+    from sediff_jax.io.outputs import OutputError
+
+    workdir, _ = uninterrupted
+    model_dir = export_model(load_model(workdir), tmp_path / "model")
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+    with pytest.raises(OutputError, match="is an exported model, not a training workdir"):
+        train(_config(prepared_dir), str(model_dir))
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
+    foreign = tmp_path / "papers"
+    foreign.mkdir()
+    (foreign / "draft.tex").write_text("mine")
+    with pytest.raises(OutputError, match=r"holds no train run of ours \(it has draft.tex"):
+        train(_config(prepared_dir), str(foreign))
+    assert sorted(p.name for p in foreign.iterdir()) == ["draft.tex"]
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="no checkpoint"):
         load_vae(str(tmp_path / "nowhere"))
@@ -208,10 +243,10 @@ def test_a_run_trained_with_experience_ships_its_corpus_and_samples_with_reports
     without = generator.generate([prompt], seed=0, sampler=sampler, experience="off")
     assert np.all(np.isfinite(with_experience)) and not np.array_equal(with_experience, without)
 
-    from experiments.sample import OUTPUT_FILES, generate_files
+    from experiments.sample import generate_files
     from sediff_jax.io.outputs import output_dir
 
-    manifest = generate_files(output_dir(tmp_path / "out", OUTPUT_FILES), [prompt], generator, sampler, seed=0,
+    manifest = generate_files(output_dir(tmp_path / "out", tool="sample"), [prompt], generator, sampler, seed=0,
                               num_samples=1, png=False, experience="auto")
     assert manifest["experience"] == {"mode": "auto", "used": True, "reports": [report]}
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["experience"] == manifest["experience"]
