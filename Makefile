@@ -39,9 +39,9 @@ demo: $(VENV)/.base
 
 # The simulator alone: 12-lead ECGs from the embedded presets, and a prepared synthetic dataset.
 demo-simulator: $(VENV)/.base
-	$(PY) -m experiments.simulate --preset=normal_sinus --num=2 --seed=0 --out=$(DEMO_SIMULATOR_OUT)/simulated/normal_sinus
-	$(PY) -m experiments.simulate --preset=atrial_fibrillation --num=1 --seed=1 --noise --out=$(DEMO_SIMULATOR_OUT)/simulated/atrial_fibrillation
-	$(PY) -m experiments.simulate --preset=st_elevation --num=1 --seed=2 --out=$(DEMO_SIMULATOR_OUT)/simulated/st_elevation
+	$(PY) -m experiments.simulate --preset=normal_sinus --num=2 --seed=0 --overwrite --out=$(DEMO_SIMULATOR_OUT)/simulated/normal_sinus
+	$(PY) -m experiments.simulate --preset=atrial_fibrillation --num=1 --seed=1 --noise --overwrite --out=$(DEMO_SIMULATOR_OUT)/simulated/atrial_fibrillation
+	$(PY) -m experiments.simulate --preset=st_elevation --num=1 --seed=2 --overwrite --out=$(DEMO_SIMULATOR_OUT)/simulated/st_elevation
 	$(PY) -m experiments.prepare_data --dataset=synthetic --num_synthetic=200 --fs=100 --overwrite --out_dir=$(DEMO_SIMULATOR_OUT)/prepared
 	@echo "Simulated ECGs and a prepared synthetic dataset are in $(abspath $(DEMO_SIMULATOR_OUT))/"
 

@@ -59,7 +59,8 @@ cli.check_sampling_flags()
 
 LABELS = {"full": "SE-Diff (full)", "no_simulator": "w/o simulator", "no_interlead": "w/o inter-lead",
           "no_experience": "w/o experience", "no_euler": "w/o L_Euler", "no_sim_solve": "w/o L_sim",
-          "ddpm_only": "L_DDPM only", "scaffold": "with rhythm scaffold", "paper": "w/o rhythm scaffold (paper)"}
+          "ddpm_only": "L_DDPM only", "scaffold": "with rhythm scaffold", "paper": "w/o rhythm scaffold (paper)",
+          "min_snr": "min-SNR-5 weighting"}
 PAPER_HR_ERROR_BPM = {"full": 8.43, "no_simulator": 14.28, "no_interlead": 19.21, "no_experience": 15.06}
 
 

@@ -6,8 +6,10 @@ quiet logs.
     if __name__ == "__main__":
         cli.run(main)
 
-* A bad flag (absl parsing or a registered validator), `cli.UsageError`, `app.UsageError` and
-  `OutputError` print `error: <message>` on stderr and exit with status 2: no traceback, no usage dump.
+* A bad flag (absl parsing or a registered validator), `app.UsageError` and any of our own errors
+  (`sediff_jax.errors.SediffError`: `cli.UsageError`, `OutputError`, `CheckpointError`, `PromptError`,
+  `PriorError`, `ProfileError`, `LayoutError`, `RecordError`, ...) print `error: <message>` on stderr and exit
+  with status 2: no traceback, no usage dump. Anything else is a bug: its traceback, a line saying so, status 1.
 * Logs keep our own messages and every warning; INFO lines of the libraries underneath (JAX's backend probing,
   Orbax, TFDS) are dropped unless `--verbosity` / `-v` is given.
 """
@@ -17,21 +19,25 @@ from __future__ import annotations
 import logging as py_logging
 import math
 import sys
+import traceback
 from typing import Any, Callable
 
 from absl import app, flags, logging
 
-from sediff_jax.io.outputs import OutputError
+from sediff_jax.errors import SediffError
+from sediff_jax.io.outputs import OutputError  # noqa: F401  (re-exported: a SediffError)
 from sediff_jax.progress import Progress  # noqa: F401  (the CLIs' progress lines)
 
 FLAGS = flags.FLAGS
 
 
-class UsageError(Exception):
+class UsageError(SediffError):
     """Bad flags or inputs: printed as one line, exit status 2."""
 
 
-USER_ERRORS = (UsageError, app.UsageError, OutputError)
+USER_ERRORS = (SediffError, app.UsageError)  # (OutputError, CheckpointError, PromptError, ... are SediffErrors)
+BUG_HINT = ("This is a bug in sediff_jax, not a problem with your input: please report it with the command and "
+            "the traceback above.")
 
 
 def fail(message: str) -> None:
@@ -78,6 +84,10 @@ def run(main: Callable[[list[str]], Any]) -> None:
             return main(argv)
         except USER_ERRORS as e:
             fail(str(e))
+        except Exception:  # noqa: BLE001 - a bug: its traceback, and a line saying so
+            traceback.print_exc()
+            print(BUG_HINT, file=sys.stderr, flush=True)
+            sys.exit(1)
 
     app.run(wrapped, flags_parser=parse_flags)
 

@@ -46,9 +46,10 @@ cli.check_sampling_flags()
 
 def main(argv):
     del argv
-    from sediff_jax.io.outputs import working_folder
+    from sediff_jax.io.outputs import output_dir
 
-    working_folder(FLAGS.out, "--out")  # checked before any work
+    # checked before any work; a rerun reuses its synthetic.npz and replaces its own results, nothing else
+    out_dir = output_dir(FLAGS.out, tool="downstream", overwrite=True, flag="--out")
     import numpy as np
 
     from experiments.configs.common import dataset_dir
@@ -104,7 +105,8 @@ def main(argv):
         except NonFiniteECG as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        write_npz(cached, synthetic, model.fs, record_ids=np.array(train.record_ids), stamp=np.array(stamp))
+        with out_dir.writing(cached.name):
+            write_npz(cached, synthetic, model.fs, record_ids=np.array(train.record_ids), stamp=np.array(stamp))
     generation_s = time.perf_counter() - start
     labels = {split: multi_hot(pairs.superclasses) for split, pairs in parts.items()}
     keep = {split: pairs.labelled for split, pairs in parts.items()}  # PTB-XL's relabelled records left out
@@ -133,11 +135,12 @@ def main(argv):
               f"{len(train.record_ids)} real training records, {len(parts['validation'].record_ids)} validation "
               f"(thresholds), {len(parts['test'].record_ids)} test (positives {positives}); mean ± std over seeds "
               f"{seeds}, {FLAGS.num_steps} steps each.\n\n" + "\n".join(lines) + "\n")
-    jsonio.write_json(out / "downstream.json", {
-        "checkpoint": {"path": str(model.source), "id": model.id}, "sampler": stamp,
-        "generation_seconds": round(generation_s, 1), "results": results, "command": " ".join(sys.argv)})
-    with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(report)
+    with out_dir.writing("downstream.json", "report.md"):
+        jsonio.write_json(out / "downstream.json", {
+            "checkpoint": {"path": str(model.source), "id": model.id}, "sampler": stamp,
+            "generation_seconds": round(generation_s, 1), "results": results, "command": " ".join(sys.argv)})
+        with atomic_path(out / "report.md") as tmp:
+            tmp.write_text(report)
     print(report)
     return 0
 

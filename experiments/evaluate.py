@@ -56,6 +56,9 @@ flags.DEFINE_string("encoder", "shipped", "ECG-text CLIP checkpoint for FID/CLIP
 flags.DEFINE_string("out", None, "Output directory (metrics.json, report.md): new or empty, see --overwrite.",
                     required=True)
 flags.DEFINE_bool("overwrite", False, "Replace this tool's earlier metrics.json and report.md in --out.")
+flags.DEFINE_integer("loss_by_noise", 0, "Also report the denoising error on the paired records in this many bands "
+                     "of noise level (the diagnosis of a model that lacks variety; 0: off).")
+cli.check_int("loss_by_noise", 0, 100)
 flags.DEFINE_bool("save_generated", False, "Also write --out/generated.npz: every generated ECG ((n, time, 12) "
                   "float32 mV) with its record id and prompt text, to look at or re-measure.")
 cli.check_int("num_samples", 1)
@@ -129,6 +132,12 @@ def main(argv):
         return 1
     reconstructed = vae_reconstructions(model, pairs.ecg, FLAGS.max_batch) if FLAGS.vae_reference else None
     scores = score(generated, pairs, encoder, reference, reconstructed)
+    if FLAGS.loss_by_noise:
+        from sediff_jax.evaluation.denoising import loss_by_noise_level
+
+        by_noise = loss_by_noise_level(model, pairs.ecg, pairs.prompts, pairs.rhythms(model.spec.duration_s),
+                                       FLAGS.loss_by_noise, FLAGS.seed, FLAGS.max_batch, FLAGS.experience)
+        scores["loss_by_noise"] = {k: v for k, v in by_noise.items() if k != "per_record"}
     result = {
         "checkpoint": {"path": str(model.source), "id": model.id},
         "dataset": FLAGS.dataset, "source_dir": source, "split": FLAGS.split, "records": pairs.record_ids,
@@ -152,6 +161,11 @@ def main(argv):
                f"whose conditions it was generated from. HR: {scores['paired']['unmeasurable_hr']} generated ECGs "
                "had too few beats to measure.")
     report = markdown_report(f"Evaluation: {model.id} on {FLAGS.dataset} {FLAGS.split}", summary, scores)
+    if "loss_by_noise" in scores:
+        report += ("\nDenoising error (epsilon MSE, conditional, the records' own beats) by noise level:\n\n"
+                   "| t | sigma | MSE ± s.e. |\n|---|---|---:|\n" + "".join(
+                       f"| {b['t'][0]}-{b['t'][1]} | {b['sigma'][0]:.3g}-{b['sigma'][1]:.3g} | "
+                       f"{b['mse']:.4f} ± {b['sem']:.4f} |\n" for b in scores["loss_by_noise"]["bands"]))
     with folder.writing(*OUTPUT_FILES):
         if FLAGS.save_generated:
             write_generated(out / "generated.npz", generated, model.fs, pairs)

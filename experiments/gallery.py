@@ -24,7 +24,8 @@ flags.DEFINE_integer("steps", 50, "DDIM steps.")
 flags.DEFINE_float("guidance_scale", 2.0, "Classifier-free guidance scale.")
 flags.DEFINE_float("eta", 1.0, "DDIM noise (as experiments/sample.py).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_string("out", "gallery.png", "Output PNG.")
+flags.DEFINE_string("out", "gallery.png", "Output PNG (new, or see --overwrite).")
+flags.DEFINE_bool("overwrite", False, "Replace a PNG this tool wrote earlier at --out (never another file).")
 cli.check_int("records", 1)
 cli.check_int("skip", 0)
 cli.check_sampling_flags()
@@ -32,10 +33,11 @@ cli.check_sampling_flags()
 
 def main(argv):
     del argv
-    from sediff_jax.io.outputs import usable_path
+    from pathlib import Path
 
-    if FLAGS.out is not None:
-        usable_path(FLAGS.out, "--out")  # checked before any work
+    from sediff_jax.io.outputs import output_files
+
+    out = output_files([FLAGS.out], tool="gallery", overwrite=FLAGS.overwrite)  # checked before any work
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,8 +90,9 @@ def main(argv):
     for ax in axes[-1]:
         ax.set_xlabel("s")
     fig.tight_layout()
-    with atomic_path(FLAGS.out) as tmp:
-        fig.savefig(tmp, dpi=110)
+    with out.writing(Path(FLAGS.out).name):
+        with atomic_path(FLAGS.out) as tmp:
+            fig.savefig(tmp, dpi=110)
     print(f"wrote {FLAGS.out} (model {model.id}, {len(prompts)} records of {FLAGS.prepared} {FLAGS.split})")
 
 

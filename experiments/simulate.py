@@ -19,7 +19,7 @@ from absl import flags
 from experiments import cli
 from sediff_jax import io as ecg_io
 from sediff_jax import simulator as sim
-from sediff_jax.io.outputs import usable_path
+from sediff_jax.io.outputs import output_files, usable_path
 
 HR_LO, HR_HI = sim.params.HR_RANGE_BPM
 MAX_BATCH = 64
@@ -38,6 +38,8 @@ flags.DEFINE_bool("noise", False, "Add baseline wander, muscle noise and 50 Hz p
 flags.DEFINE_float("powerline_hz", 50.0, "Powerline frequency for --noise, Hz.")
 flags.DEFINE_enum("solver", "tsit5", list(sim.solve.SOLVERS), "ODE solver (fixed step at >= 500 Hz).")
 flags.DEFINE_bool("png", True, "Also write the standard-layout 12-lead PNG.")
+flags.DEFINE_bool("overwrite", False, "Replace files this tool wrote earlier under --out (as its record there, "
+                  ".sediff_outputs.json, lists them); any other existing file refuses.")
 
 flags.register_validator("hr", lambda v: v is None or HR_LO <= v <= HR_HI,
                          message=f"--hr must be within [{HR_LO:g}, {HR_HI:g}] bpm")
@@ -54,6 +56,9 @@ def main(argv):
     usable_path(FLAGS.out, "--out")
     if Path(FLAGS.out).is_dir() or FLAGS.out.endswith(("/", os.sep)):
         raise cli.UsageError(f"--out={FLAGS.out} is a folder; --out is a file prefix (files are <out>_<i>.hea ...)")
+    suffixes = (".hea", ".dat", ".npz") + ((".png",) if FLAGS.png else ())
+    names = [f"{FLAGS.out}_{i}{suffix}" for i in range(FLAGS.num) for suffix in suffixes]
+    out = output_files(names, tool="simulate", overwrite=FLAGS.overwrite)
     preset = sim.get_preset(FLAGS.preset)
     hr = preset.hr if FLAGS.hr is None else FLAGS.hr
     hr_std = preset.hr_std if FLAGS.hr_std is None else FLAGS.hr_std
@@ -91,11 +96,13 @@ def main(argv):
             f"record: {i}",
             f"noise: {'yes' if FLAGS.noise else 'no'}",
         ]
-        ecg_io.write_wfdb(prefix, record, config.fs, comments=comments)
-        ecg_io.write_npz(f"{prefix}.npz", record, config.fs, preset=FLAGS.preset, hr_bpm=hr, hr_std_bpm=hr_std,
-                         seed=FLAGS.seed, record=i, noise=FLAGS.noise)
-        if FLAGS.png:
-            ecg_io.save_ecg_png(f"{prefix}.png", record, config.fs, title=f"Simulated: {description}, record {i}")
+        with out.writing(*(Path(f"{prefix}{suffix}").name for suffix in suffixes)):
+            ecg_io.write_wfdb(prefix, record, config.fs, comments=comments)
+            ecg_io.write_npz(f"{prefix}.npz", record, config.fs, preset=FLAGS.preset, hr_bpm=hr, hr_std_bpm=hr_std,
+                             seed=FLAGS.seed, record=i, noise=FLAGS.noise)
+            if FLAGS.png:
+                ecg_io.save_ecg_png(f"{prefix}.png", record, config.fs,
+                                    title=f"Simulated: {description}, record {i}")
         print(f"wrote {prefix}.hea/.dat/.npz" + ("/.png" if FLAGS.png else ""))
     print(f"simulated {FLAGS.num} record(s) ({description}) in {elapsed:.2f} s, compilation included")
 

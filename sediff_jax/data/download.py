@@ -19,17 +19,18 @@ import urllib.request
 from typing import Callable
 
 from sediff_jax.io.atomic import atomic_path
+from sediff_jax.errors import SediffError
 
 PTBXL_URL = "https://physionet.org/files/ptb-xl/1.0.3/"
 SUMS_FILE = "SHA256SUMS.txt"
 _CHUNK = 1 << 20
 
 
-class ChecksumError(RuntimeError):
+class ChecksumError(SediffError, RuntimeError):
     """A downloaded file whose SHA-256 differs from the dataset's SHA256SUMS.txt."""
 
 
-class DownloadError(RuntimeError):
+class DownloadError(SediffError, RuntimeError):
     """A file that could not be fetched."""
 
 

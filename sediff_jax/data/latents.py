@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from sediff_jax.io import jsonio
+from sediff_jax.errors import SediffError
 
 FORMAT = "sediff-latent-cache"
 FORMAT_VERSION = 1
@@ -40,7 +41,7 @@ ID_TEXT_FIELDS = ("record_id", "patient_id", "text", "codes", "superclasses")  #
 LATENT = "latent_mean"
 
 
-class LatentCacheError(ValueError):
+class LatentCacheError(SediffError, ValueError):
     """A latent cache that is missing, incomplete, or made from another VAE or dataset; the message names it."""
 
 

@@ -14,6 +14,8 @@ import math
 import os
 from typing import Iterable, Iterator, Sequence
 
+from sediff_jax.errors import SediffError
+
 SPLITS = ("train", "validation", "test")
 SEX_CODES = {"male": 0, "female": 1, "unknown": -1}
 # Ages above this are reported as this (HIPAA-style top coding: PTB-XL writes 300, LUDB '>89').
@@ -24,7 +26,7 @@ MEASUREMENT_NAMES = (
 )
 
 
-class LayoutError(ValueError):
+class LayoutError(SediffError, ValueError):
     """A dataset's metadata files do not match the published layout (missing file, column or value)."""
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import wfdb
 
+from sediff_jax.errors import SediffError
 
-class RecordError(ValueError):
+
+class RecordError(SediffError, ValueError):
     """A record that cannot be used as it stands. The message names the file and the problem; `reason` is a
     short code that dataset builds count skipped records by."""
 

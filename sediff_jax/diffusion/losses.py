@@ -28,6 +28,7 @@ from sediff_jax.simulator.params import WaveParams
 
 Array = jax.Array
 WEIGHTINGS = ("alpha_bar", "none")
+DDPM_WEIGHTINGS = ("uniform", "min_snr")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +39,10 @@ class DiffusionLossConfig:
     weighting: 'alpha_bar' (w = alpha_bar_t ** weighting_power) or 'none' (w = 1).  sim_fraction: the fraction of
     the batch (a random subset of the real records) on which the simulator terms are computed; 1 = all.
     sim_solver, sim_internal_fs: how L_sim simulates its beat (`consistency.BeatSolve`): diffrax Heun at 500 Hz
-    (default), Tsit5 with larger steps, or 'closed_form' (the exact solution, no sequential loop)."""
+    (default), Tsit5 with larger steps, or 'closed_form' (the exact solution, no sequential loop).
+    ddpm_weighting: how L_DDPM weighs noise levels: 'uniform' (Ho et al.) or 'min_snr' (Hang et al. 2023:
+    min(SNR, gamma) / SNR for epsilon prediction, min(SNR, gamma) / (SNR + 1) for v, i.e. the x0 error weighted
+    by min(SNR, gamma), so the easy low-noise steps stop dominating).  min_snr_gamma: gamma (5 in the paper)."""
 
     prediction: str = "epsilon"
     fs: float = 100.0
@@ -53,9 +57,15 @@ class DiffusionLossConfig:
     sim_fraction: float = 0.5
     sim_solver: str = "heun"
     sim_internal_fs: float = 500.0
+    ddpm_weighting: str = "uniform"
+    min_snr_gamma: float = 5.0
 
     def __post_init__(self):
         BeatSolve(self.sim_solver, self.sim_internal_fs)  # checks both
+        if self.ddpm_weighting not in DDPM_WEIGHTINGS:
+            raise ValueError(f"ddpm_weighting {self.ddpm_weighting!r} is unknown; expected one of {DDPM_WEIGHTINGS}")
+        if not (math.isfinite(self.min_snr_gamma) and self.min_snr_gamma > 0):
+            raise ValueError(f"min_snr_gamma={self.min_snr_gamma} must be a finite number > 0")
         if not 0 < self.sim_fraction <= 1:
             raise ValueError(f"sim_fraction={self.sim_fraction} must be in (0, 1]")
         if not 0 < self.interlead_crop <= 1:
@@ -81,6 +91,15 @@ def noise_level_weight(schedule: NoiseSchedule, t: Array, config: DiffusionLossC
         return jnp.ones(t.shape, jnp.float32)
     signal, _ = schedule.signal_and_noise(t)
     return (signal**2) ** config.weighting_power
+
+
+def ddpm_weight(schedule: NoiseSchedule, t: Array, config: DiffusionLossConfig) -> Array:
+    """L_DDPM's per-record weight over noise levels: (batch,) (`DiffusionLossConfig.ddpm_weighting`)."""
+    if config.ddpm_weighting == "uniform":
+        return jnp.ones(t.shape, jnp.float32)
+    snr = schedule.snr(t)
+    clipped = jnp.minimum(snr, config.min_snr_gamma)
+    return clipped / (snr + 1.0) if config.prediction == "v" else clipped / snr
 
 
 def simulator_rows(weight: Array, fraction: float, key: Array | None) -> Array:
@@ -129,7 +148,11 @@ def diffusion_losses(
     x_t = add_noise(schedule, x0, noise, t)
     output = denoise(x_t, t)
     ddpm = jnp.mean((output - target(schedule, config.prediction, x0, noise, t)) ** 2, axis=(1, 2))
-    terms = {"ddpm": _mean(ddpm, weight)}
+    terms = {}
+    if config.ddpm_weighting != "uniform":  # (the plain error stays visible, comparable across weightings)
+        terms["ddpm_unweighted"] = _mean(ddpm, weight)
+        ddpm = ddpm * ddpm_weight(schedule, t, config)
+    terms["ddpm"] = _mean(ddpm, weight)
     total = terms["ddpm"]
     if config.uses_simulator or monitor:
         x0_hat = predict_x0(schedule, config.prediction, x_t, output, t)

@@ -27,11 +27,12 @@ from sediff_jax.evaluation.networks import batched_apply
 from sediff_jax.evaluation.paired import RealPairs, markdown_table, paired_metrics
 from sediff_jax.generation import Generator
 from sediff_jax.io.npz import write_npz
+from sediff_jax.errors import SediffError
 
 MIN_DISTRIBUTION_RECORDS = 8  # two halves of >= 4 for FID_split, more than k = 3 neighbours
 
 
-class NonFiniteECG(FloatingPointError):
+class NonFiniteECG(SediffError, FloatingPointError):
     """The model produced NaN or inf samples."""
 
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from sediff_jax.experience.profiles import FEATURE_NAMES, ProfileCorpus
 from sediff_jax.io.atomic import atomic_path
+from sediff_jax.errors import SediffError
 
 log = logging.getLogger(__name__)
 # Experience reports are encoded with this many tokens (report text gets 64): the offline report fits in it.
@@ -152,7 +153,7 @@ SYSTEM_PROMPT = ("You are a cardiologist. From the facts about similar patients,
                  "summary for generating this patient's ECG, in at most three sentences. Use only the given facts.")
 
 
-class LLMError(RuntimeError):
+class LLMError(SediffError, RuntimeError):
     """The endpoint could not give a usable reply (the message says why)."""
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from sediff_jax.data.sources import SEX_CODES, SPLITS
 from sediff_jax.io.atomic import atomic_path
+from sediff_jax.errors import SediffError
 
 FORMAT = "sediff_jax.experience.profiles"
 FORMAT_VERSION = 1
@@ -31,7 +32,7 @@ HOSPITAL_VIEWS = ("diagnosis", "medication", "procedure")  # MIMIC-IV (the paper
 _SEX_NAMES = {code: name for name, code in SEX_CODES.items()}
 
 
-class ProfileError(ValueError):
+class ProfileError(SediffError, ValueError):
     """A profile corpus file is missing, truncated or not a corpus (the message names the file)."""
 
 

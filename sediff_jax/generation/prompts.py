@@ -11,7 +11,10 @@ import math
 import os
 from pathlib import Path
 
+from sediff_jax.errors import SediffError
+
 AGE_RANGE = (0.0, 120.0)  # years
+HR_RR_TOLERANCE = 0.05  # hr and the rate of an RR list given together may differ by this fraction
 HR_RANGE = (20.0, 300.0)  # bpm
 SEXES = {"M": 0, "F": 1}
 RR_RANGE_MS = (200.0, 3000.0)  # 300 to 20 bpm, beat to beat
@@ -19,7 +22,7 @@ FIELDS = ("text", "age", "sex", "hr", "rr_ms")
 MAX_TEXT_CHARS = 10_000  # a report far beyond any clinical statement (the text encoders read 128-256 tokens)
 
 
-class PromptError(ValueError):
+class PromptError(SediffError, ValueError):
     """A prompt that cannot be generated from; the message names the field and where it came from."""
 
 
@@ -99,8 +102,14 @@ def make_prompt(text, age=None, sex=None, hr=None, where: str = "--", rr_ms=None
         raise PromptError(f"{where}text is {len(text)} characters long; a report may have at most "
                           f"{MAX_TEXT_CHARS}")
     rr = _rr_list(rr_ms, where)
-    if rr is not None and hr is None:  # the heart-rate token says what the RR list does
-        hr = 60000.0 / (sum(rr) / len(rr))
+    if rr is not None:
+        rr_rate = 60000.0 / (sum(rr) / len(rr))
+        if hr is None:  # the heart-rate token says what the RR list does
+            hr = rr_rate
+        elif abs(hr - rr_rate) > HR_RR_TOLERANCE * rr_rate:
+            raise PromptError(f"{where}hr={hr:g} bpm disagrees with {where}rr_ms (mean RR "
+                              f"{sum(rr) / len(rr):.0f} ms = {rr_rate:.0f} bpm) by more than "
+                              f"{100 * HR_RR_TOLERANCE:g} %; give one of them, or make them agree")
     return Prompt(text, age, sex, hr, rr)
 
 

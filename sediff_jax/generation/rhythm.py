@@ -140,7 +140,19 @@ def rhythm_from_record(path: str, duration_s: float, offset_s: float = 0.0) -> R
                                                    offset_s=offset_s))
     except (RecordError, ValueError, OSError) as e:
         raise RhythmError(f"{where}: {e}") from None
-    return rhythm_from_peaks(record.r_peaks, record.fs, duration_s, f"record:{path}", where)
+    available = raw.duration_s - offset_s
+    if available < duration_s - 1e-6:
+        raise RhythmError(f"{where}: the record has {available:.2f} s of signal, the ECG is {duration_s:g} s; its "
+                          "rhythm would run out and the rest be made up. Use a record at least as long as the ECG")
+    plan = rhythm_from_peaks(record.r_peaks, record.fs, duration_s, f"record:{path}", where)
+    peaks = np.asarray(plan.r_peaks_s)
+    longest = max(float(np.max(np.diff(peaks))), 1.0)
+    for gap, edge in ((peaks[0], "start before its first beat"), (duration_s - peaks[-1], "end after its last beat")):
+        if gap > 1.5 * longest:
+            raise RhythmError(f"{where}: the record has no detected beats for {gap:.2f} s at its {edge.split()[0]} "
+                              f"(beats at {peaks[0]:.2f}-{peaks[-1]:.2f} s of {duration_s:g} s, longest RR "
+                              f"{1000 * float(np.max(np.diff(peaks))):.0f} ms); its rhythm cannot be followed there")
+    return plan
 
 
 def rhythm_from_peaks(r_peaks: Sequence[int], fs: float, duration_s: float, source: str, where: str) -> RhythmPlan:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from sediff_jax.io.atomic import atomic_path
+from sediff_jax.errors import SediffError
 
 # Temporary files and folders our atomic writers create next to their targets (io.atomic, export).
 TEMPORARY_PATTERNS = (".tmp-*", ".*.tmp-*", ".*.aside-*")
@@ -44,7 +45,7 @@ LEDGER_FILE = ".sediff_outputs.json"
 LEDGER_FORMAT = "sediff_jax.outputs/1"
 
 
-class OutputError(ValueError):
+class OutputError(SediffError, ValueError):
     """An output path that this tool must not write (or cannot): the message names the path and the reason."""
 
 
@@ -325,6 +326,41 @@ def output_dir(path: str | os.PathLike | None, *, tool: str, overwrite: bool = F
         if not os.access(path, os.W_OK | os.X_OK):
             raise OutputError(f"{flag}={path} is not writable")
     return out
+
+
+def output_files(paths: Iterable[str | os.PathLike], *, tool: str, overwrite: bool = False,
+                 flag: str = "--out") -> OutputDir:
+    """Check files a tool writes into a folder it does not own (e.g. `gallery --out=fig.png` into the working
+    directory): a path that exists is refused unless `overwrite`, and even then unless the folder's record lists
+    it as this tool's and unchanged (so a user's file of the same name is never replaced). Returns the folder (an
+    `OutputDir`) to enter the files in (`writing`) once written."""
+    paths = [Path(p).expanduser() for p in paths]
+    if not paths:
+        raise OutputError(f"{flag}: no files to write")
+    parents = {p.absolute().parent for p in paths}
+    if len(parents) != 1:
+        raise OutputError(f"{flag}: the files must share one folder, got {sorted(map(str, parents))}")
+    for p in paths:
+        usable_path(p, flag)
+        if p.is_dir():
+            raise OutputError(f"{flag}={p} is a folder; name a file")
+    folder = OutputDir(parents.pop(), tool)
+    existing = [p for p in paths if p.exists() or p.is_symlink()]
+    if existing and not overwrite:
+        raise OutputError(f"{flag}: {existing[0]} exists; pass --overwrite to replace {tool}'s earlier output, or "
+                          "name another file")
+    if existing:
+        files = folder.ledger()
+        for p in existing:
+            entry = files.get(p.name)
+            if entry is None or entry["tool"] != tool:
+                raise OutputError(f"{flag}: {p} exists and {tool} did not write it (written by "
+                                  f"{'no tool of ours' if entry is None else entry['tool']}); --overwrite replaces "
+                                  f"only {tool}'s own earlier outputs, so name another file")
+            if entry["sha256"] is not None and (p.is_symlink() or file_digest(p) != (entry["size"],
+                                                                                     entry["sha256"])):
+                raise OutputError(f"{flag}: {p} was changed after {tool} wrote it; name another file")
+    return folder
 
 
 def replace_directory(new: Path, target: Path) -> None:

@@ -26,6 +26,7 @@ from sediff_jax.signal.beats import median_beat
 from sediff_jax.signal.filters import bandpass
 from sediff_jax.signal.rpeaks import detect_r_peaks, heart_rate_bpm
 from sediff_jax.leads import LEAD_NAMES
+from sediff_jax.errors import SediffError
 
 QRS_VELOCITY_FRACTION = 0.09
 QRS_GAP_S = 0.024
@@ -36,7 +37,7 @@ T_END_FRACTION = 0.16
 LEAD_I, LEAD_AVF = LEAD_NAMES.index("I"), LEAD_NAMES.index("aVF")
 
 
-class DelineationError(ValueError):
+class DelineationError(SediffError, ValueError):
     """A record cannot be delineated (too few beats, no QRS)."""
 
 

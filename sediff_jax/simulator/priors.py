@@ -31,6 +31,7 @@ from sediff_jax.simulator.params import (
     dipole_params,
     validate_rhythm,
 )
+from sediff_jax.errors import SediffError
 
 PRIOR_FORMAT = "sediff_jax.simulator_prior"
 PRIOR_VERSION = 1
@@ -48,7 +49,7 @@ SHIPPED_PRIORS_DIR = Path(__file__).resolve().parent / "priors"
 DEFAULT_PRIOR_PATH = SHIPPED_PRIORS_DIR / "ptbxl500_train_v1.json"
 
 
-class PriorError(ValueError):
+class PriorError(SediffError, ValueError):
     """A prior file that is missing, unreadable, of another format or version, or lacks a class."""
 
 

@@ -4,7 +4,8 @@
 config against it and fills what it leaves out, so the trainer reads every key directly (no `.get` fallbacks).
 Ablation variants (`apply_variant`) switch SE-Diff's loss terms: full (default), no_simulator (L_Euler and L_sim
 off), no_euler, no_sim_solve (L_sim off), no_interlead, ddpm_only (every simulator term off), no_experience
-(experience tokens off: `experience.dir` cleared, the paper's "w/o Exp"); scaffold / paper: with / without the
+(experience tokens off: `experience.dir` cleared, the paper's "w/o Exp"); min_snr (L_DDPM weighted by min-SNR-5,
+Hang et al. 2023); scaffold / paper: with / without the
 rhythm scaffold (the cardiac phase of each record's R peaks as denoiser input, on by default; `paper` is SE-Diff
 as published).
 """
@@ -25,6 +26,7 @@ VARIANTS = {
     "no_experience": {"experience.dir": ""},
     "scaffold": {"diffusion.model.rhythm_channels": 3},
     "paper": {"diffusion.model.rhythm_channels": 0},
+    "min_snr": {"ddpm_weighting": "min_snr"},
 }
 
 
@@ -82,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion.loss = ml_collections.ConfigDict(dict(
         prediction="epsilon", euler_weight=0.05, interlead_weight=0.05, sim_weight=0.05,
         interlead_full_signal=True, interlead_crop=0.25, weighting="alpha_bar", weighting_power=1.0,
+        ddpm_weighting="uniform", min_snr_gamma=5.0,
         sim_fraction=0.5, sim_solver="heun", sim_internal_fs=500.0))
     c.diffusion.condition_dropout = (0.1, 0.1, 0.1)
     c.diffusion.prior = ""  # a simulator prior: a JSON path, a shipped prior's name, or "" (the default PTB-XL prior)

@@ -47,12 +47,13 @@ from sediff_jax.training.config import resolve, resolve_training
 from sediff_jax.training.metrics import MetricWriter
 from sediff_jax.training.state import TrainState, abstract_like, init_state
 from sediff_jax.training.steps import DIFFUSION_BATCH_KEYS, LATENT_BATCH_KEYS, VAE_BATCH_KEYS, latent_scale_from
+from sediff_jax.errors import SediffError
 
 STAGES = ("vae", "diffusion", "both")
 MAX_UNCHECKED_STEPS = 1000  # metrics held on the device between checks, at most
 
 
-class TrainingDiverged(FloatingPointError):
+class TrainingDiverged(SediffError, FloatingPointError):
     """A loss term or the gradient became NaN/Inf; the message names the step and the term."""
 
 

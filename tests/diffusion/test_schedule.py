@@ -52,3 +52,36 @@ def test_errors():
     s = make_schedule("cosine", 10)
     with pytest.raises(ValueError, match="prediction 'x0' is unknown"):
         target(s, "x0", jnp.zeros((1, 2)), jnp.zeros((1, 2)), jnp.zeros((1,), int))
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_min_snr_weighting_is_the_x0_error_weighted_by_clipped_snr(prediction):
+    """Hang et al. 2023: the weighted eps (or v) error equals min(SNR, gamma) x the x0 error, per record; the
+    plain error stays reported as ddpm_unweighted, and 'uniform' is today's loss."""
+    from sediff_jax.diffusion.losses import DiffusionLossConfig, diffusion_losses
+    from sediff_jax.simulator.params import WaveParams  # noqa: F401  (no simulator term runs here)
+
+    s = make_schedule("cosine", 1000)
+    k1, k2, k3 = jax.random.split(jax.random.key(1), 3)
+    x0 = jax.random.normal(k1, (5, 16, 4))
+    noise = jax.random.normal(k2, x0.shape)
+    t = jnp.array([1, 50, 300, 700, 990])
+    wrong = jax.random.normal(k3, x0.shape)  # a denoiser that outputs this whatever its input
+    config = DiffusionLossConfig(prediction=prediction, euler_weight=0, interlead_weight=0, sim_weight=0,
+                                 ddpm_weighting="min_snr", min_snr_gamma=5.0)
+    ones = jnp.ones(5)
+    per_record = []
+    for i in range(5):
+        terms = diffusion_losses(lambda x_t, tt: wrong[i:i + 1], None, None, s, config, x0[i:i + 1], t[i:i + 1],
+                                 noise[i:i + 1], None, jnp.full((1,), jnp.nan), ones[:1])
+        x_t = add_noise(s, x0[i:i + 1], noise[i:i + 1], t[i:i + 1])
+        x0_error = float(jnp.mean((predict_x0(s, prediction, x_t, wrong[i:i + 1], t[i:i + 1]) - x0[i:i + 1]) ** 2))
+        snr = float(s.snr(t[i]))
+        assert float(terms["ddpm"]) == pytest.approx(min(snr, 5.0) * x0_error, rel=2e-3)
+        per_record.append(float(terms["ddpm_unweighted"]))
+    uniform = DiffusionLossConfig(prediction=prediction, euler_weight=0, interlead_weight=0, sim_weight=0)
+    terms = diffusion_losses(lambda x_t, tt: wrong, None, None, s, uniform, x0, t, noise, None,
+                             jnp.full((5,), jnp.nan), ones)
+    assert "ddpm_unweighted" not in terms and float(terms["ddpm"]) == pytest.approx(np.mean(per_record), rel=1e-5)
+    with pytest.raises(ValueError, match="ddpm_weighting"):
+        DiffusionLossConfig(ddpm_weighting="snr")

@@ -56,6 +56,7 @@ CASES = [
     ("sample", ["--text=\x1b\x07\t", "--out_dir=NEW", "--checkpoint=MODEL"], E, r"only control characters"),
     ("sample", ["--text=x", "--hr=400", "--out_dir=NEW"], E, r"--hr=400 is outside 20-300"),
     ("sample", ["--text=x", "--age=-3", "--out_dir=NEW"], E, r"--age=-3 is outside 0-120"),
+    ("sample", ["--text=x", "--hr=150", "--rr_ms=1200", "--out_dir=NEW"], E, r"--hr=150 bpm disagrees with --rr_ms"),
     ("sample", ["--prompts=HUGECSV", "--out_dir=NEW"], E, r"huge.csv line \d+: not a readable CSV row"),
     ("sample", ["--text=x", "--out_dir=NEW", "--checkpoint=NOWHERE"], E, r"--checkpoint: .*no such checkpoint"),
     ("sample", ["--text=x", "--out_dir=NEW", "--checkpoint=NOCORPUS"], E,
@@ -266,3 +267,29 @@ def test_the_scenario_is_what_the_cases_say(tmp_path, exported_model_dir):
     scaled = wfdb.rdrecord(str(tmp_path / "records" / "scaled"))
     assert np.nanmax(np.abs(scaled.p_signal)) > 1e6
     assert (tmp_path / "records" / "negative_fs.hea").read_text().split()[2] == "-250"
+
+
+@pytest.mark.parametrize("raised, code, expected", [
+    ("PriorError('prior.json: field x is missing')", 2, "error: prior.json: field x is missing\n"),
+    ("ProfileError('profiles.npz: not a profile corpus')", 2, "error: profiles.npz: not a profile corpus\n"),
+    ("CheckpointError('model/config.json: bad')", 2, "error: model/config.json: bad\n"),
+    ("KeyError('a bug')", 1, "This is a bug in sediff_jax"),
+])
+def test_the_cli_boundary_turns_our_errors_into_one_line_and_keeps_bugs_tracebacks(repo_root, raised, code,
+                                                                                     expected):
+    """Every SediffError (our error types) is `error: ...` with status 2; anything else is a bug: traceback, a
+    line saying so, status 1."""
+    script = ("from experiments import cli\n"
+              "from sediff_jax.simulator.priors import PriorError\n"
+              "from sediff_jax.experience.profiles import ProfileError\n"
+              "from sediff_jax.checkpoints import CheckpointError\n"
+              "def main(argv):\n"
+              f"    raise {raised}\n"
+              "cli.run(main)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=repo_root, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == code, done.stderr[-2000:]
+    if code == 2:
+        assert done.stderr == expected
+    else:
+        assert "Traceback" in done.stderr and "KeyError: 'a bug'" in done.stderr and expected in done.stderr

@@ -23,7 +23,8 @@ def test_writes_wfdb_npz_png(repo_root, tmp_path):
                   "--noise", f"--out={out}")
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in (tmp_path / "sub").iterdir())
-    assert names == sorted(f"af_{i}.{ext}" for i in range(2) for ext in ("hea", "dat", "npz", "png"))
+    assert names == sorted([f"af_{i}.{ext}" for i in range(2) for ext in ("hea", "dat", "npz", "png")]
+                           + [".sediff_outputs.json"])
     record = wfdb.rdrecord(str(tmp_path / "sub" / "af_1"))
     assert record.fs == 250 and record.sig_len == 500 and record.sig_name == list(LEAD_NAMES)
     assert "preset: atrial_fibrillation" in record.comments
@@ -32,6 +33,15 @@ def test_writes_wfdb_npz_png(repo_root, tmp_path):
         assert float(f["hr_bpm"]) == 100.0
     with np.load(tmp_path / "sub" / "af_0.npz") as f0, np.load(tmp_path / "sub" / "af_1.npz") as f1:
         assert np.abs(f0["ecg"] - f1["ecg"]).max() > 0.01  # different records
+    # existing files: refused without --overwrite; with it, only this tool's own (a user's mine_0.hea survives)
+    again = _run(repo_root, "--num=1", "--duration=1", "--fs=100", f"--out={out}")
+    assert again.returncode == 2 and "af_0.hea exists; pass --overwrite" in again.stderr
+    assert _run(repo_root, "--num=1", "--duration=1", "--fs=100", "--overwrite", f"--out={out}").returncode == 0
+    (tmp_path / "sub" / "mine_0.hea").write_text("a user's record")
+    refused = _run(repo_root, "--num=1", "--duration=1", "--fs=100", "--overwrite",
+                   f"--out={tmp_path / 'sub' / 'mine'}")
+    assert refused.returncode == 2 and "mine_0.hea exists and simulate did not write it" in refused.stderr
+    assert (tmp_path / "sub" / "mine_0.hea").read_text() == "a user's record"
 
 
 def test_many_records_in_uneven_chunks(repo_root, tmp_path):

@@ -75,7 +75,9 @@ def test_rr_lists_give_their_beats_and_bad_ones_are_refused_by_name():
 def test_prompts_take_rr_lists_from_flags_and_files(tmp_path):
     prompt = make_prompt("normal ECG", rr_ms="800, 820 780")
     assert prompt.rr_ms == (800.0, 820.0, 780.0) and abs(prompt.hr - 75.0) < 0.01  # hr token from the RR list
-    assert make_prompt("normal ECG", hr=70, rr_ms=[800]).hr == 70
+    assert make_prompt("normal ECG", hr=73, rr_ms=[800]).hr == 73  # within 5 % of the list's 75 bpm
+    with pytest.raises(PromptError, match=r"--hr=150 bpm disagrees with --rr_ms \(mean RR 1200 ms = 50 bpm\)"):
+        make_prompt("normal ECG", hr=150, rr_ms=[1200])
     for bad, message in [("800,abc", "rr_ms must be a number"), ("100", r"rr_ms\[0\]=100.0 is outside"),
                          ({"a": 1}, "must be a list")]:
         with pytest.raises(PromptError, match=message):
@@ -101,6 +103,22 @@ def test_rhythm_from_a_real_record_follows_its_r_peaks(data_dir):
     assert plan.source == f"record:{path}" and 40 < plan.hr_bpm < 120
     with pytest.raises(RhythmError, match="--rhythm_from=.*nowhere"):
         rhythm_from_record(str(data_dir / "nowhere"), 10.0)
+
+
+def test_a_record_whose_rhythm_runs_out_is_refused_not_extrapolated(tmp_path):
+    """A 2 s record for a 10 s ECG gave 11 beats, 2 of them the record's; a record whose beats stop early the same."""
+    from tests.data.wfdb_fixtures import simulated_ecg, write_record
+
+    write_record(str(tmp_path), "short", simulated_ecg(fs=500.0, duration_s=2.0), 500.0)
+    with pytest.raises(RhythmError, match=r"short: the record has 2.00 s of signal, the ECG is 10 s"):
+        rhythm_from_record(str(tmp_path / "short"), 10.0)
+    ecg = simulated_ecg(fs=500.0, duration_s=10.0).copy()
+    ecg[600:] = ecg[600:].mean(axis=0) + 0.001 * np.sin(np.arange(ecg.shape[0] - 600))[:, None]  # beats stop
+    write_record(str(tmp_path), "stops", ecg, 500.0)
+    with pytest.raises(RhythmError, match=r"stops: the record has no detected beats for .* s at its end"):
+        rhythm_from_record(str(tmp_path / "stops"), 10.0)
+    write_record(str(tmp_path), "whole", simulated_ecg(fs=500.0, duration_s=10.0), 500.0)
+    assert rhythm_from_record(str(tmp_path / "whole"), 10.0).hr_bpm == pytest.approx(70, abs=3)
 
 
 def test_the_generator_gives_a_scaffold_model_the_planned_phase():

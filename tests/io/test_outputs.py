@@ -222,3 +222,29 @@ def test_cli_logs_keep_our_messages_and_drop_library_info(tmp_path, repo_root):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Unable to initialize backend" not in done.stderr and not any(
         line.startswith("I1") for line in done.stderr.splitlines()), done.stderr[-2000:]
+
+
+def test_output_files_never_replace_a_file_the_tool_did_not_write(tmp_path):
+    """gallery --out=fig.png replaced a user's PNG: a named output file that exists is refused unless --overwrite,
+    and then only when the folder's record lists it as this tool's and unchanged."""
+    from sediff_jax.io.outputs import output_files
+
+    figure = tmp_path / "fig.png"
+    figure.write_bytes(b"a user's figure")
+    with pytest.raises(OutputError, match="fig.png exists; pass --overwrite"):
+        output_files([figure], tool="gallery")
+    with pytest.raises(OutputError, match="fig.png exists and gallery did not write it"):
+        output_files([figure], tool="gallery", overwrite=True)
+    assert figure.read_bytes() == b"a user's figure"
+    ours = tmp_path / "ours.png"
+    out = output_files([ours], tool="gallery")
+    with out.writing(ours.name):
+        ours.write_bytes(b"plot 1")
+    out = output_files([ours], tool="gallery", overwrite=True)  # its own earlier output: fine
+    with out.writing(ours.name):
+        ours.write_bytes(b"plot 2")
+    with pytest.raises(OutputError, match="exists and simulate did not write it"):
+        output_files([ours], tool="simulate", overwrite=True)
+    ours.write_bytes(b"edited")
+    with pytest.raises(OutputError, match="was changed after gallery wrote it"):
+        output_files([ours], tool="gallery", overwrite=True)

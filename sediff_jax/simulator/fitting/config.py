@@ -16,6 +16,7 @@ from sediff_jax.simulator.params import (
     ECGParams,
 )
 from sediff_jax.simulator.solve import SimulatorConfig
+from sediff_jax.errors import SediffError
 
 Array = jax.Array
 
@@ -39,7 +40,7 @@ RESP_AMPLITUDE_LIMIT_MV = 1.0
 TIMING_GRID = 4096
 
 
-class FitError(ValueError):
+class FitError(SediffError, ValueError):
     """A recording that cannot be fitted (flat, too short, no R peaks, NaN); the message says which and why."""
 
 
