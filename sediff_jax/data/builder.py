@@ -9,8 +9,10 @@ half-written; `prepare` also removes the directories it created.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import glob
+import io
 import math
 import multiprocessing
 import os
@@ -215,8 +217,12 @@ def build(
     builder = EcgBuilder(dataset=dataset, config=config, split_results=split_results, report=report,
                          strict=strict, data_dir=out_dir)
     try:
-        with tempfile.TemporaryDirectory(prefix="sediff_downloads_") as downloads:
+        printed = io.StringIO()  # TFDS prints "Downloading and preparing dataset ..." (nothing is downloaded)
+        with tempfile.TemporaryDirectory(prefix="sediff_downloads_") as downloads, \
+                contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            tfds.disable_progress_bar()  # (its bars; our callers show their own progress)
             builder.download_and_prepare(download_dir=downloads)
+        logging.debug("TFDS: %s", printed.getvalue().strip())
         report.path = target
         with atomic_path(os.path.join(target, REPORT_FILE)) as tmp:
             with open(tmp, "w") as f:

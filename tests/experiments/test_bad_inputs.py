@@ -269,27 +269,38 @@ def test_the_scenario_is_what_the_cases_say(tmp_path, exported_model_dir):
     assert (tmp_path / "records" / "negative_fs.hea").read_text().split()[2] == "-250"
 
 
-@pytest.mark.parametrize("raised, code, expected", [
-    ("PriorError('prior.json: field x is missing')", 2, "error: prior.json: field x is missing\n"),
-    ("ProfileError('profiles.npz: not a profile corpus')", 2, "error: profiles.npz: not a profile corpus\n"),
-    ("CheckpointError('model/config.json: bad')", 2, "error: model/config.json: bad\n"),
-    ("KeyError('a bug')", 1, "This is a bug in sediff_jax"),
-])
-def test_the_cli_boundary_turns_our_errors_into_one_line_and_keeps_bugs_tracebacks(repo_root, raised, code,
-                                                                                     expected):
+def test_the_cli_boundary_turns_our_errors_into_one_line_and_keeps_bugs_tracebacks(repo_root):
     """Every SediffError (our error types) is `error: ...` with status 2; anything else is a bug: traceback, a
-    line saying so, status 1."""
-    script = ("from experiments import cli\n"
+    line saying so, status 1. (One interpreter runs the cases, as a user runs each CLI.)"""
+    cases = {"PriorError('prior.json: field x is missing')": (2, "error: prior.json: field x is missing\n"),
+             "ProfileError('profiles.npz: not a profile corpus')": (2, "error: profiles.npz: not a profile corpus\n"),
+             "CheckpointError('model/config.json: bad')": (2, "error: model/config.json: bad\n"),
+             "KeyError('a bug')": (1, "This is a bug in sediff_jax")}
+    script = ("import contextlib, io, json, sys\n"
+              "from experiments import cli\n"
               "from sediff_jax.simulator.priors import PriorError\n"
               "from sediff_jax.experience.profiles import ProfileError\n"
               "from sediff_jax.checkpoints import CheckpointError\n"
-              "def main(argv):\n"
-              f"    raise {raised}\n"
-              "cli.run(main)\n")
+              "results = {}\n"
+              f"for raised in {list(cases)!r}:\n"
+              "    def main(argv, raised=raised):\n"
+              "        raise eval(raised)\n"
+              "    err = io.StringIO()\n"
+              "    with contextlib.redirect_stderr(err):\n"
+              "        try:\n"
+              "            sys.argv = ['x']\n"
+              "            cli.run(main)\n"
+              "        except SystemExit as e:\n"
+              "            results[raised] = [e.code, err.getvalue()]\n"
+              "print(json.dumps(results))\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=repo_root, capture_output=True, text=True,
                           timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    assert done.returncode == code, done.stderr[-2000:]
-    if code == 2:
-        assert done.stderr == expected
-    else:
-        assert "Traceback" in done.stderr and "KeyError: 'a bug'" in done.stderr and expected in done.stderr
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for raised, (code, expected) in cases.items():
+        got_code, stderr = results[raised]
+        assert got_code == code, (raised, stderr)
+        if code == 2:
+            assert stderr == expected
+        else:
+            assert "Traceback" in stderr and "KeyError: 'a bug'" in stderr and expected in stderr
