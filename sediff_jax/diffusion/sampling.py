@@ -142,17 +142,25 @@ def guided_epsilon(model: Model, schedule: NoiseSchedule, prediction: str, x_t: 
 GROUP_CHAIN = ((True, True, True), (True, True, False), (False, True, False), (False, False, False))
 
 
+def group_coefficients(scales: tuple[float, float, float]) -> tuple[float, float, float, float]:
+    """The weights of (e_0, e_m, e_mt, e_all) in per-group guidance, summing to 1: e_0 + w_meta (e_m - e_0) +
+    w_text (e_mt - e_m) + w_exp (e_all - e_mt) regrouped."""
+    w_text, w_exp, w_meta = scales
+    return 1.0 - w_meta, w_meta - w_text, w_text - w_exp, w_exp
+
+
 def group_guided_epsilon(model: Model, schedule: NoiseSchedule, prediction: str, x_t: Array, t: Array,
                          scales: tuple[float, float, float]) -> Array:
     """Per-group guidance: e_0 + w_meta (e_m - e_0) + w_text (e_mt - e_m) + w_exp (e_all - e_mt), one model call
-    of 4 x batch. scales: (w_text, w_experience, w_metadata)."""
+    over the chain members whose weight (`group_coefficients`) is not zero (e.g. 3 x batch for (3, 1, 1), whose
+    e_0 weight is 0). scales: (w_text, w_experience, w_metadata)."""
     b = x_t.shape[0]
-    k = len(GROUP_CHAIN)
-    drop = jnp.concatenate([jnp.broadcast_to(jnp.asarray(d, bool), (b, 3)) for d in GROUP_CHAIN])
+    used = [(c, d) for c, d in zip(group_coefficients(scales), GROUP_CHAIN) if c != 0.0]
+    k = len(used)
+    drop = jnp.concatenate([jnp.broadcast_to(jnp.asarray(d, bool), (b, 3)) for _, d in used])
     xs, ts = jnp.concatenate([x_t] * k), jnp.concatenate([t] * k)
-    e0, e_m, e_mt, e_all = jnp.split(predict_epsilon(schedule, prediction, xs, model(xs, ts, drop), ts), k)
-    w_text, w_exp, w_meta = scales
-    return e0 + w_meta * (e_m - e0) + w_text * (e_mt - e_m) + w_exp * (e_all - e_mt)
+    eps = jnp.split(predict_epsilon(schedule, prediction, xs, model(xs, ts, drop), ts), k)
+    return sum(c * e for (c, _), e in zip(used, eps))
 
 
 def noise_levels(schedule: NoiseSchedule, timesteps: np.ndarray) -> np.ndarray:

@@ -185,6 +185,19 @@ def test_per_group_guidance_scales_each_group_and_equal_scales_are_plain_guidanc
     plain = guided_epsilon(_three_group_model, SCHEDULE, "epsilon", x, t, 2.5)
     np.testing.assert_allclose(group_guided_epsilon(_three_group_model, SCHEDULE, "epsilon", x, t, (2.5,) * 3),
                                plain, rtol=1e-5, atol=1e-5)
+    # chain members with weight 0 are not evaluated: (3, 1, 1) calls the model on 3 x batch, same result
+    calls = []
+
+    def counting(x_t, t, drop):
+        calls.append(x_t.shape[0])
+        return _three_group_model(x_t, t, drop)
+
+    lean = group_guided_epsilon(counting, SCHEDULE, "epsilon", x, t, (3.0, 1.0, 1.0))
+    e = [_three_group_model(x, t, jnp.broadcast_to(jnp.asarray(d), (8, 3))) for d in
+         ((True, True, True), (True, True, False), (False, True, False), (False, False, False))]
+    np.testing.assert_allclose(lean, e[0] + 1.0 * (e[1] - e[0]) + 3.0 * (e[2] - e[1]) + 1.0 * (e[3] - e[2]),
+                               rtol=1e-5, atol=1e-5)
+    assert calls == [24]
     # eps is affine in mu here, so the guided mean is MU_U + 1.0 w_text + 0.5 w_exp + 0.25 w_meta
     config = SamplerConfig(kind="ddim", num_steps=50, group_scales=(2.0, 0.0, 1.0))
     got = np.asarray(jax.jit(lambda k: sample(_three_group_model, SCHEDULE, "epsilon", config, SHAPE, k))(
