@@ -212,6 +212,10 @@ def encoder_from_id(encoder_id: str):
     return encoder
 
 
+def _arrays(encoding: TextEncoding) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return encoding.tokens, encoding.mask, encoding.pooled
+
+
 class TextCache:
     """Encodings of distinct texts, computed on first use and kept in memory; `save()` writes them to
     `cache_path` (NPZ, atomically), which a later TextCache of the same encoder reads back (another encoder's
@@ -220,36 +224,55 @@ class TextCache:
     def __init__(self, encoder, cache_path: str | os.PathLike | None = None):
         self.encoder, self.cache_path = encoder, (Path(cache_path) if cache_path is not None else None)
         self._index: dict[str, int] = {}
-        self._parts: list[TextEncoding] = []
+        self._store: TextEncoding | None = None  # rows [0, len) in use; grows by doubling, so appends are O(1)
         self._dirty = False
         if self.cache_path is not None and self.cache_path.exists():
             try:
                 with np.load(self.cache_path) as f:
                     if str(f["encoder_id"]) == encoder.id:
-                        self._parts = [TextEncoding(f["tokens"], f["mask"], f["pooled"])]
+                        self._store = TextEncoding(f["tokens"], f["mask"], f["pooled"])
                         self._index = {t: i for i, t in enumerate(f["texts"].tolist())}
             except (OSError, KeyError, ValueError):
-                self._index, self._parts = {}, []
+                self._index, self._store = {}, None
 
     def __len__(self) -> int:
         return len(self._index)
 
+    def _append(self, fresh: TextEncoding) -> None:
+        used, extra = len(self._index), fresh.tokens.shape[0]
+        store = self._store
+        if store is None or store.tokens.shape[0] < used + extra:
+            capacity = max(used + extra, 2 * (0 if store is None else store.tokens.shape[0]), 64)
+            grown = TextEncoding(np.zeros((capacity, *fresh.tokens.shape[1:]), fresh.tokens.dtype),
+                                 np.zeros((capacity, *fresh.mask.shape[1:]), fresh.mask.dtype),
+                                 np.zeros((capacity, *fresh.pooled.shape[1:]), fresh.pooled.dtype))
+            if store is not None:
+                for new, old in zip(_arrays(grown), _arrays(store)):
+                    new[:used] = old[:used]
+            store = self._store = grown
+        for new, part in zip(_arrays(store), _arrays(fresh)):
+            new[used:used + extra] = part
+
     def _table(self) -> TextEncoding:
-        if len(self._parts) > 1:
-            self._parts = [TextEncoding(*(np.concatenate(x) for x in zip(
-                *((p.tokens, p.mask, p.pooled) for p in self._parts))))]
-        return self._parts[0]
+        used = len(self._index)
+        return TextEncoding(*(x[:used] for x in _arrays(self._store)))
+
+    def add(self, texts: Sequence[str], chunk: int = 512) -> int:
+        """Encode the texts not cached yet (in chunks of `chunk`), without returning encodings; returns how many
+        were new. Training calls it once for every report it will meet, so no step waits for the encoder."""
+        missing = sorted({t for t in _check_texts(texts) if t not in self._index})
+        for start in range(0, len(missing), chunk):
+            part = missing[start:start + chunk]
+            fresh = self.encoder.encode(part)
+            self._append(TextEncoding(fresh.tokens.astype(np.float16), fresh.mask, fresh.pooled))
+            self._index.update({t: len(self._index) + i for i, t in enumerate(part)})
+            self._dirty = True
+        return len(missing)
 
     def lookup(self, texts: Sequence[str]) -> TextEncoding:
         """Encodings of `texts` (any order, repeats allowed); tokens float32."""
         texts = _check_texts(texts)
-        missing = sorted({t for t in texts if t not in self._index})
-        if missing:
-            fresh = self.encoder.encode(missing)
-            fresh = TextEncoding(fresh.tokens.astype(np.float16), fresh.mask, fresh.pooled)
-            self._index.update({t: len(self._index) + i for i, t in enumerate(missing)})
-            self._parts.append(fresh)
-            self._dirty = True
+        self.add(texts)
         if not texts:
             return self.encoder.encode([])
         table = self._table()

@@ -355,6 +355,12 @@ def diffusion_conditions(config: ml_collections.ConfigDict, workdir: str) -> Dif
         experience_cache = TextCache(make_text_encoder(config.text.encoder, max_length=max_tokens),
                                      os.path.join(cache_dir, f"experience_cache_{config.text.encoder}.npz"))
         recorded = {"used": True, "dir": os.path.abspath(directory), "max_tokens": max_tokens, "records": len(table)}
+        reports = [e["report"] for e in table.entries.values() if e["report"].strip()]
+        new = experience_cache.add(reports)  # once, in large batches: no training step waits for the encoder
+        if new:
+            logging.info("encoded %d experience reports into %s", new, experience_cache.cache_path)
+            if jax.process_index() == 0:
+                experience_cache.save()
         manifest = os.path.join(directory, "manifest.json")
         if os.path.exists(manifest):
             with open(manifest) as f:

@@ -148,3 +148,24 @@ def test_precomputed_encoder_returns_the_stored_encodings_and_names_a_missing_te
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="bad.npz: not a text-encoding file"):
         PrecomputedEncoder(tmp_path / "bad.npz")
+
+
+def test_text_cache_grows_in_place_and_returns_what_the_encoder_gives(tmp_path):
+    """Many small lookups (as a training run adds a batch's new reports at a time) append to a table that grows by
+    doubling; every row is the encoder's own encoding, before and after a save and reload."""
+    from sediff_jax.text import HashingEncoder, TextCache
+
+    encoder = HashingEncoder(dim=16, max_length=6)
+    cache = TextCache(encoder, tmp_path / "cache.npz")
+    texts = [f"report number {i} with words {i % 7}" for i in range(300)]
+    for start in range(0, 300, 7):
+        cache.lookup(texts[start:start + 7] + texts[:3])  # new ones and repeats
+    assert len(cache) == 300 and cache._store.tokens.shape[0] < 2 * 300 + 64
+    direct = encoder.encode(texts[::-1])
+    got = cache.lookup(texts[::-1])
+    np.testing.assert_allclose(got.tokens, direct.tokens.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(got.mask, direct.mask)
+    cache.save()
+    again = TextCache(encoder, tmp_path / "cache.npz")
+    assert len(again) == 300
+    np.testing.assert_array_equal(again.lookup(texts[::-1]).tokens, got.tokens)
