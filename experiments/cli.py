@@ -152,6 +152,8 @@ def define_variety_flags() -> None:
                        "the text and experience tokens at high noise (0: off; 0.1-0.25 typical).")
     flags.DEFINE_list("cads_tau", ["0.6", "0.9"], "CADS TAU1,TAU2: the condition is intact below TAU1 and pure "
                       "noise above TAU2 (fractions of the schedule).")
+    flags.DEFINE_bool("exact_limb_leads", True, "Project each generated ECG's limb leads onto the space where "
+                      "Einthoven's and Goldberger's laws hold exactly (least squares; chest leads unchanged).")
     flags.register_validator("cads_noise", lambda v: math.isfinite(v) and v >= 0,
                              message="--cads_noise must be a finite number >= 0")
 
@@ -172,4 +174,5 @@ def variety_options() -> dict[str, Any]:
     """SamplerConfig keyword arguments from the flags of `define_variety_flags` (UsageError naming a bad one)."""
     return {"guidance_interval": _floats("guidance_interval", FLAGS.guidance_interval, 2),
             "group_scales": _floats("group_guidance", FLAGS.group_guidance, 3),
-            "cads_noise": FLAGS.cads_noise, "cads_tau": _floats("cads_tau", FLAGS.cads_tau, 2)}
+            "cads_noise": FLAGS.cads_noise, "cads_tau": _floats("cads_tau", FLAGS.cads_tau, 2),
+            "exact_limb_leads": FLAGS.exact_limb_leads}

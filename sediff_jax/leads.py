@@ -64,3 +64,26 @@ def limb_lead_residuals(ecg):
     return xp.stack(
         [i - ii + iii, avr + 0.5 * (i + ii), avl - 0.5 * (i - iii), avf - 0.5 * (ii + iii)], axis=-1
     )
+
+
+# Each limb lead as a combination of (I, II): the columns of the least-squares projection below.
+_LIMB_FROM_I_II = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 1.0], [-0.5, -0.5], [1.0, -0.5], [-0.5, 1.0]])
+# The orthogonal projection of the 6 limb leads onto the 2-dimensional space where Einthoven and Goldberger hold.
+LIMB_PROJECTION = _LIMB_FROM_I_II @ np.linalg.pinv(_LIMB_FROM_I_II)
+
+
+def project_to_lead_space(ecg):
+    """The nearest (least squares over the six limb leads) 12-lead ECG that obeys Einthoven's and Goldberger's
+    laws exactly: the limb leads projected onto their 2-dimensional space, the chest leads unchanged.
+
+    Args:
+      ecg: (..., 12) mV in `LEAD_NAMES` order. NumPy or JAX.
+
+    Returns:
+      (..., 12) mV; `limb_lead_residuals` of it is zero to float rounding, and an ECG that already obeys the
+      laws is returned unchanged.
+    """
+    xp = jnp if not isinstance(ecg, np.ndarray) else np
+    projection = xp.asarray(LIMB_PROJECTION, dtype=ecg.dtype)
+    limb = ecg[..., :6] @ projection.T
+    return xp.concatenate([limb, ecg[..., 6:]], axis=-1)

@@ -60,7 +60,8 @@ class SamplerConfig:
     guidance_interval: (low, high) noise levels sigma between which guidance applies (None: every step).
     group_scales: (text, experience, metadata) guidance scales on the nested chain (None: `guidance_scale` with
     `guidance_drop`).  cads_noise: CADS noise scale s (0: off); cads_tau: (tau1, tau2) fractions of the schedule;
-    cads_psi: CADS rescale mix."""
+    cads_psi: CADS rescale mix.  exact_limb_leads: project each decoded ECG's limb leads onto the space where
+    Einthoven's and Goldberger's laws hold (`leads.project_to_lead_space`; the CLIs turn it on)."""
 
     kind: str = "ddim"
     num_steps: int = 50
@@ -74,6 +75,7 @@ class SamplerConfig:
     cads_noise: float = 0.0
     cads_tau: tuple[float, float] = (0.6, 0.9)
     cads_psi: float = 1.0
+    exact_limb_leads: bool = False
 
     def __post_init__(self):
         if self.kind not in SAMPLERS:

@@ -29,6 +29,7 @@ from sediff_jax.experience.reports import PromptExperience
 from sediff_jax.generation.model import SEDiffModel, experience_profiles_path
 from sediff_jax.generation.prompts import Prompt
 from sediff_jax.generation.rhythm import RhythmError, RhythmPlan, rhythm_from_rr, simulated_rhythm
+from sediff_jax.leads import project_to_lead_space
 from sediff_jax.parallel import batch_sharding, make_mesh, replicated_sharding
 from sediff_jax.signal.phase import pad_peaks, rhythm_features
 from sediff_jax.simulator.consistency import simulator_energies
@@ -225,7 +226,10 @@ class Generator:
 
                 x = denoise_steps(net, schedule, prediction, config, x, keys, first, count,
                                   self._energy(vae, batch))
-                return vae.decoder(x / scale) if decode else x
+                if not decode:
+                    return x
+                ecg = vae.decoder(x / scale)
+                return project_to_lead_space(ecg) if config.exact_limb_leads else ecg
 
             data = batch_sharding(self.mesh)
             self._runners[key] = jax.jit(run, in_shardings=(replicated_sharding(self.mesh), data, data, data, None),

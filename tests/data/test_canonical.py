@@ -145,3 +145,22 @@ def test_detected_heart_rate_matches_the_simulator():
         out = canonicalize(raw(simulated_ecg(hr=hr)))
         assert abs(out.hr_bpm - hr) < 1.5, (hr, out.hr_bpm)
         assert len(detect_r_peaks(out.ecg, 500)) == len(out.r_peaks)
+
+
+def test_projection_to_the_lead_space_is_exact_least_squares_and_keeps_consistent_ecgs():
+    """The projected limb leads obey Einthoven/Goldberger to float rounding, are the least-squares nearest such
+    leads (checked against a direct lstsq over (I, II)), and a consistent ECG comes back unchanged."""
+    import numpy as np
+
+    from sediff_jax.leads import leads_from_independent, limb_lead_residuals, project_to_lead_space
+
+    rng = np.random.default_rng(0)
+    clean = leads_from_independent(rng.normal(size=(3, 50, 8)))
+    np.testing.assert_allclose(project_to_lead_space(clean), clean, atol=1e-12)
+    noisy = clean + 0.05 * rng.normal(size=clean.shape)
+    projected = project_to_lead_space(noisy)
+    assert np.abs(limb_lead_residuals(projected)).max() < 1e-12 < np.abs(limb_lead_residuals(noisy)).max()
+    np.testing.assert_array_equal(projected[..., 6:], noisy[..., 6:])
+    a = np.array([[1, 0], [0, 1], [-1, 1], [-0.5, -0.5], [1, -0.5], [-0.5, 1]])
+    coef = np.linalg.lstsq(a, noisy[1, 7, :6], rcond=None)[0]
+    np.testing.assert_allclose(projected[1, 7, :6], a @ coef, atol=1e-12)

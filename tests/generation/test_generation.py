@@ -88,6 +88,12 @@ def test_cads_and_per_group_guidance_change_samples_and_keep_each_record_s_own(m
     np.testing.assert_allclose(alone, b, rtol=1e-5, atol=1e-5)
     groups = generator.generate(prompts, 3, dataclasses.replace(plain, group_scales=(2.0, 2.0, 2.0)))
     np.testing.assert_allclose(groups, a, rtol=1e-3, atol=1e-3)
+    # exact limb leads: Einthoven/Goldberger hold to float rounding, the chest leads are untouched
+    from sediff_jax.leads import limb_lead_residuals
+
+    exact = generator.generate(prompts, 3, dataclasses.replace(plain, exact_limb_leads=True))
+    assert np.abs(limb_lead_residuals(exact)).max() < 1e-5 < np.abs(limb_lead_residuals(a)).max()
+    np.testing.assert_allclose(exact[..., 6:], a[..., 6:], rtol=1e-6, atol=1e-6)
 
 
 def test_conditions_encode_prompts_with_unknowns_marked(model):
