@@ -52,6 +52,8 @@ VARIANTS = {
     "g2_cads": {"guidance_scale": 2.0, "cads_noise": 0.25},
     "g3_cads": {"guidance_scale": 3.0, "cads_noise": 0.25},
     "groups_t3_e1_m1": {"group_scales": (3.0, 1.0, 1.0)},
+    "groups_t2.5_e1_m1": {"group_scales": (2.5, 1.0, 1.0)},
+    "groups_t4_e1_m1": {"group_scales": (4.0, 1.0, 1.0)},
 }
 
 
