@@ -254,6 +254,12 @@ class OutputDir:
             os.replace(f, self.path / f.name)
         self.record(f.name for f in files)
 
+    def unchanged(self, name: str, entry: dict) -> bool:
+        """Whether the file `name` is still what the ledger `entry` recorded (a pending entry: yes)."""
+        path = self.path / name
+        return entry["sha256"] is None or (not path.is_symlink() and path.is_file()
+                                           and file_digest(path) == (entry["size"], entry["sha256"]))
+
     def check_overwritable(self, flag: str) -> list[str]:
         """The files under the folder, all this tool's and unchanged (else OutputError naming one)."""
         files = self.ledger()
@@ -267,9 +273,7 @@ class OutputDir:
                 raise OutputError(f"{flag}={self.path} holds {name}, which {self.tool} did not write (written by "
                                   f"{whose}){hint}; --overwrite replaces only {self.tool}'s own earlier outputs, so "
                                   "move that file or name another folder")
-            path = self.path / name
-            if entry["sha256"] is not None and (path.is_symlink() or not path.is_file()
-                                                or file_digest(path) != (entry["size"], entry["sha256"])):
+            if not self.unchanged(name, entry):
                 raise OutputError(f"{flag}={self.path}: {name} was changed after {self.tool} wrote it; "
                                   "--overwrite replaces only unchanged outputs, so move it or name another folder")
         return present
@@ -294,7 +298,7 @@ class OutputDir:
                 continue
             path = self.path / name
             if path.is_file() and not path.is_symlink():
-                if entry["sha256"] is not None and file_digest(path) != (entry["size"], entry["sha256"]):
+                if not self.unchanged(name, entry):
                     continue  # changed since (checked at the start, too): it is no longer ours to delete
                 path.unlink()
                 removed.append(name)
@@ -357,8 +361,7 @@ def output_files(paths: Iterable[str | os.PathLike], *, tool: str, overwrite: bo
                 raise OutputError(f"{flag}: {p} exists and {tool} did not write it (written by "
                                   f"{'no tool of ours' if entry is None else entry['tool']}); --overwrite replaces "
                                   f"only {tool}'s own earlier outputs, so name another file")
-            if entry["sha256"] is not None and (p.is_symlink() or file_digest(p) != (entry["size"],
-                                                                                     entry["sha256"])):
+            if not folder.unchanged(p.name, entry):
                 raise OutputError(f"{flag}: {p} was changed after {tool} wrote it; name another file")
     return folder
 
