@@ -29,7 +29,7 @@ INTERVALS = ("pr_ms", "qrs_ms", "qt_ms", "qtc_bazett_ms", "qtc_fridericia_ms", "
 class RealPairs:
     """record_ids: (n,).  ecg: (n, time, 12) float32 mV.  fs: Hz.  prompts: the conditions of each record
     (`sediff_jax.generation.Prompt`).  skipped: record id -> why it could not be used.  superclasses: each
-    record's diagnostic superclasses (PTB-XL), else empty tuples."""
+    record's diagnostic superclasses (PTB-XL), else empty tuples.  codes: each record's statement codes."""
 
     record_ids: list[str]
     ecg: np.ndarray
@@ -39,6 +39,7 @@ class RealPairs:
     superclasses: list[tuple[str, ...]] = dataclasses.field(default_factory=list)
     labels_changed: list[bool] = dataclasses.field(default_factory=list)
     r_peaks: list[np.ndarray] = dataclasses.field(default_factory=list)  # samples at fs, per record
+    codes: list[tuple[str, ...]] = dataclasses.field(default_factory=list)
 
     @property
     def labelled(self) -> np.ndarray:
@@ -63,7 +64,8 @@ class RealPairs:
 
         return dataclasses.replace(self, record_ids=pick(self.record_ids), ecg=self.ecg[idx],
                                    prompts=pick(self.prompts), superclasses=pick(self.superclasses),
-                                   labels_changed=pick(self.labels_changed), r_peaks=pick(self.r_peaks))
+                                   labels_changed=pick(self.labels_changed), r_peaks=pick(self.r_peaks),
+                                   codes=pick(self.codes))
 
     def rhythms(self, duration_s: float) -> list:
         """Each record's own beat timing as a `generation.RhythmPlan` (None where it has fewer than 2 usable
@@ -85,7 +87,7 @@ def real_pairs(entries: Sequence, canonical, split: str, limit: int | None = Non
     chosen = [e for e in entries if e.split == split]
     if not chosen:
         raise ValueError(f"no records in split {split!r} (splits present: {sorted({e.split for e in entries})})")
-    ids, ecgs, prompts, skipped, superclasses, changed, peaks = [], [], [], {}, [], [], []
+    ids, ecgs, prompts, skipped, superclasses, changed, peaks, codes = [], [], [], {}, [], [], [], []
     for entry in chosen:
         if limit is not None and len(ids) >= limit:
             break
@@ -103,6 +105,7 @@ def real_pairs(entries: Sequence, canonical, split: str, limit: int | None = Non
             continue
         ids.append(entry.record_id)
         superclasses.append(tuple(entry.superclasses))
+        codes.append(tuple(entry.codes))
         changed.append(bool(entry.labels_changed))
         peaks.append(np.asarray(record.r_peaks, np.int64))
         ecgs.append(record.ecg)
@@ -111,7 +114,7 @@ def real_pairs(entries: Sequence, canonical, split: str, limit: int | None = Non
         raise ValueError(f"none of the {len(chosen)} records of split {split!r} could be used: "
                          f"{next(iter(skipped.values()), '')}")
     return RealPairs(ids, np.stack(ecgs).astype(np.float32), float(canonical.fs), prompts, skipped, superclasses,
-                     changed, peaks)
+                     changed, peaks, codes)
 
 
 def _intervals(ecg: np.ndarray, fs: float) -> list[dict[str, float]]:

@@ -64,6 +64,37 @@ def write_generated(path, generated: np.ndarray, fs: float, pairs: RealPairs) ->
               hr_bpm=pairs.requested_hr_bpm.astype(np.float32))
 
 
+class GeneratedFileError(SediffError, ValueError):
+    """A file of generated ECGs (`write_generated`) is missing, unreadable or incomplete."""
+
+
+def read_generated(path) -> tuple[np.ndarray, float, list[str], list[str]]:
+    """(ecg (n, time, 12) float32 mV, fs Hz, record ids, prompt texts) of a `write_generated` file (evaluate's
+    --save_generated, sweep_sampling's per-variant files); GeneratedFileError naming the file otherwise."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in ("ecg", "fs", "record_ids", "texts") if k not in f.files]
+            if missing:
+                raise GeneratedFileError(f"{path}: not a file of generated ECGs (no {', '.join(missing)}; "
+                                         "write one with evaluate --save_generated)")
+            ecg, fs = np.asarray(f["ecg"], np.float32), float(f["fs"])
+            record_ids, texts = [str(r) for r in f["record_ids"]], [str(t) for t in f["texts"]]
+    except FileNotFoundError:
+        raise GeneratedFileError(f"{path}: not found") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, GeneratedFileError):
+            raise
+        raise GeneratedFileError(f"{path}: unreadable ({e})") from None
+    if ecg.ndim != 3 or ecg.shape[2] != 12 or len(record_ids) != len(ecg) or len(texts) != len(ecg):
+        raise GeneratedFileError(f"{path}: ecg {ecg.shape} with {len(record_ids)} record ids and {len(texts)} texts "
+                                 "(expected (n, time, 12) and n of each)")
+    if not np.isfinite(ecg).all():
+        raise GeneratedFileError(f"{path}: the ECGs contain NaN or inf")
+    return ecg, fs, record_ids, texts
+
+
 def distribution_metrics(encoder, generated: np.ndarray, pairs: RealPairs, k: int = 3, seed: int = 0
                          ) -> dict[str, Any]:
     """Feature-space metrics of `generated` (n, time, 12) mV against the n paired real records, on the features

@@ -141,6 +141,13 @@ CASES = [
     ("train", ["--config=experiments/configs/nope.py", "--workdir=NEW"], E, r"Failed loading config file.*nope.py"),
     # the research tools: bad numbers are refused while flags are parsed
     ("downstream", ["--out=NEW", "--eta=nan"], E, r"--eta must be"),
+    ("recognize", ["--out=NEW", "--classifier=NEW/c.safetensors", "--generated=x"], E,
+     r"--generated: 'x' is not NAME=PATH"),
+    ("recognize", ["--out=NEW", "--classifier=NEW/c.safetensors", "--generated=a=NOWHERE/g.npz"], E,
+     r"nowhere/g.npz: not found"),
+    ("recognize", ["--out=NEW", "--classifier=NANJSON"], E, r"--classifier: .*nan.json: unreadable weights"),
+    ("recognize", ["--out=NEW", "--classifier=AFILE/c.safetensors"], E, r"is a file, not a folder"),
+    ("recognize", ["--out=NEW", "--classifier=x", "--num_steps=0"], E, r"--num_steps must be >= 1"),
     ("train_clip", ["--out=NEW/clip.safetensors", "--learning_rate=nan"], E, r"--learning_rate must be"),
     ("ablate", ["--workdir=NEW", "--guidance_scale=inf"], E, r"--guidance_scale must be"),
     ("gallery", ["--out=NEW/g.png", "--prepared=NEW", "--records=0"], E, r"--records must be"),
