@@ -25,7 +25,7 @@ from typing import Any, Callable
 from absl import app, flags, logging
 
 from sediff_jax.errors import SediffError
-from sediff_jax.io.outputs import OutputError  # noqa: F401  (re-exported: a SediffError)
+from sediff_jax.io.outputs import OutputError, release_all_folders  # noqa: F401  (OutputError: re-exported)
 from sediff_jax.progress import Progress  # noqa: F401  (the CLIs' progress lines)
 
 FLAGS = flags.FLAGS
@@ -67,12 +67,21 @@ def quiet_library_logs() -> None:
         py_logging.getLogger(name).addFilter(_OurInfoOnly())
 
 
+HELP_FLAGS = ("help", "h", "?", "helpshort", "helpfull", "helpxml")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing whose errors are one line and exit status 2."""
+    """absl flag parsing whose errors are one line and exit status 2; help (`--help`, `--helpfull`, ...) exits 0
+    (absl's own exits 1, as if it were an error)."""
     try:
         return FLAGS(argv)
     except (flags.Error, OSError, ImportError, SyntaxError) as e:  # (the last three: a --config file)
         fail("; ".join(line.strip() for line in str(e).splitlines() if line.strip()))
+    except SystemExit as e:
+        asked = any(a.startswith("-") and a.lstrip("-").split("=")[0] in HELP_FLAGS for a in argv[1:])
+        if asked and e.code == 1:
+            sys.exit(0)
+        raise
 
 
 def run(main: Callable[[list[str]], Any]) -> None:
@@ -90,6 +99,8 @@ def run(main: Callable[[list[str]], Any]) -> None:
             traceback.print_exc()
             print(BUG_HINT, file=sys.stderr, flush=True)
             sys.exit(1)
+        finally:
+            release_all_folders()  # (the run is over: its output folders' writer locks go)
 
     app.run(wrapped, flags_parser=parse_flags)
 
@@ -176,3 +187,37 @@ def variety_options() -> dict[str, Any]:
             "group_scales": _floats("group_guidance", FLAGS.group_guidance, 3),
             "cads_noise": FLAGS.cads_noise, "cads_tau": _floats("cads_tau", FLAGS.cads_tau, 2),
             "exact_limb_leads": FLAGS.exact_limb_leads}
+
+
+def check_config_names(name: str) -> None:
+    """Register a check that list flag `name` names configs of experiments/configs (e.g. tiny,ptbxl100)."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent / "configs"
+    known = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_") and p.stem != "common")
+
+    def ok(values) -> bool:
+        return values is None or all(v in known for v in values)
+
+    flags.register_validator(name, ok, message=f"--{name} must name configs of experiments/configs: "
+                             f"{', '.join(known)}")
+
+
+def check_positive_ints(name: str) -> None:
+    """Register a check that list flag `name` holds integers >= 1."""
+
+    def ok(values) -> bool:
+        return values is None or all(v.strip().isdigit() and int(v) >= 1 for v in values)
+
+    flags.register_validator(name, ok, message=f"--{name} must be integers >= 1 separated by commas")
+
+
+def provenance() -> dict[str, str]:
+    """What every result file records about the run that wrote it: UTC time, the command line, Python."""
+    import datetime
+    import os
+    import platform
+
+    return {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "python": platform.python_version()}
+

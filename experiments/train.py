@@ -36,13 +36,18 @@ def main(argv):
     from sediff_jax.io.outputs import check_workdir
     from sediff_jax.training.loop import STAGES
 
-    check_workdir(FLAGS.workdir, "--workdir")
+    multi_host = FLAGS.distributed or bool(FLAGS.coordinator_address)
+    # (one writer per workdir: a multi-host run's lock is taken by its first process, in train())
+    check_workdir(FLAGS.workdir, "--workdir", lock=not multi_host)
     try:
         stage = FLAGS.config.get("stage")  # (a config file that failed to load reports it here)
     except OSError as e:
         raise cli.UsageError("--config: " + "; ".join(line.strip() for line in str(e).splitlines() if line.strip()))
     if stage not in STAGES:
         raise cli.UsageError(f"--config.stage={stage!r} is unknown; expected one of {', '.join(STAGES)}")
+    from sediff_jax.training.config import resolve
+
+    resolve(FLAGS.config)  # every value, --config.* overrides included, checked before any work (ConfigError)
     import jax
 
     if FLAGS.distributed or FLAGS.coordinator_address:

@@ -11,7 +11,9 @@ Batches are read and assembled ahead of the training step by `prefetch` threads,
 `grain` worker processes (`IterDataset.mp_prefetch` over a `MapDataset` of batch positions): the same
 batches in the same order (the plan of which examples form a batch is a pure function of the position, so the
 position alone is the iterator's state), with decoding and stacking off the training process, for hosts whose
-input pipeline would otherwise bound the step.
+input pipeline would otherwise bound the step. Each worker watches the process that started it
+(`exit_with_parent`) and exits within a second of its death, SIGKILL included, so no worker outlives a killed
+trainer holding its memory.
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import math
+import os
 import sys
+import threading
+import time
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -82,6 +88,38 @@ class BatchPlan:
         if len(chunk) < self.local_batch_size:
             chunk = np.concatenate([chunk, np.full(self.local_batch_size - len(chunk), -1, np.int64)])
         return chunk.astype(np.int64)
+
+
+WATCHDOG_PERIOD_S = 0.5
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True  # (no /proc: os.kill's answer)
+
+
+def exit_with_parent(parent_pid: int, worker_index: int = 0, worker_count: int = 0) -> None:
+    """Run in a worker process (grain's `worker_init_fn`): a daemon thread ends the worker (`os._exit`) once the
+    process `parent_pid` has died or the worker has been re-parented, SIGKILL of the parent included."""
+    del worker_index, worker_count
+    started_by = os.getppid()  # (the trainer, or the forkserver that spawned this worker for it)
+
+    def watch():
+        while _alive(parent_pid) and os.getppid() == started_by:
+            time.sleep(WATCHDOG_PERIOD_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,7 +303,8 @@ class BatchLoader:
         batches = grain.MapDataset.range(start, stop).map(
             _BatchAt(self.plan, self.source, self.batches_per_epoch, self.max_r_peaks))
         options = grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=max(1, self.prefetch))
-        return iter(batches.to_iter_dataset().mp_prefetch(options))
+        return iter(batches.to_iter_dataset().mp_prefetch(
+            options, worker_init_fn=functools.partial(exit_with_parent, os.getpid())))
 
     def __iter__(self) -> "BatchLoader":
         return self

@@ -14,7 +14,8 @@ never by a file-name pattern:
 
 Writers enter a file in the ledger before it exists (`writing(...)`, as pending) and complete the entry (size
 and hash) once it is in place, so a run killed in between leaves nothing the next `--overwrite` would call
-foreign. The temporary files of our atomic writers (`.tmp-*`, `.<name>.tmp-*`) are ours by name.
+foreign. Our atomic writers' temporary files (`.tmp-*`, `.<name>.tmp-*`) are ours by name; only the folder's
+writer-lock holder (`sediff_jax.io.locks`, taken once the checks pass) deletes leftover ones.
 
 `replace_directory` swaps a complete new folder into place by rename-aside (old -> aside, new -> target, then the
 aside is deleted), so a crash at any instant leaves either the old or the new folder under the target name.
@@ -35,8 +36,10 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from sediff_jax.io.atomic import atomic_path
 from sediff_jax.errors import SediffError
+from sediff_jax.io.atomic import atomic_path
+from sediff_jax.io.locks import (FolderBusyError, holds_lock, lock_folder, release_all_folders,  # noqa: F401
+                                 release_folder)
 
 # Temporary files and folders our atomic writers create next to their targets (io.atomic, export).
 TEMPORARY_PATTERNS = (".tmp-*", ".*.tmp-*", ".*.aside-*")
@@ -116,15 +119,22 @@ def _is_legacy_workdir(path: Path) -> bool:
             and any((path / stage / "checkpoints").is_dir() for stage in ("vae", "diffusion")))
 
 
-def check_workdir(path: str | os.PathLike | None, flag: str = "--workdir", tool: str = "train") -> Path:
+def check_workdir(path: str | os.PathLike | None, flag: str = "--workdir", tool: str = "train",
+                  lock: bool = True) -> Path:
     """A training workdir, checked before anything is written: a new or empty folder, or one that holds a run of
     ours (its marker, or an older run's stage checkpoints). An exported model, a folder of other files, the
-    working directory or above it, home, root and a git checkout are refused (OutputError naming the folder)."""
+    working directory or above it, home, root and a git checkout are refused (OutputError naming the folder). An
+    existing workdir is locked for this process (`lock_folder`; `lock=False` on the other hosts of a multi-host
+    run, which share the first host's)."""
     path = working_folder(path, flag)
     if not path.exists() or (path / WORKDIR_MARKER).is_file() or _is_legacy_workdir(path):
+        if path.is_dir() and lock:
+            lock_folder(path, flag)
         return path
     entries = sorted(e.name for e in path.iterdir() if not _is_temporary(e.name))
     if not entries:
+        if lock:
+            lock_folder(path, flag)
         return path
     if any((path / f).exists() for f in _EXPORTED_MODEL_FILES):
         raise OutputError(f"{flag}={path} is an exported model, not a training workdir; {tool} would overwrite its "
@@ -139,6 +149,7 @@ def claim_workdir(path: str | os.PathLike, flag: str = "--workdir", tool: str = 
     """`check_workdir`, then create the folder and its marker (kept if there): later runs know it as ours."""
     path = check_workdir(path, flag, tool)
     path.mkdir(parents=True, exist_ok=True)
+    lock_folder(path, flag)
     marker = path / WORKDIR_MARKER
     if not marker.is_file():
         with atomic_path(marker) as tmp:
@@ -222,10 +233,10 @@ class OutputDir:
 
     def reserve(self, names: Iterable[str | os.PathLike]) -> None:
         """Enter files about to be written (names relative to the folder, or paths inside it) as pending."""
+        self.mkdir()
         files = self.ledger()
         for name in map(self._relative, names):
             files[name] = {"tool": self.tool, "size": None, "sha256": None}
-        self.mkdir()
         self._write_ledger(files)
 
     def record(self, names: Iterable[str | os.PathLike]) -> None:
@@ -284,6 +295,7 @@ class OutputDir:
         removed: list[str] = []
         if not self.path.is_dir():
             return removed
+        lock_folder(self.path)  # (only the writer lock's holder deletes temporaries: they may be another run's)
         kept = {Path(k).name for k in keep}
         for entry in sorted(self.path.iterdir()):
             if _is_temporary(entry.name) and entry.name not in kept:
@@ -311,7 +323,9 @@ class OutputDir:
         return removed
 
     def mkdir(self) -> Path:
+        """Create the folder (if needed) and take its writer lock."""
         self.path.mkdir(parents=True, exist_ok=True)
+        lock_folder(self.path)
         return self.path
 
 
@@ -329,6 +343,7 @@ def output_dir(path: str | os.PathLike | None, *, tool: str, overwrite: bool = F
         out.check_overwritable(flag)
         if not os.access(path, os.W_OK | os.X_OK):
             raise OutputError(f"{flag}={path} is not writable")
+        lock_folder(path, flag)  # (after the checks: a refused run takes nothing)
     return out
 
 
@@ -363,6 +378,8 @@ def output_files(paths: Iterable[str | os.PathLike], *, tool: str, overwrite: bo
                                   f"only {tool}'s own earlier outputs, so name another file")
             if not folder.unchanged(p.name, entry):
                 raise OutputError(f"{flag}: {p} was changed after {tool} wrote it; name another file")
+    if folder.path.is_dir():
+        lock_folder(folder.path, flag)
     return folder
 
 

@@ -10,9 +10,8 @@ workdir/<stage>/metrics.jsonl  one line per logged step (train) and per evaluati
 workdir/<stage>/tensorboard/   the same as TensorBoard events
 ```
 A stage that finds a checkpoint in its directory resumes from it (state, optimiser, EMA, RNG, loader position)
-and reproduces the uninterrupted run. SIGTERM (preemption) saves a checkpoint after the current step and
-returns; so does orbax's multi-host preemption signal. Process 0 writes metrics and the progress bar; every
-process takes part in checkpointing.
+and reproduces the uninterrupted run. SIGTERM (preemption) saves a checkpoint after the current step and returns;
+so does orbax's multi-host preemption signal. Process 0 writes metrics and the progress bar.
 """
 
 from __future__ import annotations
@@ -38,18 +37,17 @@ from sediff_jax.checkpoints.trained import load_vae, vae_config_from_meta
 from sediff_jax.data.loader import BatchLoader, LoaderState
 from sediff_jax.io import jsonio
 from sediff_jax.io.atomic import atomic_path
-from sediff_jax.io.outputs import check_workdir, claim_workdir
+from sediff_jax.io.outputs import check_workdir, claim_workdir, holds_lock, release_folder
 from sediff_jax.models.vae import VAEConfig
 from sediff_jax.parallel import host_local_to_global, make_mesh, replicated_sharding
 from sediff_jax.progress import Progress
 from sediff_jax.training import stages
-from sediff_jax.training.config import resolve, resolve_training
+from sediff_jax.training.config import STAGES, resolve, resolve_training
 from sediff_jax.training.metrics import MetricWriter
 from sediff_jax.training.state import TrainState, abstract_like, init_state
 from sediff_jax.training.steps import DIFFUSION_BATCH_KEYS, LATENT_BATCH_KEYS, VAE_BATCH_KEYS, latent_scale_from
 from sediff_jax.errors import SediffError
 
-STAGES = ("vae", "diffusion", "both")
 MAX_UNCHECKED_STEPS = 1000  # metrics held on the device between checks, at most
 
 
@@ -362,10 +360,8 @@ def _test(config, result: StageResult, evaluate: Callable, stage_dir: str) -> St
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     if jax.process_index() != 0:
         return
-    os.makedirs(workdir, exist_ok=True)
-    with atomic_path(os.path.join(workdir, "config.json")) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+    with atomic_path(os.path.join(workdir, "config.json")) as tmp:  # (creates the workdir if needed)
+        tmp.write_text(config.to_json_best_effort(indent=1, sort_keys=True), encoding="utf-8")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> list[StageResult]:
@@ -373,14 +369,24 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> list[StageResult]:
     config = resolve(config)
     if config.stage not in STAGES:
         raise ValueError(f"stage {config.stage!r} is unknown; expected one of {STAGES}")
-    check_workdir(workdir)  # an exported model or a folder of other files is refused before anything is written
+    # an exported model or a foreign folder is refused before anything is written; one writer per workdir, locked
+    # for this call (a caller that held the lock already, e.g. the CLI, keeps it)
+    held_before = holds_lock(workdir)
+    check_workdir(workdir, lock=jax.process_index() == 0)
+    try:
+        return _train_locked(config, workdir)
+    finally:
+        if not held_before:
+            release_folder(workdir)
+
+
+def _train_locked(config: ml_collections.ConfigDict, workdir: str) -> list[StageResult]:
     stages.check_resumable(config, workdir, ("vae", "diffusion") if config.stage == "both" else (config.stage,))
     if jax.process_index() == 0:
         claim_workdir(workdir)
     if not config.data.prepared_dir:
         config.data.prepared_dir = os.path.join(workdir, "prepared")
-    # config.json describes the run in the workdir: written once the first stage has accepted the workdir (a run
-    # refused for a mismatching checkpoint leaves the previous run's config in place).
+    # config.json describes the run: written once the first stage accepts the workdir (a refused run leaves it)
     ready = lambda: write_config(config, workdir)  # noqa: E731
     results = []
     if config.stage in ("vae", "both"):

@@ -251,3 +251,65 @@ def test_mis_scaled_records_stay_out_and_a_killed_builds_leftovers_go(tmp_path):
     report = prepare(PrepareConfig(dataset="mimic", source_dir=str(root), out_dir=str(out), canonical=SMALL))
     assert report.skipped == {"amplitude": 1} and report.total_written == 7, report.skipped_records
     assert "reaches" in report.skipped_records[0][2] and not stale.exists()
+
+
+_LOADER_OWNER = """
+import sys, time
+from sediff_jax.data import builder
+from sediff_jax.data.loader import BatchLoader
+loader = BatchLoader(builder.open_split(sys.argv[1], "train"), 8, seed=3, process_index=0, process_count=1,
+                     workers=2)
+next(loader)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def _descendants(pid: int) -> set[int]:
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, set()).add(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find the worker processes")
+def test_grain_workers_exit_when_their_trainer_is_killed(synthetic_dataset, repo_root):
+    """After a SIGKILL of the process that owns the loader (nothing runs its cleanup), its grain workers exit
+    within seconds instead of living on with their memory."""
+    import signal
+    import subprocess
+    import time
+
+    owner = subprocess.Popen([sys.executable, "-c", _LOADER_OWNER, synthetic_dataset.path], cwd=repo_root,
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    try:
+        assert owner.stdout.readline().strip() == "ready"
+        workers = _descendants(owner.pid)
+        assert workers, "the loader started no worker processes"
+    finally:
+        owner.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{w}") and _running(w) for w in workers):
+        time.sleep(0.2)
+    left = [w for w in workers if os.path.exists(f"/proc/{w}") and _running(w)]
+    owner.wait()  # (reaped only now: the workers must not wait for the zombie to go)
+    assert not left, f"worker processes {left} outlived the killed trainer"
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False

@@ -51,6 +51,8 @@ def run_module(module_name: str, cases: list[list[str]], watched: str) -> list[d
                 code = "exception"
                 err.write(traceback.format_exc())
         results.append({"code": code, "stderr": err.getvalue(), "changed": snapshot(watched) != before})
+        for name in [n for n in flags.FLAGS if n.startswith("config.")]:  # (ml_collections defines these per parse)
+            delattr(flags.FLAGS, name)
     for flag in list(flags.FLAGS.flags_by_module_dict().get(module_name, [])):
         if flag.name in flags.FLAGS:
             delattr(flags.FLAGS, flag.name)

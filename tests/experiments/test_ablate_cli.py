@@ -17,9 +17,10 @@ def _run(repo_root, *args):
 
 @pytest.mark.slow  # CI time (the same runner is tested through experiments/evaluate.py); in `make test-all`
 def test_evaluates_trained_variants_and_writes_the_table(repo_root, exported_model_dir, data_dir, tmp_path):
-    from sediff_jax.io.outputs import claim_workdir
+    from sediff_jax.io.outputs import claim_workdir, release_folder
 
     claim_workdir(tmp_path / "runs", tool="ablate")  # (the root an earlier ablate run made)
+    release_folder(tmp_path / "runs")  # (that run is over: its writer lock is gone)
     for variant in ("full", "no_interlead"):
         shutil.copytree(exported_model_dir, tmp_path / "runs" / variant)
     result = _run(repo_root, "--config=ptbxl100", "--variants=full,no_interlead", f"--workdir={tmp_path / 'runs'}",

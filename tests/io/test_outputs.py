@@ -248,3 +248,71 @@ def test_output_files_never_replace_a_file_the_tool_did_not_write(tmp_path):
     ours.write_bytes(b"edited")
     with pytest.raises(OutputError, match="was changed after gallery wrote it"):
         output_files([ours], tool="gallery", overwrite=True)
+
+
+_HOLDER = """
+import sys, time
+from sediff_jax.io.outputs import output_dir
+out = output_dir(sys.argv[1], tool="sample")
+out.mkdir()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_one_writer_per_folder_and_a_killed_holders_lock_is_free(tmp_path, repo_root):
+    """A second process is refused by every entry point (output_dir, output_files, a workdir, writing) while the
+    first holds the folder, naming its PID, and nothing is written; once the holder is killed the folder is free."""
+    import signal
+    import subprocess
+    import sys
+
+    from sediff_jax.io.outputs import (FolderBusyError, OutputDir, check_workdir, output_dir, output_files,
+                                       release_folder)
+
+    folder = tmp_path / "shared"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder)], cwd=repo_root, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = sorted(p.name for p in folder.iterdir())
+        attempts = [lambda: output_dir(folder, tool="sample", overwrite=True),
+                    lambda: output_files([folder / "g.png"], tool="gallery"),
+                    lambda: check_workdir(folder, tool="train"),
+                    lambda: OutputDir(folder, "sample").reserve(["x.npz"])]
+        for attempt in attempts:
+            with pytest.raises(FolderBusyError, match=rf"is being written by process {holder.pid} \(.*python"):
+                attempt()
+        assert sorted(p.name for p in folder.iterdir()) == before  # nothing written, nothing deleted
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    out = output_dir(folder, tool="sample", overwrite=True)  # the kernel dropped the killed holder's lock
+    with out.writing("a.txt"):
+        (folder / "a.txt").write_text("x")
+    output_dir(folder, tool="sample", overwrite=True)  # this process holds it now: taking it again is fine
+    release_folder(folder)
+
+
+def test_cleanup_of_temporaries_needs_the_lock(tmp_path, repo_root):
+    """clear() removes leftover temporary files only under the writer lock: while another process holds the
+    folder (and may be writing them), it is refused instead."""
+    import signal
+    import subprocess
+    import sys
+
+    from sediff_jax.io.outputs import FolderBusyError, OutputDir
+
+    folder = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder)], cwd=repo_root, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        (folder / ".ecg_0.npz.tmp-abc.npz").write_text("half written by the holder")
+        with pytest.raises(FolderBusyError):
+            OutputDir(folder, "sample").clear()
+        assert (folder / ".ecg_0.npz.tmp-abc.npz").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert OutputDir(folder, "sample").clear() == [".ecg_0.npz.tmp-abc.npz"]
