@@ -147,6 +147,10 @@ def main(argv):
                              "experiments/build_experience.py); without it every variant trains without experience")
     if FLAGS.experience_dir and not (Path(FLAGS.experience_dir) / "experience.jsonl").is_file():
         raise app.UsageError(f"--experience_dir={FLAGS.experience_dir}: no experience.jsonl there")
+    from sediff_jax.training.config import resolve
+
+    for variant in FLAGS.variants:  # every variant's settings checked before the workdir is claimed
+        resolve(variant_config(variant))
     claim_workdir(FLAGS.workdir, "--workdir", tool="ablate")
 
     from sediff_jax.data.prepare import PrepareConfig, read_entries

@@ -160,6 +160,12 @@ def _field_error(where: str, key: str, value: Any, wanted: str) -> CheckpointErr
     return CheckpointError(f"{where}: field {key!r} is {json.dumps(value)[:80]}; expected {wanted}")
 
 
+MAX_ECG_SAMPLES = 120_000  # per ECG (60 s at 2000 Hz): a bound on a model folder's memory before allocating
+MAX_MODEL_WIDTH = 4096  # channels, hidden and embedding sizes of a model folder's networks
+# Rough bytes of one ECG's widest VAE activation (samples x widest channel x 4 bytes) allowed per ECG.
+MAX_ACTIVATION_BYTES = 1 << 30
+
+
 def validate_model_config(config: Any, where: str) -> None:
     """Check a model `config.json` object field by field; CheckpointError names `where` and the field."""
     if not isinstance(config, dict):
@@ -177,8 +183,13 @@ def validate_model_config(config: Any, where: str) -> None:
     positive("latent_scale", config["latent_scale"], 1e6)
     positive("latent_clip", config.get("latent_clip", DEFAULT_LATENT_CLIP), 1e6)
     positive("beat_before_s", config.get("beat_before_s", 0.2), config["duration_s"])
-    if round(config["fs"] * config["duration_s"]) < 8:
+    samples = round(config["fs"] * config["duration_s"])
+    if samples < 8:
         raise _field_error(where, "duration_s", config["duration_s"], "at least 8 samples at fs")
+    if samples > MAX_ECG_SAMPLES:
+        raise CheckpointError(f"{where}: fs={config['fs']:g} Hz x duration_s={config['duration_s']:g} s is "
+                              f"{samples} samples per ECG; models of up to {MAX_ECG_SAMPLES} (e.g. 60 s at 2000 Hz) "
+                              "are supported, so this one is refused before any memory is allocated")
     if config["prediction"] not in PREDICTIONS:
         raise _field_error(where, "prediction", config["prediction"], f"one of {PREDICTIONS}")
     schedule = config["schedule"]
@@ -206,6 +217,16 @@ def validate_model_config(config: Any, where: str) -> None:
                     for v in values):
                 interval = "[0, 65536]" if low == 0 else "(0, 65536]"
                 raise _field_error(where, f"{key}.{name}", value, f"numbers in {interval} (or a setting name)")
+        widths = [v for name in ("channels", "time_embed_dim", "beat_hidden")
+                  for v in (fields.get(name) if isinstance(fields.get(name), list) else [fields.get(name)])
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if widths and max(widths) > MAX_MODEL_WIDTH:
+            raise _field_error(where, f"{key} widths", max(widths), f"at most {MAX_MODEL_WIDTH} (a memory bound)")
+    vae_channels = [c for c in (config["vae"].get("channels") or []) if isinstance(c, (int, float))]
+    if vae_channels and samples * max(vae_channels) * 4 > MAX_ACTIVATION_BYTES:
+        raise CheckpointError(f"{where}: one ECG of {samples} samples through VAE channels {max(vae_channels):g} "
+                              f"needs ~{samples * max(vae_channels) * 4 / 2**30:.1f} GiB per activation (bound: "
+                              f"{MAX_ACTIVATION_BYTES / 2**30:g} GiB); refused before allocating")
     experience = config.get("experience", {"used": False})
     if not isinstance(experience, dict) or not isinstance(experience.get("used", False), bool):
         raise _field_error(where, "experience", experience, "an object with 'used': true/false")

@@ -8,13 +8,27 @@ off), no_euler, no_sim_solve (L_sim off), no_interlead, ddpm_only (every simulat
 Hang et al. 2023); scaffold / paper: with / without the
 rhythm scaffold (the cardiac phase of each record's R peaks as denoiser input, on by default; `paper` is SE-Diff
 as published).
+
+`check_config` (run by `resolve`) knows each key's type and range (`RULES`): enums, positive counts and steps,
+rates and durations within physical limits, worker counts within the machine, model widths within a memory bound,
+and the few settings that must agree with each other. A bad value, `--config.*` overrides included, is a
+`ConfigError` naming the key, before any workdir is touched.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import os
+from typing import Any, Callable
 
 import ml_collections
+
+from sediff_jax.data.prepare import DATASETS
+from sediff_jax.diffusion.losses import DDPM_WEIGHTINGS, WEIGHTINGS
+from sediff_jax.diffusion.schedule import PREDICTIONS, SCHEDULES
+from sediff_jax.errors import SediffError
+from sediff_jax.simulator.consistency import BEAT_SOLVERS
+from sediff_jax.text.encoders import ENCODERS
 
 VARIANTS = {
     "full": {},
@@ -131,9 +145,10 @@ def _merge(into: ml_collections.ConfigDict, values: Any, prefix: str) -> None:
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """`config` checked against `base_config()` (an unknown key is a ValueError naming it) with every key it
-    leaves out set to its default; returns a new ConfigDict."""
+    leaves out set to its default, and every value checked (`check_config`); returns a new ConfigDict."""
     resolved = base_config()
     _merge(resolved, config, "")
+    check_config(resolved)
     return resolved
 
 
@@ -142,3 +157,145 @@ def resolve_training(group: ml_collections.ConfigDict) -> ml_collections.ConfigD
     resolved = training(batch_size=0, num_steps=0)
     _merge(resolved, group, "training.")
     return resolved
+
+
+class ConfigError(SediffError, ValueError):
+    """A training config value of the wrong type or out of range: the message names the key."""
+
+
+PRECISIONS = ("float32", "bfloat16")
+STAGES = ("vae", "diffusion", "both")
+MAX_WORKERS = 4 * (os.cpu_count() or 1)
+MAX_WIDTH = 2048  # channels, hidden and embedding sizes: a bound that keeps a model within tens of GB
+Check = Callable[[Any], "str | None"]  # the problem with a value, or None
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False,
+            none_ok: bool = False) -> Check:
+    def check(value):
+        if value is None and none_ok:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+            return f"must be {'a number' if kind is float else 'an integer'}"
+        if not math.isfinite(value):
+            return "must be finite"
+        if low is not None and (value <= low if low_open else value < low):
+            return f"must be {'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+        if high is not None and value > high:
+            return f"must be <= {high:g}"
+        return None
+    return check
+
+
+def _enum(values) -> Check:
+    return lambda v: None if v in tuple(values) else f"must be one of {', '.join(map(str, values))}"
+
+
+def _flag(value) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _text(value) -> str | None:
+    return None if isinstance(value, str) else "must be a string"
+
+
+def _sequence(item: Check, length: int | None = None, min_length: int = 1) -> Check:
+    def check(value):
+        if not isinstance(value, (tuple, list)):
+            return "must be a list"
+        if length is not None and len(value) != length:
+            return f"must have {length} entries"
+        if len(value) < min_length:
+            return f"must have at least {min_length} entries"
+        for v in value:
+            problem = item(v)
+            if problem:
+                return f"entry {v!r} {problem}"
+        return None
+    return check
+
+
+_COUNT = _number(int, 1)
+_WIDTH = _number(int, 1, MAX_WIDTH)
+_WEIGHT = _number(float, 0)
+_FRACTION = _number(float, 0, 1)
+
+
+def _optimizer_rules(prefix: str) -> dict[str, Check]:
+    return {f"{prefix}.learning_rate": _number(float, 0, 1, low_open=True), f"{prefix}.warmup_steps": _number(int, 0),
+            f"{prefix}.final_lr_fraction": _FRACTION, f"{prefix}.weight_decay": _WEIGHT,
+            f"{prefix}.b1": _number(float, 0, 0.9999999), f"{prefix}.b2": _number(float, 0, 0.9999999),
+            f"{prefix}.grad_clip_norm": _WEIGHT, f"{prefix}.ema_decay": _number(float, 0, 0.9999999)}
+
+
+def _training_rules(prefix: str) -> dict[str, Check]:
+    return {f"{prefix}.batch_size": _number(int, 1, 1 << 20), f"{prefix}.num_steps": _COUNT,
+            f"{prefix}.log_every": _COUNT, f"{prefix}.eval_every": _COUNT, f"{prefix}.checkpoint_every": _COUNT,
+            f"{prefix}.max_to_keep": _COUNT, f"{prefix}.max_eval_batches": _COUNT, f"{prefix}.tensorboard": _flag,
+            f"{prefix}.progress_bar": _flag, f"{prefix}.halt_at_step": _number(int, 0)}
+
+
+# dotted key -> its check; every leaf of base_config() has one (tests/training/test_config_schema.py).
+RULES: dict[str, Check] = {
+    "stage": _enum(STAGES), "seed": _number(int, 0, 2**32 - 1), "precision": _enum(PRECISIONS), "variant": _text,
+    "data.dataset": _enum(DATASETS), "data.source_dir": _text, "data.prepared_dir": _text,
+    "data.prepare_if_missing": _flag, "data.fs": _number(float, 50, 2000), "data.duration_s": _number(float, 1, 60),
+    "data.highpass_hz": _number(float, 0, 40, low_open=True, none_ok=True), "data.num_synthetic": _COUNT,
+    "data.synthetic_seed": _number(int, 0), "data.num_workers": _number(int, 1, MAX_WORKERS),
+    "data.train_split": _text, "data.eval_split": _text, "data.test_split": _text, "data.prefetch": _number(int, 0, 64),
+    "data.loader_workers": _number(int, 0, MAX_WORKERS),
+    "text.encoder": _enum(ENCODERS), "text.max_length": _number(int, 1, 512), "text.cache_dir": _text,
+    "experience.dir": _text, "experience.max_tokens": _number(int, 1, 4096),
+    "vae.model.latent_channels": _number(int, 1, 64), "vae.model.channels": _sequence(_WIDTH),
+    "vae.model.kernel_size": _number(int, 1, 63), "vae.model.num_groups": _number(int, 1, 64),
+    "vae.model.beat_hidden": _WIDTH,
+    "vae.loss.beat_before_s": _number(float, 0, 2, low_open=True),
+    "vae.loss.beat_after_s": _number(float, 0, 2, low_open=True), "vae.loss.beta_kl": _WEIGHT,
+    "vae.loss.beat_weight": _WEIGHT, "vae.loss.spec_weight": _WEIGHT,
+    **_optimizer_rules("vae.optimizer"), **_training_rules("vae.training"),
+    "diffusion.model.channels": _sequence(_WIDTH), "diffusion.model.attention": _sequence(_flag),
+    "diffusion.model.num_heads": _number(int, 1, 64), "diffusion.model.time_embed_dim": _WIDTH,
+    "diffusion.model.num_groups": _number(int, 1, 64), "diffusion.model.rhythm_channels": _enum((0, 3)),
+    "diffusion.rhythm_dropout": _FRACTION,
+    "diffusion.schedule.kind": _enum(SCHEDULES), "diffusion.schedule.num_steps": _number(int, 2, 100_000),
+    "diffusion.loss.prediction": _enum(PREDICTIONS), "diffusion.loss.euler_weight": _WEIGHT,
+    "diffusion.loss.interlead_weight": _WEIGHT, "diffusion.loss.sim_weight": _WEIGHT,
+    "diffusion.loss.interlead_full_signal": _flag, "diffusion.loss.interlead_crop": _number(float, 0, 1, True),
+    "diffusion.loss.weighting": _enum(WEIGHTINGS), "diffusion.loss.weighting_power": _WEIGHT,
+    "diffusion.loss.ddpm_weighting": _enum(DDPM_WEIGHTINGS), "diffusion.loss.min_snr_gamma": _number(float, 0, None, True),
+    "diffusion.loss.sim_fraction": _FRACTION, "diffusion.loss.sim_solver": _enum(BEAT_SOLVERS),
+    "diffusion.loss.sim_internal_fs": _number(float, 50, 5000),
+    "diffusion.condition_dropout": _sequence(_FRACTION, length=3), "diffusion.prior": _text,
+    "diffusion.vae_checkpoint": _text, "diffusion.latent_scale_batches": _number(int, 1, 1000),
+    "diffusion.latent_cache": _text, "diffusion.latent_cache_dtype": _enum(("float16", "float32")),
+    **_optimizer_rules("diffusion.optimizer"), **_training_rules("diffusion.training"),
+}
+
+
+def _leaves(config: ml_collections.ConfigDict, prefix: str = ""):
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Every value of a resolved config against `RULES`, then the settings that must agree; ConfigError naming
+    the first bad key and its value."""
+    for key, value in _leaves(config):
+        problem = RULES[key](value) if key in RULES else "has no rule in the schema"
+        if problem:
+            raise ConfigError(f"config {key}={value!r} {problem}")
+    if config.variant not in VARIANTS:
+        raise ConfigError(f"config variant={config.variant!r} must be one of {', '.join(VARIANTS)}")
+    model = config.diffusion.model
+    if len(model.attention) != len(model.channels):
+        raise ConfigError(f"config diffusion.model.attention has {len(model.attention)} entries but "
+                          f"diffusion.model.channels has {len(model.channels)}; give one per level")
+    heads = [c for c, a in zip(model.channels, model.attention) if a and c % model.num_heads]
+    if heads:
+        raise ConfigError(f"config diffusion.model.channels: {heads[0]} is not divisible by "
+                          f"diffusion.model.num_heads={model.num_heads} at a level with attention")
+    if config.vae.loss.beat_before_s + config.vae.loss.beat_after_s >= config.data.duration_s:
+        raise ConfigError("config vae.loss.beat_before_s + beat_after_s must be shorter than data.duration_s")
