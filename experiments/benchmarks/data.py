@@ -20,7 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", os.environ.get("SEDIFF_DATA_DIR", str(Path(__file__).resolve().parents[3] / "shared" / "data")),
@@ -29,6 +31,10 @@ flags.DEFINE_integer("batch", 32, "Records per batch.")
 flags.DEFINE_integer("num_batches", 50, "Batches timed per loader.")
 flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Processes for the parallel preparation.")
 
+
+cli.check_int("batch", 1)
+cli.check_int("num_batches", 1)
+cli.check_int("num_workers", 1)
 
 def main(argv):
     del argv
@@ -47,7 +53,7 @@ def main(argv):
     tfds.disable_progress_bar()
     source_dir = os.path.join(FLAGS.data_dir, "ptb-xl")
     if not os.path.isdir(source_dir):
-        raise app.UsageError(f"{source_dir} not found; pass --data_dir")
+        raise cli.UsageError(f"{source_dir} not found; pass --data_dir")
     rows = []
     for fs in (100, 500):
         entries = read_ptbxl(source_dir, fs)
@@ -106,4 +112,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

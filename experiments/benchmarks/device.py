@@ -58,6 +58,8 @@ flags.DEFINE_string("encode_prompts_to", None, "Only write the sampling prompts'
                     "(for the device bundle) and exit.")
 flags.DEFINE_float("budget_s", 450.0, "Start no new row after this many seconds.", lower_bound=1)
 
+cli.check_config_names("configs")
+
 OUTPUTS = ("device_benchmark.md", "device_benchmark.json")
 SMOKE = dict(configs=["tiny"], precisions=["float32"], variants=["ddpm_only", "full"], per_device_batch=4, steps=2,
              sample_batch=4, sample_steps=4, sim_batch=8, fit_batch=2, fit_iterations=4)

@@ -19,7 +19,9 @@ import os
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", os.environ.get("SEDIFF_DATA_DIR", str(Path(__file__).resolve().parents[3] / "shared" / "data")),
@@ -34,6 +36,10 @@ WAVES = ("P", "R", "T")
 TARGET_MS = {"P": 20.0, "R": 8.0, "T": 30.0}
 TARGET_CORRELATION = 0.95
 
+
+cli.check_int("batch", 1)
+cli.check_int("max_records", 1)
+cli.check_int("max_iterations", 1)
 
 def is_sinus(entry) -> bool:
     rhythm = entry.codes[0].lower() if entry.codes else ""
@@ -75,7 +81,7 @@ def main(argv):
 
     source = os.path.join(FLAGS.data_dir, "ludb")
     if not os.path.isdir(source):
-        raise app.UsageError(f"{source} not found; pass --data_dir")
+        raise cli.UsageError(f"{source} not found; pass --data_dir")
     entries = read_ludb(source)[: FLAGS.max_records]
     records = [canonicalize(read_record(e.path), CanonicalConfig(fs=500.0)) for e in entries]
     config = FitConfig(batch_size=FLAGS.batch, mode=FLAGS.mode,
@@ -148,4 +154,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -15,7 +15,9 @@ import platform
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["10000", "100000", "800000"], "Corpus sizes (profiles).")
@@ -23,9 +25,15 @@ flags.DEFINE_integer("queries", 200, "Queries per corpus.")
 flags.DEFINE_integer("reference_queries", 50, "Queries timed for the SciPy reference (it is slower).")
 flags.DEFINE_integer("seed", 0, "Corpus and query seed.")
 
+cli.check_positive_ints("sizes")
+
 VIEWS = {"diagnosis": (20_000, 14.0), "medication": (4_000, 25.0), "procedure": (10_000, 3.0)}
 WEIGHTS = {"diagnosis": 0.5, "medication": 0.3, "procedure": 0.2}
 
+
+cli.check_int("queries", 1)
+cli.check_int("reference_queries", 1)
+cli.check_int("seed", 0, cli.MAX_SEED)
 
 def synthetic_codes(n: int, vocab: int, mean: float, rng: np.random.Generator):
     """CSR (indptr, indices) of n rows of distinct codes, sizes ~ Poisson(mean), codes ~ (rank + 5)^-1.1."""
@@ -124,4 +132,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

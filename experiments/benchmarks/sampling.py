@@ -16,7 +16,9 @@ from __future__ import annotations
 import platform
 import time
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Model (default: the shipped checkpoint).")
@@ -31,6 +33,10 @@ TEXTS = ("sinus rhythm, normal ECG", "sinus bradycardia, otherwise normal ECG",
          "sinus tachycardia", "sinus rhythm, left ventricular hypertrophy")
 
 
+cli.check_int("num", 1)
+cli.check_int("seed", 0, cli.MAX_SEED)
+cli.check_float("guidance_scale", 0, None)
+
 def main(argv):
     del argv
     import jax
@@ -40,19 +46,25 @@ def main(argv):
     from sediff_jax.evaluation import heart_rate_errors
     from sediff_jax.generation import SHIPPED_CHECKPOINT, Generator, load_model, make_prompt
 
+    runs = []
+    for name, sim_scale in ([(s, "0") for s in FLAGS.samplers]
+                            + [("ddim-50", g) for g in FLAGS.simulator_guidance]):
+        try:
+            kind, steps, *rest = name.split("-")
+            eta = float(rest[0].removeprefix("eta")) if rest else 0.0
+            runs.append((name, float(sim_scale), SamplerConfig(
+                kind=kind, num_steps=int(steps), guidance_scale=FLAGS.guidance_scale, eta=eta,
+                simulator_guidance=float(sim_scale))))
+        except ValueError as e:  # (checked before the model loads)
+            raise cli.UsageError(f"--samplers / --simulator_guidance: {name!r} at {sim_scale}: {e}") from None
     model = load_model(FLAGS.checkpoint or SHIPPED_CHECKPOINT)
     generator = Generator(model)
     rng = np.random.default_rng(0)
     requested = np.round(np.linspace(50, 120, FLAGS.num))
     prompts = [make_prompt(TEXTS[i % len(TEXTS)], age=float(rng.integers(25, 80)), sex="MF"[i % 2], hr=hr)
                for i, hr in enumerate(requested)]
-    runs = [(s, 0.0) for s in FLAGS.samplers] + [("ddim-50", float(g)) for g in FLAGS.simulator_guidance]
     rows = []
-    for name, sim_scale in runs:
-        kind, steps, *rest = name.split("-")
-        eta = float(rest[0].removeprefix("eta")) if rest else 0.0
-        config = SamplerConfig(kind=kind, num_steps=int(steps), guidance_scale=FLAGS.guidance_scale, eta=eta,
-                               simulator_guidance=sim_scale)
+    for name, sim_scale, config in runs:
         start = time.perf_counter()
         first = generator.generate(prompts, FLAGS.seed + 1, config)  # compile (same shapes as the timed call)
         compile_s = time.perf_counter() - start
@@ -85,4 +97,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -14,7 +14,9 @@ import os
 import platform
 import time
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 512, "Records per simulator call (divisible by the device count).")
@@ -24,6 +26,13 @@ flags.DEFINE_integer("cpu_devices", None, "CPU devices to shard over (default: o
 flags.DEFINE_float("duration", 10.0, "Record length, s.")
 flags.DEFINE_float("fs", 500.0, "Sampling rate, Hz.")
 
+
+cli.check_int("batch", 1)
+cli.check_int("repeats", 1)
+cli.check_int("nk_records", 1)
+cli.check_int("cpu_devices", 1)
+cli.check_float("duration", 0.1, 3600, low_open=True)
+cli.check_float("fs", 1, 10000, low_open=True)
 
 def _best_time(fn, repeats: int) -> float:
     times = []
@@ -106,4 +115,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -22,7 +22,9 @@ import platform
 import statistics
 import time
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["tiny", "ptbxl100"], "Configs of experiments/configs to time.")
@@ -37,6 +39,12 @@ flags.DEFINE_list("variants", ["ddpm_only", "interlead", "euler", "sim", "full",
                   "full_every_record (full with the simulator terms on every record: sim_fraction = 1); a "
                   "'_latents' suffix: from a latent cache (the batch holds the VAE's latent means, no encoding).")
 
+
+cli.check_int("steps", 1)
+cli.check_int("rounds", 1)
+cli.check_int("batch", 0)
+
+cli.check_config_names("configs")
 
 def _compile(run) -> float:
     import jax
@@ -99,4 +107,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

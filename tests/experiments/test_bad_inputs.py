@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,6 +77,8 @@ CASES = [
           ("experience", r"field 'experience' is"),
           ("not_object", r"not a model config"),
           ("format", r"not an SE-Diff model"),
+          ("huge", r"fs=10000 Hz x duration_s=3600 s is 36000000 samples per ECG; models of up to 120000"),
+          ("wide", r"field 'denoiser widths' is 60000; expected at most 4096"),
       ]],
     # fit_simulator: impossible records are refused by name (exit 1: some records could not be fitted)
     ("fit_simulator", ["--record=RECORDS/scaled", "--out_dir=NEW"], 1,
@@ -136,6 +139,19 @@ CASES = [
      r"is an exported model, not a training workdir"),  # (it rewrote the model's config.json)
     ("train", ["--config=experiments/configs/tiny.py", "--workdir=FULL"], E,
      r"is not empty and holds no train run of ours \(it has notes.txt"),
+    # --config.* overrides: every value checked against the schema before the workdir is touched
+    ("train", ["--config=experiments/configs/tiny.py", "--workdir=NEW", "--config.precision=garbage"], E,
+     r"error: config precision='garbage' must be one of float32, bfloat16"),
+    ("train", ["--config=experiments/configs/tiny.py", "--workdir=NEW", "--config.precision=float16"], E,
+     r"precision='float16' must be one of"),
+    ("train", ["--config=experiments/configs/tiny.py", "--workdir=NEW", "--config.data.loader_workers=-1"], E,
+     r"data.loader_workers=-1 must be >= 0"),
+    ("train", ["--config=experiments/configs/tiny.py", "--workdir=NEW", "--config.data.loader_workers=1000"], E,
+     r"data.loader_workers=1000 must be <= \d+"),
+    ("train", ["--config=experiments/configs/tiny.py", "--workdir=NEW", "--config.diffusion.training.batch_size=0"],
+     E, r"diffusion.training.batch_size=0 must be >= 1"),
+    ("train", ["--config=experiments/configs/tiny.py", "--workdir=NEW", "--config.data.fs=10000"], E,
+     r"data.fs=10000.0 must be <= 2000"),
     ("ablate", ["--workdir=MODEL"], E, r"is an exported model, not a training workdir"),
     ("ablate", ["--workdir=."], E, r"refusing to write there \(it is the working directory\)"),
     ("train", ["--config=experiments/configs/nope.py", "--workdir=NEW"], E, r"Failed loading config file.*nope.py"),
@@ -153,7 +169,65 @@ CASES = [
     ("gallery", ["--out=NEW/g.png", "--prepared=NEW", "--records=0"], E, r"--records must be"),
     ("build_simulator_prior", ["--out=NEW/p.json", "--fs=nan"], E, r"--fs must be"),
     ("plot_metrics", ["--runs=NEW", "--smooth=0"], E, r"--smooth must be"),
+    # the CLIs without a research run of their own in this table
+    ("encode_latents", ["--config=experiments/configs/tiny.py", "--workdir=NOWHERE", "--batch_size=0"], E,
+     r"--batch_size=0: 0 is not a positive integer"),
+    ("encode_latents", ["--config=experiments/configs/tiny.py", "--workdir=NOWHERE"], E,
+     r"nowhere/vae/best: no checkpoint directory"),
+    ("evaluate_rhythm", ["--checkpoints=x", "--out=NEW"], E, r"--checkpoints: 'x' is not name=path"),
+    ("evaluate_rhythm", ["--checkpoints=a=NOWHERE", "--out=NEW"], E, r"--checkpoints: a: .*nowhere: no such checkpoint"),
+    ("evaluate_rhythm", ["--checkpoints=a=MODEL", "--out=NEW", "--num_records=0"], E, r"--num_records must be >= 1"),
+    ("sweep_sampling", ["--variants=bogus", "--out=NEW"], E, r"--variants: unknown \['bogus'\]"),
+    ("sweep_sampling", ["--num_samples=1", "--out=NEW"], E, r"--num_samples must be >= 2"),
+    ("sweep_sampling", ["--out="], E, r"--out is empty"),
+    # the benchmarks
+    ("benchmarks.data", ["--data_dir=NOWHERE"], E, r"nowhere/ptb-xl not found; pass --data_dir"),
+    ("benchmarks.data", ["--batch=0"], E, r"--batch must be >= 1"),
+    ("benchmarks.fitting", ["--data_dir=NOWHERE"], E, r"nowhere/ludb not found; pass --data_dir"),
+    ("benchmarks.retrieval", ["--sizes=abc"], E, r"--sizes must be integers >= 1"),
+    ("benchmarks.retrieval", ["--queries=0"], E, r"--queries must be >= 1"),
+    ("benchmarks.sampling", ["--samplers=foo-1"], E, r"--samplers / --simulator_guidance: 'foo-1'.*unknown"),
+    ("benchmarks.sampling", ["--samplers=ddim"], E, r"--samplers / --simulator_guidance: 'ddim'"),
+    ("benchmarks.sampling", ["--checkpoint=NOWHERE"], E, r"nowhere"),
+    ("benchmarks.simulator", ["--fs=nan"], E, r"--fs must be a finite number"),
+    ("benchmarks.simulator", ["--batch=0"], E, r"--batch must be >= 1"),
+    ("benchmarks.train_step", ["--configs=nope"], E, r"--configs must name configs of experiments/configs"),
+    ("benchmarks.train_step", ["--rounds=0"], E, r"--rounds must be >= 1"),
+    ("benchmarks.tpu_compile", ["--out="], E, r"--out is empty"),
+    ("benchmarks.tpu_compile", ["--out=NEW", "--steps=sample"], E, r"--steps: unknown \['sample'\]"),
+    ("benchmarks.tpu_compile", ["--out=NEW", "--configs=nope"], E, r"--configs must name configs"),
+    ("benchmarks.tpu_compile", ["--out=NEW", "--per_chip_batch=0"], E, r"--per_chip_batch must be >= 1"),
+    ("benchmarks.device", ["--out="], E, r"--out"),
+    ("benchmarks.device", ["--out=NEW", "--configs=nope"], E, r"--configs must name configs"),
 ]
+
+
+def _entrypoints() -> list[str]:
+    """Every runnable module of experiments/ (benchmarks included), as 'sample' or 'benchmarks.data'."""
+    root = Path(__file__).resolve().parents[2] / "experiments"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if "configs" in path.parts or path.name in ("cli.py", "__init__.py"):
+            continue
+        if 'if __name__ == "__main__"' in path.read_text():
+            found.append(".".join(path.relative_to(root).with_suffix("").parts))
+    return found
+
+
+ENTRYPOINTS = _entrypoints()
+SPECIFIC = len(CASES)
+# Generic cases every entrypoint gets: help exits 0; an unknown flag is one line, status 2.
+CASES += [case for name in ENTRYPOINTS for case in (
+    (name, ["--help"], 0, r"^$"), (name, ["--helpfull"], 0, r"^$"),
+    (name, ["--no_such_flag=1"], E, r"^error: Unknown command line flag 'no_such_flag'"))]
+
+
+def test_every_entrypoint_has_cases_of_its_own():
+    """A new CLI (or benchmark) without bad-input cases of its own fails here."""
+    assert len(ENTRYPOINTS) >= 25
+    covered = {case[0] for case in CASES[:SPECIFIC]}
+    missing = [name for name in ENTRYPOINTS if name not in covered]
+    assert not missing, f"entrypoints without cases in CASES: {missing}"
 
 
 def _scenario(root, model_dir):
@@ -192,6 +266,8 @@ def _scenario(root, model_dir):
         "denoiser_value": {"denoiser": {**config["denoiser"], "num_heads": -2}},
         "vae_value": {"vae": {**config["vae"], "channels": [8, 16, 0]}},
         "experience": {"experience": "yes"}, "format": {"format": "something.else"},
+        "huge": {"fs": 10000.0, "duration_s": 3600.0},
+        "wide": {"denoiser": {**config["denoiser"], "channels": [64, 60000, 128]}},
     }
     for name, change in broken.items():
         shutil.copytree(model_dir, models / f"broken_{name}")
@@ -260,6 +336,9 @@ def test_bad_input_is_refused_by_name_and_touches_nothing(results, index):
     assert result["code"] == code, stderr[-2000:]
     assert re.search(message, stderr), stderr[-2000:]
     assert "Traceback" not in stderr, stderr[-2000:]
+    if code == 0:  # (help)
+        assert not result["changed"]
+        return
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert lines and all(line.startswith(("error: ", "warning: ")) or "cannot fit" in line
                          or "could not be fitted" in line for line in lines), stderr[-2000:]
