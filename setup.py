@@ -33,7 +33,8 @@ EXTRAS = {
     # Reference implementations that the benchmarks compare against.
     "bench": ["neurokit2>=0.2.10"],
     # pytest-xdist: `make test` runs test files on two processes (compilation is single-threaded).
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "neurokit2>=0.2.10"],
+    # hypothesis: property-based (fuzz) tests of the readers, parsers and config schema.
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "neurokit2>=0.2.10"],
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 

@@ -94,6 +94,10 @@ def read_record(
         raise RecordError(f"{header_path}: multi-segment records are not supported", reason="bad_header")
     if not header.n_sig:
         raise RecordError(f"{header_path}: header lists no signals", reason="bad_header")
+    described = {len(getattr(header, k) or []) for k in ("file_name", "fmt", "sig_name", "adc_gain")}
+    if described != {header.n_sig}:
+        raise RecordError(f"{header_path}: the record line says {header.n_sig} signals but {max(described)} signal "
+                          "lines follow", reason="bad_header")
     stated_fs = _stated_fs(header_path)
     if stated_fs is not None and not (math.isfinite(stated_fs) and stated_fs > 0):
         raise RecordError(f"{header_path}: invalid sampling rate {stated_fs:g} Hz in the record line",
