@@ -45,6 +45,26 @@ FEATURE_PHRASES = {"pr_ms": "PR {:.0f} ms", "qrs_ms": "QRS {:.0f} ms", "qtc_baze
                    "qrs_axis_deg": "axis {:.0f} deg"}
 
 
+# Rhythms without P waves (PTB-XL codes; LUDB and others by name): a PR interval means nothing there.
+NO_P_WAVE_CODES = ("AFIB", "AFLT")
+NO_P_WAVE_WORDS = ("fibrillation", "flutter")
+
+
+def lacks_p_waves(corpus: ProfileCorpus, rows: Sequence[int]) -> bool:
+    """Whether at least half of the profiles at `rows` have a rhythm without P waves (atrial fibrillation or
+    flutter) in their rhythm view."""
+    sets = corpus.codes.get("rhythm")
+    if sets is None or not len(rows):
+        return False
+
+    def no_p(code: str) -> bool:
+        text = f"{code} {corpus.descriptions.get(code, '')}".lower()
+        return code in NO_P_WAVE_CODES or any(word in text for word in NO_P_WAVE_WORDS)
+
+    hits = sum(any(no_p(code) for code in sets.row(int(r))) for r in rows)
+    return 2 * hits >= len(rows)
+
+
 class OfflineDistiller:
     """Template report from the neighbours (see the module docstring). max_per_view: codes named per view."""
 
@@ -76,7 +96,10 @@ class OfflineDistiller:
             if hr.size > 1 and round(hr.min()) != round(hr.max()):
                 part += f" ({hr.min():.0f}-{hr.max():.0f})"
             parts.append(part)
+        no_p_waves = lacks_p_waves(corpus, rows)
         for name, phrase in FEATURE_PHRASES.items():
+            if name == "pr_ms" and no_p_waves:
+                continue  # (a PR interval of fibrillating or flutter atria is a detector's artefact)
             values = features[:, FEATURE_NAMES.index(name)]
             values = values[np.isfinite(values)]
             if values.size:

@@ -128,11 +128,12 @@ class PromptExperience:
     def __init__(self, index: ExperienceIndex, distiller):
         self.index, self.distiller = index, distiller
 
-    def report(self, text: str) -> tuple[str, list[str]]:
-        """(report, neighbour record ids) for a prompt text; ('', []) when nothing in it matches the corpus."""
+    def report(self, text: str, age: float | None = None, sex: int | None = None) -> tuple[str, list[str]]:
+        """(report, neighbour record ids) for a prompt text and patient (age in years, sex as SEX_CODES; None:
+        unknown); ('', []) when nothing in the text matches the corpus."""
         codes = codes_from_text(text, self.index.corpus)
         if not any(codes.values()):
             return "", []
-        found = self.index.query(codes)
+        found = self.index.query(codes, age=age, sex=sex)
         return self.distiller.distill(self.index.corpus, found.rows), \
             np.asarray(self.index.corpus.record_ids)[found.rows].tolist()

@@ -1,6 +1,12 @@
 """Weighted-Jaccard top-k retrieval over a profile corpus (SE-Diff's experience neighbours).
 
     similarity(q, x) = sum_v lambda_v * |Q_v & X_v| / |Q_v | X_v|     (a view where both sets are empty adds 0)
+                       * (1 + w_age * exp(-|age_q - age_x| / s_age) + w_sex * [sex_q == sex_x])
+
+The patient factor (`age_weight`, `age_scale_years`, `sex_weight`; 0 by default, so an index built before it
+ranks as it did) re-ranks profiles that share codes with the query: a 70-year-old man's LBBB prompt prefers men of
+about 70 among equally similar profiles, and a profile that shares no code still scores 0. An unknown age or sex
+(either side) adds nothing.
 
 The index keeps, per view, an inverted list (code -> corpus rows, ascending) and each row's set size. A query
 touches only the rows that share a code with it: the intersection counts are one `np.bincount` over the
@@ -19,20 +25,29 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from sediff_jax.data.sources import SEX_CODES
 from sediff_jax.experience.profiles import Profile, ProfileCorpus
+
+
+# The RetrievalConfig fields of the patient factor (a model's experience spec records them; absent: 0).
+PATIENT_FACTOR_KEYS = ("age_weight", "age_scale_years", "sex_weight")
 
 
 @dataclasses.dataclass(frozen=True)
 class RetrievalConfig:
     """weights: view -> lambda (views absent from the corpus are an error; views not listed weigh 0).
     k: neighbours per query.  corpus_splits: the splits the index may hold.  distinct_patients: one record
-    per patient among the neighbours.  min_similarity: neighbours must score above this (0: share a code)."""
+    per patient among the neighbours.  min_similarity: neighbours must score above this (0: share a code).
+    age_weight, age_scale_years, sex_weight: the patient factor of the module docstring (0: codes alone)."""
 
     weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
     k: int = 5
     corpus_splits: tuple[str, ...] = ("train",)
     distinct_patients: bool = True
     min_similarity: float = 0.0
+    age_weight: float = 0.0
+    age_scale_years: float = 10.0
+    sex_weight: float = 0.0
 
     def __post_init__(self):
         if self.k < 1:
@@ -40,6 +55,9 @@ class RetrievalConfig:
         bad = {v: w for v, w in self.weights.items() if not (w >= 0)}
         if bad:
             raise ValueError(f"view weights must be >= 0, got {bad}")
+        if not (self.age_weight >= 0 and self.sex_weight >= 0 and self.age_scale_years > 0):
+            raise ValueError(f"age_weight and sex_weight must be >= 0 and age_scale_years > 0, got "
+                             f"{self.age_weight}, {self.sex_weight}, {self.age_scale_years}")
 
 
 def default_weights(views: Sequence[str]) -> dict[str, float]:
@@ -100,13 +118,27 @@ class ExperienceIndex:
             score += weight * inter / (len(query) + sizes - inter)
         return score
 
+    def patient_factor(self, age: float | None = None, sex: int | None = None) -> np.ndarray | float:
+        """(len(corpus),) factor >= 1 each profile's code similarity is multiplied by, for a query patient of
+        `age` (years; None or NaN: unknown) and `sex` (SEX_CODES: 0 male, 1 female; None or -1: unknown); 1.0
+        when the config gives age and sex no weight or the patient is unknown."""
+        config, factor = self.config, 1.0
+        if config.age_weight and age is not None and np.isfinite(age):
+            near = np.exp(-np.abs(self.corpus.age.astype(np.float64) - float(age)) / config.age_scale_years)
+            factor = factor + config.age_weight * np.nan_to_num(near, nan=0.0)
+        if config.sex_weight and sex is not None and sex >= 0:
+            factor = factor + config.sex_weight * (self.corpus.sex == sex)
+        return factor
+
     def query(self, codes: Mapping[str, Sequence[str]], patient_id: str | None = None,
-              exclude_record: str | None = None, k: int | None = None) -> Neighbours:
+              exclude_record: str | None = None, k: int | None = None, age: float | None = None,
+              sex: int | None = None) -> Neighbours:
         """The k most similar profiles (fewer if fewer score above `min_similarity`), never of `patient_id`.
+        age (years), sex (SEX_CODES): the query patient, for the patient factor (None: unknown).
 
         Ordered by similarity, then corpus order; with `distinct_patients` only each patient's best record."""
         k = self.config.k if k is None else k
-        score = self.similarities(codes)
+        score = self.similarities(codes) * self.patient_factor(age, sex)
         if patient_id is not None and patient_id in self._patient_code:
             score[self._patient_of_row == self._patient_code[patient_id]] = -np.inf
         if exclude_record is not None:
@@ -139,4 +171,5 @@ class ExperienceIndex:
     def query_profile(self, profile: Profile, k: int | None = None) -> Neighbours:
         """Neighbours of a profile: its own patient's records (and the profile itself) are excluded."""
         return self.query(profile.codes, patient_id=profile.patient_id or None,
-                          exclude_record=profile.record_id or None, k=k)
+                          exclude_record=profile.record_id or None, k=k, age=profile.age,
+                          sex=SEX_CODES.get(profile.sex, -1))

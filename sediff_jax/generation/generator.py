@@ -26,6 +26,7 @@ from sediff_jax.diffusion.sampling import (SamplerConfig, anneal_condition, deno
 from sediff_jax.experience import ExperienceIndex, ProfileCorpus, RetrievalConfig
 from sediff_jax.experience.distill import OfflineDistiller
 from sediff_jax.experience.reports import PromptExperience
+from sediff_jax.experience.retrieval import PATIENT_FACTOR_KEYS
 from sediff_jax.generation.model import SEDiffModel, experience_profiles_path
 from sediff_jax.generation.prompts import Prompt
 from sediff_jax.generation.rhythm import RhythmError, RhythmPlan, rhythm_from_rr, simulated_rhythm
@@ -109,7 +110,8 @@ class Generator:
             return None, None
         experience = self.model.spec.experience
         retrieval = experience.retrieval or {}
-        config = RetrievalConfig(weights=retrieval.get("weights") or {}, k=int(retrieval.get("k", 5)))
+        config = RetrievalConfig(weights=retrieval.get("weights") or {}, k=int(retrieval.get("k", 5)),
+                                 **{key: float(retrieval[key]) for key in PATIENT_FACTOR_KEYS if key in retrieval})
         index = ExperienceIndex(ProfileCorpus.load(path), config)
         length = int(experience.max_tokens)
         try:
@@ -128,7 +130,7 @@ class Generator:
             raise self.experience_error
         if experience == "off" or self.prompt_experience is None:
             return [""] * len(prompts)
-        return [self.prompt_experience.report(p.text)[0] for p in prompts]
+        return [self.prompt_experience.report(p.text, p.age, p.sex_code)[0] for p in prompts]
 
     # Conditions ------------------------------------------------------------------------------------------------
     @property
@@ -236,14 +238,16 @@ class Generator:
                                          out_shardings=data)
         return self._runners[key]
 
-    def generate(self, prompts: Sequence[Prompt], seed: int = 0, sampler: SamplerConfig = SamplerConfig(),
+    def generate(self, prompts: Sequence[Prompt], seed: int = 0, sampler: SamplerConfig | None = None,
                  experience: str = "auto", progress: Callable[[int], None] | None = None,
                  rhythms: Sequence[RhythmPlan | None] | None = None) -> np.ndarray:
         """ECGs (len(prompts), time, 12) float32 mV at `model.fs`; progress(n) is called with the number of
         reverse steps just done (summed over batches). `sampler.clip_x0` None means the model's latent clip
         (its spec's `latent_clip`); pass inf for none. rhythms: per prompt, the beats to follow (`plan_rhythms`
-        fills the rest; a model trained with the scaffold is told them)."""
+        fills the rest; a model trained with the scaffold is told them). sampler: None is
+        `SamplerConfig.recommended()` (DDIM-50, eta 1, guidance 2, exact limb leads)."""
         prompts = list(prompts)
+        sampler = SamplerConfig.recommended() if sampler is None else sampler
         plans = self.plan_rhythms(prompts, seed, rhythms)
         if sampler.clip_x0 is None:
             sampler = dataclasses.replace(sampler, clip_x0=self.latent_clip)

@@ -247,3 +247,20 @@ def test_the_breaker_stops_calling_a_failing_endpoint_and_the_fallbacks_are_coun
     assert len(Stub.seen) == 3 and d.given_up  # the last two never reached the endpoint
     assert d.summary()["offline_fallbacks"] == 5 and d.summary()["llm_reports"] == 0
     assert "given up" in d.last_error
+
+
+def test_no_pr_interval_where_the_neighbours_beat_without_p_waves():
+    """Most neighbours in atrial fibrillation or flutter (PTB-XL codes, or a dataset's own words): no 'PR';
+    a sinus majority keeps it."""
+    def corpus(rhythms, descriptions=DESCRIPTIONS):
+        profiles = [Profile(f"r{i}", f"p{i}", "train", 60.0, "male", {"diagnostic": ("NORM",), "form": (),
+                                                                       "rhythm": (r,)},
+                            dict(zip(FEATURE_NAMES, [80.0, 160.0, 90.0, 380.0, 420.0, 30.0])))
+                    for i, r in enumerate(rhythms)]
+        return ProfileCorpus.from_profiles(profiles, VIEWS, descriptions)
+
+    distill = OfflineDistiller().distill
+    assert "PR " not in distill(corpus(["AFIB", "AFIB", "AFLT", "SR"]), [0, 1, 2, 3])
+    assert "PR 160 ms" in distill(corpus(["AFIB", "SR", "SR", "SR"]), [0, 1, 2, 3])
+    ludb = corpus(["Atrial fibrillation", "Atrial flutter, typical", "Sinus rhythm"], {})
+    assert "PR " not in distill(ludb, [0, 1, 2]) and "QRS 90 ms" in distill(ludb, [0, 1, 2])

@@ -102,3 +102,43 @@ def test_queries_with_no_shared_code_get_no_neighbours_and_bad_config_is_refused
     with pytest.raises(ValueError, match="k must be"):
         RetrievalConfig(k=0)
     assert math.isclose(sum(ExperienceIndex(corpus).config.weights.values()), 1.0)
+
+
+def test_patient_factor_matches_its_formula_and_keeps_code_free_profiles_out():
+    """similarity x (1 + w_age exp(-|age diff| / scale) + w_sex [same sex]) against a brute-force reference; a
+    profile sharing no code stays out; weight 0 (the default) ranks exactly as the codes alone."""
+    profiles = random_profiles(400, seed=5, patients=400)
+    train = [p for p in profiles if p.split == "train"]
+    corpus = ProfileCorpus.from_profiles(profiles, VIEWS)
+    plain = ExperienceIndex(corpus, RetrievalConfig(weights=WEIGHTS, k=7))
+    config = RetrievalConfig(weights=WEIGHTS, k=7, age_weight=0.3, age_scale_years=8.0, sex_weight=0.2)
+    patient = ExperienceIndex(corpus, config)
+    for q in random_profiles(40, seed=6, patients=400):
+        codes_only = {rid: s for rid, s in brute_force(train, q.codes, WEIGHTS, len(train), distinct=False)}
+        want = sorted(((-(s * (1 + 0.3 * math.exp(-abs(p.age - q.age) / 8.0) + 0.2 * (p.sex == q.sex))), p.record_id)
+                       for p in train if (s := codes_only.get(p.record_id, 0.0)) > 0 and p.patient_id != q.patient_id
+                       and p.record_id != q.record_id))[:7]
+        got = patient.query_profile(q)
+        assert [str(patient.corpus.record_ids[r]) for r in got.rows] == [rid for _, rid in want]
+        np.testing.assert_allclose(got.scores, [-s for s, _ in want], rtol=1e-12)
+        base = plain.query_profile(q)
+        np.testing.assert_array_equal(base.rows, ExperienceIndex(corpus, RetrievalConfig(
+            weights=WEIGHTS, k=7, age_weight=0.3, sex_weight=0.2)).query(
+                q.codes, q.patient_id, q.record_id).rows)  # unknown age and sex: the codes alone
+    nothing = patient.query({"diagnosis": ("zzz",)}, age=50.0, sex=0)
+    assert len(nothing.rows) == 0
+    with pytest.raises(ValueError, match="age_scale_years > 0"):
+        RetrievalConfig(age_scale_years=0.0)
+
+
+def test_a_man_of_seventy_retrieves_men_of_about_seventy_among_equal_codes():
+    codes = {"diagnosis": ("CLBBB",), "medication": (), "procedure": ()}
+    people = [("female", 30), ("female", 71), ("male", 25), ("male", 69), ("male", 72), ("female", 68), ("male", 45)]
+    profiles = [Profile(record_id=f"r{i}", patient_id=f"p{i}", age=float(a), sex=s, codes=codes)
+                for i, (s, a) in enumerate(people)]
+    corpus = ProfileCorpus.from_profiles(profiles, VIEWS)
+    index = ExperienceIndex(corpus, RetrievalConfig(weights=WEIGHTS, k=2, age_weight=0.1, sex_weight=0.1))
+    found = index.query(codes, age=70.0, sex=0)
+    assert sorted(corpus.record_ids[found.rows].tolist()) == ["r3", "r4"]
+    plain = ExperienceIndex(corpus, RetrievalConfig(weights=WEIGHTS, k=2)).query(codes, age=70.0, sex=0)
+    assert corpus.record_ids[plain.rows].tolist() == ["r0", "r1"]  # codes alone: corpus order
