@@ -16,9 +16,6 @@ paired records after the model's VAE (the best a denoiser on this VAE can do).
 
 from __future__ import annotations
 
-import datetime
-import os
-import platform
 import sys
 
 from absl import flags
@@ -150,15 +147,14 @@ def main(argv):
         "experience": FLAGS.experience, "rhythm": FLAGS.rhythm, "seed": FLAGS.seed,
         "generation_seconds": round(seconds, 2),
         **scores,
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "python": platform.python_version(),
+        **cli.provenance(),
     }
     out.mkdir()
     out.clear()
     folder, out = out, out.path
     summary = (f"{len(pairs.record_ids)} records ({len(pairs.skipped)} skipped), one ECG each "
-               f"({sampler.kind}-{sampler.num_steps}, eta {sampler.eta:g}, guidance {sampler.guidance_scale:g}, "
-               f"experience {FLAGS.experience}, rhythm {FLAGS.rhythm}, seed {FLAGS.seed}); generated vs the record "
+               f"({sampler.describe()}, experience {FLAGS.experience}, rhythm {FLAGS.rhythm}, seed {FLAGS.seed}); "
+               "generated vs the record "
                f"whose conditions it was generated from. HR: {scores['paired']['unmeasurable_hr']} generated ECGs "
                "had too few beats to measure.")
     report = markdown_report(f"Evaluation: {model.id} on {FLAGS.dataset} {FLAGS.split}", summary, scores)

@@ -17,9 +17,6 @@ Writes --out/rhythm.json and --out/rhythm.md (atomically).
 
 from __future__ import annotations
 
-import datetime
-import os
-import sys
 
 import numpy as np
 from absl import flags
@@ -219,8 +216,7 @@ def main(argv):
     with out.writing(*OUTPUT_FILES):
         jsonio.write_json(out.path / "rhythm.json", {
             "models": results, "real": real_groups, "summary": summary, "device": str(jax.devices()[0].device_kind),
-            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])})
+            **cli.provenance()})
         with atomic_path(out.path / "rhythm.md") as tmp:
             tmp.write_text(report)
     print(report)

@@ -16,10 +16,7 @@ ECG-text CLIP encoder it also reports k-NN precision/recall class by class, besi
 
 from __future__ import annotations
 
-import datetime
 import math
-import os
-import sys
 
 from absl import flags
 
@@ -207,8 +204,7 @@ def main(argv):
               "split": FLAGS.split, "records": len(test.record_ids), "positives": positives, "trtr": trtr,
               "trts": trts, "generated": {n: p for n, p in parse_generated(FLAGS.generated).items()},
               "per_class_precision_recall": variety,
-              "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])}
+              **cli.provenance()}
     out.mkdir()
     out.clear()
     with out.writing(*OUTPUT_FILES):

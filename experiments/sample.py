@@ -17,11 +17,7 @@ the row of a prompt file); files appear in --out_dir only once every ECG has bee
 
 from __future__ import annotations
 
-import datetime
 import json
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -208,8 +204,7 @@ def generate_files(out, prompts, generator, config, seed: int, num_samples: int,
                            "training": model.spec.training},
             "fs": model.fs, "samples": len(expanded), "records": records, "npz": "samples.npz",
             "seconds": round(seconds, 2), "device": f"{jax.devices()[0].device_kind} x{len(jax.devices())}",
-            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "python": platform.python_version(),
+            **cli.provenance(),
         }
         (tmp / "manifest.json").write_text(jsonio.dumps(manifest, indent=1) + "\n")
         out.clear(keep=[tmp])  # this tool's earlier outputs (--overwrite); the new ones are complete

@@ -12,9 +12,6 @@ record of outputs.
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import os
-import sys
 
 from absl import flags
 
@@ -142,8 +139,7 @@ def main(argv):
             jsonio.write_json(out.path / "sweep.json", {
                 "checkpoint": model.id, "records": pairs.record_ids, "summary": summary, "rows": rows,
                 "real_latent_mean": real_mean.tolist(), "real_latent_std": real_std.tolist(),
-                "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])})
+                **cli.provenance()})
             with atomic_path(out.path / "sweep.md") as tmp:
                 tmp.write_text(markdown(rows, summary))
         print(markdown(rows[-1:], "").strip().splitlines()[-1], flush=True)

@@ -236,3 +236,34 @@ def test_bad_sampler_settings_are_refused():
                           ({"cads_psi": 1.5}, "cads_psi")):
         with pytest.raises(ValueError, match=match):
             SamplerConfig(**kwargs)
+
+
+def test_describe_names_every_setting_that_changes_the_samples():
+    assert SamplerConfig().describe() == "ddim-50, eta 0, guidance 1"
+    assert SamplerConfig(kind="ddpm", num_steps=1000, guidance_scale=2.0).describe() == "ddpm-1000, guidance 2"
+    text = SamplerConfig(eta=1.0, group_scales=(3.0, 1.0, 1.0), guidance_interval=(0.3, 5.0), cads_noise=0.25,
+                         exact_limb_leads=True).describe()
+    assert text == ("ddim-50, eta 1, guidance text 3 / experience 1 / metadata 1, guided for sigma in (0.3, 5], "
+                    "CADS noise 0.25 (tau 0.6-0.9), exact limb leads")
+
+
+def test_the_recommended_sampler_is_what_every_generating_cli_defaults_to():
+    """SamplerConfig.recommended() (and Generator.generate's default) and the CLIs' flag defaults are one setting,
+    read from the CLIs' sources so a changed default in either place fails here."""
+    import re
+    from pathlib import Path
+
+    from sediff_jax.diffusion.sampling import RECOMMENDED
+
+    config = SamplerConfig.recommended()
+    assert (config.kind, config.num_steps, config.eta, config.guidance_scale, config.exact_limb_leads) == (
+        "ddim", 50, 1.0, 2.0, True)
+    assert SamplerConfig.recommended(eta=0.5).eta == 0.5
+    root = Path(__file__).resolve().parents[2] / "experiments"
+    for name in ("sample", "evaluate", "evaluate_rhythm", "gallery", "downstream", "ablate", "sweep_sampling"):
+        source = (root / f"{name}.py").read_text()
+        for flag, key in (("steps", "num_steps"), ("eta", "eta"), ("guidance_scale", "guidance_scale")):
+            found = re.search(rf'DEFINE_(?:float|integer)\("{flag}", ([0-9.]+)', source)
+            if found:
+                assert float(found.group(1)) == float(RECOMMENDED[key]), (name, flag)
+    assert 'DEFINE_bool("exact_limb_leads", True' in (root / "cli.py").read_text()
