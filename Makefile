@@ -18,8 +18,10 @@ DEVICE_BUNDLE ?= .device_bundle
 DEVICE_PYTHON_VERSION ?= 3.12
 DEVICE_WHEELS ?= ml-collections==1.1.0 wfdb==4.3.1
 BENCH_OUT ?= bench_device_out
+TPU_SITE ?= .tpu-site
+TPU_OUT ?= bench_tpu_compile
 
-.PHONY: demo demo-simulator test test-fast test-all bench bench-device bench-device-smoke device-bundle clean
+.PHONY: demo demo-simulator test test-fast test-all bench bench-device bench-device-smoke device-bundle tpu-compile clean
 
 $(VENV)/.base: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -85,5 +87,19 @@ bench-device:
 bench-device-smoke: $(VENV)/.base
 	$(PY) -m experiments.benchmarks.device --smoke --out=$(BENCH_OUT)_smoke --overwrite
 
+# TPU slices compiled for on this CPU (libtpu's compile-only devices; no TPU needed). libtpu, at the version the
+# installed jax pins, goes into a pip --target folder used by this target alone: with libtpu on the venv's path
+# every JAX process would probe for a TPU. TPU_ARGS e.g. --configs=ptbxl100_full --slices=v5e:4x4 --max_batch=1024
+tpu-compile: $(TPU_SITE)/.done
+	ALLOW_MULTIPLE_LIBTPU_LOAD=1 JAX_PLATFORMS=cpu PYTHONPATH=$(TPU_SITE) \
+		$(PY) -m experiments.benchmarks.tpu_compile --out=$(TPU_OUT) --overwrite $(TPU_ARGS)
+
+$(TPU_SITE)/.done: $(VENV)/.test
+	rm -rf $(TPU_SITE)
+	$(PIP) install -q --no-deps --target $(TPU_SITE) "libtpu==$$($(PIP) install -q --dry-run --report - \
+		"jax[tpu]==$$($(PY) -c 'import jax; print(jax.__version__)')" | $(PY) -c 'import json, sys; \
+		print(next(i["metadata"]["version"] for i in json.load(sys.stdin)["install"] if i["metadata"]["name"] == "libtpu"))')"
+	touch $@
+
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) $(DEMO_SIMULATOR_OUT) $(BENCH_OUT) $(BENCH_OUT)_smoke $(DEVICE_BUNDLE) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) $(DEMO_SIMULATOR_OUT) $(BENCH_OUT) $(BENCH_OUT)_smoke $(DEVICE_BUNDLE) $(TPU_SITE) $(TPU_OUT) .pytest_cache
