@@ -117,18 +117,6 @@ def experience_summary(generator, prompts, experience: str) -> dict:
     return {"mode": "auto", "used": True, "reports": generator.experience_reports(prompts, experience)}
 
 
-def rhythm_match_ms(ecg, fs: float, plan) -> float | None:
-    """Median distance (ms) from each requested R peak to the nearest one our detector finds in the ECG."""
-    import numpy as np
-
-    from sediff_jax.evaluation.rhythm import peak_match_ms
-
-    if plan is None:
-        return None
-    distance = float(peak_match_ms(ecg[None], fs, [plan.r_peaks_s], "ours")[0])
-    return round(distance, 1) if np.isfinite(distance) else None
-
-
 def generate_files(out, prompts, generator, config, seed: int, num_samples: int, png: bool,
                    experience: str, rhythm=None) -> dict:
     """Generate and write everything into `out` (an io.outputs.OutputDir); returns the manifest.  Nothing is
@@ -138,6 +126,7 @@ def generate_files(out, prompts, generator, config, seed: int, num_samples: int,
 
     from sediff_jax import io as ecg_io
     from sediff_jax.evaluation import measured_heart_rates
+    from sediff_jax.evaluation.rhythm import beat_placement
 
     model = generator.model
     out_dir = out.path
@@ -181,8 +170,8 @@ def generate_files(out, prompts, generator, config, seed: int, num_samples: int,
                 files.append(f"{name}.png")
             records.append({"prompt": i, "sample": k, "files": files,
                             "measured_hr_bpm": None if not np.isfinite(measured) else round(float(measured), 1),
-                            **({} if plan is None else {"rhythm": plan.as_dict(), "r_peak_match_ms":
-                                                        rhythm_match_ms(ecg[n], model.fs, plan)})})
+                            **({} if plan is None else {"rhythm": plan.as_dict(), "r_peak_match":
+                                                        beat_placement(ecg[n], model.fs, plan.r_peaks_s)})})
         nan = float("nan")
         ecg_io.write_npz(tmp / "samples.npz", ecg, model.fs,
                          text=np.array([p.text for _, _, p in expanded]),

@@ -92,13 +92,43 @@ def rhythm_table(ecg: np.ndarray, fs: float, names: Sequence[str] | None = None)
     return out
 
 
+def peak_distances_ms(record: np.ndarray, fs: float, requested_s: Sequence[float], detector: str = "xqrs"
+                      ) -> np.ndarray:
+    """(len(requested_s),) distance (ms) from each requested R peak of one ECG (time, 12) to the nearest detected
+    one (inf where the detector finds none)."""
+    detect = {**detectors(), "ours": ours_peaks}[detector]
+    found = detect(record[:, LEAD_II] if detector != "ours" else record, fs) / fs
+    wanted = np.asarray(requested_s, np.float64)
+    if not len(found):
+        return np.full(len(wanted), np.inf)
+    return 1000.0 * np.min(np.abs(wanted[:, None] - found[None]), axis=1)
+
+
 def peak_match_ms(ecg: np.ndarray, fs: float, requested_s: Sequence[Sequence[float]],
                   detector: str = "xqrs") -> np.ndarray:
     """(batch,) median over each ECG's requested R peaks of the distance (ms) to the nearest detected one."""
-    detect = {**detectors(), "ours": ours_peaks}[detector]
     out = np.full(len(ecg), np.nan)
     for i, (record, wanted) in enumerate(zip(np.asarray(ecg), requested_s)):
-        found = detect(record[:, LEAD_II] if detector != "ours" else record, fs) / fs
-        if len(found) and len(wanted):
-            out[i] = 1000.0 * float(np.median(np.min(np.abs(np.asarray(wanted)[:, None] - found[None]), axis=1)))
+        distances = peak_distances_ms(record, fs, wanted, detector)
+        if len(distances) and np.isfinite(distances).any():
+            out[i] = float(np.median(distances))
     return out
+
+
+BEAT_MATCH_MS = 40.0  # a requested beat counts as placed when a detected R peak lies this close
+
+
+def beat_placement(record: np.ndarray, fs: float, requested_s: Sequence[float], detector: str = "ours"
+                   ) -> dict[str, float | int | None]:
+    """How one ECG's (time, 12) detected R peaks meet every requested one (s): the median and largest distance
+    (ms; None where nothing was detected) and how many requested beats have a detected peak within
+    BEAT_MATCH_MS."""
+    distances = peak_distances_ms(record, fs, requested_s, detector)
+
+    def ms(x):
+        return round(float(x), 1) if np.isfinite(x) else None
+
+    return {"median_ms": ms(np.median(distances)) if len(distances) else None,
+            "max_ms": ms(np.max(distances)) if len(distances) else None, "beats_requested": int(len(distances)),
+            "beats_placed": int(np.sum(distances <= BEAT_MATCH_MS)), "within_ms": BEAT_MATCH_MS}
+

@@ -148,3 +148,21 @@ def test_a_model_without_the_scaffold_refuses_a_given_rhythm(model):
     assert generator.plan_rhythms([make_prompt("normal ECG")]) == [None]
     with pytest.raises(RhythmError, match="trained without the rhythm scaffold"):
         generator.plan_rhythms([make_prompt("normal ECG", rr_ms=[800])])
+
+
+def test_beat_placement_accounts_for_every_requested_beat():
+    """A simulated ECG's own R peaks are all placed; a requested beat where the ECG has none is counted as missed
+    and sets the largest distance, whatever the median says."""
+    from sediff_jax.evaluation.rhythm import beat_placement
+    from sediff_jax.signal.rpeaks import detect_r_peaks
+    from tests.data.wfdb_fixtures import simulated_ecg
+
+    ecg = simulated_ecg(fs=100.0, duration_s=10.0, hr=60.0)
+    peaks = detect_r_peaks(ecg, 100.0) / 100.0
+    placed = beat_placement(ecg, 100.0, peaks)
+    assert placed["beats_placed"] == placed["beats_requested"] == len(peaks) >= 8 and placed["max_ms"] <= 20
+    extra = np.sort(np.append(peaks, peaks[3] + 0.5))  # half-way between two beats: no R peak there
+    missed = beat_placement(ecg, 100.0, extra)
+    assert missed["beats_requested"] == len(peaks) + 1 and missed["beats_placed"] == len(peaks)
+    assert missed["max_ms"] >= 400 and missed["median_ms"] <= 20
+    assert beat_placement(np.zeros((1000, 12), np.float32), 100.0, peaks)["median_ms"] is None
