@@ -26,6 +26,7 @@ from flax import nnx
 from sediff_jax.evaluation.distribution import knn_precision_recall
 from sediff_jax.evaluation.downstream import (SUPERCLASSES, Classifier, classification_scores, multi_hot,
                                               train_classifier, tune_thresholds)
+from sediff_jax.checkpoints.weights import flatten_params, weights_id
 from sediff_jax.evaluation.networks import NetworkTrainConfig, load_network, save_network
 from sediff_jax.models.ecg_encoder import ECGClassifier, ECGEncoderConfig
 
@@ -93,7 +94,8 @@ def train_recognition_classifier(train: tuple[np.ndarray, np.ndarray], validatio
               "num_samples": int(ecg.shape[1]), "training": dataclasses.asdict(train_config),
               "train_records": int(len(ecg)), "validation_records": int(len(validation[0])),
               "train_positives": dict(zip(classes, labels.sum(0).astype(int).tolist())), **provenance}
-    return RecognitionClassifier(classifier, thresholds, tuple(classes), float(fs), int(ecg.shape[1]), config)
+    return RecognitionClassifier(classifier, thresholds, tuple(classes), float(fs), int(ecg.shape[1]), config,
+                                 weights_id(flatten_params(classifier.params, "params")))
 
 
 def _build(config: dict[str, Any]) -> ECGClassifier:

@@ -57,6 +57,7 @@ def test_classifier_file_round_trip_and_bad_files(tmp_path):
                                               NetworkTrainConfig(batch_size=8, num_steps=2, crop_s=4.0), TINY)
     path = classifier.save(tmp_path / "c.safetensors")
     loaded = load_recognition_classifier(path)
+    assert loaded.id == classifier.id and len(classifier.id) == 12
     assert loaded.classes == RECOGNITION_CLASSES and (loaded.fs, loaded.num_samples) == (100.0, 500)
     np.testing.assert_array_equal(loaded.thresholds, classifier.thresholds)
     np.testing.assert_array_equal(loaded.probabilities(ecg), classifier.probabilities(ecg))
