@@ -9,7 +9,9 @@ chips) and AOT-compiled (`jax.jit(...).lower(abstract arguments).compile()`, as 
 One table (DIR/tpu_compile.md and .json, rewritten after every row), per chip:
 
 * argument, temporary and output bytes (XLA's memory analysis; donated state counted once) against the chip's HBM;
-* GFLOP and bytes accessed per step (XLA's cost analysis), and XLA's own step-time estimate (`optimal_seconds`);
+* GFLOP and bytes accessed per step (XLA's cost analysis), and the roofline step time: the larger of the FLOPs
+  at the chip's bf16 peak and the bytes at its HBM bandwidth (XLA's own `optimal_seconds` is negative for these
+  compile-only programs, so it is recorded only when positive);
 * the bytes all-reduced per step, read from the compiled HLO, and their ring time over the chip's ICI bandwidth;
 * estimated samples/s per chip, and (with `--max_batch`) the largest per-chip batch that fits, by doubling then
   bisecting on compile.
@@ -31,7 +33,7 @@ import time
 from absl import flags
 
 from experiments import cli
-from experiments.benchmarks.tpu_report import allreduce_bytes, chip_info, markdown
+from experiments.benchmarks.tpu_report import allreduce_bytes, chip_info, markdown, roofline_seconds
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["ptbxl100_full", "ptbxl500", "pod"], "Configs of experiments/configs.")
@@ -82,22 +84,28 @@ def compile_step(config, step: str, mesh, per_chip_batch: int):
     return train_step.lower(abstract_state(model), vae_params, abstract_batch(DIFFUSION_BATCH_KEYS)).compile()
 
 
-def measure(compiled, per_chip_batch: int, hbm_gib: float | None, ici_gbs: float | None) -> dict:
+def measure(compiled, per_chip_batch: int, chip: tuple) -> dict:
+    """Per-chip memory, cost, all-reduce traffic and the estimated step time of a compiled step; chip:
+    `chip_info`'s (HBM GiB, ICI GB/s, HBM GB/s, bf16 peak FLOP/s)."""
     from experiments.benchmarks.device_report import cost_flops, memory_bytes
 
+    hbm_gib, ici_gbs, hbm_gbs, peak = chip
     memory = compiled.memory_analysis()
     analysis = compiled.cost_analysis()
     analysis = (analysis[0] if isinstance(analysis, (list, tuple)) else analysis) or {}
     total = memory_bytes(compiled)
     reduced = allreduce_bytes(compiled.as_text())
-    seconds = analysis.get("optimal_seconds")
+    flops, accessed = cost_flops(compiled) or 0.0, float(analysis.get("bytes accessed", 0.0))
+    roofline = roofline_seconds(flops, accessed, hbm_gbs, peak)
     ring_s = 2 * reduced / (ici_gbs * 1e9) if ici_gbs else None  # (a ring all-reduce sends ~2x the data)
-    step_s = (seconds or 0) + (ring_s or 0) or None
+    step_s = roofline + (ring_s or 0) if roofline else None
+    optimal = analysis.get("optimal_seconds")  # (XLA's own estimate: negative, so meaningless, on libtpu 0.0.42)
     return {"argument_gib": memory.argument_size_in_bytes / 2**30, "temp_gib": memory.temp_size_in_bytes / 2**30,
             "output_gib": memory.output_size_in_bytes / 2**30, "total_gib": total / 2**30 if total else None,
             "hbm_fraction": total / (hbm_gib * 2**30) if total and hbm_gib else None,
-            "gflop": (cost_flops(compiled) or 0) / 1e9, "gb_accessed": analysis.get("bytes accessed", 0) / 1e9,
-            "xla_step_s": seconds, "allreduce_mib": reduced / 2**20, "allreduce_s": ring_s,
+            "gflop": flops / 1e9, "gb_accessed": accessed / 1e9, "roofline_s": roofline,
+            "xla_optimal_s": optimal if optimal and optimal > 0 else None,
+            "allreduce_mib": reduced / 2**20, "allreduce_s": ring_s,
             "samples_per_s_per_chip": per_chip_batch / step_s if step_s else None}
 
 
@@ -169,13 +177,14 @@ def main(argv):
                     raise cli.UsageError(f"--slices: {slice_name}: {str(e).splitlines()[0][:200]}") from None
                 mesh = make_mesh(devices)
                 kind = devices[0].device_kind
-                hbm, ici = chip_info(kind)
+                chip = chip_info(kind)
+                hbm = chip[0]
                 for step in FLAGS.steps:
                     start = time.perf_counter()
                     compiled = compile_step(config, step, mesh, batch)
                     row = {"config": name, "precision": precision, "slice": slice_name, "chips": len(devices),
                            "device_kind": kind, "step": step, "per_chip_batch": batch,
-                           "compile_s": time.perf_counter() - start, **measure(compiled, batch, hbm, ici)}
+                           "compile_s": time.perf_counter() - start, **measure(compiled, batch, chip)}
                     if FLAGS.max_batch and hbm:
                         row["max_per_chip_batch"] = largest_batch(config, step, mesh, batch, FLAGS.max_batch, hbm)
                     rows.append(row)

@@ -7,8 +7,10 @@ import math
 import re
 
 
-# Per chip: HBM (GiB) and ICI bandwidth (GB/s, all links; vendor datasheets), by libtpu's device kind.
-CHIPS = {"TPU v4": (32, 300.0), "TPU v5 lite": (16, 200.0), "TPU v5": (95, 600.0), "TPU v6 lite": (32, 448.0)}
+# Per chip, by libtpu's device kind (vendor datasheets): HBM (GiB), ICI bandwidth (GB/s, all links), HBM
+# bandwidth (GB/s), dense bf16 peak (FLOP/s).
+CHIPS = {"TPU v4": (32, 300.0, 1228.0, 275e12), "TPU v5 lite": (16, 200.0, 819.0, 197e12),
+         "TPU v5": (95, 600.0, 2765.0, 459e12), "TPU v6 lite": (32, 448.0, 1640.0, 918e12)}
 _DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "pred": 1, "s8": 1, "u8": 1}
 
 
@@ -25,11 +27,20 @@ def allreduce_bytes(hlo_text: str) -> int:
     return total
 
 
-def chip_info(device_kind: str) -> tuple[float | None, float | None]:
+def chip_info(device_kind: str) -> tuple[float | None, float | None, float | None, float | None]:
+    """(HBM GiB, ICI GB/s, HBM GB/s, bf16 peak FLOP/s) of a TPU device kind; Nones for one we do not know."""
     for name in sorted(CHIPS, key=len, reverse=True):  # ('TPU v5 lite' before 'TPU v5')
         if device_kind.startswith(name):
             return CHIPS[name]
-    return None, None
+    return None, None, None, None
+
+
+def roofline_seconds(flops: float, bytes_accessed: float, hbm_gbs: float | None, peak_flops: float | None
+                     ) -> float | None:
+    """The larger of compute time at the bf16 peak and HBM traffic time: a lower bound on the step's time."""
+    if not hbm_gbs or not peak_flops:
+        return None
+    return max(flops / peak_flops, bytes_accessed / (hbm_gbs * 1e9))
 
 
 def markdown(header: dict, rows: list[dict]) -> str:
@@ -40,15 +51,16 @@ def markdown(header: dict, rows: list[dict]) -> str:
              f"compiled on {header['host']}. Every time and rate is an estimate (XLA's cost and memory analyses, "
              "ICI datasheet bandwidth), not a measurement.", "",
              "| config | precision | slice | chips | step | batch/chip | compile s | GiB/chip (arg + temp + out) | "
-             "of HBM | GFLOP/step | GB accessed | XLA step s | all-reduce MiB (s) | samples/s/chip (est.) | "
+             "of HBM | GFLOP/step | GB accessed | roofline ms | all-reduce MiB (ms) | samples/s/chip (est.) | "
              "max batch/chip |", "|" + "---|" * 15]
     for r in rows:
         lines.append(
             f"| {r['config']} | {r['precision']} | {r['slice']} | {r['chips']} | {r['step']} | {r['per_chip_batch']} | "
             f"{r['compile_s']:.0f} | {num(r['total_gib'], '.2f')} ({r['argument_gib']:.2f} + {r['temp_gib']:.2f} + "
             f"{r['output_gib']:.2f}) | {num(r['hbm_fraction'] and 100 * r['hbm_fraction'], '.1f')}% | "
-            f"{r['gflop']:,.1f} | {r['gb_accessed']:.2f} | {num(r['xla_step_s'], '.4f')} | "
-            f"{r['allreduce_mib']:.1f} ({num(r['allreduce_s'], '.5f')}) | {num(r['samples_per_s_per_chip'], ',.0f')} | "
+            f"{r['gflop']:,.1f} | {r['gb_accessed']:.2f} | {num(r['roofline_s'] and 1e3 * r['roofline_s'], '.2f')} | "
+            f"{r['allreduce_mib']:.1f} ({num(r['allreduce_s'] and 1e3 * r['allreduce_s'], '.3f')}) | "
+            f"{num(r['samples_per_s_per_chip'], ',.0f')} | "
             f"{r.get('max_per_chip_batch', '')} |")
     scaling = weak_scaling(rows)
     if scaling:

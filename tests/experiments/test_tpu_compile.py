@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.benchmarks.tpu_report import allreduce_bytes, chip_info, weak_scaling
+from experiments.benchmarks.tpu_report import allreduce_bytes, chip_info, roofline_seconds, weak_scaling
 
 
 def test_allreduce_bytes_sums_every_all_reduce_result():
@@ -21,8 +21,10 @@ def test_allreduce_bytes_sums_every_all_reduce_result():
         "  %ars = (f32[16]{0}, f32[16]{0}) all-reduce-start(%g), channel_id=7",
     ])
     assert allreduce_bytes(hlo) == 4 + 4 * 32 + 2 * 7 * 32 * 32 + 4 * 32 + 2 * 4 * 16
-    assert chip_info("TPU v5 lite") == (16, 200.0) and chip_info("TPU v5") == (95, 600.0)
-    assert chip_info("H100") == (None, None)
+    assert chip_info("TPU v5 lite")[:2] == (16, 200.0) and chip_info("TPU v5")[:2] == (95, 600.0)
+    assert chip_info("H100") == (None, None, None, None)
+    assert roofline_seconds(197e12, 1.0, 819.0, 197e12) == 1.0  # compute-bound
+    assert roofline_seconds(1.0, 819e9, 819.0, 197e12) == 1.0  # bandwidth-bound
 
 
 def test_weak_scaling_compares_the_smallest_and_largest_slice_of_one_chip():
@@ -65,5 +67,5 @@ def test_tiny_steps_compile_for_a_v5e_slice(repo_root, tmp_path):
     gradient_bytes = sum(np.size(x) * 4 for x in jax.tree.leaves(vae.params))
     assert rows[0]["allreduce_mib"] * 2**20 >= gradient_bytes
     for r in rows:
-        assert 0 < r["total_gib"] < 16 and r["gflop"] > 0 and r["xla_step_s"] > 0
+        assert 0 < r["total_gib"] < 16 and r["gflop"] > 0 and r["roofline_s"] > 0
     assert "| tiny | float32 | v5e:2x2 | 4 | diffusion |" in (tmp_path / "out" / "tpu_compile.md").read_text()
