@@ -4,7 +4,7 @@ stages, the evaluation networks). Pure functions; the stage train state is `sedi
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +46,12 @@ def split_params(model: nnx.Module) -> tuple[nnx.GraphDef, PyTree]:
     """(graphdef, params as a pure dict). Models here hold only `nnx.Param` state."""
     graphdef, params = nnx.split(model, nnx.Param)
     return graphdef, nnx.to_pure_dict(params)
+
+
+def abstract_split(build: Callable[[], nnx.Module]) -> tuple[nnx.GraphDef, PyTree]:
+    """(graphdef, params template of ShapeDtypeStructs) of the module `build()` makes, without initialising it
+    (`nnx.eval_shape`): for loaders whose weights come from a file, so no initialiser is compiled or run."""
+    return split_params(nnx.eval_shape(build))
 
 
 def update_ema(ema: PyTree, params: PyTree, step: Array, decay: float) -> PyTree:

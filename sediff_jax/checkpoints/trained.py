@@ -7,7 +7,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ from sediff_jax.checkpoints.weights import unflatten_params
 from sediff_jax.io import jsonio
 from sediff_jax.models.denoiser import DenoiserConfig, LatentDenoiser
 from sediff_jax.models.vae import ECGVAE, VAEConfig
-from sediff_jax.optim import split_params
+from sediff_jax.optim import abstract_split
 from sediff_jax.parallel import make_mesh, replicated_sharding
 
 
@@ -35,8 +35,9 @@ def vae_config_from_meta(meta: dict[str, Any]) -> VAEConfig:
     return dataclass_from_json(VAEConfig, fields)
 
 
-def _ema(directory: str, model: nnx.Module, which: str, expected_stage: str) -> tuple[nnx.GraphDef, Any, dict, int]:
-    graphdef, params = split_params(model)
+def _ema(directory: str, build: Callable[[], nnx.Module], which: str, expected_stage: str
+         ) -> tuple[nnx.GraphDef, Any, dict, int]:
+    graphdef, params = abstract_split(build)
     sharding = replicated_sharding(make_mesh())
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), params)
     ema, meta, step = stage.read_ema_params(directory, abstract, which)
@@ -78,7 +79,7 @@ def exported_vae(directory: str, dtype: jnp.dtype = jnp.float32) -> tuple[nnx.Gr
     """(graphdef, params, meta as a VAE stage writes it) of the VAE inside an exported model directory (its
     config.json and model.safetensors `vae/...` tensors): stage 2 can start from a shipped model's VAE."""
     spec, flat, weights_path = read_exported(directory)
-    graphdef, template = split_params(ECGVAE(spec.vae, dtype=dtype, rngs=nnx.Rngs(0)))
+    graphdef, template = abstract_split(lambda: ECGVAE(spec.vae, dtype=dtype, rngs=nnx.Rngs(0)))
     params = unflatten_params(template, flat, "vae", str(weights_path))
     meta = {"stage": "vae", "model": dataclasses.asdict(spec.vae), "fs": spec.fs, "exported": str(directory),
             "loss": {"beat_before_s": spec.vae.beat_r_index / spec.fs}}
@@ -98,8 +99,8 @@ def load_vae(directory: str, which: str = "best", dtype: jnp.dtype = jnp.float32
     meta, _ = stage.read_meta(directory, which)
     if meta.get("stage") != "vae":
         raise CheckpointError(f"{directory}: not a VAE checkpoint (stage {meta.get('stage')!r})")
-    model = ECGVAE(vae_config_from_meta(meta), dtype=dtype, rngs=nnx.Rngs(0))
-    graphdef, ema, meta, _ = _ema(directory, model, which, "vae")
+    config = vae_config_from_meta(meta)
+    graphdef, ema, meta, _ = _ema(directory, lambda: ECGVAE(config, dtype=dtype, rngs=nnx.Rngs(0)), which, "vae")
     return graphdef, ema, meta
 
 
@@ -108,5 +109,5 @@ def load_denoiser(directory: str, which: str = "best") -> tuple[nnx.GraphDef, An
     meta, _ = stage.read_meta(directory, which)
     if meta.get("stage") != "diffusion":
         raise CheckpointError(f"{directory}: not a diffusion checkpoint (stage {meta.get('stage')!r})")
-    model = LatentDenoiser(dataclass_from_json(DenoiserConfig, meta["model"]), rngs=nnx.Rngs(0))
-    return _ema(directory, model, which, "diffusion")
+    config = dataclass_from_json(DenoiserConfig, meta["model"])
+    return _ema(directory, lambda: LatentDenoiser(config, rngs=nnx.Rngs(0)), which, "diffusion")

@@ -23,7 +23,7 @@ from flax import nnx
 from sediff_jax.checkpoints.weights import flatten_params, unflatten_params, weights_id
 from sediff_jax.io import atomic_path
 from sediff_jax.checkpoints import CheckpointError
-from sediff_jax.optim import OptimizerConfig, make_optimizer, split_params, update_ema
+from sediff_jax.optim import OptimizerConfig, abstract_split, make_optimizer, split_params, update_ema
 
 Array = jax.Array
 
@@ -158,5 +158,5 @@ def load_network(path: str | os.PathLike, build: Callable[[dict[str, Any]], nnx.
         raise CheckpointError(f"{path}: unreadable weights ({e})") from None
     if config.get("kind") != kind:
         raise CheckpointError(f"{path}: not a {kind} checkpoint (kind {config.get('kind')!r})")
-    graphdef, template = split_params(build(config))
+    graphdef, template = abstract_split(lambda: build(config))
     return graphdef, unflatten_params(template, flat, "params", str(path)), config, weights_id(flat)

@@ -33,7 +33,7 @@ from sediff_jax.io import jsonio
 from sediff_jax.io.outputs import OutputError, replace_directory, working_folder
 from sediff_jax.models.denoiser import LatentDenoiser
 from sediff_jax.models.vae import ECGVAE
-from sediff_jax.optim import split_params
+from sediff_jax.optim import abstract_split
 
 # The checkpoint shipped with the repository (checkpoints/README.md is its model card).
 SHIPPED_CHECKPOINT = shipped_path("sediff_ptbxl100")
@@ -80,9 +80,10 @@ class SEDiffModel:
 
 
 def _build(spec: ModelSpec) -> tuple[nnx.GraphDef, Any, nnx.GraphDef, Any]:
-    denoiser = LatentDenoiser(spec.denoiser, rngs=nnx.Rngs(0))
-    vae = ECGVAE(spec.vae, rngs=nnx.Rngs(0))
-    return (*split_params(denoiser), *split_params(vae))
+    """Both networks' graphdefs and parameter templates, abstract (`nnx.eval_shape`: shapes only, so no random
+    initialiser is compiled or run for weights the file then replaces)."""
+    return (*abstract_split(lambda: LatentDenoiser(spec.denoiser, rngs=nnx.Rngs(0))),
+            *abstract_split(lambda: ECGVAE(spec.vae, rngs=nnx.Rngs(0))))
 
 
 def load_exported(directory: str | os.PathLike) -> SEDiffModel:
