@@ -221,3 +221,18 @@ def provenance() -> dict[str, str]:
     return {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "python": platform.python_version()}
 
+
+def publish(out, json_files: dict[str, Any], text_files: dict[str, str]) -> None:
+    """Replace this tool's earlier outputs in `out` (an `io.outputs.OutputDir`) by `json_files` (name -> strict
+    JSON value) and `text_files` (name -> text), each written atomically and entered in the folder's record."""
+    from sediff_jax.io import atomic_path, jsonio
+
+    out.mkdir()
+    out.clear()
+    with out.writing(*json_files, *text_files):
+        for name, value in json_files.items():
+            jsonio.write_json(out.path / name, value)
+        for name, text in text_files.items():
+            with atomic_path(out.path / name) as tmp:
+                tmp.write_text(text, encoding="utf-8")
+

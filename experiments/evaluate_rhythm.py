@@ -22,7 +22,6 @@ import numpy as np
 from absl import flags
 
 from experiments import cli
-from sediff_jax.io import jsonio
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("checkpoints", None, "name=path of each model (exported directory or training workdir).",
@@ -46,7 +45,6 @@ cli.check_int("samples_per_prompt", 1)
 cli.check_int("num_rhythm_from", 0)
 cli.check_sampling_flags()
 
-OUTPUT_FILES = ("rhythm.json", "rhythm.md")
 SINUS_PROMPTS = [("sinus rhythm, normal ECG", 48), ("sinus rhythm, normal ECG", 62), ("normal ECG", 75),
                  ("sinus rhythm, left ventricular hypertrophy", 70), ("sinus rhythm, incomplete right bundle "
                  "branch block", 80), ("sinus tachycardia", 110), ("sinus bradycardia", 52),
@@ -159,7 +157,6 @@ def main(argv):
     from sediff_jax.evaluation.rhythm import rhythm_table
     from sediff_jax.generation import load_model, make_prompt, rhythm_from_rr
     from sediff_jax.generation.rhythm import RhythmPlan
-    from sediff_jax.io.atomic import atomic_path
     from sediff_jax.io.outputs import output_dir
 
     out = output_dir(FLAGS.out, overwrite=FLAGS.overwrite, flag="--out", tool="evaluate_rhythm")
@@ -211,14 +208,9 @@ def main(argv):
                f"experience off, seed {FLAGS.seed}. Lead II; mean ± s.e. (median, n).")
     meta = {"summary": summary}
     report = markdown(results, real_groups, meta)
-    out.mkdir()
-    out.clear()
-    with out.writing(*OUTPUT_FILES):
-        jsonio.write_json(out.path / "rhythm.json", {
-            "models": results, "real": real_groups, "summary": summary, "device": str(jax.devices()[0].device_kind),
-            **cli.provenance()})
-        with atomic_path(out.path / "rhythm.md") as tmp:
-            tmp.write_text(report)
+    cli.publish(out, {"rhythm.json": {"models": results, "real": real_groups, "summary": summary,
+                                      "device": str(jax.devices()[0].device_kind), **cli.provenance()}},
+                {"rhythm.md": report})
     print(report)
     return 0
 

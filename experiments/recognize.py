@@ -21,7 +21,6 @@ import math
 from absl import flags
 
 from experiments import cli
-from sediff_jax.io import jsonio
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("source_dir", None, "PTB-XL root (default: $SEDIFF_DATA_DIR/ptb-xl).")
@@ -45,7 +44,6 @@ cli.check_int("batch_size", 1)
 cli.check_int("train_records", 1)
 cli.check_int("seed", 0, cli.MAX_SEED)
 
-OUTPUT_FILES = ("recognition.json", "report.md")
 
 
 def parse_generated(values: list[str]) -> dict[str, str]:
@@ -106,7 +104,6 @@ def main(argv):
                                                    per_class_precision_recall, recognition_labels,
                                                    train_recognition_classifier)
     from sediff_jax.evaluation.runner import read_generated
-    from sediff_jax.io.atomic import atomic_path
     from sediff_jax.io.outputs import output_dir, output_files
 
     out = output_dir(FLAGS.out, overwrite=FLAGS.overwrite, flag="--out", tool="recognize")
@@ -205,12 +202,7 @@ def main(argv):
               "trts": trts, "generated": {n: p for n, p in parse_generated(FLAGS.generated).items()},
               "per_class_precision_recall": variety,
               **cli.provenance()}
-    out.mkdir()
-    out.clear()
-    with out.writing(*OUTPUT_FILES):
-        jsonio.write_json(out.path / "recognition.json", result)
-        with atomic_path(out.path / "report.md") as tmp:
-            tmp.write_text(text)
+    cli.publish(out, {"recognition.json": result}, {"report.md": text})
     print(text)
     return 0
 
