@@ -83,6 +83,7 @@ def test_read_generated_round_trip_and_bad_files(tmp_path):
             read_generated(tmp_path / name)
 
 
+@pytest.mark.slow  # ~1-2 min (real records, CLIP features, a classifier trained and reloaded); make test-all
 def test_recognize_cli_scores_real_records_given_as_generated_like_trtr(repo_root, data_dir, tmp_path):
     """The real test records written as a 'generated' set must score exactly as TRTR, and have per-class recall 1;
     the classifier is trained once, written, and loaded (not retrained) on the next run."""

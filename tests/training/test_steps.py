@@ -245,3 +245,23 @@ def test_the_rhythm_scaffold_reaches_the_denoiser_and_its_dropout_removes_it(bat
     assert np.isfinite(float(terms["ddpm"]))
     assert abs(losses[0.0, "real"] - losses[0.0, "shifted"]) > 1e-6
     assert losses[1.0, "real"] == losses[1.0, "shifted"]
+
+
+def test_simulator_rows_are_drawn_block_by_block_and_gathered_in_place():
+    """Each block of 8 consecutive records gives its own half (so a data shard draws only its own records), and
+    take_rows is x[rows] exactly."""
+    from sediff_jax.diffusion.losses import SIM_ROW_BLOCK, take_rows
+
+    mask = np.ones(32, np.float32)
+    mask[[3, 17, 18]] = 0
+    rows = np.asarray(simulator_rows(jnp.asarray(mask), 0.5, jax.random.key(3)))
+    assert SIM_ROW_BLOCK == 8 and rows.shape == (16,)
+    for b in range(4):
+        part = rows[4 * b:4 * b + 4]
+        assert np.all((part >= 8 * b) & (part < 8 * b + 8)) and len(set(part)) == 4
+        assert not {3, 17, 18} & set(part)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(32, 5, 3)), jnp.float32)
+    np.testing.assert_array_equal(take_rows(x, jnp.asarray(rows), 32), x[rows])
+    np.testing.assert_array_equal(take_rows(x[:, 0, 0], jnp.asarray(rows), 32), x[rows, 0, 0])
+    odd = np.asarray(simulator_rows(jnp.ones(6), 0.5, None))  # gcd(6, 8) = 2: one row of each pair
+    np.testing.assert_array_equal(odd, [0, 2, 4])
