@@ -52,6 +52,7 @@ flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_string("encoder", "shipped", "ECG-text CLIP checkpoint for FID/CLIP ('shipped', a path, or '' for "
                     "none).")
 flags.DEFINE_string("out", None, "Output directory (default: <workdir>/ablation).")
+cli.check_config_names("config")
 cli.check_int("num_steps", 1)
 cli.check_int("vae_steps", 1)
 cli.check_int("num_samples", 1)

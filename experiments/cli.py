@@ -190,26 +190,26 @@ def variety_options() -> dict[str, Any]:
 
 
 def check_config_names(name: str) -> None:
-    """Register a check that list flag `name` names configs of experiments/configs (e.g. tiny,ptbxl100)."""
+    """Register a check that flag `name` (a list, or one name) names configs of experiments/configs."""
     from pathlib import Path
 
     folder = Path(__file__).resolve().parent / "configs"
     known = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_") and p.stem != "common")
 
     def ok(values) -> bool:
-        return values is None or all(v in known for v in values)
+        return values is None or all(v in known for v in ([values] if isinstance(values, str) else values))
 
     flags.register_validator(name, ok, message=f"--{name} must name configs of experiments/configs: "
                              f"{', '.join(known)}")
 
 
-def check_positive_ints(name: str) -> None:
-    """Register a check that list flag `name` holds integers >= 1."""
+def check_positive_ints(name: str, low: int = 1) -> None:
+    """Register a check that list flag `name` holds integers >= `low` (>= 0 at most low)."""
 
     def ok(values) -> bool:
-        return values is None or all(v.strip().isdigit() and int(v) >= 1 for v in values)
+        return values is None or all(v.strip().isdigit() and int(v) >= low for v in values)
 
-    flags.register_validator(name, ok, message=f"--{name} must be integers >= 1 separated by commas")
+    flags.register_validator(name, ok, message=f"--{name} must be integers >= {low} separated by commas")
 
 
 def provenance() -> dict[str, str]:

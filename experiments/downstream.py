@@ -38,6 +38,7 @@ flags.DEFINE_integer("train_records", None, "Use a seeded random subset of this 
                      "protocol (real, real + synthetic and synthetic alike): a matched comparison where generating a "
                      "synthetic ECG for every training record costs too much (all of PTB-XL: 17,416 records).")
 flags.DEFINE_string("out", None, "Output directory.", required=True)
+cli.check_positive_ints("seeds", 0)
 cli.check_int("num_steps", 1)
 cli.check_int("train_records", 1)
 cli.check_int("batch_size", 1)

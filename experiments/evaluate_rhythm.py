@@ -152,6 +152,7 @@ def main(argv):
     from sediff_jax.checkpoints import CheckpointError
     from sediff_jax.data.canonical import CanonicalConfig
     from sediff_jax.data.prepare import PrepareConfig, read_entries
+    from sediff_jax.data.sources import LayoutError
     from sediff_jax.diffusion.sampling import SamplerConfig
     from sediff_jax.evaluation.paired import real_pairs
     from sediff_jax.evaluation.rhythm import rhythm_table
@@ -160,6 +161,8 @@ def main(argv):
     from sediff_jax.io.outputs import output_dir
 
     out = output_dir(FLAGS.out, overwrite=FLAGS.overwrite, flag="--out", tool="evaluate_rhythm")
+    if not [item for item in FLAGS.checkpoints if item.strip()]:
+        raise cli.UsageError("--checkpoints is empty; name at least one model as name=path")
     models = {}
     for item in FLAGS.checkpoints:
         name, _, path = item.partition("=")
@@ -169,11 +172,17 @@ def main(argv):
             models[name] = load_model(path, FLAGS.which)
         except CheckpointError as e:
             raise cli.UsageError(f"--checkpoints: {name}: {e}") from None
+        if FLAGS.steps > models[name].schedule.num_steps:
+            raise cli.UsageError(f"--steps={FLAGS.steps} must be within 1-{models[name].schedule.num_steps} (model "
+                                 f"{name}'s diffusion steps)")
     first = next(iter(models.values()))
     canonical = CanonicalConfig(fs=first.fs, duration_s=first.spec.duration_s)
     source = FLAGS.source_dir or dataset_dir("ptbxl")
-    entries = read_entries(PrepareConfig(dataset="ptbxl", out_dir="", source_dir=source, canonical=canonical))
-    pairs = real_pairs(entries, canonical, FLAGS.split, FLAGS.num_records)
+    try:
+        entries = read_entries(PrepareConfig(dataset="ptbxl", out_dir="", source_dir=source, canonical=canonical))
+        pairs = real_pairs(entries, canonical, FLAGS.split, FLAGS.num_records)
+    except (LayoutError, ValueError, OSError) as e:
+        raise cli.UsageError(f"--source_dir={source} --split={FLAGS.split}: {e}") from None
     sampler = SamplerConfig(kind="ddim", num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale, eta=FLAGS.eta)
 
     prompts, groups = [], []

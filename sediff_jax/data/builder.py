@@ -27,6 +27,7 @@ from absl import logging
 from sediff_jax.data.canonical import CanonicalConfig, CanonicalRecord, canonicalize
 from sediff_jax.data.sources import MEASUREMENT_NAMES, SEX_CODES, SPLITS, RecordEntry
 from sediff_jax.data.wfdb_reader import RecordError, read_record
+from sediff_jax.errors import SediffError
 from sediff_jax.io import jsonio
 from sediff_jax.io.atomic import atomic_path
 from sediff_jax.leads import LEAD_NAMES, NUM_LEADS
@@ -237,12 +238,17 @@ def build(
     return report
 
 
+class PreparedDatasetError(SediffError, FileNotFoundError):
+    """A folder that is not a prepared dataset (or lacks the split asked for)."""
+
+
 def open_split(path: str, split: str):
     """Random-access source of one split of a prepared dataset (`path` = the version directory).
 
     Returns a sequence-like ArrayRecordDataSource: len(), [i] and __getitems__ yield decoded examples."""
     if not os.path.exists(os.path.join(path, "dataset_info.json")):
-        raise FileNotFoundError(f"{path}: not a prepared dataset (no dataset_info.json)")
+        raise PreparedDatasetError(f"{path}: not a prepared dataset (no dataset_info.json; build one with "
+                                   "experiments/prepare_data.py)")
     builder = tfds.builder_from_directory(path)
     if split not in builder.info.splits:
         raise ValueError(f"{path}: no split {split!r}; has {', '.join(builder.info.splits)}")

@@ -9,12 +9,18 @@ from typing import Sequence
 import numpy as np
 import wfdb
 
+from sediff_jax.errors import SediffError
 from sediff_jax.io.atomic import atomic_directory
 from sediff_jax.leads import LEAD_NAMES
 
 ADC_GAIN_PER_MV = 1000.0  # 1 digital unit = 1 uV, as in PTB-XL.
 _INT16_MAX = 32767
 
+
+
+
+class RecordNameError(SediffError, ValueError):
+    """A WFDB record name with characters the format does not allow."""
 
 def _check_signal(ecg: np.ndarray, num_leads: int, where: str) -> np.ndarray:
     ecg = np.asarray(ecg, np.float64)
@@ -64,7 +70,7 @@ def write_wfdb(
     lead_names = list(lead_names)
     ecg = _check_signal(ecg, len(lead_names), str(record_path))
     if not name or not all(c.isalnum() or c in "_-" for c in name):
-        raise ValueError(f"invalid WFDB record name {name!r}: use letters, digits, '_' and '-'")
+        raise RecordNameError(f"invalid WFDB record name {name!r} ({record_path}): use letters, digits, '_' and '-'")
     comments = [str(c) for c in comments]
     for c in comments:
         if "\n" in c or "\r" in c:
