@@ -56,6 +56,9 @@ def main(argv):
     usable_path(FLAGS.out, "--out")
     if Path(FLAGS.out).is_dir() or FLAGS.out.endswith(("/", os.sep)):
         raise cli.UsageError(f"--out={FLAGS.out} is a folder; --out is a file prefix (files are <out>_<i>.hea ...)")
+    from sediff_jax.io.wfdb_io import check_record_name
+
+    check_record_name(f"{FLAGS.out}_0")  # (before any folder is made)
     suffixes = (".hea", ".dat", ".npz") + ((".png",) if FLAGS.png else ())
     names = [f"{FLAGS.out}_{i}{suffix}" for i in range(FLAGS.num) for suffix in suffixes]
     out = output_files(names, tool="simulate", overwrite=FLAGS.overwrite)

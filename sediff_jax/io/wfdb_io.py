@@ -22,6 +22,13 @@ _INT16_MAX = 32767
 class RecordNameError(SediffError, ValueError):
     """A WFDB record name with characters the format does not allow."""
 
+
+def check_record_name(record_path: str | os.PathLike) -> None:
+    """RecordNameError unless the path's last part is a valid WFDB record name (letters, digits, '_', '-')."""
+    name = Path(record_path).name
+    if not name or not all(c.isalnum() or c in "_-" for c in name):
+        raise RecordNameError(f"invalid WFDB record name {name!r} ({record_path}): use letters, digits, '_' and '-'")
+
 def _check_signal(ecg: np.ndarray, num_leads: int, where: str) -> np.ndarray:
     ecg = np.asarray(ecg, np.float64)
     if ecg.ndim != 2 or ecg.shape[1] != num_leads:
@@ -69,8 +76,7 @@ def write_wfdb(
     name = record_path.name
     lead_names = list(lead_names)
     ecg = _check_signal(ecg, len(lead_names), str(record_path))
-    if not name or not all(c.isalnum() or c in "_-" for c in name):
-        raise RecordNameError(f"invalid WFDB record name {name!r} ({record_path}): use letters, digits, '_' and '-'")
+    check_record_name(record_path)
     comments = [str(c) for c in comments]
     for c in comments:
         if "\n" in c or "\r" in c:

@@ -177,6 +177,7 @@ CASES = [
     ("ablate", ["--config=../x", "--workdir=NEW"], E, r"--config must name configs of experiments/configs"),
     ("downstream", ["--seeds=a", "--out=NEW"], E, r"--seeds must be integers >= 0"),
     ("gallery", ["--out=NEW/g.png", "--prepared=NOWHERE"], E, r"nowhere: not a prepared dataset"),
+    ("simulate", ["--out=NEW/my ecg"], E, r"invalid WFDB record name 'my ecg_0'"),
     ("evaluate_rhythm", ["--checkpoints=", "--out=NEW"], E, r"--checkpoints is empty"),
     ("evaluate_rhythm", ["--checkpoints=a=MODEL", "--out=NEW", "--steps=500"], E, r"--steps=500 must be within 1-100"),
     ("evaluate_rhythm", ["--checkpoints=a=MODEL", "--out=NEW", "--split=bogus", "--source_dir=NOWHERE"], E,
