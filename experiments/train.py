@@ -34,7 +34,7 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     del argv
     from sediff_jax.io.outputs import check_workdir
-    from sediff_jax.training.loop import STAGES
+    from sediff_jax.training.config import STAGES
 
     multi_host = FLAGS.distributed or bool(FLAGS.coordinator_address)
     # (one writer per workdir: a multi-host run's lock is taken by its first process, in train())

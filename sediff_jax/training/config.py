@@ -104,6 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion.prior = ""  # a simulator prior: a JSON path, a shipped prior's name, or "" (the default PTB-XL prior)
     c.diffusion.vae_checkpoint = ""  # a VAE stage directory; "" = <workdir>/vae
     c.diffusion.latent_scale_batches = 4
+    # Start stage 2 from a trained model's EMA denoiser (an exported model or a training workdir; "" = random
+    # initialisation): fine-tuning, e.g. of the shipped model with a new recipe. Its VAE must be this run's.
+    c.diffusion.init_from = ""
     # Train from a latent cache (every record encoded once by the frozen VAE, `sediff_jax.data.latents`): "" encodes
     # each batch in the step; "auto" builds (once) and uses the cache beside the prepared dataset; or a cache
     # directory (`python -m experiments.encode_latents`). latent_cache_dtype: how "auto" stores the latents.
@@ -199,6 +202,12 @@ def _text(value) -> str | None:
     return None if isinstance(value, str) else "must be a string"
 
 
+def _model_path(value) -> str | None:
+    if not isinstance(value, str):
+        return "must be a string"
+    return None if not value or os.path.exists(value) else "is not an existing model (an exported model or a workdir)"
+
+
 def _sequence(item: Check, length: int | None = None, min_length: int = 1) -> Check:
     def check(value):
         if not isinstance(value, (tuple, list)):
@@ -267,6 +276,7 @@ RULES: dict[str, Check] = {
     "diffusion.loss.sim_internal_fs": _number(float, 50, 5000),
     "diffusion.condition_dropout": _sequence(_FRACTION, length=3), "diffusion.prior": _text,
     "diffusion.vae_checkpoint": _text, "diffusion.latent_scale_batches": _number(int, 1, 1000),
+    "diffusion.init_from": _model_path,
     "diffusion.latent_cache": _text, "diffusion.latent_cache_dtype": _enum(("float16", "float32")),
     **_optimizer_rules("diffusion.optimizer"), **_training_rules("diffusion.training"),
 }

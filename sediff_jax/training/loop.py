@@ -42,9 +42,10 @@ from sediff_jax.models.vae import VAEConfig
 from sediff_jax.parallel import host_local_to_global, make_mesh, replicated_sharding
 from sediff_jax.progress import Progress
 from sediff_jax.training import stages
-from sediff_jax.training.config import STAGES, resolve, resolve_training
+from sediff_jax.training.config import resolve, resolve_training
 from sediff_jax.training.metrics import MetricWriter
 from sediff_jax.training.state import TrainState, abstract_like, init_state
+from sediff_jax.training.warm_start import warm_started
 from sediff_jax.training.steps import DIFFUSION_BATCH_KEYS, LATENT_BATCH_KEYS, VAE_BATCH_KEYS, latent_scale_from
 from sediff_jax.errors import SediffError
 
@@ -111,19 +112,10 @@ class StageResult:
 
 
 def run_loop(
-    *,
-    stage: str,
-    stage_dir: str,
-    config: ml_collections.ConfigDict,
-    state: TrainState,
-    start_step: int,
-    loader: BatchLoader,
-    train_step: Callable[[TrainState, dict], tuple[TrainState, dict]],
-    to_inputs: Callable[[dict], dict],
-    evaluate: Callable[[TrainState], dict[str, float]],
-    best_metric: str,
-    meta: dict,
-    checkpointer: ckpt.Checkpointer,
+    *, stage: str, stage_dir: str, config: ml_collections.ConfigDict, state: TrainState, start_step: int,
+    loader: BatchLoader, train_step: Callable[[TrainState, dict], tuple[TrainState, dict]],
+    to_inputs: Callable[[dict], dict], evaluate: Callable[[TrainState], dict[str, float]], best_metric: str,
+    meta: dict, checkpointer: ckpt.Checkpointer,
 ) -> tuple[TrainState, StageResult]:
     """Steps `start_step` .. training.num_steps with logging, evaluation, checkpoints and the NaN guard."""
     training = resolve_training(config.training)
@@ -291,6 +283,8 @@ def train_diffusion(config: ml_collections.ConfigDict, workdir: str, on_ready: C
     meta = stages.diffusion_meta(config, model_config, vae_dir, vae_meta, loss_config, conditions)
     checkpointer = ckpt.Checkpointer(stage_dir, training.max_to_keep)
     state, loader_state, start, meta = _resume(checkpointer, stage_dir, state, mesh, meta)
+    if start == 0 and dcfg.init_from:  # fine-tuning: a trained model's weights, a fresh optimiser
+        state, meta = warm_started(config, model, model_config, vae_params, meta, mesh)
     if on_ready is not None:
         on_ready()
     latent_dir = stages.latent_cache(config, vae_dir, vae_params)
@@ -366,9 +360,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> list[StageResult]:
     """Run `config.stage` under `workdir`; returns one StageResult per stage run."""
-    config = resolve(config)
-    if config.stage not in STAGES:
-        raise ValueError(f"stage {config.stage!r} is unknown; expected one of {STAGES}")
+    config = resolve(config)  # (checks every value: an unknown stage is a ConfigError)
     # an exported model or a foreign folder is refused before anything is written; one writer per workdir, locked
     # for this call (a caller that held the lock already, e.g. the CLI, keeps it)
     held_before = holds_lock(workdir)

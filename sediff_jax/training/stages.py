@@ -214,7 +214,7 @@ RESUMABLE_KEYS = ("stage", "data.source_dir", "data.prepared_dir", "data.prepare
                   "data.prefetch", "data.loader_workers", "text.cache_dir")
 RESUMABLE_TRAINING_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "max_to_keep",
                            "max_eval_batches", "tensorboard", "progress_bar", "halt_at_step")
-_STAGE_PATH_KEYS = {"diffusion": ("vae_checkpoint", "latent_cache", "latent_cache_dtype")}
+_STAGE_PATH_KEYS = {"diffusion": ("vae_checkpoint", "latent_cache", "latent_cache_dtype", "init_from")}
 
 
 def recipe(config: ml_collections.ConfigDict, stage: str) -> dict[str, Any]:

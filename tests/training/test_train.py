@@ -13,6 +13,7 @@ import pytest
 from experiments.configs import common
 from experiments.configs import tiny
 from sediff_jax.checkpoints import stage as ckpt
+from sediff_jax.training.config import ConfigError
 from sediff_jax.training.loop import TrainingDiverged, load_vae, run_loop, train
 from sediff_jax.training.metrics import read_metrics
 
@@ -322,3 +323,48 @@ def test_encode_latents_cli_writes_a_cache_and_reports_a_missing_vae(uninterrupt
                              cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "nowhere" in missing.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_stage_2_fine_tunes_from_a_trained_model_and_refuses_one_that_cannot_start_it(uninterrupted, prepared_dir,
+                                                                                        tmp_path):
+    """diffusion.init_from: stage 2 starts from an exported model's EMA denoiser and latent scale (with a learning
+    rate of 1e-12 the run's weights stay the model's to float32 rounding; the model's weights are the trained
+    run's moved by 0.1, so a run that started from its own initialisation would be 0.1 away),
+    records which model it started from, and refuses a missing model, another denoiser, or a model whose VAE is
+    not the run's frozen VAE."""
+    import dataclasses
+
+    from sediff_jax.checkpoints import CheckpointError
+    from sediff_jax.generation import export_model, load_model
+
+    reference, _ = uninterrupted
+    trained = load_model(reference)
+    source = dataclasses.replace(trained, denoiser_params=jax.tree.map(lambda x: x + 0.1, trained.denoiser_params))
+    model_dir = export_model(source, tmp_path / "model")
+    source = load_model(model_dir)
+    config = _config(prepared_dir)
+    config.stage = "diffusion"
+    config.diffusion.vae_checkpoint = str(model_dir)
+    config.diffusion.init_from = str(model_dir)
+    config.diffusion.optimizer.learning_rate = 1e-12
+    config.diffusion.training.update(num_steps=2, eval_every=2, checkpoint_every=2)
+    result, = train(config, str(tmp_path / "tuned"))
+    assert result.step == 2 and np.isfinite(result.last_metrics["ddpm"])
+    tuned = load_model(tmp_path / "tuned", which="latest")
+    for a, b in zip(jax.tree.leaves(tuned.denoiser_params), jax.tree.leaves(source.denoiser_params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
+    assert tuned.spec.latent_scale == source.spec.latent_scale
+    meta, _ = ckpt.read_meta(str(tmp_path / "tuned" / "diffusion"))
+    assert meta["init_from"]["model_id"] == source.id and meta["init_from"]["source"] == str(model_dir)
+
+    config.diffusion.init_from = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="init_from=.*nowhere' is not an existing model"):
+        train(config, str(tmp_path / "missing"))
+    other_vae = dataclasses.replace(source, vae_params=jax.tree.map(lambda x: x + 0.01, source.vae_params))
+    config.diffusion.init_from = str(export_model(other_vae, tmp_path / "other_vae"))
+    with pytest.raises(CheckpointError, match="its VAE is not this run's frozen VAE"):
+        train(config, str(tmp_path / "refused_vae"))
+    config.diffusion.init_from = str(model_dir)
+    config.diffusion.model.time_embed_dim = 48
+    with pytest.raises(CheckpointError, match="cannot start this run \\(denoiser"):
+        train(config, str(tmp_path / "refused_denoiser"))

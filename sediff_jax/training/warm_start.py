@@ -1,0 +1,67 @@
+"""Stage 2 from a trained model's weights (`diffusion.init_from`): fine-tuning the shipped model with a new recipe,
+or on a new dataset with the same VAE."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from sediff_jax.checkpoints import stage as ckpt
+from sediff_jax.generation.model import load_model
+from sediff_jax.io import jsonio
+from sediff_jax.models.denoiser import DenoiserConfig
+from sediff_jax.parallel import replicated_sharding
+from sediff_jax.training.state import TrainState, init_state
+
+
+def warm_started(config: ml_collections.ConfigDict, model: Any, model_config: DenoiserConfig, vae_params: Any,
+                 meta: dict, mesh: Any) -> tuple[TrainState, dict]:
+    """(replicated train state, meta) of stage 2 started from `diffusion.init_from`: its EMA denoiser as the
+    parameters and the EMA, a fresh optimiser (`model`: training.stages.StageModel), and its latent scale and
+    identity added to `meta`."""
+    params, init_meta = initial_denoiser(config, model_config, vae_params, meta)
+    params = jax.tree.map(lambda template, p: p.astype(template.dtype), model.params, params)
+    state = init_state(params, model.tx, config.seed + 1)
+    return jax.device_put(state, replicated_sharding(mesh)), {**meta, **init_meta}
+
+
+def initial_denoiser(config: ml_collections.ConfigDict, model_config: DenoiserConfig, vae_params: Any, meta: dict
+                     ) -> tuple[Any, dict]:
+    """(EMA denoiser params as float32, meta additions) of `diffusion.init_from`: stage 2 starts from a trained
+    model's weights. The model must have this run's denoiser, noise
+    schedule, prediction, text encoder, sampling rate and duration, and the same frozen VAE (compared at the
+    precision the model stores), so its latent scale carries over; CheckpointError names what differs."""
+    source = config.diffusion.init_from
+    model = load_model(source)
+    spec = model.spec
+    wanted = {"denoiser": dataclasses.asdict(model_config), "schedule": meta["schedule"],
+              "prediction": meta["loss"]["prediction"], "text_encoder": meta["text_encoder"],
+              "fs": float(meta["fs"]), "duration_s": float(meta["duration_s"])}
+    found = {"denoiser": dataclasses.asdict(spec.denoiser),
+             "schedule": {"kind": spec.schedule_kind, "num_steps": int(spec.schedule_steps)},
+             "prediction": spec.prediction, "text_encoder": spec.text_encoder, "fs": float(spec.fs),
+             "duration_s": float(spec.duration_s)}
+    differing = [k for k in wanted if jsonio.strict(wanted[k]) != jsonio.strict(found[k])]
+    if differing:
+        shown = "; ".join(f"{k}: {found[k]!r} there, {wanted[k]!r} in this run" for k in differing[:3])
+        raise ckpt.CheckpointError(f"diffusion.init_from={source}: that model cannot start this run ({shown})")
+    stored = np.dtype(spec.weights_dtype)
+    same_vae = jax.tree.all(jax.tree.map(
+        lambda a, b: np.shape(a) == np.shape(b) and np.array_equal(np.asarray(a, stored), np.asarray(b, stored)),
+        jax.device_get(vae_params), jax.device_get(model.vae_params)))
+    if not same_vae:
+        raise ckpt.CheckpointError(
+            f"diffusion.init_from={source}: its VAE is not this run's frozen VAE "
+            f"({config.diffusion.vae_checkpoint or 'the workdir VAE'}), so its latents mean something else; point "
+            f"--config.diffusion.vae_checkpoint at {source}")
+    params = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(model.denoiser_params))
+    logging.info("stage 2 starts from %s (model %s, step %s)", source, model.id, spec.training.get("step"))
+    return params, {"latent_scale": float(spec.latent_scale),
+                    "init_from": {"source": os.path.abspath(source), "model_id": model.id,
+                                  "step": spec.training.get("step")}}
