@@ -1,9 +1,12 @@
 # Two commands do all the set-up on a fresh machine with only Python:
 #   make demo   generate 12-lead ECGs from text with the shipped checkpoint (no download, no key)
 #   make test   run the test suite
-# Each creates the virtualenv $(VENV) with what it needs. PYTHON=python3.12 picks another interpreter.
+# Each creates the virtualenv $(VENV) with what it needs, with the first of python3, python3.12, python3.11,
+# python3.13 that is Python >= 3.11 (jax needs it); PYTHON=/path/to/python picks another interpreter.
 
-PYTHON ?= python3
+SUPPORTED_PYTHON := 3.11
+PYTHON ?= $(firstword $(foreach p,python3 python3.12 python3.11 python3.13,$(shell $(p) -c \
+	'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && echo $(p))) python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
@@ -24,6 +27,10 @@ TPU_OUT ?= bench_tpu_compile
 .PHONY: demo demo-simulator test test-fast test-all bench bench-device bench-device-smoke device-bundle tpu-compile clean
 
 $(VENV)/.base: setup.py
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "error: sediff_jax needs \
+	Python >= $(SUPPORTED_PYTHON) (3.11 and 3.12 are tested; jax and flax need >= 3.11); $(PYTHON) is \
+	$$($(PYTHON) --version 2>/dev/null || echo "not found"). Install Python 3.11 or 3.12, or pass PYTHON=/path/to/python3.12" >&2; \
+	exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e .

@@ -19,7 +19,7 @@ CORE = [
     "tensorflow-datasets>=4.9.7",
     "array_record>=0.5",
     # Worker processes of the batch loader (data.loader_workers > 0): grain over the same array_record data.
-    "grain>=0.2.18; python_version >= '3.11'",
+    "grain>=0.2.18",
     "absl-py>=2.0",
     "ml_collections>=0.1.1",
     "matplotlib>=3.8",
@@ -45,7 +45,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # jax >= 0.7 and flax 0.12 need it
     # The library only: experiments/ (entrypoints, configs, benchmarks) runs from a checkout, `python -m
     # experiments.<tool>`. The shipped models in checkpoints/ install as sediff_jax/shipped/ (sediff_jax.assets).
     packages=find_packages(include=["sediff_jax", "sediff_jax.*"]) + ["sediff_jax.shipped"],

@@ -1,6 +1,7 @@
 """`pip install .` (not editable) gives the library with its shipped models and without the experiments."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -35,3 +36,36 @@ def test_wheel_installs_the_library_with_the_shipped_models(tmp_path, repo_root)
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert str(site / "sediff_jax" / "shipped" / "sediff_ptbxl100") in run.stdout
+
+
+def _fake_python(folder, version: str):
+    """An executable `python3` in `folder` that reports `version` (sys.version_info and --version)."""
+    folder.mkdir()
+    major, minor = map(int, version.split("."))
+    script = folder / "python3"
+    script.write_text("#!/bin/sh\n"
+                      f'if [ "$1" = "--version" ]; then echo "Python {version}.0"; exit 0; fi\n'
+                      f"exit {int((major, minor) < (3, 11))}\n")  # (the Makefile's check: sys.version_info < 3.11)
+    script.chmod(0o755)
+    return script
+
+
+def test_make_refuses_an_unsupported_python_in_one_line_and_picks_a_supported_one(tmp_path, repo_root):
+    """Python 3.10 cannot install jax >= 0.7: the Makefile stops before making a virtualenv, naming the versions;
+    with a 3.10 `python3` first on PATH it picks a supported interpreter instead."""
+    fake = _fake_python(tmp_path / "bin", "3.10")
+    venv = tmp_path / "venv"
+    refused = subprocess.run(["make", "-C", str(repo_root), f"VENV={venv}", f"PYTHON={fake}", f"{venv}/.base"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and not venv.exists()
+    assert "error: sediff_jax needs Python >= 3.11" in refused.stderr and "is Python 3.10.0" in refused.stderr
+    versioned = [p for p in ("python3.12", "python3.11", "python3.13") if shutil.which(p) and subprocess.run(
+        [p, "-c", "import sys; sys.exit(sys.version_info < (3, 11))"], capture_output=True).returncode == 0]
+    if not versioned:
+        pytest.skip("no python3.11/3.12/3.13 on PATH besides python3 to pick")
+    env = dict(os.environ, PATH=f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    planned = subprocess.run(["make", "-n", "-C", str(repo_root), f"VENV={venv}", f"{venv}/.base"],
+                             capture_output=True, text=True, timeout=60, env=env)
+    assert planned.returncode == 0, planned.stderr
+    venv_line = next(line for line in planned.stdout.splitlines() if line.endswith(f"-m venv {venv}"))
+    assert venv_line.split()[0] == versioned[0]
