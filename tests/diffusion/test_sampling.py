@@ -67,7 +67,7 @@ def test_ddim_with_eta_one_is_the_ddpm_ancestral_step(num_steps):
                          [("ddpm", 1000, 0.04), ("ddpm", 100, 0.04), ("ddim", 50, 0.04), ("ddim", 20, 0.10)])
 def test_samplers_recover_the_gaussian_data_distribution(kind, num_steps, std_tolerance):
     """DDIM-20's coarse steps shrink the spread a little (discretisation error of the probability-flow ODE)."""
-    x = _run(SamplerConfig(kind=kind, num_steps=num_steps))
+    x = _run(SamplerConfig(kind=kind, num_steps=num_steps, guidance_scale=1.0, eta=0.0))
     assert abs(x.mean() - MU_C) < 0.03, x.mean()
     assert abs(x.std() - S) / S < std_tolerance, x.std()
 
@@ -124,7 +124,7 @@ def test_simulator_guidance_pulls_samples_down_the_energy_and_is_off_at_zero():
     def energy(x0):  # a stand-in consistency energy with its minimum at 0.5
         return 0.5 * jnp.sum((x0 - 0.5) ** 2, axis=(1, 2))
 
-    plain = SamplerConfig(kind="ddim", num_steps=50)
+    plain = SamplerConfig(kind="ddim", num_steps=50, guidance_scale=1.0, eta=0.0)
     np.testing.assert_array_equal(_run(plain, 2, energy=energy), _run(plain, 2))
     guided = _run(dataclasses.replace(plain, simulator_guidance=0.3), 2, energy=energy)
     assert abs(guided.mean() - 0.5) < abs(_run(plain, 2).mean() - 0.5) - 0.2
@@ -239,8 +239,8 @@ def test_bad_sampler_settings_are_refused():
 
 
 def test_describe_names_every_setting_that_changes_the_samples():
-    assert SamplerConfig().describe() == "ddim-50, eta 0, guidance 1"
-    assert SamplerConfig(kind="ddpm", num_steps=1000, guidance_scale=2.0).describe() == "ddpm-1000, guidance 2"
+    assert SamplerConfig(eta=0.0, guidance_scale=1.0, exact_limb_leads=False).describe() == "ddim-50, eta 0, guidance 1"
+    assert SamplerConfig(kind="ddpm", num_steps=1000, exact_limb_leads=False).describe() == "ddpm-1000, guidance 2"
     text = SamplerConfig(eta=1.0, group_scales=(3.0, 1.0, 1.0), guidance_interval=(0.3, 5.0), cads_noise=0.25,
                          exact_limb_leads=True).describe()
     assert text == ("ddim-50, eta 1, guidance text 3 / experience 1 / metadata 1, guided for sigma in (0.3, 5], "
@@ -258,6 +258,7 @@ def test_the_recommended_sampler_is_what_every_generating_cli_defaults_to():
     config = SamplerConfig.recommended()
     assert (config.kind, config.num_steps, config.eta, config.guidance_scale, config.exact_limb_leads) == (
         "ddim", 50, 1.0, 2.0, True)
+    assert SamplerConfig() == config  # one set of defaults: the dataclass's are the recommended ones
     assert SamplerConfig.recommended(eta=0.5).eta == 0.5
     root = Path(__file__).resolve().parents[2] / "experiments"
     for name in ("sample", "evaluate", "evaluate_rhythm", "gallery", "downstream", "ablate", "sweep_sampling"):
