@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import re
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -261,12 +263,17 @@ class TextCache:
         """Encode the texts not cached yet (in chunks of `chunk`), without returning encodings; returns how many
         were new. Training calls it once for every report it will meet, so no step waits for the encoder."""
         missing = sorted({t for t in _check_texts(texts) if t not in self._index})
+        start_time = time.perf_counter()
         for start in range(0, len(missing), chunk):
             part = missing[start:start + chunk]
             fresh = self.encoder.encode(part)
             self._append(TextEncoding(fresh.tokens.astype(np.float16), fresh.mask, fresh.pooled))
             self._index.update({t: len(self._index) + i for i, t in enumerate(part)})
             self._dirty = True
+            if len(missing) > chunk:  # (a long encode, e.g. a new experience corpus, says how far it is)
+                done, seconds = start + len(part), time.perf_counter() - start_time
+                logging.info("encoded %d of %d new texts for %s (%.0f s, about %.0f s left)", done, len(missing),
+                             self.cache_path, seconds, seconds / done * (len(missing) - done))
         return len(missing)
 
     def lookup(self, texts: Sequence[str]) -> TextEncoding:
