@@ -1,6 +1,7 @@
 r"""Fit the simulator to 12-lead WFDB records: parameters, fit quality, wave timings and an overlay plot.
 
-    python -m experiments.fit_simulator --record=../shared/data/ptb-xl/records500/00000/00001_hr --out_dir=fits
+    python -m experiments.fit_simulator --record=examples/records/sinus_arrhythmia_0 --out_dir=fits
+    python -m experiments.fit_simulator --record=pn://ptb-xl/1.0.3/records500/00000/00001_hr --out_dir=fits
     python -m experiments.fit_simulator --records_file=records.txt --out_dir=fits --mode=strip
 
 For each record `<name>` (the record's file name) it writes to --out_dir:
@@ -8,7 +9,8 @@ For each record `<name>` (the record's file name) it writes to --out_dir:
                iterations and the converged flag;
   <name>.npz   `real` and `fitted` (time, 12) float32 mV at the record's rate, `fs`, `times_s`, `mask`;
   <name>.png   real vs fitted, 12 leads.
---records_file lists one record path per line (without extension; '#' starts a comment; relative paths are
+--records_file lists one record path per line (without extension, or a PhysioNet record
+pn://<database>/<version>/<folder>/<record>; '#' starts a comment; relative paths are
 relative to the file). Records that cannot be fitted are reported with the reason and skipped; the exit status
 is then 1. Every file is written atomically, so an interrupted run leaves no partial file.
 """
@@ -27,7 +29,8 @@ from experiments import cli
 from sediff_jax.io import jsonio
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("record", None, "WFDB record path without extension (e.g. data/00001_hr).")
+flags.DEFINE_string("record", None, "WFDB record path without extension (e.g. data/00001_hr), or a PhysioNet record "
+                    "pn://<database>/<version>/<folder>/<record> (downloaded once into ~/.cache/sediff_jax).")
 flags.DEFINE_string("records_file", None, "Text file with one WFDB record path per line.")
 flags.DEFINE_string("out_dir", None, "Where <name>.json/.npz/.png are written (a new or empty folder, see "
                     "--overwrite).", required=True)
@@ -67,7 +70,7 @@ def record_paths(record: str | None, records_file: str | None) -> list[str]:
         line = line.split("#", 1)[0].strip()
         if line:
             path = Path(line)
-            paths.append(str(path if path.is_absolute() else base / path))
+            paths.append(line if line.startswith("pn://") or path.is_absolute() else str(base / path))
     if not paths:
         raise app.UsageError(f"--records_file={records_file} lists no records")
     names = [Path(p).name for p in paths]

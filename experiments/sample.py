@@ -40,7 +40,8 @@ flags.DEFINE_string("prompts", None, "CSV (header: text[,age,sex,hr,rr_ms]) or J
 flags.DEFINE_list("rr_ms", None, "RR intervals (ms, 200-3000) the ECG beats with, e.g. 820,790,810,... (a model "
                   "trained with the rhythm scaffold); the first R peak falls at 0.3 s.")
 flags.DEFINE_string("rhythm_from", None, "A WFDB record whose R peaks every ECG follows (its first 10 s): this "
-                    "patient's rhythm with the prompt's morphology.")
+                    "patient's rhythm with the prompt's morphology. A path, or a PhysioNet record "
+                    "pn://<database>/<version>/<folder>/<record>.")
 flags.DEFINE_integer("num_samples", 1, "ECGs per prompt (>= 1).")
 flags.DEFINE_integer("seed", 0, "Random seed; the same seed and prompts give the same ECGs on any device count.")
 flags.DEFINE_enum("sampler", "ddim", ["ddim", "ddpm"], "DDIM (deterministic at --eta=0) or ancestral DDPM.")

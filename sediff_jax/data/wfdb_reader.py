@@ -2,7 +2,8 @@
 
 `wfdb.rdrecord` on a truncated `.dat` fails with a reshape error, or silently returns garbage when a file
 is longer than its header says. `read_record` checks the header against the data files first (sizes,
-checksums, units, sampling rate) and returns physical units in mV.
+checksums, units, sampling rate) and returns physical units in mV. A PhysioNet record named
+`pn://<database>/<version>/<folder>/<record>` is downloaded once into a local cache and read the same way.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import posixpath
+import re
 from pathlib import Path
 
 import numpy as np
 import wfdb
+from wfdb.io import download
 
 from sediff_jax.errors import SediffError
 
@@ -74,7 +78,8 @@ def read_record(
     """Read a WFDB record (header + data files), validating it against its header.
 
     Args:
-      path: record path, with or without `.hea`.
+      path: record path, with or without `.hea`; or a PhysioNet record, `pn://<database>/<version>/<folder>/<name>`
+        (downloaded once into a local cache by `fetch_physionet_record`, then read and checked like a local one).
       expected_fs: if given, a header with another sampling rate is an error (Hz).
       verify_checksum: compare each signal's checksum with the header's, where the header has one.
 
@@ -82,6 +87,8 @@ def read_record(
       RecordError: missing or unparsable header, a data file missing, shorter or longer than the header
         says, a checksum mismatch, unknown units, or the wrong sampling rate.
     """
+    if is_physionet(path):
+        path = fetch_physionet_record(os.fspath(path))
     base = record_base(path)
     header_path = base + ".hea"
     if not os.path.exists(header_path):
@@ -227,3 +234,67 @@ def _check_data_files(header, directory: str, header_path: str) -> None:
                 f"implies {expected} ({header.sig_len} samples x {len(signals)} signals, format {fmt})",
                 reason="length_mismatch",
             )
+
+
+# -- PhysioNet records by name --------------------------------------------------------------------------------
+
+PHYSIONET_PREFIX = "pn://"
+_VERSION = re.compile(r"^\d+(\.\d+)+$")
+_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def is_physionet(spec: str | os.PathLike) -> bool:
+    return os.fspath(spec).startswith(PHYSIONET_PREFIX)
+
+
+def physionet_cache() -> Path:
+    return Path(os.environ.get("SEDIFF_PHYSIONET_CACHE") or Path.home() / ".cache" / "sediff_jax" / "physionet")
+
+
+def parse_physionet(spec: str) -> tuple[str, str]:
+    """(folder as PhysioNet names it: database/version/..., record name) of a `pn://` spec; RecordError names what
+    is wrong (the version is required, so a record always means the same data)."""
+    parts = spec[len(PHYSIONET_PREFIX):].strip("/").split("/")
+    for suffix in (".hea", ".dat"):
+        parts[-1] = parts[-1].removesuffix(suffix)
+    if len(parts) < 3 or not _VERSION.match(parts[1]) or not all(_PART.match(p) for p in parts):
+        raise RecordError(f"{spec}: not a PhysioNet record; expected pn://<database>/<version>/<folder>/<record>, "
+                          "e.g. pn://ptb-xl/1.0.3/records500/00000/00001_hr", reason="bad_header")
+    return "/".join(parts[:-1]), parts[-1]
+
+
+def _download(url: str, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.part-{os.getpid()}")
+    try:
+        download.dl_full_file(url, str(tmp))
+        os.replace(tmp, target)
+    except Exception as e:
+        raise RecordError(f"{url}: download failed ({type(e).__name__}: {e})", reason="missing_file") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fetch_physionet_record(spec: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """The local record path (without extension) of PhysioNet record `spec`. Its header, then the data files the
+    header names, are downloaded unless present into `cache_dir` (default `physionet_cache()`:
+    `$SEDIFF_PHYSIONET_CACHE`, else `~/.cache/sediff_jax/physionet`) by wfdb's own downloader
+    (`wfdb.io.download.dl_full_file`), each file renamed into place once complete."""
+    folder, name = parse_physionet(spec)
+    local = Path(cache_dir or physionet_cache()) / folder
+    local.mkdir(parents=True, exist_ok=True)
+    url = posixpath.join(download.PN_CONTENT_URL, folder) + "/"
+    header = local / f"{name}.hea"
+    if not header.exists():
+        _download(url + header.name, header)
+    try:
+        files = sorted(set(wfdb.rdheader(str(local / name)).file_name or ()))
+    except Exception as e:  # wfdb raises assorted types for malformed headers
+        raise RecordError(f"{header} (from {url}): cannot parse WFDB header ({type(e).__name__}: {e})",
+                          reason="bad_header") from e
+    for file_name in files:
+        if not _PART.match(file_name):
+            raise RecordError(f"{header} (from {url}): data file {file_name!r} is not a plain file name",
+                              reason="bad_header")
+        if not (local / file_name).exists():
+            _download(url + file_name, local / file_name)
+    return str(local / name)
