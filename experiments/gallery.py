@@ -47,11 +47,11 @@ def main(argv):
     from sediff_jax.data.builder import open_split
     from sediff_jax.diffusion.sampling import SamplerConfig
     from sediff_jax.evaluation import measured_heart_rates
-    from sediff_jax.generation import SHIPPED_CHECKPOINT, Generator, load_model, make_prompt
+    from sediff_jax.generation import SHIPPED_CHECKPOINT, Generator, make_prompt
     from sediff_jax.io import atomic_path
     from sediff_jax.leads import LEAD_NAMES
 
-    model = load_model(FLAGS.checkpoint or SHIPPED_CHECKPOINT)
+    model = cli.load_model(FLAGS.checkpoint or SHIPPED_CHECKPOINT)
     source = open_split(FLAGS.prepared, FLAGS.split)
     examples, seen = [], set()
     for i in range(FLAGS.skip, len(source)):

@@ -224,7 +224,7 @@ def _model_steps(checkpoint: str) -> int | None:
 
 def main(argv):
     del argv
-    from sediff_jax.generation import Generator, load_model
+    from sediff_jax.generation import Generator
     from sediff_jax.io.outputs import output_dir
     from sediff_jax.checkpoints import CheckpointError
 
@@ -238,7 +238,7 @@ def main(argv):
     if limit is not None and FLAGS.steps > limit:  # before the model load
         raise UsageError(f"--steps={FLAGS.steps} must be within 1-{limit} (the model's diffusion steps)")
     try:
-        model = load_model(checkpoint)
+        model = cli.load_model(checkpoint)
     except CheckpointError as e:
         raise UsageError(f"--checkpoint: {e}") from None
     config = _sampler_config(model)

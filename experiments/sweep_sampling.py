@@ -91,7 +91,7 @@ def main(argv):
     from sediff_jax.evaluation.clip import load_clip
     from sediff_jax.evaluation.paired import real_pairs
     from sediff_jax.evaluation.runner import generate_paired, score, write_generated
-    from sediff_jax.generation import SHIPPED_CHECKPOINT, load_model
+    from sediff_jax.generation import SHIPPED_CHECKPOINT
     from sediff_jax.io.atomic import atomic_path
     from sediff_jax.io.outputs import output_dir
 
@@ -101,7 +101,7 @@ def main(argv):
         raise cli.UsageError(f"--variants: unknown {unknown}; expected some of {', '.join(VARIANTS)}")
     out = output_dir(FLAGS.out, overwrite=FLAGS.overwrite, flag="--out", tool="sweep_sampling")
     try:
-        model = load_model(FLAGS.checkpoint or str(SHIPPED_CHECKPOINT))
+        model = cli.load_model(FLAGS.checkpoint or str(SHIPPED_CHECKPOINT))
     except CheckpointError as e:
         raise cli.UsageError(f"--checkpoint: {e}") from None
     from sediff_jax.data.canonical import CanonicalConfig

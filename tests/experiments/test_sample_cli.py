@@ -24,6 +24,7 @@ def test_writes_wfdb_png_npz_and_manifest(repo_root, exported_model_dir, tmp_pat
     result = _run(repo_root, f"--checkpoint={exported_model_dir}", f"--prompts={prompts}", "--num_samples=2",
                   "--steps=4", "--guidance_scale=1.5", "--seed=5", f"--out_dir={out}")
     assert result.returncode == 0, result.stderr[-2000:]
+    assert f"loading model {exported_model_dir} ..." in result.stderr.splitlines()  # (a load takes seconds)
     names = sorted(p.name for p in out.iterdir())
     expected = [f"ecg_{i:03d}_{k:02d}.{ext}" for i in range(2) for k in range(2) for ext in ("dat", "hea", "png")]
     assert names == sorted(expected + ["manifest.json", "samples.npz", ".sediff_outputs.json"])
