@@ -48,10 +48,13 @@ setup(
     python_requires=">=3.11",  # jax >= 0.7 and flax 0.12 need it
     # The library only: experiments/ (entrypoints, configs, benchmarks) runs from a checkout, `python -m
     # experiments.<tool>`. The shipped models in checkpoints/ install as sediff_jax/shipped/ (sediff_jax.assets).
-    packages=find_packages(include=["sediff_jax", "sediff_jax.*"]) + ["sediff_jax.shipped"],
+    # The data folders are packages of their own (setuptools warns about data folders that are not).
+    packages=find_packages(include=["sediff_jax", "sediff_jax.*"]) + [
+        "sediff_jax.simulator.priors", "sediff_jax.shipped", "sediff_jax.shipped.sediff_ptbxl100"],
     package_dir={"sediff_jax.shipped": "checkpoints"},
-    package_data={"sediff_jax.simulator": ["priors/*.json"],
-                  "sediff_jax.shipped": ["*.json", "*.md", "*.safetensors", "sediff_ptbxl100/*"]},
+    package_data={"sediff_jax.simulator.priors": ["*.json"],
+                  "sediff_jax.shipped": ["*.json", "*.md", "*.safetensors"],
+                  "sediff_jax.shipped.sediff_ptbxl100": ["*"]},
     include_package_data=True,
     install_requires=CORE,
     extras_require=EXTRAS,

@@ -201,7 +201,7 @@ def main(argv):
             with out.writing(*output_names(name, FLAGS.png)):
                 write_outputs(out_dir, name, result, raw.fs, path, FLAGS.png)
             num_written += 1
-            state = "converged" if result.converged else "not converged"
+            state = "converged" if result.converged else "stopped at the iteration cap (not converged)"
             print(f"{name}: median lead r = {np.median(result.lead_correlation):.3f}, HR "
                   f"{float(result.params.rhythm.hr_mean):.0f} bpm, {result.iterations} iterations ({state}) "
                   f"-> {out_dir / name}.json/.npz" + ("/.png" if FLAGS.png else ""))

@@ -11,11 +11,13 @@ import pytest
 
 def test_wheel_installs_the_library_with_the_shipped_models(tmp_path, repo_root):
     wheels, site = tmp_path / "wheels", tmp_path / "site"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(repo_root)],
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(wheels), str(repo_root)],
                            capture_output=True, text=True, timeout=600)
     if build.returncode != 0 and "Could not find a version" in build.stderr + build.stdout:
         pytest.skip("no package index for the build backend (offline)")
     assert build.returncode == 0, build.stderr[-2000:]
+    warned = [line for line in (build.stdout + build.stderr).splitlines() if "BuildBackendWarning" in line]
+    assert not warned, warned  # e.g. a data folder that is not declared as a package
     (wheel,) = wheels.glob("sediff_jax-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert not [n for n in names if n.startswith("experiments/") or n.startswith("checkpoints/")]

@@ -105,3 +105,14 @@ def test_strip_fits_keep_each_records_own_length(repo_root, tmp_path):
     strip, beat = done.stdout.splitlines()
     assert strip == "strip [((500.0, 1500), ['short']), ((500.0, 4000), ['long', 'long2'])]"
     assert beat == "beat [((500.0, 0), ['short', 'long', 'long2'])]"
+
+
+def test_the_readme_fit_runs_from_a_fresh_clone_and_a_capped_fit_says_so(repo_root, tmp_path):
+    """examples/records ships with the code, so the README's fit command needs no download; a fit stopped by
+    --max_iterations is reported as such, not as converged."""
+    result = _run(repo_root, "--record=examples/records/sinus_arrhythmia_0", "--max_iterations=20", "--nopng",
+                  f"--out_dir={tmp_path / 'fits'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "20 iterations (stopped at the iteration cap (not converged))" in result.stdout
+    summary = json.loads((tmp_path / "fits" / "sinus_arrhythmia_0.json").read_text())
+    assert summary["converged"] is False and summary["iterations"] == 20
