@@ -11,6 +11,8 @@ checkpoint id, measured heart rates, each ECG's rhythm, time). A model trained w
 where the simulator places the prompt's rhythm, or where --rr_ms / --rhythm_from say:
 
     python -m experiments.sample --text="left bundle branch block" --rhythm_from=patient/rec01 --out_dir=out/lbbb
+    python -m experiments.sample --text="left bundle branch block" \
+        --rhythm_from=examples/records/sinus_arrhythmia_0,examples/records/atrial_fibrillation_0 --out_dir=out/two
  Input errors stop before anything is written, naming the flag (and
 the row of a prompt file); files appear in --out_dir only once every ECG has been generated.
 """
@@ -39,9 +41,11 @@ flags.DEFINE_float("hr", None, "Heart rate, bpm (20-300).")
 flags.DEFINE_string("prompts", None, "CSV (header: text[,age,sex,hr,rr_ms]) or JSONL file of prompts.")
 flags.DEFINE_list("rr_ms", None, "RR intervals (ms, 200-3000) the ECG beats with, e.g. 820,790,810,... (a model "
                   "trained with the rhythm scaffold); the first R peak falls at 0.3 s.")
-flags.DEFINE_string("rhythm_from", None, "A WFDB record whose R peaks every ECG follows (its first 10 s): this "
-                    "patient's rhythm with the prompt's morphology. A path, or a PhysioNet record "
-                    "pn://<database>/<version>/<folder>/<record>.")
+flags.DEFINE_list("rhythm_from", None, "WFDB records whose R peaks the ECGs follow (their first 10 s): this "
+                  "patient's rhythm with the prompt's morphology. Paths or PhysioNet records "
+                  "pn://<database>/<version>/<folder>/<record>, comma-separated: one prompt is generated once per "
+                  "record, or N prompts (--prompts) pair with N records in order. A prompts file may instead have "
+                  "a rhythm_from column.")
 flags.DEFINE_integer("num_samples", 1, "ECGs per prompt (>= 1).")
 flags.DEFINE_integer("seed", 0, "Random seed; the same seed and prompts give the same ECGs on any device count.")
 flags.DEFINE_enum("sampler", "ddim", ["ddim", "ddpm"], "DDIM (deterministic at --eta=0) or ancestral DDPM.")
@@ -82,15 +86,38 @@ def _prompts():
             raise UsageError("--prompts cannot be combined with --text/--age/--sex/--hr/--rr_ms (put them in the "
                              "file)")
         try:
-            return read_prompts(FLAGS.prompts)
+            prompts = read_prompts(FLAGS.prompts)
         except PromptError as e:
             raise UsageError(str(e)) from None
-    if FLAGS.text is None:
+    elif FLAGS.text is None:
         raise UsageError("--text or --prompts is required")
-    try:
-        return [make_prompt(FLAGS.text, FLAGS.age, FLAGS.sex, FLAGS.hr, rr_ms=FLAGS.rr_ms)]
-    except PromptError as e:
-        raise UsageError(str(e)) from None
+    else:
+        try:
+            prompts = [make_prompt(FLAGS.text, FLAGS.age, FLAGS.sex, FLAGS.hr, rr_ms=FLAGS.rr_ms)]
+        except PromptError as e:
+            raise UsageError(str(e)) from None
+    return with_rhythm_records(prompts, FLAGS.rhythm_from)
+
+
+def with_rhythm_records(prompts: list, records: list[str] | None) -> list:
+    """The prompts with --rhythm_from's records: one prompt once per record, or N prompts paired with N records;
+    UsageError for any other count, an empty entry, or prompts that name their own rhythm."""
+    import dataclasses
+
+    if not records:
+        if records is not None:
+            raise UsageError("--rhythm_from names no record")
+        return prompts
+    if any(not r.strip() for r in records):
+        raise UsageError(f"--rhythm_from={','.join(records)} has an empty entry")
+    if any(p.rr_ms is not None or p.rhythm_from is not None for p in prompts):
+        raise UsageError("--rhythm_from and the prompts' rr_ms / rhythm_from both give the rhythm; pass one")
+    if len(prompts) == 1:
+        prompts = prompts * len(records)
+    elif len(prompts) != len(records):
+        raise UsageError(f"--rhythm_from names {len(records)} records for {len(prompts)} prompts; give one prompt "
+                         "(generated once per record) or as many prompts as records (paired in order)")
+    return [dataclasses.replace(p, rhythm_from=r.strip()) for p, r in zip(prompts, records)]
 
 
 def _sampler_config(model=None):
@@ -119,7 +146,7 @@ def experience_summary(generator, prompts, experience: str) -> dict:
 
 
 def generate_files(out, prompts, generator, config, seed: int, num_samples: int, png: bool,
-                   experience: str, rhythm=None) -> dict:
+                   experience: str) -> dict:
     """Generate and write everything into `out` (an io.outputs.OutputDir); returns the manifest.  Nothing is
     written until every ECG exists; this tool's earlier outputs there are replaced only then."""
     import jax
@@ -137,8 +164,7 @@ def generate_files(out, prompts, generator, config, seed: int, num_samples: int,
     from sediff_jax.generation import PromptError
 
     try:  # before anything is written: a rhythm the model cannot follow, or that does not fit, stops here
-        plans = generator.plan_rhythms([p for _, _, p in expanded], seed,
-                                       None if rhythm is None else [rhythm] * len(expanded))
+        plans = generator.plan_rhythms([p for _, _, p in expanded], seed)
     except PromptError as e:  # (RhythmError is one)
         raise UsageError(str(e)) from None
     with cli.Progress(total, f"{config.kind}-{config.num_steps}", unit="step") as progress:
@@ -228,7 +254,6 @@ def main(argv):
     from sediff_jax.io.outputs import output_dir
     from sediff_jax.checkpoints import CheckpointError
 
-    from sediff_jax.generation import PromptError, rhythm_from_record
 
     prompts = _prompts()
     _sampler_config()  # bad sampling flags stop here, before the model loads
@@ -245,13 +270,8 @@ def main(argv):
     generator = Generator(model, max_batch=FLAGS.max_batch)
     if FLAGS.experience == "auto" and generator.experience_error is not None:
         raise UsageError(f"--experience=auto: {generator.experience_error}")
-    try:
-        rhythm = (rhythm_from_record(FLAGS.rhythm_from, model.spec.duration_s) if FLAGS.rhythm_from is not None
-                  else None)
-    except PromptError as e:  # (RhythmError is one) before anything is written
-        raise UsageError(str(e)) from None
     manifest = generate_files(out, prompts, generator, config, FLAGS.seed, FLAGS.num_samples, FLAGS.png,
-                              FLAGS.experience, rhythm)
+                              FLAGS.experience)
     print(f"wrote {manifest['samples']} ECG(s) ({config.kind}-{config.num_steps}, guidance "
           f"{config.guidance_scale:g}, {manifest['seconds']:.1f} s) to {out.path.resolve()}/")
 

@@ -29,7 +29,8 @@ from sediff_jax.experience.reports import PromptExperience
 from sediff_jax.experience.retrieval import PATIENT_FACTOR_KEYS
 from sediff_jax.generation.model import SEDiffModel, experience_profiles_path
 from sediff_jax.generation.prompts import Prompt
-from sediff_jax.generation.rhythm import RhythmError, RhythmPlan, rhythm_from_rr, simulated_rhythm
+from sediff_jax.generation.rhythm import (RhythmError, RhythmPlan, rhythm_from_record, rhythm_from_rr,
+                                         simulated_rhythm)
 from sediff_jax.leads import project_to_lead_space
 from sediff_jax.parallel import batch_sharding, make_mesh, replicated_sharding
 from sediff_jax.signal.phase import pad_peaks, rhythm_features
@@ -140,22 +141,27 @@ class Generator:
 
     def plan_rhythms(self, prompts: Sequence[Prompt], seed: int = 0,
                      rhythms: Sequence[RhythmPlan | None] | None = None) -> list[RhythmPlan | None]:
-        """Each prompt's rhythm: `rhythms[i]` where given, else the prompt's rr_ms, else the simulator's rhythm of
-        its text and heart rate (seeded by (seed, i)); all None for a model trained without the scaffold (an
-        explicit rhythm for such a model is an error)."""
+        """Each prompt's rhythm: `rhythms[i]` where given, else the prompt's rr_ms or rhythm_from record (each
+        record read once), else the simulator's rhythm of its text and heart rate (seeded by (seed, i)); all None
+        for a model trained without the scaffold (an explicit rhythm for such a model is an error)."""
         given = list(rhythms) if rhythms is not None else [None] * len(prompts)
         if len(given) != len(prompts):
             raise ValueError(f"{len(given)} rhythms for {len(prompts)} prompts")
         if not self.uses_rhythm:
-            if any(r is not None for r in given) or any(p.rr_ms is not None for p in prompts):
+            if any(r is not None for r in given) or any(p.rr_ms is not None or p.rhythm_from is not None
+                                                       for p in prompts):
                 raise RhythmError(f"{self.model.source}: this model was trained without the rhythm scaffold, so it "
                                   "cannot follow a given rhythm (rr_ms / rhythm_from); use a scaffold model")
             return [None] * len(prompts)
         duration = self.model.spec.duration_s
-        plans = []
+        plans, records = [], {}
         for i, (prompt, plan) in enumerate(zip(prompts, given)):
             if plan is None and prompt.rr_ms is not None:
                 plan = rhythm_from_rr(prompt.rr_ms, duration, where=f"prompt {i} rr_ms")
+            if plan is None and prompt.rhythm_from is not None:
+                if prompt.rhythm_from not in records:
+                    records[prompt.rhythm_from] = rhythm_from_record(prompt.rhythm_from, duration)
+                plan = records[prompt.rhythm_from]
             if plan is None:
                 key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), i), RHYTHM_STREAM)
                 plan = simulated_rhythm(prompt, key, duration)

@@ -18,7 +18,7 @@ HR_RR_TOLERANCE = 0.05  # hr and the rate of an RR list given together may diffe
 HR_RANGE = (20.0, 300.0)  # bpm
 SEXES = {"M": 0, "F": 1}
 RR_RANGE_MS = (200.0, 3000.0)  # 300 to 20 bpm, beat to beat
-FIELDS = ("text", "age", "sex", "hr", "rr_ms")
+FIELDS = ("text", "age", "sex", "hr", "rr_ms", "rhythm_from")
 MAX_TEXT_CHARS = 10_000  # a report far beyond any clinical statement (the text encoders read 128-256 tokens)
 
 
@@ -29,13 +29,15 @@ class PromptError(SediffError, ValueError):
 @dataclasses.dataclass(frozen=True)
 class Prompt:
     """text: the report (English).  age: years or None.  sex: 'M', 'F' or None.  hr: heart rate, bpm, or None.
-    rr_ms: the RR intervals (ms) the ECG should beat with, or None (the rhythm comes from the text and hr)."""
+    rr_ms: the RR intervals (ms) the ECG should beat with, or None (the rhythm comes from the text and hr).
+    rhythm_from: a WFDB record (path or `pn://` PhysioNet name) whose R peaks the ECG follows, or None."""
 
     text: str
     age: float | None = None
     sex: str | None = None
     hr: float | None = None
     rr_ms: tuple[float, ...] | None = None
+    rhythm_from: str | None = None
 
     @property
     def sex_code(self) -> int:
@@ -77,8 +79,9 @@ def _rr_list(value, where: str) -> tuple[float, ...] | None:
     return rr
 
 
-def make_prompt(text, age=None, sex=None, hr=None, where: str = "--", rr_ms=None) -> Prompt:
-    """A validated Prompt. `where` prefixes the field name in errors ('--' for flags, 'prompts.csv row 3: ')."""
+def make_prompt(text, age=None, sex=None, hr=None, where: str = "--", rr_ms=None, rhythm_from=None) -> Prompt:
+    """A validated Prompt. `where` prefixes the field name in errors ('--' for flags, 'prompts.csv row 3: ').
+    rhythm_from is only named here; the record is read when the rhythm is planned (`Generator.plan_rhythms`)."""
     if not isinstance(text, str) or not text.strip():
         raise PromptError(f"{where}text must be a non-empty report, got {text!r}")
     age = _number(age, "age", where)
@@ -102,6 +105,13 @@ def make_prompt(text, age=None, sex=None, hr=None, where: str = "--", rr_ms=None
         raise PromptError(f"{where}text is {len(text)} characters long; a report may have at most "
                           f"{MAX_TEXT_CHARS}")
     rr = _rr_list(rr_ms, where)
+    if isinstance(rhythm_from, str) and not rhythm_from.strip():
+        rhythm_from = None  # (an empty CSV cell)
+    if rhythm_from is not None and not isinstance(rhythm_from, (str, os.PathLike)):
+        raise PromptError(f"{where}rhythm_from must be a record path, got {rhythm_from!r}")
+    rhythm_from = None if rhythm_from is None else os.fspath(rhythm_from).strip()
+    if rhythm_from is not None and rr is not None:
+        raise PromptError(f"{where}rr_ms and {where}rhythm_from both give the rhythm; give one")
     if rr is not None:
         rr_rate = 60000.0 / (sum(rr) / len(rr))
         if hr is None:  # the heart-rate token says what the RR list does
@@ -110,12 +120,13 @@ def make_prompt(text, age=None, sex=None, hr=None, where: str = "--", rr_ms=None
             raise PromptError(f"{where}hr={hr:g} bpm disagrees with {where}rr_ms (mean RR "
                               f"{sum(rr) / len(rr):.0f} ms = {rr_rate:.0f} bpm) by more than "
                               f"{100 * HR_RR_TOLERANCE:g} %; give one of them, or make them agree")
-    return Prompt(text, age, sex, hr, rr)
+    return Prompt(text, age, sex, hr, rr, rhythm_from)
 
 
 def read_prompts(path: str | os.PathLike) -> list[Prompt]:
-    """Prompts from a CSV (header with `text` and any of age, sex, hr, rr_ms) or JSONL file (one object per
-    line). rr_ms: RR intervals in ms, a JSON list or a string of numbers separated by spaces or commas."""
+    """Prompts from a CSV (header with `text` and any of age, sex, hr, rr_ms, rhythm_from) or JSONL file (one
+    object per line). rr_ms: RR intervals in ms, a JSON list or a string of numbers separated by spaces or commas.
+    rhythm_from: a WFDB record, relative to the file's folder unless absolute or `pn://...`."""
     path = Path(path)
     try:
         raw = path.read_text(encoding="utf-8-sig")  # (a byte-order mark, as Excel writes, is dropped)
@@ -138,7 +149,7 @@ def read_prompts(path: str | os.PathLike) -> list[Prompt]:
         try:
             if reader.fieldnames is None or "text" not in [f.strip() for f in reader.fieldnames]:
                 raise PromptError(f"--prompts={path}: the CSV needs a header with a 'text' column (and optionally "
-                                  f"age, sex, hr, rr_ms), got {reader.fieldnames}")
+                                  f"age, sex, hr, rr_ms, rhythm_from), got {reader.fieldnames}")
             for number, row in enumerate(reader, 2):  # row 1 is the header
                 if None in row:
                     raise PromptError(f"--prompts={path} row {number}: more values than header columns")
@@ -150,8 +161,13 @@ def read_prompts(path: str | os.PathLike) -> list[Prompt]:
         unknown = sorted(set(row) - set(FIELDS))
         if unknown:
             raise PromptError(f"--prompts={path} row {number}: unknown columns {unknown}; expected {list(FIELDS)}")
+        record = row.get("rhythm_from")
+        if isinstance(record, str) and record.strip() and not (record.strip().startswith("pn://")
+                                                               or os.path.isabs(record.strip())):
+            record = str(path.resolve().parent / record.strip())
         prompts.append(make_prompt(row.get("text"), row.get("age"), row.get("sex"), row.get("hr"),
-                                   where=f"--prompts={path} row {number}: ", rr_ms=row.get("rr_ms")))
+                                   where=f"--prompts={path} row {number}: ", rr_ms=row.get("rr_ms"),
+                                   rhythm_from=record))
     if not prompts:
         raise PromptError(f"--prompts={path}: no prompts in the file")
     return prompts

@@ -64,8 +64,8 @@ def test_writes_wfdb_png_npz_and_manifest(repo_root, exported_model_dir, tmp_pat
     (["--text=normal ECG", "--rr_ms=800"], "trained without the rhythm scaffold"),
     pytest.param(["--text=normal ECG", "--rr_ms=800,100"], r"rr_ms\[1\]=100.0 is outside 200-3000 ms",
                  marks=pytest.mark.slow),
-    pytest.param(["--text=normal ECG", "--rhythm_from=MISSING"], "--rhythm_from=.*nowhere",
-                 marks=pytest.mark.slow),
+    pytest.param(["--text=normal ECG", "--rhythm_from=MISSING"], "trained without the rhythm scaffold",
+                 marks=pytest.mark.slow),  # (a missing record on a scaffold model: tests/generation/test_rhythm.py)
     pytest.param(["--text=normal ECG", "--rhythm_from=MISSING", "--rr_ms=800"], "pass one",
                  marks=pytest.mark.slow),
 ])
@@ -87,3 +87,28 @@ def test_bad_input_names_the_flag_and_writes_nothing(repo_root, exported_model_d
     assert result.returncode == 2, (result.stdout, result.stderr[-2000:])
     assert __import__("re").search(message, result.stderr), result.stderr[-2000:]
     assert not out.exists()
+
+
+def test_several_records_give_one_ecg_each_in_one_call(repo_root, tmp_path):
+    """--rhythm_from with several records: the prompt once per record (one model load, one sampling call), each
+    ECG's manifest entry naming its record; a count that pairs with neither one prompt nor the prompts is refused
+    before anything is written."""
+    from sediff_jax.generation import export_model
+    from tests.generation.small_model import small_model
+
+    model_dir = export_model(small_model(rhythm=True), tmp_path / "model")
+    records = [str(repo_root / "examples" / "records" / name) for name in ("sinus_arrhythmia_0",
+                                                                         "atrial_fibrillation_0")]
+    out = tmp_path / "out"
+    result = _run(repo_root, f"--checkpoint={model_dir}", "--text=left bundle branch block", "--steps=3",
+                  f"--rhythm_from={','.join(records)}", "--nopng", f"--out_dir={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [r["rhythm"]["source"] for r in manifest["records"]] == [f"record:{r}" for r in records]
+    assert [p["rhythm_from"] for p in manifest["prompts"]] == records
+    prompts = tmp_path / "three.csv"
+    prompts.write_text("text\nnormal ECG\nsinus rhythm\nLBBB\n")
+    refused = _run(repo_root, f"--checkpoint={model_dir}", f"--prompts={prompts}",
+                   f"--rhythm_from={','.join(records)}", f"--out_dir={tmp_path / 'refused'}")
+    assert refused.returncode == 2 and "names 2 records for 3 prompts" in refused.stderr
+    assert not (tmp_path / "refused").exists()

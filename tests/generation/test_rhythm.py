@@ -166,3 +166,30 @@ def test_beat_placement_accounts_for_every_requested_beat():
     assert missed["beats_requested"] == len(peaks) + 1 and missed["beats_placed"] == len(peaks)
     assert missed["max_ms"] >= 400 and missed["median_ms"] <= 20
     assert beat_placement(np.zeros((1000, 12), np.float32), 100.0, peaks)["median_ms"] is None
+
+
+def test_prompts_name_records_for_their_rhythm(tmp_path, repo_root):
+    """A prompt's rhythm_from record (a CSV column, relative to the file) is planned like rhythm_from_record,
+    each record read once; it cannot be combined with rr_ms, and a model without the scaffold refuses it."""
+    records = repo_root / "examples" / "records"
+    (tmp_path / "ecgs").symlink_to(records)
+    prompts_file = tmp_path / "prompts.csv"
+    prompts_file.write_text("text,hr,rhythm_from\n"
+                            "left bundle branch block,,ecgs/atrial_fibrillation_0\n"
+                            "normal ECG,70,\n"
+                            f"sinus rhythm,,{records / 'sinus_arrhythmia_0'}\n"
+                            "atrial fibrillation,,ecgs/atrial_fibrillation_0\n")
+    prompts = read_prompts(prompts_file)
+    assert prompts[0].rhythm_from == str(tmp_path / "ecgs" / "atrial_fibrillation_0") and prompts[1].rhythm_from is None
+    generator = Generator(small_model(rhythm=True), mesh=make_mesh(jax.devices()[:1]), max_batch=8)
+    duration = generator.model.spec.duration_s
+    plans = generator.plan_rhythms(prompts, seed=1)
+    assert plans[0] == rhythm_from_record(prompts[0].rhythm_from, duration) == plans[3]
+    assert plans[1].source == "simulator" and plans[2].source == f"record:{records / 'sinus_arrhythmia_0'}"
+    with pytest.raises(PromptError, match="rr_ms and --rhythm_from both give the rhythm"):
+        make_prompt("normal ECG", rr_ms=[800, 800], rhythm_from="x")
+    with pytest.raises(RhythmError, match="--rhythm_from=.*nowhere"):
+        generator.plan_rhythms([make_prompt("normal ECG", rhythm_from=str(tmp_path / "nowhere"))])
+    plain = Generator(small_model(), mesh=make_mesh(jax.devices()[:1]), max_batch=8)
+    with pytest.raises(RhythmError, match="trained without the rhythm scaffold"):
+        plain.plan_rhythms(prompts[:1])
