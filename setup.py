@@ -34,7 +34,9 @@ EXTRAS = {
     "bench": ["neurokit2>=0.2.10"],
     # pytest-xdist: `make test` runs test files on two processes (compilation is single-threaded).
     # hypothesis: property-based (fuzz) tests of the readers, parsers and config schema.
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "neurokit2>=0.2.10"],
+    # nbclient + ipykernel: the notebook test runs colab/quickstart.ipynb in a Jupyter kernel, as Colab does.
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "neurokit2>=0.2.10", "nbclient>=0.10",
+             "nbformat>=5.10", "ipykernel>=6.29"],
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 
