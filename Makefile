@@ -60,8 +60,8 @@ test: $(VENV)/.test
 
 # The inner loop: the library's own tests (signal, simulator, data, models, diffusion, text, io, checkpoints,
 # experience), without the training runs, CLIs and evaluation protocols that make up most of `make test`.
-FAST_TESTS ?= tests/signal tests/simulator tests/data tests/models tests/diffusion tests/text tests/io \
-	tests/checkpoints tests/experience
+FAST_TESTS ?= tests/test_layering.py tests/signal tests/simulator tests/data tests/models tests/diffusion \
+	tests/text tests/io tests/checkpoints tests/experience
 test-fast: $(VENV)/.test
 	$(PY) -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) $(FAST_TESTS)
 
