@@ -64,6 +64,12 @@ def main(argv):
     del argv
     import jax
 
+    from sediff_jax.checkpoints.trained import is_exported
+
+    if FLAGS.checkpoint and not is_exported(FLAGS.checkpoint):
+        raise cli.UsageError(f"--checkpoint={FLAGS.checkpoint}: not an exported model directory (config.json and "
+                             "model.safetensors)")
+
     print(f"\nModel load, {platform.machine()} CPU, jax {jax.__version__}, {FLAGS.repeats} fresh processes each "
           f"(median)\n")
     runs = {way: [probe(way) for _ in range(FLAGS.repeats)] for way in ("abstract", "concrete")}

@@ -192,6 +192,8 @@ CASES = [
     ("benchmarks.data", ["--data_dir=NOWHERE"], E, r"nowhere/ptb-xl not found; pass --data_dir"),
     ("benchmarks.data", ["--batch=0"], E, r"--batch must be >= 1"),
     ("benchmarks.fitting", ["--data_dir=NOWHERE"], E, r"nowhere/ludb not found; pass --data_dir"),
+    ("benchmarks.model_load", ["--repeats=0"], E, r"--repeats must be >= 1"),
+    ("benchmarks.model_load", ["--checkpoint=NOWHERE"], E, r"--checkpoint=.*nowhere: not an exported model"),
     ("benchmarks.retrieval", ["--sizes=abc"], E, r"--sizes must be integers >= 1"),
     ("benchmarks.retrieval", ["--queries=0"], E, r"--queries must be >= 1"),
     ("benchmarks.sampling", ["--samplers=foo-1"], E, r"--samplers / --simulator_guidance: 'foo-1'.*unknown"),
@@ -348,7 +350,7 @@ def test_bad_input_is_refused_by_name_and_touches_nothing(results, index):
         assert not result["changed"]
         return
     lines = [line for line in stderr.splitlines() if line.strip()]
-    assert lines and all(line.startswith(("error: ", "warning: ")) or "cannot fit" in line
+    assert lines and all(line.startswith(("error: ", "warning: ", "loading model ")) or "cannot fit" in line
                          or "could not be fitted" in line for line in lines), stderr[-2000:]
     assert not result["changed"], "the case created, changed or deleted files under its working directory"
 
