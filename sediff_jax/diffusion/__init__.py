@@ -1,4 +1,6 @@
-"""Diffusion in the VAE latent: noise schedules and the forward process and the SE-Diff training loss (samplers join here)."""
+"""Diffusion in the VAE latent: noise schedules and the forward process (`schedule`), the SE-Diff training loss
+with its simulator terms (`losses`), and the DDPM/DDIM samplers with classifier-free guidance, guidance intervals,
+per-group guidance and CADS (`sampling`: `SamplerConfig`, whose defaults are the recommended setting)."""
 
 from sediff_jax.diffusion.schedule import (
     PREDICTIONS,
