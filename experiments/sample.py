@@ -19,7 +19,6 @@ the row of a prompt file); files appear in --out_dir only once every ECG has bee
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -232,18 +231,12 @@ def _model_steps(checkpoint: str) -> int | None:
     """The diffusion steps of an exported model, from its config.json alone (checked field by field; None when
     the checkpoint is not an exported model), so that --steps is checked before the model loads."""
     from sediff_jax.checkpoints import CheckpointError
-    from sediff_jax.checkpoints.spec import MODEL_FORMAT, ModelSpec
-    from sediff_jax.generation.model import CONFIG_FILE
+    from sediff_jax.checkpoints.exported import is_exported, read_exported_spec
 
-    path = Path(checkpoint) / CONFIG_FILE
+    if not is_exported(checkpoint):
+        return None  # a training workdir, or nothing: load_model says what is wrong
     try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # load_model says what is wrong
-    if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
-        return None
-    try:
-        return ModelSpec.from_json(config, str(path)).schedule_steps
+        return read_exported_spec(checkpoint).schedule_steps
     except CheckpointError as e:
         raise UsageError(f"--checkpoint: {e}") from None
 

@@ -64,7 +64,7 @@ def main(argv):
     del argv
     import jax
 
-    from sediff_jax.checkpoints.trained import is_exported
+    from sediff_jax.checkpoints.exported import is_exported
 
     if FLAGS.checkpoint and not is_exported(FLAGS.checkpoint):
         raise cli.UsageError(f"--checkpoint={FLAGS.checkpoint}: not an exported model directory (config.json and "

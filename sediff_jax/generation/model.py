@@ -12,10 +12,7 @@ Two on-disk forms load the same way (`load_model`):
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +23,12 @@ from flax import nnx
 from sediff_jax.assets import shipped_path
 from sediff_jax.checkpoints import CheckpointError
 from sediff_jax.checkpoints.spec import MODEL_FORMAT, MODEL_VERSION, ModelSpec  # noqa: F401 (re-exported)
-from sediff_jax.checkpoints.trained import CONFIG_FILE, WEIGHTS_FILE, load_denoiser, load_vae, read_exported
+from sediff_jax.checkpoints.exported import (  # noqa: F401 (the format's names, re-exported for generation's users)
+    CONFIG_FILE, EXPERIENCE_PROFILES_FILE, EXPORTED_FILES, WEIGHTS_FILE, check_export_target, is_exported_model,
+    read_exported, write_exported)
+from sediff_jax.checkpoints.trained import load_denoiser, load_vae
 from sediff_jax.checkpoints.weights import flatten_params, unflatten_params, weights_id
 from sediff_jax.diffusion.schedule import NoiseSchedule
-from sediff_jax.io import jsonio
-from sediff_jax.io.outputs import OutputError, replace_directory, working_folder
 from sediff_jax.models.denoiser import LatentDenoiser
 from sediff_jax.models.vae import ECGVAE
 from sediff_jax.optim import abstract_split
@@ -138,9 +136,6 @@ def load_model(path: str | os.PathLike, which: str = "best") -> SEDiffModel:
     return load_training_run(stage, which)
 
 
-EXPERIENCE_PROFILES_FILE = "experience_profiles.npz"
-
-
 def experience_profiles_path(model: SEDiffModel) -> Path | None:
     """The profile corpus a model trained with experience retrieves from: the copy in an exported model's
     directory, else the experience directory it was trained with; None for a model trained without.  A model
@@ -159,69 +154,19 @@ def experience_profiles_path(model: SEDiffModel) -> Path | None:
     return found
 
 
-EXPORTED_FILES = (CONFIG_FILE, WEIGHTS_FILE, EXPERIENCE_PROFILES_FILE)
-
-
-def is_exported_model(directory: str | os.PathLike) -> bool:
-    """Whether `directory` is an exported model directory: a config.json of our format and nothing but the
-    files `export_model` writes."""
-    directory = Path(directory)
-    try:
-        config = json.loads((directory / CONFIG_FILE).read_text())
-        names = {e.name for e in directory.iterdir()}
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and config.get("format") == MODEL_FORMAT and names <= set(EXPORTED_FILES)
-
-
-def check_export_target(out_dir: str | os.PathLike | None, overwrite: bool = False) -> Path:
-    """The export folder, checked before any work: a new folder, or with `overwrite` an existing exported model
-    (never the working directory or above it, a git checkout, or a folder with other files).  Raises OutputError
-    (a ValueError) or FileExistsError, naming the folder."""
-    path = working_folder(out_dir, "--out")
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{path} exists (pass overwrite=True / --overwrite to replace the model "
-                                  "exported there)")
-        if not is_exported_model(path):
-            foreign = sorted(e.name for e in path.iterdir() if e.name not in EXPORTED_FILES)
-            raise OutputError(f"--out={path} is not an exported SE-Diff model ("
-                              + (f"it holds {foreign[0]}, which export_model did not write" if foreign else
-                                 f"no {CONFIG_FILE} of format {MODEL_FORMAT!r}")
-                              + "); --overwrite replaces only an exported model")
-    return path
-
-
 def export_model(model: SEDiffModel, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None,
                  overwrite: bool = False, dtype: str = "float32") -> Path:
     """Write `model` as an exported model directory (config.json + model.safetensors), atomically: the files
     are written to a temporary sibling directory that replaces the target by rename-aside. With `overwrite`, only
     an existing exported model is replaced (see `check_export_target`). dtype: 'float32' (exact) or 'float16'
     (half the size; loaded back as float32)."""
-    from safetensors.numpy import save_file
-
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype={dtype!r}; expected float32 or float16")
-    out_dir = Path(os.path.abspath(check_export_target(out_dir, overwrite)))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     spec = model.spec.replace(weights_dtype=dtype, provenance={**model.spec.provenance, **(extra or {})})
     profiles = experience_profiles_path(model)
     if profiles is not None:  # the corpus travels with the model; the training machine's path means nothing
         spec = spec.replace(experience=dataclasses.replace(spec.experience, dir=None))
-    config = spec.to_json()
     flat = {name: value.astype(dtype) if np.issubdtype(value.dtype, np.floating) else value
             for name, value in {**flatten_params(model.denoiser_params, "denoiser"),
                                 **flatten_params(model.vae_params, "vae")}.items()}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        save_file({k: np.array(v, order="C") for k, v in flat.items()}, str(tmp / WEIGHTS_FILE))  # keeps 0-d
-        (tmp / CONFIG_FILE).write_text(jsonio.dumps(config, indent=1, sort_keys=True) + "\n")
-        if profiles is not None:  # the retrieval corpus travels with the model: --experience=auto works offline
-            shutil.copyfile(profiles, tmp / EXPERIENCE_PROFILES_FILE)
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        tmp.chmod(0o755)
-        replace_directory(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return write_exported(spec, flat, out_dir, profiles, overwrite)
