@@ -11,8 +11,9 @@ For each record `<name>` (the record's file name) it writes to --out_dir:
   <name>.png   real vs fitted, 12 leads.
 --records_file lists one record path per line (without extension, or a PhysioNet record
 pn://<database>/<version>/<folder>/<record>; '#' starts a comment; relative paths are
-relative to the file). Records that cannot be fitted are reported with the reason and skipped; the exit status
-is then 1. Every file is written atomically, so an interrupted run leaves no partial file.
+relative to the file). With --records_file, records that cannot be fitted are reported with the reason and
+skipped, and the exit status is then 1; a --record that cannot be fitted is an error (exit status 2). Every file
+is written atomically, so an interrupted run leaves no partial file.
 """
 
 from __future__ import annotations
@@ -165,6 +166,8 @@ def main(argv):
             record, raw = load_for_fitting(path, FLAGS.fit_fs, FLAGS.duration, FLAGS.offset,
                                            minimum_s=sum(FitConfig().beat_window_s))
         except RecordError as e:
+            if FLAGS.record is not None:  # the one record asked for: a user error (exit 2), nothing written
+                raise cli.UsageError(f"--record={path}: cannot fit: {_reason_text(e)}") from None
             failures.append(f"{path}: cannot fit: {_reason_text(e)}")
             continue
         loaded.append((path, record, raw))
@@ -182,6 +185,8 @@ def main(argv):
                 prepare_fit(record.ecg, config, record.r_peaks, name=path)
                 fittable.append((path, record, raw))
             except FitError as e:
+                if FLAGS.record is not None:
+                    raise cli.UsageError(f"--record: cannot fit: {e}") from None
                 failures.append(f"cannot fit: {e}")
         if not fittable:
             continue
