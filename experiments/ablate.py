@@ -154,7 +154,7 @@ def main(argv):
         resolve(variant_config(variant))
     claim_workdir(FLAGS.workdir, "--workdir", tool="ablate")
 
-    from sediff_jax.data.prepare import PrepareConfig, read_entries
+    from sediff_jax.data.prepare import dataset_entries
     from sediff_jax.diffusion.sampling import SamplerConfig
     from sediff_jax.evaluation.clip import load_clip
     from sediff_jax.evaluation.paired import paired_differences, paired_per_record, real_pairs
@@ -176,8 +176,7 @@ def main(argv):
         if not train_or_stop(vae_config, os.path.abspath(FLAGS.workdir), "vae"):
             return 0
     canonical = canonical_config(first)
-    entries = read_entries(PrepareConfig(dataset=first.data.dataset, out_dir="", source_dir=first.data.source_dir,
-                                         canonical=canonical))
+    entries = dataset_entries(first.data.dataset, first.data.source_dir, canonical.fs)
     pairs_for = {}  # the split canonicalised at each model's rate and length
 
     def real_pairs_for(model):

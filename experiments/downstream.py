@@ -55,7 +55,7 @@ def main(argv):
 
     from experiments.configs.common import dataset_dir
     from sediff_jax.data.canonical import CanonicalConfig
-    from sediff_jax.data.prepare import PrepareConfig, read_entries
+    from sediff_jax.data.prepare import dataset_entries
     from sediff_jax.data.sources import LayoutError
     from sediff_jax.diffusion.sampling import SamplerConfig
     from sediff_jax.evaluation.downstream import SETTINGS, SUPERCLASSES, downstream_experiment, multi_hot
@@ -78,7 +78,7 @@ def main(argv):
     source = FLAGS.source_dir or dataset_dir("ptbxl")
     canonical = CanonicalConfig(fs=model.fs, duration_s=model.spec.duration_s)
     try:
-        entries = read_entries(PrepareConfig(dataset="ptbxl", out_dir="", source_dir=source, canonical=canonical))
+        entries = dataset_entries("ptbxl", source, canonical.fs)
         parts = {split: real_pairs(entries, canonical, split) for split in ("train", "validation", "test")}
     except (LayoutError, ValueError, OSError) as e:
         print(f"error: --source_dir={source}: {e}", file=sys.stderr)

@@ -72,7 +72,7 @@ def main(argv):
     del argv
     from experiments.configs.common import dataset_dir
     from sediff_jax.data.canonical import CanonicalConfig
-    from sediff_jax.data.prepare import PrepareConfig, read_entries
+    from sediff_jax.data.prepare import dataset_entries
     from sediff_jax.data.sources import LayoutError
     from sediff_jax.diffusion.sampling import SamplerConfig
     from sediff_jax.evaluation.clip import load_clip
@@ -112,8 +112,7 @@ def main(argv):
     canonical = CanonicalConfig(fs=model.fs, duration_s=model.spec.duration_s,
                                 highpass_hz=FLAGS.highpass_hz)
     try:
-        entries = read_entries(PrepareConfig(dataset=FLAGS.dataset, out_dir="", source_dir=source,
-                                             canonical=canonical))
+        entries = dataset_entries(FLAGS.dataset, source, canonical.fs)
         pairs = real_pairs(entries, canonical, FLAGS.split, FLAGS.num_samples)
         reference = (real_pairs(entries, canonical, FLAGS.reference_split, len(pairs.record_ids))
                      if FLAGS.reference_split else None)

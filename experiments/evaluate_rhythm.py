@@ -151,7 +151,7 @@ def main(argv):
     from experiments.configs.common import dataset_dir
     from sediff_jax.checkpoints import CheckpointError
     from sediff_jax.data.canonical import CanonicalConfig
-    from sediff_jax.data.prepare import PrepareConfig, read_entries
+    from sediff_jax.data.prepare import dataset_entries
     from sediff_jax.data.sources import LayoutError
     from sediff_jax.diffusion.sampling import SamplerConfig
     from sediff_jax.evaluation.paired import real_pairs
@@ -179,7 +179,7 @@ def main(argv):
     canonical = CanonicalConfig(fs=first.fs, duration_s=first.spec.duration_s)
     source = FLAGS.source_dir or dataset_dir("ptbxl")
     try:
-        entries = read_entries(PrepareConfig(dataset="ptbxl", out_dir="", source_dir=source, canonical=canonical))
+        entries = dataset_entries("ptbxl", source, canonical.fs)
         pairs = real_pairs(entries, canonical, FLAGS.split, FLAGS.num_records)
     except (LayoutError, ValueError, OSError) as e:
         raise cli.UsageError(f"--source_dir={source} --split={FLAGS.split}: {e}") from None

@@ -95,7 +95,7 @@ def main(argv):
     from experiments.configs.common import dataset_dir
     from sediff_jax.checkpoints import CheckpointError
     from sediff_jax.data.canonical import CanonicalConfig
-    from sediff_jax.data.prepare import PrepareConfig, read_entries
+    from sediff_jax.data.prepare import dataset_entries
     from sediff_jax.data.sources import LayoutError
     from sediff_jax.evaluation.clip import load_clip
     from sediff_jax.evaluation.networks import NetworkTrainConfig
@@ -142,7 +142,7 @@ def main(argv):
         return pairs, recognition_labels(pairs.superclasses, pairs.codes)
 
     try:
-        entries = read_entries(PrepareConfig(dataset="ptbxl", out_dir="", source_dir=source, canonical=canonical))
+        entries = dataset_entries("ptbxl", source, canonical.fs)
         if classifier is None:
             print("loading the training and validation records", flush=True)
             train, train_labels = labelled("train")

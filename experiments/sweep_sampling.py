@@ -84,7 +84,7 @@ def main(argv):
     import numpy as np
 
     from sediff_jax.checkpoints import CheckpointError
-    from sediff_jax.data.prepare import PrepareConfig, read_entries
+    from sediff_jax.data.prepare import dataset_entries
     from experiments.configs.common import dataset_dir
     from sediff_jax.data.sources import LayoutError
     from sediff_jax.diffusion.sampling import SamplerConfig
@@ -109,7 +109,7 @@ def main(argv):
     source = FLAGS.source_dir or dataset_dir("ptbxl")
     canonical = CanonicalConfig(fs=model.fs, duration_s=model.spec.duration_s)
     try:
-        entries = read_entries(PrepareConfig(dataset="ptbxl", out_dir="", source_dir=source, canonical=canonical))
+        entries = dataset_entries("ptbxl", source, canonical.fs)
         pairs = real_pairs(entries, canonical, FLAGS.split, FLAGS.num_samples)
     except (LayoutError, ValueError, OSError) as e:
         raise cli.UsageError(f"--source_dir={source} --split={FLAGS.split}: {e}") from None

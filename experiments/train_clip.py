@@ -50,7 +50,7 @@ def main(argv):
         usable_path(FLAGS.out, "--out")  # checked before any work
     from experiments.configs.common import dataset_dir
     from sediff_jax.data.canonical import CanonicalConfig
-    from sediff_jax.data.prepare import PrepareConfig, read_entries
+    from sediff_jax.data.prepare import dataset_entries
     from sediff_jax.data.sources import LayoutError
     from sediff_jax.evaluation.clip import retrieval_scores, train_clip
     from sediff_jax.evaluation.networks import NetworkTrainConfig
@@ -60,7 +60,7 @@ def main(argv):
     source = FLAGS.source_dir or dataset_dir(FLAGS.dataset)
     canonical = CanonicalConfig(fs=FLAGS.fs, duration_s=FLAGS.duration_s, highpass_hz=FLAGS.highpass_hz)
     try:
-        entries = read_entries(PrepareConfig(dataset=FLAGS.dataset, out_dir="", source_dir=source, canonical=canonical))
+        entries = dataset_entries(FLAGS.dataset, source, canonical.fs)
         train = real_pairs(entries, canonical, FLAGS.train_split)
         reports = {split: real_pairs(entries, canonical, split) for split in FLAGS.report_splits}
     except (LayoutError, ValueError, OSError) as e:

@@ -36,16 +36,22 @@ class PrepareConfig:
     mimic_patients_csv: str | None = None
 
 
+def dataset_entries(dataset: str, source_dir: str, fs: float = 100.0,
+                    mimic_patients_csv: str | None = None) -> list[RecordEntry]:
+    """The record list of a dataset laid out under `source_dir` ('ptbxl', 'mimic' or 'ludb'), each record at the
+    native rate closest to `fs` Hz; no prepared dataset is needed (evaluation, retrieval and CLIP read this)."""
+    if dataset == "ptbxl":
+        return read_ptbxl(source_dir, 100 if fs <= 100 else 500)
+    if dataset == "mimic":
+        return read_mimic(source_dir, mimic_patients_csv)
+    if dataset == "ludb":
+        return read_ludb(source_dir)
+    raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+
+
 def read_entries(config: PrepareConfig) -> list[RecordEntry]:
-    """The dataset's record list, with each record at the native rate closest to the canonical one."""
-    if config.dataset == "ptbxl":
-        native = 100 if config.canonical.fs <= 100 else 500
-        return read_ptbxl(config.source_dir, native)
-    if config.dataset == "mimic":
-        return read_mimic(config.source_dir, config.mimic_patients_csv)
-    if config.dataset == "ludb":
-        return read_ludb(config.source_dir)
-    raise ValueError(f"unknown dataset {config.dataset!r}; expected one of {', '.join(DATASETS)}")
+    """The record list `config` prepares (`dataset_entries` at its canonical rate)."""
+    return dataset_entries(config.dataset, config.source_dir, config.canonical.fs, config.mimic_patients_csv)
 
 
 def prepare(config: PrepareConfig) -> builder.PrepareReport:
