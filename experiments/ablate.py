@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-import sys
 from pathlib import Path
 
 from absl import app, flags
@@ -224,7 +223,7 @@ def main(argv):
         with atomic_path(out / "table.md") as tmp:
             tmp.write_text(text)
         jsonio.write_json(out / "ablation.json",
-                          {"config": FLAGS.config, "command": " ".join(sys.argv), "results": results,
+                          {"config": FLAGS.config, **cli.provenance(), "results": results,
                            "differences": {"baseline": baseline, "variants": differences}})
     print(text)
     return 0

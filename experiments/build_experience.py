@@ -167,7 +167,7 @@ def main(argv):
                                    if llm_summary and not llm_summary["llm_reports"] else FLAGS.distiller),
                         llm=llm_summary, build_report=dataclasses.asdict(report),
                         seconds={"profiles": round(profiles_s, 2), "total": round(time.perf_counter() - start, 2)},
-                        command=" ".join(sys.argv))
+                        **cli.provenance())
     with_report = sum(bool(e["report"]) for e in entries)
     print(f"{len(corpus)} profiles ({len(index)} in the training index), {with_report} with an experience report; "
           f"wrote {out}/profiles.npz, experience.jsonl, manifest.json")

@@ -182,7 +182,7 @@ def main(argv):
         "min_correlation": FLAGS.min_correlation,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
-        "command": "python -m experiments.build_simulator_prior " + " ".join(sys.argv[1:]),
+        "command": cli.provenance()["command"],
     }
     prior = build_prior(fits, labels, provenance, FLAGS.min_count, FLAGS.min_correlation)
     save_prior(prior, FLAGS.out)

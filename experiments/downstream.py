@@ -139,7 +139,7 @@ def main(argv):
     with out_dir.writing("downstream.json", "report.md"):
         jsonio.write_json(out / "downstream.json", {
             "checkpoint": {"path": str(model.source), "id": model.id}, "sampler": stamp,
-            "generation_seconds": round(generation_s, 1), "results": results, "command": " ".join(sys.argv)})
+            "generation_seconds": round(generation_s, 1), "results": results, **cli.provenance()})
         with atomic_path(out / "report.md") as tmp:
             tmp.write_text(report)
     print(report)

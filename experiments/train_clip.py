@@ -82,7 +82,7 @@ def main(argv):
     encoder.save(out)
     jsonio.write_json(out.with_suffix(".json"), {"id": encoder.id, "config": encoder.config,
                                                  "train_seconds": round(seconds, 1), "retrieval": scores,
-                                                 "command": " ".join(sys.argv)})
+                                                 **cli.provenance()})
     for split, s in scores.items():
         print(f"{split}: matched cos {s['matched_cos']:.3f} vs shuffled {s['shuffled_cos']:.3f}; ECG->text top-1 "
               f"{s['top1']:.3f}, top-5 {s['top5']:.3f} among {s['distinct_texts']} reports")

@@ -93,7 +93,6 @@ def save_experience(out_dir: str | os.PathLike, corpus: ProfileCorpus, index: Ex
     to the retrieval config and counts. This is what training's `experience.dir` reads."""
     import dataclasses
 
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     corpus.save(out / "profiles.npz")
