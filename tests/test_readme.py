@@ -18,7 +18,10 @@ def test_the_readme_marks_its_python_examples():
     assert len(EXAMPLES) == (_REPO / "README.md").read_text().count("<!-- example -->")
 
 
-@pytest.mark.parametrize("index", range(len(EXAMPLES)))
+# Examples that sample with the shipped checkpoint (~45 s) are marked slow: colab/quickstart.ipynb's test and
+# tests/generation/test_shipped_checkpoint.py cover that path in `make test`.
+@pytest.mark.parametrize("index", [pytest.param(i, marks=pytest.mark.slow) if "SHIPPED_CHECKPOINT" in block else i
+                                   for i, block in enumerate(EXAMPLES)])
 def test_readme_example_runs_as_written(index, tmp_path, repo_root):
     script = tmp_path / "example.py"
     script.write_text(EXAMPLES[index])
