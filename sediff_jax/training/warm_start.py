@@ -34,9 +34,9 @@ def warm_started(config: ml_collections.ConfigDict, model: Any, model_config: De
 def initial_denoiser(config: ml_collections.ConfigDict, model_config: DenoiserConfig, vae_params: Any, meta: dict
                      ) -> tuple[Any, dict]:
     """(EMA denoiser params as float32, meta additions) of `diffusion.init_from`: stage 2 starts from a trained
-    model's weights. The model must have this run's denoiser, noise
-    schedule, prediction, text encoder, sampling rate and duration, and the same frozen VAE (compared at the
-    precision the model stores), so its latent scale carries over; CheckpointError names what differs."""
+    model's weights. The model must have this run's denoiser, noise schedule, prediction, text encoder, sampling
+    rate and duration, and the same frozen VAE (compared at the precision the model stores), so its latent scale
+    carries over; CheckpointError names what differs."""
     source = config.diffusion.init_from
     model = load_model(source)
     spec = model.spec
