@@ -22,6 +22,8 @@ flags.DEFINE_string("command", "", "The training command, recorded in the config
 flags.DEFINE_string("metrics", None, "A JSON file to record under 'metrics' in the config.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
 flags.DEFINE_enum("which", "best", ["best", "latest"], "The best checkpoint on validation, or the latest.")
+flags.DEFINE_integer("step", None, "Export the kept checkpoint of this step instead (e.g. for a learning "
+                     "curve; training keeps the last --config.<stage>.training.max_to_keep).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "float16"], "Stored weight precision (float16: half the size).")
 
 
@@ -37,7 +39,7 @@ def main(argv):
         if FLAGS.metrics:
             with open(FLAGS.metrics) as f:
                 extra["metrics"] = json.loads(f.read(), parse_constant=_reject_constant)
-        model = load_model(FLAGS.workdir, FLAGS.which)
+        model = load_model(FLAGS.workdir, FLAGS.which, FLAGS.step)
         training = model.spec.training
         training.pop("workdir", None)
         if FLAGS.command:

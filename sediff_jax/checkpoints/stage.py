@@ -154,10 +154,12 @@ def restore(directory: str, abstract_state: Any, step: int | None = None, which:
         manager.close()
 
 
-def read_ema_params(directory: str, abstract_params: Any, which: str = "best") -> tuple[Any, dict, int]:
-    """(EMA params, meta JSON, step) of a stage directory's `which` checkpoint, restored onto `abstract_params`
-    (ShapeDtypeStructs of the model's params, with shardings): no optimiser is built or read."""
-    manager, root, step = _open(directory, which, None)
+def read_ema_params(directory: str, abstract_params: Any, which: str = "best", step: int | None = None
+                    ) -> tuple[Any, dict, int]:
+    """(EMA params, meta JSON, step) of a stage directory's `which` checkpoint (or its checkpoint at `step`),
+    restored onto `abstract_params` (ShapeDtypeStructs of the model's params, with shardings): no optimiser is
+    built or read."""
+    manager, root, step = _open(directory, which, step)
     try:
         try:
             if _has_ema_item(root, step):

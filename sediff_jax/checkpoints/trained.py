@@ -28,12 +28,12 @@ def vae_config_from_meta(meta: dict[str, Any]) -> VAEConfig:
     return dataclass_from_json(VAEConfig, fields)
 
 
-def _ema(directory: str, build: Callable[[], nnx.Module], which: str, expected_stage: str
-         ) -> tuple[nnx.GraphDef, Any, dict, int]:
+def _ema(directory: str, build: Callable[[], nnx.Module], which: str, expected_stage: str,
+         step: int | None = None) -> tuple[nnx.GraphDef, Any, dict, int]:
     graphdef, params = abstract_split(build)
     sharding = replicated_sharding(make_mesh())
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), params)
-    ema, meta, step = stage.read_ema_params(directory, abstract, which)
+    ema, meta, step = stage.read_ema_params(directory, abstract, which, step)
     if meta.get("stage") != expected_stage:
         raise CheckpointError(f"{directory}: not a {expected_stage} checkpoint (stage {meta.get('stage')!r})")
     return graphdef, ema, meta, step
@@ -52,10 +52,12 @@ def load_vae(directory: str, which: str = "best", dtype: jnp.dtype = jnp.float32
     return graphdef, ema, meta
 
 
-def load_denoiser(directory: str, which: str = "best") -> tuple[nnx.GraphDef, Any, dict, int]:
-    """(graphdef, EMA params, meta, step) of a diffusion stage directory (`<workdir>/diffusion`)."""
+def load_denoiser(directory: str, which: str = "best", step: int | None = None
+                  ) -> tuple[nnx.GraphDef, Any, dict, int]:
+    """(graphdef, EMA params, meta, step) of a diffusion stage directory (`<workdir>/diffusion`): its `which`
+    checkpoint ('best' / 'latest'), or the one at `step` of `which`'s folder."""
     meta, _ = stage.read_meta(directory, which)
     if meta.get("stage") != "diffusion":
         raise CheckpointError(f"{directory}: not a diffusion checkpoint (stage {meta.get('stage')!r})")
     config = dataclass_from_json(DenoiserConfig, meta["model"])
-    return _ema(directory, lambda: LatentDenoiser(config, rngs=nnx.Rngs(0)), which, "diffusion")
+    return _ema(directory, lambda: LatentDenoiser(config, rngs=nnx.Rngs(0)), which, "diffusion", step)

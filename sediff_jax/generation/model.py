@@ -105,10 +105,11 @@ def _stage_dir(path: Path) -> Path | None:
     return None
 
 
-def load_training_run(stage_dir: str | os.PathLike, which: str = "best") -> SEDiffModel:
-    """The EMA denoiser of a diffusion stage directory (its best checkpoint by default) with its VAE."""
+def load_training_run(stage_dir: str | os.PathLike, which: str = "best", step: int | None = None) -> SEDiffModel:
+    """The EMA denoiser of a diffusion stage directory (its best checkpoint by default, or its checkpoint at
+    `step`) with its VAE."""
     stage_dir = Path(stage_dir)
-    graphdef, denoiser_params, meta, step = load_denoiser(str(stage_dir), which)
+    graphdef, denoiser_params, meta, step = load_denoiser(str(stage_dir), which, step)
     vae_dir = meta["vae"]["directory"]
     if not os.path.isdir(vae_dir):
         raise CheckpointError(f"{stage_dir}: its VAE stage {vae_dir} is missing")
@@ -121,19 +122,23 @@ def load_training_run(stage_dir: str | os.PathLike, which: str = "best") -> SEDi
                        weights_id(flat))
 
 
-def load_model(path: str | os.PathLike, which: str = "best") -> SEDiffModel:
+def load_model(path: str | os.PathLike, which: str = "best", step: int | None = None) -> SEDiffModel:
     """An exported model directory, a training workdir, or a diffusion stage directory (its `which` checkpoint:
-    'best' on validation or 'latest'); CheckpointError names the path and what is wrong."""
+    'best' on validation or 'latest'; or, with `step`, its kept checkpoint of that step); CheckpointError names
+    the path and what is wrong."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
     if (path / WEIGHTS_FILE).is_file() or (path / CONFIG_FILE).is_file() and _stage_dir(path) is None:
+        if step is not None:
+            raise CheckpointError(f"{path}: an exported model has one set of weights; step={step} needs a "
+                                  "training workdir")
         return load_exported(path)  # (a training workdir has a config.json of its own, and diffusion/)
     stage = _stage_dir(path)
     if stage is None:
         raise CheckpointError(f"{path}: no SE-Diff model here (expected {CONFIG_FILE} + {WEIGHTS_FILE}, or a "
                               "training workdir with diffusion/)")
-    return load_training_run(stage, which)
+    return load_training_run(stage, "latest" if step is not None else which, step)
 
 
 def experience_profiles_path(model: SEDiffModel) -> Path | None:

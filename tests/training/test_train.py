@@ -206,6 +206,24 @@ def test_a_trained_run_generates_and_exports_to_the_same_model(uninterrupted, tm
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_kept_checkpoint_of_any_step_loads_for_a_learning_curve(uninterrupted, tmp_path):
+    """load_model(workdir, step=N) (export_model --step) reads the EMA denoiser of checkpoints/N, not the latest
+    one; a step that was not kept, or a step of an exported model, is a CheckpointError naming it."""
+    from sediff_jax.checkpoints import CheckpointError
+    from sediff_jax.generation import export_model, load_model
+
+    workdir, _ = uninterrupted
+    early, late = load_model(workdir, step=2), load_model(workdir, step=STEPS)
+    assert early.spec.training["step"] == 2 and late.spec.training["step"] == STEPS and early.id != late.id
+    ema = ocp.StandardCheckpointer().restore(os.path.join(workdir, "diffusion", "checkpoints", "2", "ema"))
+    _assert_trees_equal(early.denoiser_params, ema)
+    assert load_model(workdir, which="latest").id == late.id
+    with pytest.raises(CheckpointError, match=r"no checkpoint at step 3 \(has \[2, 4\]\)"):
+        load_model(workdir, step=3)
+    with pytest.raises(CheckpointError, match="an exported model has one set of weights"):
+        load_model(export_model(early, tmp_path / "early"), step=2)
+
+
 def test_a_run_trained_with_experience_ships_its_corpus_and_samples_with_reports(uninterrupted, prepared_dir,
                                                                                   tmp_path):
     """Stage 2 with an experience directory: the run records it, the export carries the profile corpus, and
