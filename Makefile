@@ -87,7 +87,7 @@ device-bundle: $(VENV)/.base
 	rm -rf $(DEVICE_BUNDLE) && mv $(DEVICE_BUNDLE).tmp $(DEVICE_BUNDLE)
 	@du -sh $(DEVICE_BUNDLE)
 
-# On the accelerator machine, with $(DEVICE_BUNDLE) carried (README, "On a GPU"): <= 8 minutes on one H200.
+# On the accelerator machine, with $(DEVICE_BUNDLE) carried (docs/accelerators.md, "On a GPU"): <= 8 minutes on one H200.
 bench-device:
 	bash experiments/benchmarks/run_on_device.sh $(BENCH_OUT) --overwrite
 

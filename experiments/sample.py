@@ -43,7 +43,7 @@ flags.DEFINE_list("rr_ms", None, "RR intervals (ms, 200-3000) the ECG beats with
 flags.DEFINE_list("rhythm_from", None, "WFDB records whose R peaks the ECGs follow (their first 10 s): this "
                   "patient's rhythm with the prompt's morphology. Paths or PhysioNet records "
                   "pn://<database>/<version>/<folder>/<record>, comma-separated: one prompt is generated once per "
-                  "record, or N prompts (--prompts) pair with N records in order. A prompts file may instead have "
+                  "record, one record serves every prompt, or N prompts (--prompts) pair with N records in order. A prompts file may instead have "
                   "a rhythm_from column.")
 flags.DEFINE_integer("num_samples", 1, "ECGs per prompt (>= 1).")
 flags.DEFINE_integer("seed", 0, "Random seed; the same seed and prompts give the same ECGs on any device count.")
@@ -51,10 +51,10 @@ flags.DEFINE_enum("sampler", "ddim", ["ddim", "ddpm"], "DDIM (deterministic at -
 flags.DEFINE_integer("steps", 50, "Reverse steps (1 .. the model's training steps, e.g. 1000 for full DDPM).")
 flags.DEFINE_float("guidance_scale", 2.0, "Classifier-free guidance: 0 unconditional, 1 conditional, > 1 stronger.")
 flags.DEFINE_float("eta", 1.0, "DDIM noise in [0, 1]: 0 deterministic, 1 (default) DDPM's ancestral noise on the "
-                   "DDIM step subsequence; DDIM-50 with eta 1 matched DDPM-1000's heart-rate error (README).")
+                   "DDIM step subsequence; DDIM-50 with eta 1 matched DDPM-1000's heart-rate error (docs/generation.md).")
 flags.DEFINE_float("clip_x0", None, "Clip the predicted clean latent to +-this (default: the model's, 3 for unit-"
                    "variance latents; inf: no clipping).")
-flags.DEFINE_float("simulator_guidance", 0.0, "Simulator-consistency guidance scale (0: off; see README).")
+flags.DEFINE_float("simulator_guidance", 0.0, "Simulator-consistency guidance scale (0: off; see docs/generation.md).")
 flags.DEFINE_enum("experience", "auto", ["auto", "off"], "Retrieved clinical experience (auto: when available).")
 flags.DEFINE_string("out_dir", None, "Output directory (new or empty; see --overwrite).", required=True)
 flags.DEFINE_bool("overwrite", False, "Replace this tool's earlier outputs in --out_dir (the files its record "
@@ -74,7 +74,7 @@ UsageError = cli.UsageError
 
 
 def _prompts():
-    from sediff_jax.generation import PromptError, make_prompt, read_prompts
+    from sediff_jax.generation import PromptError, make_prompt, read_prompts, with_rhythm_records
 
     if FLAGS.num_samples < 1:
         raise UsageError(f"--num_samples={FLAGS.num_samples} must be >= 1")
@@ -95,28 +95,10 @@ def _prompts():
             prompts = [make_prompt(FLAGS.text, FLAGS.age, FLAGS.sex, FLAGS.hr, rr_ms=FLAGS.rr_ms)]
         except PromptError as e:
             raise UsageError(str(e)) from None
-    return with_rhythm_records(prompts, FLAGS.rhythm_from)
-
-
-def with_rhythm_records(prompts: list, records: list[str] | None) -> list:
-    """The prompts with --rhythm_from's records: one prompt once per record, or N prompts paired with N records;
-    UsageError for any other count, an empty entry, or prompts that name their own rhythm."""
-    import dataclasses
-
-    if not records:
-        if records is not None:
-            raise UsageError("--rhythm_from names no record")
-        return prompts
-    if any(not r.strip() for r in records):
-        raise UsageError(f"--rhythm_from={','.join(records)} has an empty entry")
-    if any(p.rr_ms is not None or p.rhythm_from is not None for p in prompts):
-        raise UsageError("--rhythm_from and the prompts' rr_ms / rhythm_from both give the rhythm; pass one")
-    if len(prompts) == 1:
-        prompts = prompts * len(records)
-    elif len(prompts) != len(records):
-        raise UsageError(f"--rhythm_from names {len(records)} records for {len(prompts)} prompts; give one prompt "
-                         "(generated once per record) or as many prompts as records (paired in order)")
-    return [dataclasses.replace(p, rhythm_from=r.strip()) for p, r in zip(prompts, records)]
+    try:
+        return with_rhythm_records(prompts, FLAGS.rhythm_from, where="--rhythm_from")
+    except PromptError as e:
+        raise UsageError(str(e)) from None
 
 
 def _sampler_config(model=None):

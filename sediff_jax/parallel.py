@@ -2,7 +2,7 @@
 
 The batch axis is sharded over a one-dimensional mesh axis `data` of type `AxisType.Auto`; parameters are
 replicated; XLA inserts the collectives (e.g. the gradient all-reduce). `jax.make_mesh` defaults to Explicit
-axes since JAX 0.9, which diffrax's solves reject, hence the explicit Auto (README, Training: "Parallelism").
+axes since JAX 0.9, which diffrax's solves reject, hence the explicit Auto (docs/training.md, "Parallelism").
 """
 
 from __future__ import annotations

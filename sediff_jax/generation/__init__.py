@@ -3,7 +3,7 @@ generator."""
 
 from sediff_jax.generation.generator import Generator, text_encoder_for
 from sediff_jax.generation.model import SHIPPED_CHECKPOINT, SEDiffModel, export_model, load_model
-from sediff_jax.generation.prompts import Prompt, PromptError, make_prompt, read_prompts
+from sediff_jax.generation.prompts import Prompt, PromptError, make_prompt, read_prompts, with_rhythm_records
 from sediff_jax.generation.rhythm import (
     RhythmError,
     RhythmPlan,
@@ -14,4 +14,4 @@ from sediff_jax.generation.rhythm import (
 
 __all__ = ["Generator", "Prompt", "PromptError", "RhythmError", "RhythmPlan", "SEDiffModel", "SHIPPED_CHECKPOINT",
            "export_model", "load_model", "make_prompt", "read_prompts", "rhythm_from_record", "rhythm_from_rr",
-           "simulated_rhythm", "text_encoder_for"]
+           "simulated_rhythm", "text_encoder_for", "with_rhythm_records"]

@@ -10,6 +10,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Sequence
 
 from sediff_jax.errors import SediffError
 
@@ -171,3 +172,29 @@ def read_prompts(path: str | os.PathLike) -> list[Prompt]:
     if not prompts:
         raise PromptError(f"--prompts={path}: no prompts in the file")
     return prompts
+
+
+def with_rhythm_records(prompts: Sequence[Prompt], records: Sequence[str] | None, where: str = "records"
+                        ) -> list[Prompt]:
+    """The prompts, each following a record's R peaks (`rhythm_from`): one prompt once per record, one record for
+    every prompt, or N prompts paired in order with N records. PromptError (naming `where`) for any other count,
+    an empty entry, or prompts that give their own rhythm (rr_ms / rhythm_from)."""
+    prompts = list(prompts)
+    if records is None:
+        return prompts
+    records = [str(r).strip() for r in records]
+    if not records:
+        raise PromptError(f"{where} names no record")
+    if any(not r for r in records):
+        raise PromptError(f"{where}={','.join(records)} has an empty entry")
+    if any(p.rr_ms is not None or p.rhythm_from is not None for p in prompts):
+        raise PromptError(f"{where} and the prompts' rr_ms / rhythm_from both give the rhythm; pass one")
+    if len(prompts) == 1:
+        prompts = prompts * len(records)
+    elif len(records) == 1:
+        records = records * len(prompts)
+    elif len(prompts) != len(records):
+        raise PromptError(f"{where} names {len(records)} records for {len(prompts)} prompts; give one prompt "
+                          "(generated once per record), one record (for every prompt) or as many prompts as "
+                          "records (paired in order)")
+    return [dataclasses.replace(p, rhythm_from=r) for p, r in zip(prompts, records)]

@@ -91,7 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
         rhythm_channels=3))
     # The rhythm scaffold (rhythm_channels=3: the cardiac phase of the record's R peaks as input channels; 0 is
     # SE-Diff as published, the `paper` variant) is the default because it won on all of PTB-XL: heart-rate error
-    # 1.45 vs 10.06 bpm, sinus RR CV 0.031 vs 0.211, FID 0.80 vs 1.09, MAE within one standard error (README).
+    # 1.45 vs 10.06 bpm, sinus RR CV 0.031 vs 0.211, FID 0.80 vs 1.09, MAE within one standard error (docs/evaluation.md).
     # It is dropped for this fraction of records, so the model also generates without one.
     c.diffusion.rhythm_dropout = 0.1
     c.diffusion.schedule = ml_collections.ConfigDict(dict(kind="cosine", num_steps=1000))

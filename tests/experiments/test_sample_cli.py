@@ -110,5 +110,22 @@ def test_several_records_give_one_ecg_each_in_one_call(repo_root, tmp_path):
     prompts.write_text("text\nnormal ECG\nsinus rhythm\nLBBB\n")
     refused = _run(repo_root, f"--checkpoint={model_dir}", f"--prompts={prompts}",
                    f"--rhythm_from={','.join(records)}", f"--out_dir={tmp_path / 'refused'}")
-    assert refused.returncode == 2 and "names 2 records for 3 prompts" in refused.stderr
+    assert refused.returncode == 2 and "--rhythm_from names 2 records for 3 prompts" in refused.stderr
     assert not (tmp_path / "refused").exists()
+
+
+def test_rhythm_records_pair_with_prompts_one_to_many_or_in_order():
+    from sediff_jax.generation import PromptError, make_prompt, with_rhythm_records
+
+    one, three = [make_prompt("LBBB")], [make_prompt(t) for t in ("normal ECG", "sinus rhythm", "LBBB")]
+    assert [p.rhythm_from for p in with_rhythm_records(one, ["a", " b"])] == ["a", "b"]
+    assert [(p.text, p.rhythm_from) for p in with_rhythm_records(three, ["a"])] == [
+        ("normal ECG", "a"), ("sinus rhythm", "a"), ("LBBB", "a")]
+    assert [p.rhythm_from for p in with_rhythm_records(three, ["a", "b", "c"])] == ["a", "b", "c"]
+    assert with_rhythm_records(three, None) == three
+    for records, message in (([], "names no record"), (["a", ""], "has an empty entry"),
+                             (["a", "b"], "names 2 records for 3 prompts")):
+        with pytest.raises(PromptError, match=message):
+            with_rhythm_records(three, records, where="--rhythm_from")
+    with pytest.raises(PromptError, match="both give the rhythm"):
+        with_rhythm_records([make_prompt("AF", rr_ms=[800, 800])], ["a"])
