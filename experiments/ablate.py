@@ -156,7 +156,7 @@ def main(argv):
     from sediff_jax.data.prepare import dataset_entries
     from sediff_jax.diffusion.sampling import SamplerConfig
     from sediff_jax.evaluation.clip import load_clip
-    from sediff_jax.evaluation.paired import paired_differences, paired_per_record, real_pairs
+    from sediff_jax.evaluation.paired import paired_differences, real_pairs
     from sediff_jax.evaluation.runner import generate_paired, markdown_report, score, write_generated
     from sediff_jax.generation import load_model
     from sediff_jax.io.atomic import atomic_path
@@ -196,8 +196,7 @@ def main(argv):
         model = load_model(workdir)
         pairs = real_pairs_for(model)
         generated, seconds = generate_paired(model, pairs, sampler, FLAGS.seed, "auto")
-        per_record[variant] = paired_per_record(generated, pairs.ecg, pairs.fs, pairs.requested_hr_bpm)
-        results[variant] = score(generated, pairs, encoder, per_record=per_record[variant])
+        results[variant], per_record[variant] = score(generated, pairs, encoder)
         record = {"variant": variant, "workdir": workdir, "model_id": model.id, "records": pairs.record_ids,
                   "sampler": {"steps": FLAGS.steps, "guidance_scale": FLAGS.guidance_scale, "eta": FLAGS.eta},
                   "seed": FLAGS.seed, "generation_seconds": round(seconds, 2), **results[variant]}

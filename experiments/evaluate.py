@@ -127,7 +127,7 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 1
     reconstructed = vae_reconstructions(model, pairs.ecg, FLAGS.max_batch) if FLAGS.vae_reference else None
-    scores = score(generated, pairs, encoder, reference, reconstructed)
+    scores, _ = score(generated, pairs, encoder, reference, reconstructed)
     if FLAGS.loss_by_noise:
         from sediff_jax.evaluation.denoising import loss_by_noise_level
 

@@ -126,7 +126,7 @@ def main(argv):
         sampler = SamplerConfig(kind="ddim", num_steps=FLAGS.steps, eta=FLAGS.eta, **VARIANTS[name])
         print(f"{name}: {VARIANTS[name]}", flush=True)
         generated, seconds = generate_paired(model, pairs, sampler, FLAGS.seed, "auto", FLAGS.max_batch)
-        scores = score(generated, pairs, encoder)
+        scores, _ = score(generated, pairs, encoder)
         gen_mean, gen_std = latent_spread(model, generated, FLAGS.max_batch)
         rows.append({"variant": name, "settings": ", ".join(f"{k}={v}" for k, v in VARIANTS[name].items()),
                      "sampler": dataclasses.asdict(sampler), "seconds": round(seconds, 1),

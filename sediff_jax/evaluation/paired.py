@@ -15,12 +15,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from sediff_jax.data.builder import load_and_canonicalize
-from sediff_jax.evaluation.physiology import interval_errors, measured_heart_rates, summarize
+from sediff_jax.evaluation.physiology import interval_errors, summarize
 from sediff_jax.evaluation.rhythm import detectors, rhythm_table
 from sediff_jax.evaluation.signal import limb_lead_residual_mv, paired_mae_mv, paired_nrmse
 from sediff_jax.generation import PromptError, make_prompt
 from sediff_jax.generation.rhythm import RhythmError, rhythm_from_peaks
-from sediff_jax.signal.delineation import DelineationError, delineate
+from sediff_jax.signal.measurement import measure_batch
 
 INTERVALS = ("pr_ms", "qrs_ms", "qt_ms", "qtc_bazett_ms", "qtc_fridericia_ms", "qrs_axis_deg")
 
@@ -117,20 +117,13 @@ def real_pairs(entries: Sequence, canonical, split: str, limit: int | None = Non
                      changed, peaks, codes)
 
 
-def _intervals(ecg: np.ndarray, fs: float) -> list[dict[str, float]]:
-    out = []
-    for record in ecg:
-        try:
-            out.append(delineate(record, fs).intervals())
-        except DelineationError:
-            out.append({})
-    return out
-
-
 def paired_per_record(generated: np.ndarray, real: np.ndarray, fs: float,
-                      requested_hr: Sequence[float | None]) -> dict[str, Any]:
+                      requested_hr: Sequence[float | None], real_peaks: Sequence[np.ndarray] | None = None
+                      ) -> dict[str, Any]:
     """The paired metrics of each row, before they are summarised (`paired_metrics`), e.g. to compare two models
-    record by record (`paired_differences`).
+    record by record (`paired_differences`). Each ECG is measured once (`signal.measure`): our R peaks of a
+    generated ECG give its heart rate and place its median beat; a real record's are `real_peaks` where given
+    (`RealPairs.peaks`), else detected.
 
     generated, real: (n, time, 12) mV, row i generated from record i's conditions.  requested_hr: bpm per row.
     Returns (n,) float64 arrays "hr_bpm" (measured), "mae_mv", "nrmse", "hr_error_bpm", "hr_error_rel",
@@ -138,7 +131,8 @@ def paired_per_record(generated: np.ndarray, real: np.ndarray, fs: float,
     "limb_residual_mv" (generated), "limb_residual_real_mv" (NaN where unmeasurable), and "intervals_generated",
     "intervals_real": per row the `Delineation.intervals()` dict, empty where delineation failed."""
     requested = np.array([np.nan if h is None else h for h in requested_hr], np.float64)
-    measured = measured_heart_rates(generated, fs)
+    ours, theirs = measure_batch(generated, fs), measure_batch(real, fs, real_peaks)
+    measured = np.array([m.hr_bpm for m in ours], np.float64)
     hr_error = np.abs(measured - requested)
     independent = rhythm_table(generated, fs, [name for name in detectors()])
     return {
@@ -151,21 +145,22 @@ def paired_per_record(generated: np.ndarray, real: np.ndarray, fs: float,
         "rr_cv_xqrs": independent["xqrs_rr_cv"],
         "limb_residual_mv": np.asarray(limb_lead_residual_mv(generated), np.float64),
         "limb_residual_real_mv": np.asarray(limb_lead_residual_mv(real), np.float64),
-        "intervals_generated": _intervals(generated, fs),
-        "intervals_real": _intervals(real, fs),
+        "intervals_generated": [m.intervals for m in ours],
+        "intervals_real": [m.intervals for m in theirs],
     }
 
 
 def paired_metrics(generated: np.ndarray, real: np.ndarray, fs: float,
-                   requested_hr: Sequence[float | None], per_record: dict[str, Any] | None = None) -> dict[str, Any]:
+                   requested_hr: Sequence[float | None], per_record: dict[str, Any] | None = None,
+                   real_peaks: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
     """Summaries (median, mean, sem, n) of the paired metrics.
 
     generated, real: (n, time, 12) mV, row i generated from record i's conditions.  requested_hr: bpm per row.
-    per_record: `paired_per_record` of the same arguments when already computed.
+    per_record: `paired_per_record` of the same arguments when already computed.  real_peaks: as there.
     Returns {"mae_mv", "nrmse", "hr_error_bpm", "hr_error_rel", "hr_error_<detector>_bpm", "rr_cv_xqrs",
     "limb_residual_mv", "limb_residual_real_mv", "intervals": {name: |generated - real| summary},
     "unmeasurable_hr": count, "undelineated": count}."""
-    rows = per_record if per_record is not None else paired_per_record(generated, real, fs, requested_hr)
+    rows = per_record if per_record is not None else paired_per_record(generated, real, fs, requested_hr, real_peaks)
     gen_intervals, real_intervals = rows["intervals_generated"], rows["intervals_real"]
     summarised = [key for key in rows if key != "hr_bpm" and not key.startswith("intervals_")]
     return {

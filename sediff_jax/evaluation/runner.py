@@ -24,7 +24,7 @@ from sediff_jax.evaluation.distribution import (
     split_half_fid,
 )
 from sediff_jax.evaluation.networks import batched_apply
-from sediff_jax.evaluation.paired import RealPairs, markdown_table, paired_metrics
+from sediff_jax.evaluation.paired import RealPairs, markdown_table, paired_metrics, paired_per_record
 from sediff_jax.generation import Generator
 from sediff_jax.io.npz import write_npz
 from sediff_jax.errors import SediffError
@@ -144,12 +144,14 @@ def vae_reference_metrics(encoder, reconstructed: np.ndarray, pairs: RealPairs, 
 
 
 def score(generated: np.ndarray, pairs: RealPairs, encoder=None, reference: RealPairs | None = None,
-          reconstructed: np.ndarray | None = None, per_record: dict[str, Any] | None = None) -> dict[str, Any]:
-    """{"paired": `paired_metrics`, "distribution": `distribution_metrics` (with "reference":
-    `reference_metrics` when `reference` is given, "vae_reference": `vae_reference_metrics` when the paired
-    records' VAE `reconstructed` are) or {"computed": False, "why": ...}}. per_record: `paired_per_record` of
-    `generated` and `pairs` when the caller keeps it too."""
-    paired = paired_metrics(generated, pairs.ecg, pairs.fs, pairs.requested_hr_bpm, per_record)
+          reconstructed: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(summary, rows). summary: {"paired": `paired_metrics`, "distribution": `distribution_metrics` (with
+    "reference": `reference_metrics` when `reference` is given, "vae_reference": `vae_reference_metrics` when the
+    paired records' VAE `reconstructed` are) or {"computed": False, "why": ...}}. rows: `paired_per_record`, the
+    per-record values the paired summary was made of (e.g. for `paired_differences`). Each generated ECG goes
+    down to R-peak detection once; the real records use their stored peaks."""
+    rows = paired_per_record(generated, pairs.ecg, pairs.fs, pairs.requested_hr_bpm, pairs.r_peaks or None)
+    paired = paired_metrics(generated, pairs.ecg, pairs.fs, pairs.requested_hr_bpm, rows)
     if encoder is None:
         distribution = {"computed": False, "why": "no ECG-text CLIP encoder given"}
     elif len(generated) < MIN_DISTRIBUTION_RECORDS:
@@ -164,7 +166,7 @@ def score(generated: np.ndarray, pairs: RealPairs, encoder=None, reference: Real
             distribution["reference"] = reference_metrics(encoder, reference, pairs)
         if reconstructed is not None:
             distribution["vae_reference"] = vae_reference_metrics(encoder, reconstructed, pairs)
-    return {"paired": paired, "distribution": distribution}
+    return {"paired": paired, "distribution": distribution}, rows
 
 
 def distribution_table(distribution: dict[str, Any]) -> str:

@@ -53,14 +53,14 @@ def test_feature_metrics_on_clip_features_of_real_records(test_fold):
     from sediff_jax.evaluation.runner import score
 
     encoder = load_clip()
-    same = score(test_fold.ecg, test_fold, encoder, reference=test_fold)["distribution"]
+    same = score(test_fold.ecg, test_fold, encoder, reference=test_fold)[0]["distribution"]
     assert same["fid"] < 1e-6 and same["rfid"] == pytest.approx(1.0) and same["rclip"] == pytest.approx(1.0)
     assert same["precision"] == 1.0 and same["recall"] == 1.0
     reference = same["reference"]  # the same records as the reference: the same numbers by another route
     assert reference["fid"] < 1e-6 and reference["rfid"] == pytest.approx(1.0)
     assert reference["clip_real"] == pytest.approx(same["clip_real"], rel=1e-6)
     noise = np.random.default_rng(0).normal(size=test_fold.ecg.shape).astype(np.float32)
-    fids = [score(test_fold.ecg + s * noise, test_fold, encoder)["distribution"] for s in (0.05, 0.2, 0.5)]
+    fids = [score(test_fold.ecg + s * noise, test_fold, encoder)[0]["distribution"] for s in (0.05, 0.2, 0.5)]
     print([(round(d["fid"], 3), round(d["rfid"], 3), round(d["rclip"], 3)) for d in fids])
     assert fids[0]["fid"] < fids[1]["fid"] < fids[2]["fid"]
     assert fids[0]["rfid"] > fids[1]["rfid"] > fids[2]["rfid"]
@@ -74,7 +74,7 @@ def test_vae_reference_scores_the_records_after_the_shipped_vae(test_fold):
     from sediff_jax.generation import SHIPPED_CHECKPOINT, load_model
 
     encoder = load_clip()
-    identity = score(test_fold.ecg, test_fold, encoder, reconstructed=test_fold.ecg)["distribution"]
+    identity = score(test_fold.ecg, test_fold, encoder, reconstructed=test_fold.ecg)[0]["distribution"]
     vae = identity["vae_reference"]
     assert vae["mae_mv"] == 0.0 and vae["fid"] < 1e-6 and vae["rfid"] == pytest.approx(1.0)
     assert vae["precision"] == 1.0 and vae["recall"] == 1.0
@@ -83,7 +83,7 @@ def test_vae_reference_scores_the_records_after_the_shipped_vae(test_fold):
     mae = np.mean(np.abs(reconstructed - test_fold.ecg[:16]))
     assert 0.01 < mae < 0.08, mae  # the shipped VAE: 0.047 mV on all of fold 10
     table = distribution_table(score(reconstructed, test_fold.take(range(16)), encoder,
-                                     reconstructed=reconstructed)["distribution"])
+                                     reconstructed=reconstructed)[0]["distribution"])
     assert "| metric | generated | records through the VAE |" in table and "MAE" in table
 
 

@@ -62,6 +62,32 @@ def test_per_record_values_summarise_to_the_metrics_and_differ_record_by_record(
         paired_differences({"mae_mv": rows["mae_mv"][:3]}, rows)
 
 
+def test_score_detects_r_peaks_once_per_generated_ecg_and_returns_its_rows(pairs, monkeypatch):
+    """`score` measures each generated ECG once (R peaks -> heart rate and median beat) and takes the real
+    records' stored peaks; its rows are the paired summary's own per-record values."""
+    import sediff_jax.evaluation.physiology as physiology
+    import sediff_jax.evaluation.rhythm as rhythm
+    import sediff_jax.signal.delineation as delineation
+    import sediff_jax.signal.measurement as measurement
+    from sediff_jax.evaluation.runner import score
+    from sediff_jax.signal.rpeaks import detect_r_peaks
+
+    calls = []
+
+    def counted(ecg, fs, **kwargs):
+        calls.append(len(ecg))
+        return detect_r_peaks(ecg, fs, **kwargs)
+
+    for module in (physiology, rhythm, delineation, measurement):
+        monkeypatch.setattr(module, "detect_r_peaks", counted)
+    generated = pairs.ecg + np.float32(0.02) * np.random.default_rng(1).normal(size=pairs.ecg.shape).astype(np.float32)
+    summary, rows = score(generated, pairs)
+    assert len(calls) == len(pairs.record_ids) == 6
+    assert summary["paired"] == paired_metrics(generated, pairs.ecg, pairs.fs, pairs.requested_hr_bpm, rows)
+    assert summary["distribution"]["computed"] is False and rows["mae_mv"].shape == (6,)
+    assert sum(bool(i) for i in rows["intervals_real"]) >= 5
+
+
 def test_evaluate_cli_writes_metrics_and_report(repo_root, exported_model_dir, data_dir, tmp_path):
     out = tmp_path / "eval"
     result = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--checkpoint={exported_model_dir}",

@@ -1,0 +1,44 @@
+"""One ECG measured once: its R peaks, heart rate and median-beat intervals, computed together so that every
+metric that needs them (heart-rate error, RR regularity, interval errors) shares one detection."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from sediff_jax.signal.delineation import DelineationError, delineate
+from sediff_jax.signal.rpeaks import detect_r_peaks, heart_rate_bpm
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """r_peaks: (num_peaks,) samples (empty for a non-finite ECG).  hr_bpm: from the R peaks, NaN with fewer than
+    two.  intervals: `Delineation.intervals()` (ms, bpm, deg), empty where the ECG could not be delineated."""
+
+    r_peaks: np.ndarray
+    hr_bpm: float
+    intervals: dict[str, float]
+
+
+def measure(ecg: np.ndarray, fs: float, r_peaks: np.ndarray | None = None) -> Measurement:
+    """Measure one (time, 12) ECG (mV) at fs Hz; `r_peaks` (samples) when they are already known, e.g. a record's
+    peaks from its canonical form, so that nothing is detected twice."""
+    ecg = np.asarray(ecg)
+    if not np.isfinite(ecg).all():
+        return Measurement(np.zeros(0, np.int64), float("nan"), {})
+    peaks = np.asarray(detect_r_peaks(ecg, fs) if r_peaks is None else r_peaks, np.int64)
+    hr = heart_rate_bpm(peaks, fs) if len(peaks) >= 2 else float("nan")
+    try:
+        intervals = delineate(ecg, fs, r_peaks=peaks).intervals()
+    except DelineationError:
+        intervals = {}
+    return Measurement(peaks, hr, intervals)
+
+
+def measure_batch(ecg: np.ndarray, fs: float, r_peaks=None) -> list[Measurement]:
+    """`measure` of each ECG of a (batch, time, 12) array; r_peaks: None, or one peak array per ECG."""
+    r_peaks = [None] * len(ecg) if r_peaks is None else list(r_peaks)
+    if len(r_peaks) != len(ecg):
+        raise ValueError(f"{len(r_peaks)} R-peak arrays for {len(ecg)} ECGs")
+    return [measure(record, fs, peaks) for record, peaks in zip(np.asarray(ecg), r_peaks)]
