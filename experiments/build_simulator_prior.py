@@ -1,6 +1,6 @@
 r"""Fit every training record of a dataset and write the per-class simulator prior.
 
-    python -m experiments.build_simulator_prior --dataset=ptbxl --source_dir=../shared/data/ptb-xl \
+    python -m experiments.build_simulator_prior --dataset=ptbxl --source_dir=$SEDIFF_DATA_DIR/ptb-xl \
         --out=sediff_jax/simulator/priors/ptbxl500_train_v1.json --fits_out=fits.npz
 
 Records come from the dataset's training split (PTB-XL strat_fold 1-8; MIMIC-IV-ECG's hashed patient split) at
@@ -15,14 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 from absl import app, flags
 
 from experiments import cli
@@ -54,15 +50,6 @@ cli.check_int("max_per_class", 1)
 cli.check_int("max_iterations", 1)
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def read_split_entries(dataset: str, source_dir: str, fs: float, split: str, patients_csv: str | None):
     if dataset == "ptbxl":
         from sediff_jax.data.ptbxl import read_ptbxl
@@ -73,39 +60,6 @@ def read_split_entries(dataset: str, source_dir: str, fs: float, split: str, pat
 
         entries = read_mimic(source_dir, patients_csv)
     return [e for e in entries if e.split == split]
-
-
-def save_fits(path: str, record_ids, labels, fits, provenance: dict) -> None:
-    from sediff_jax.io import atomic_path
-    from sediff_jax.simulator.priors import FIELDS
-
-    arrays = {f: np.stack([fit.values[f] for fit in fits]) for f in FIELDS}
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(
-                f, record_id=np.array(record_ids), labels=np.array(["|".join(x) for x in labels]),
-                median_correlation=np.array([x.median_correlation for x in fits], np.float32),
-                loss=np.array([x.loss for x in fits], np.float32),
-                converged=np.array([x.converged for x in fits]), provenance=np.array(json.dumps(provenance)),
-                **arrays,
-            )
-
-
-def load_fits(path: str):
-    from sediff_jax.simulator.priors import FIELDS, RecordFit
-
-    try:
-        data = np.load(path)
-        labels = [tuple(x for x in s.split("|") if x) for s in data["labels"].tolist()]
-        fits = [
-            RecordFit({f: data[f][k] for f in FIELDS}, float(data["median_correlation"][k]), float(data["loss"][k]),
-                      bool(data["converged"][k]))
-            for k in range(len(labels))
-        ]
-        provenance = json.loads(str(data["provenance"]))
-    except (OSError, KeyError, ValueError) as e:
-        raise app.UsageError(f"--from_fits={path}: not a fits file from --fits_out ({e})") from None
-    return data["record_id"].tolist(), labels, fits, provenance
 
 
 def main(argv):
@@ -119,13 +73,16 @@ def main(argv):
     from sediff_jax.data.classes import capped_by_class, record_classes
     from sediff_jax.data.wfdb_reader import RecordError
     from sediff_jax.simulator.fitting import FitConfig, FitError, fit_ecgs, prepare_fit
-    from sediff_jax.simulator.priors import RecordFit, build_prior, save_prior
+    from sediff_jax.simulator.priors import PriorError, RecordFit, build_prior, load_fits, save_fits, save_prior
 
     started = time.perf_counter()
     config = FitConfig(fs=FLAGS.fs, batch_size=FLAGS.batch_size,
                        **({"max_iterations": FLAGS.max_iterations} if FLAGS.max_iterations else {}))
     if FLAGS.from_fits:
-        record_ids, labels, fits, source = load_fits(FLAGS.from_fits)
+        try:
+            record_ids, labels, fits, source = load_fits(FLAGS.from_fits)
+        except PriorError as e:
+            raise app.UsageError(f"--from_fits={FLAGS.from_fits}: {e}") from None
         source["rebuilt_from_fits"] = FLAGS.from_fits
     else:
         source_dir = FLAGS.source_dir
@@ -181,8 +138,7 @@ def main(argv):
         "min_count": FLAGS.min_count,
         "min_correlation": FLAGS.min_correlation,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
-        "command": cli.provenance()["command"],
+        **cli.provenance(),
     }
     prior = build_prior(fits, labels, provenance, FLAGS.min_count, FLAGS.min_correlation)
     save_prior(prior, FLAGS.out)

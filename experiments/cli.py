@@ -213,13 +213,21 @@ def check_positive_ints(name: str, low: int = 1) -> None:
 
 
 def provenance() -> dict[str, str]:
-    """What every result file records about the run that wrote it: UTC time, the command line, Python."""
+    """What every result file records about the run that wrote it: UTC time, the command line, Python, and the
+    code's git commit ('unknown' outside a checkout)."""
     import datetime
     import os
     import platform
+    import subprocess
 
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
     return {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "python": platform.python_version()}
+            "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "python": platform.python_version(),
+            "git_commit": commit}
 
 
 def publish(out, json_files: dict[str, Any], text_files: dict[str, str]) -> None:

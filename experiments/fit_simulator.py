@@ -27,7 +27,6 @@ import numpy as np
 from absl import app, flags
 
 from experiments import cli
-from sediff_jax.io import jsonio
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("record", None, "WFDB record path without extension (e.g. data/00001_hr), or a PhysioNet record "
@@ -112,49 +111,12 @@ def load_for_fitting(path: str, fit_fs: float | None, duration_s: float, offset_
     return canonicalize(raw, config), raw
 
 
-def output_names(name: str, png: bool) -> list[str]:
-    """The files `write_outputs` writes for record `name`."""
-    return [f"{name}.json", f"{name}.npz"] + ([f"{name}.png"] if png else [])
-
-
-def write_outputs(out_dir: Path, name: str, result, record_fs: float, source: str, png: bool) -> list[Path]:
-    """<name>.json/.npz/.png for one fit, each written atomically; signals resampled to the record's rate."""
-    from sediff_jax.signal.filters import resample
-    from sediff_jax.io import atomic_path, save_overlay_png
-    from sediff_jax.leads import LEAD_NAMES
-
-    real, fitted, times = result.real, result.fitted, result.times_s
-    mask = result.mask
-    if abs(record_fs - result.fs) > 1e-6:
-        real, fitted = resample(real, result.fs, record_fs), resample(fitted, result.fs, record_fs)
-        times = times[0] + np.arange(real.shape[0]) / record_fs
-        mask = np.interp(times, result.times_s, result.mask.astype(float)) > 0.5
-    summary = {"record": source, "record_fs_hz": record_fs, **result.summary()}
-    written = []
-    json_path = out_dir / f"{name}.json"
-    jsonio.write_json(json_path, summary, indent=2)
-    written.append(json_path)
-    npz_path = out_dir / f"{name}.npz"
-    with atomic_path(npz_path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, real=real.astype(np.float32), fitted=fitted.astype(np.float32), fs=np.float32(record_fs),
-                     times_s=times.astype(np.float32), mask=mask, lead_names=np.array(LEAD_NAMES))
-    written.append(npz_path)
-    if png:
-        notes = [f"r={c:.3f}" for c in result.lead_correlation]
-        what = "median beat" if result.mode == "beat" else "strip"
-        title = (f"{name}: {what}, HR {float(result.params.rhythm.hr_mean):.0f} bpm, median r = "
-                 f"{np.median(result.lead_correlation):.3f}, {result.iterations} iterations")
-        written.append(save_overlay_png(out_dir / f"{name}.png", real, fitted, times, title=title, lead_notes=notes,
-                                        labels=("recorded", "simulator fit")))
-    return written
-
-
 def main(argv):
     del argv
     from sediff_jax.data.wfdb_reader import RecordError
     from sediff_jax.io.outputs import output_dir
     from sediff_jax.simulator.fitting import FitConfig, FitError, fit_ecgs, prepare_fit
+    from sediff_jax.simulator.fitting.outputs import fit_output_names, write_fit_outputs
 
     paths = record_paths(FLAGS.record, FLAGS.records_file)
     out = output_dir(FLAGS.out_dir, overwrite=FLAGS.overwrite, tool="fit_simulator")
@@ -203,8 +165,8 @@ def main(argv):
             cleared = True
         for (path, _, raw), result in zip(fittable, results):
             name = Path(path).name
-            with out.writing(*output_names(name, FLAGS.png)):
-                write_outputs(out_dir, name, result, raw.fs, path, FLAGS.png)
+            with out.writing(*fit_output_names(name, FLAGS.png)):
+                write_fit_outputs(out_dir, name, result, raw.fs, path, FLAGS.png)
             num_written += 1
             state = "converged" if result.converged else "stopped at the iteration cap (not converged)"
             print(f"{name}: median lead r = {np.median(result.lead_correlation):.3f}, HR "

@@ -210,6 +210,34 @@ def build_prior(
     return SimulatorPrior(classes=classes, provenance=dict(provenance))
 
 
+def save_fits(path: str | os.PathLike, record_ids: Sequence[str], labels: Sequence[Sequence[str]],
+              fits: Sequence[RecordFit], provenance: Mapping[str, Any]) -> Path:
+    """The per-record fits a prior is built from, as one .npz (atomically): record_id, labels ('|'-joined),
+    median_correlation, loss, converged, provenance (JSON) and one (records, ...) array per field of FIELDS."""
+    arrays = {f: np.stack([fit.values[f] for fit in fits]) for f in FIELDS}
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, record_id=np.array(list(record_ids)), labels=np.array(["|".join(x) for x in labels]),
+                     median_correlation=np.array([x.median_correlation for x in fits], np.float32),
+                     loss=np.array([x.loss for x in fits], np.float32),
+                     converged=np.array([x.converged for x in fits]), provenance=np.array(json.dumps(provenance)),
+                     **arrays)
+    return Path(path)
+
+
+def load_fits(path: str | os.PathLike) -> tuple[list[str], list[tuple[str, ...]], list[RecordFit], dict]:
+    """(record ids, labels, fits, provenance) of a `save_fits` file; PriorError names the file otherwise."""
+    try:
+        data = np.load(path)
+        labels = [tuple(x for x in s.split("|") if x) for s in data["labels"].tolist()]
+        fits = [RecordFit({f: data[f][k] for f in FIELDS}, float(data["median_correlation"][k]),
+                          float(data["loss"][k]), bool(data["converged"][k])) for k in range(len(labels))]
+        provenance = json.loads(str(data["provenance"]))
+        return data["record_id"].tolist(), labels, fits, provenance
+    except (OSError, KeyError, ValueError) as e:
+        raise PriorError(f"{path}: not a per-record fits file (save_fits / --fits_out): {e}") from None
+
+
 def save_prior(prior: SimulatorPrior, path: str | os.PathLike) -> Path:
     """Write the prior as JSON, atomically."""
 

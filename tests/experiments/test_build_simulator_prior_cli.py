@@ -57,5 +57,5 @@ def test_bad_flags(repo_root, tmp_path):
     result = _run(repo_root, f"--source_dir={tmp_path / 'nope'}", f"--out={tmp_path / 'p.json'}")
     assert result.returncode != 0 and "is not a folder" in result.stderr
     result = _run(repo_root, f"--from_fits={tmp_path / 'nope.npz'}", f"--out={tmp_path / 'p.json'}")
-    assert result.returncode != 0 and "not a fits file" in result.stderr
+    assert result.returncode != 0 and "not a per-record fits file" in result.stderr
     assert not (tmp_path / "p.json").exists()
