@@ -133,9 +133,8 @@ def generate_files(out, prompts, generator, config, seed: int, num_samples: int,
     import jax
     import numpy as np
 
-    from sediff_jax import io as ecg_io
-    from sediff_jax.evaluation import measured_heart_rates
-    from sediff_jax.evaluation.rhythm import beat_placement
+    from sediff_jax.generation.outputs import SAMPLES_FILE, sampler_summary, write_generated
+    from sediff_jax.io import atomic_directory
 
     model = generator.model
     out_dir = out.path
@@ -155,51 +154,15 @@ def generate_files(out, prompts, generator, config, seed: int, num_samples: int,
         raise RuntimeError(f"{model.source}: the model produced non-finite ECGs (nothing was written)")
 
     out.mkdir()
-    records = []
-    measured_hr = measured_heart_rates(ecg, model.fs)
-    with ecg_io.atomic_directory(out_dir) as tmp:
-        for n, (i, k, p) in enumerate(expanded):
-            name = f"ecg_{i:03d}_{k:02d}"
-            measured = measured_hr[n]
-            comments = ["sediff_jax generated ECG (synthetic; not for clinical use)", f"text: {p.text}",
-                        f"age: {'' if p.age is None else f'{p.age:g}'}", f"sex: {p.sex or ''}",
-                        f"hr_bpm: {'' if p.hr is None else f'{p.hr:g}'}", f"seed: {seed}", f"sample: {k}",
-                        f"sampler: {config.kind}-{config.num_steps} guidance {config.guidance_scale:g}",
-                        f"checkpoint: {model.id}"]
-            plan = plans[n]
-            if plan is not None:
-                comments += [f"rhythm: {plan.rhythm} from {plan.source}",
-                             "rr_ms: " + ",".join(f"{x:.0f}" for x in plan.rr_ms)]
-            ecg_io.write_wfdb(tmp / name, ecg[n], model.fs, comments=comments)
-            files = [f"{name}.hea", f"{name}.dat"]
-            if png:
-                title = f"Generated: {p.text[:70]}" + (f" | HR {p.hr:g}" if p.hr is not None else "")
-                ecg_io.save_ecg_png(tmp / f"{name}.png", ecg[n], model.fs, title=title)
-                files.append(f"{name}.png")
-            records.append({"prompt": i, "sample": k, "files": files,
-                            "measured_hr_bpm": None if not np.isfinite(measured) else round(float(measured), 1),
-                            **({} if plan is None else {"rhythm": plan.as_dict(), "r_peak_match":
-                                                        beat_placement(ecg[n], model.fs, plan.r_peaks_s)})})
-        nan = float("nan")
-        ecg_io.write_npz(tmp / "samples.npz", ecg, model.fs,
-                         text=np.array([p.text for _, _, p in expanded]),
-                         age=np.array([nan if p.age is None else p.age for _, _, p in expanded], np.float32),
-                         sex=np.array([p.sex or "" for _, _, p in expanded]),
-                         hr_bpm=np.array([nan if p.hr is None else p.hr for _, _, p in expanded], np.float32),
-                         prompt_index=np.array([i for i, _, _ in expanded]),
-                         sample_index=np.array([k for _, k, _ in expanded]), seed=seed, checkpoint_id=model.id)
+    with atomic_directory(out_dir) as tmp:
+        records = write_generated(tmp, ecg, expanded, plans, model, config, seed, png)
         manifest = {
             "prompts": [p.as_dict() for p in prompts], "num_samples": num_samples, "seed": seed,
-            "sampler": {"kind": config.kind, "steps": config.num_steps, "guidance_scale": config.guidance_scale,
-                        "eta": config.eta, "simulator_guidance": config.simulator_guidance,
-                        "guidance_interval": config.guidance_interval, "group_scales": config.group_scales,
-                        "cads_noise": config.cads_noise, "cads_tau": config.cads_tau,
-                        "exact_limb_leads": config.exact_limb_leads,
-                        "clip_x0": generator.latent_clip if config.clip_x0 is None else config.clip_x0},
+            "sampler": sampler_summary(config, generator.latent_clip),
             "experience": experience_summary(generator, prompts, experience),
             "checkpoint": {"path": str(model.source), "id": model.id,
                            "training": model.spec.training},
-            "fs": model.fs, "samples": len(expanded), "records": records, "npz": "samples.npz",
+            "fs": model.fs, "samples": len(expanded), "records": records, "npz": SAMPLES_FILE,
             "seconds": round(seconds, 2), "device": f"{jax.devices()[0].device_kind} x{len(jax.devices())}",
             **cli.provenance(),
         }

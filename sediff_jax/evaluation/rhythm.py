@@ -113,22 +113,3 @@ def peak_match_ms(ecg: np.ndarray, fs: float, requested_s: Sequence[Sequence[flo
         if len(distances) and np.isfinite(distances).any():
             out[i] = float(np.median(distances))
     return out
-
-
-BEAT_MATCH_MS = 40.0  # a requested beat counts as placed when a detected R peak lies this close
-
-
-def beat_placement(record: np.ndarray, fs: float, requested_s: Sequence[float], detector: str = "ours"
-                   ) -> dict[str, float | int | None]:
-    """How one ECG's (time, 12) detected R peaks meet every requested one (s): the median and largest distance
-    (ms; None where nothing was detected) and how many requested beats have a detected peak within
-    BEAT_MATCH_MS."""
-    distances = peak_distances_ms(record, fs, requested_s, detector)
-
-    def ms(x):
-        return round(float(x), 1) if np.isfinite(x) else None
-
-    return {"median_ms": ms(np.median(distances)) if len(distances) else None,
-            "max_ms": ms(np.max(distances)) if len(distances) else None, "beats_requested": int(len(distances)),
-            "beats_placed": int(np.sum(distances <= BEAT_MATCH_MS)), "within_ms": BEAT_MATCH_MS}
-

@@ -4,6 +4,7 @@ metric that needs them (heart-rate error, RR regularity, interval errors) shares
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 
@@ -42,3 +43,24 @@ def measure_batch(ecg: np.ndarray, fs: float, r_peaks=None) -> list[Measurement]
     if len(r_peaks) != len(ecg):
         raise ValueError(f"{len(r_peaks)} R-peak arrays for {len(ecg)} ECGs")
     return [measure(record, fs, peaks) for record, peaks in zip(np.asarray(ecg), r_peaks)]
+
+
+BEAT_MATCH_MS = 40.0  # a requested beat counts as placed when a detected R peak lies this close
+
+
+def beat_placement(ecg: np.ndarray, fs: float, requested_s: Sequence[float]) -> dict[str, float | int | None]:
+    """How one (time, 12) ECG's R peaks (`detect_r_peaks`) meet every requested one (s): the median and largest
+    distance (ms; None where nothing was detected) and how many requested beats have a detected peak within
+    BEAT_MATCH_MS. (`evaluation.rhythm.peak_distances_ms` measures the same with wfdb's XQRS or neurokit2.)"""
+    ecg = np.asarray(ecg)
+    wanted = np.asarray(requested_s, np.float64)
+    found = detect_r_peaks(ecg, fs) / fs if np.isfinite(ecg).all() else np.zeros(0)
+    distances = (1000.0 * np.min(np.abs(wanted[:, None] - found[None]), axis=1) if len(found)
+                 else np.full(len(wanted), np.inf))
+
+    def ms(x):
+        return round(float(x), 1) if np.isfinite(x) else None
+
+    return {"median_ms": ms(np.median(distances)) if len(distances) else None,
+            "max_ms": ms(np.max(distances)) if len(distances) else None, "beats_requested": int(len(distances)),
+            "beats_placed": int(np.sum(distances <= BEAT_MATCH_MS)), "within_ms": BEAT_MATCH_MS}

@@ -153,7 +153,7 @@ def test_a_model_without_the_scaffold_refuses_a_given_rhythm(model):
 def test_beat_placement_accounts_for_every_requested_beat():
     """A simulated ECG's own R peaks are all placed; a requested beat where the ECG has none is counted as missed
     and sets the largest distance, whatever the median says."""
-    from sediff_jax.evaluation.rhythm import beat_placement
+    from sediff_jax.signal.measurement import beat_placement
     from sediff_jax.signal.rpeaks import detect_r_peaks
     from tests.data.wfdb_fixtures import simulated_ecg
 
