@@ -23,6 +23,7 @@ from pathlib import Path
 from absl import flags
 
 from experiments import cli
+from experiments.benchmarks.timing import compile_and_time
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", os.environ.get("SEDIFF_DATA_DIR", str(Path(__file__).resolve().parents[3] / "shared" / "data")),
@@ -92,11 +93,7 @@ def main(argv):
         target = np.zeros((FLAGS.batch, sim_config.num_samples, 12), np.float32)
         loss = lambda p: ((sim.simulate_batch(p, keys, sim_config) - target) ** 2).mean()  # noqa: E731
         step = jax.jit(jax.grad(loss))
-        jax.block_until_ready(step(params))
-        start = time.perf_counter()
-        for _ in range(3):
-            jax.block_until_ready(step(params))
-        step_per_s = 3 / (time.perf_counter() - start)
+        step_per_s = 1.0 / compile_and_time(lambda: step(params), repeats=3).seconds
         rows.append((fs, n, prepare_rates, ref_prepare, ours_load, ref_load, step_per_s))
 
     print(f"\nData layer, PTB-XL records from {source_dir}, batch {FLAGS.batch}; "

@@ -35,6 +35,7 @@ from absl import flags
 
 from experiments import cli
 from experiments.benchmarks.device_report import Report, cost_flops, memory_bytes, peak_flops
+from experiments.benchmarks.timing import compile_and_time
 from sediff_jax.io.outputs import output_dir, usable_path
 
 FLAGS = flags.FLAGS
@@ -84,17 +85,12 @@ def sampling_prompts(count: int):
 
 def _timed(run, steps: int) -> tuple[float, float]:
     """(compile s incl. the first call, s per step over `steps` steps dispatched back to back)."""
-    import jax
+    def first():
+        run.compile()
+        return run.run()
 
-    start = time.perf_counter()
-    run.compile()
-    jax.block_until_ready(run.run())
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(steps):
-        metrics = run.run()
-    jax.block_until_ready((metrics, run.state))
-    return compile_s, (time.perf_counter() - start) / steps
+    timing = compile_and_time(lambda: (run.run(), run.state), steps, first=first)
+    return timing.first_s, timing.seconds
 
 
 def train_step_rows(report: Report, config_name: str, precision: str, mesh, budget_left) -> None:
@@ -153,12 +149,9 @@ def sampling_row(report: Report) -> None:
     generator = Generator(model, text_encoder=encoder, max_batch=FLAGS.sample_batch)
     prompts = sampling_prompts(FLAGS.sample_batch)
     sampler = SamplerConfig(kind="ddim", num_steps=FLAGS.sample_steps, guidance_scale=2.0)
-    start = time.perf_counter()
-    generator.generate(prompts, 1, sampler, experience="off")
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    ecg = generator.generate(prompts, 0, sampler, experience="off")
-    seconds = time.perf_counter() - start
+    timing = compile_and_time(lambda: generator.generate(prompts, 0, sampler, experience="off"),
+                              first=lambda: generator.generate(prompts, 1, sampler, experience="off"))
+    ecg, seconds, compile_s = timing.result, timing.seconds, timing.first_s
     if not jax.numpy.isfinite(ecg).all():
         raise FloatingPointError("DDIM sampling gave non-finite ECGs")
     report.add("sampling", {"what": f"DDIM-{FLAGS.sample_steps}, guidance 2, shipped model", "batch": len(prompts),
@@ -178,12 +171,8 @@ def simulator_rows(report: Report, mesh, budget_left) -> None:
     params = sim.stack_params([sim.preset_params("normal_sinus")] * batch)
     params = params._replace(rhythm=params.rhythm._replace(hr_mean=jax.numpy.linspace(50.0, 110.0, batch)))
     params, keys = shard_batch((params, jax.random.split(jax.random.key(0), batch)), mesh)
-    start = time.perf_counter()
-    jax.block_until_ready(sim.simulate_batch(params, keys, config))
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    ecg = jax.block_until_ready(sim.simulate_batch(params, keys, config))
-    seconds = time.perf_counter() - start
+    timing = compile_and_time(lambda: sim.simulate_batch(params, keys, config))
+    ecg, seconds, compile_s = timing.result, timing.seconds, timing.first_s
     report.add("simulator", {"what": "simulate: 12-lead 10 s at 500 Hz (Heun)", "batch": batch,
                              "compile_s": compile_s - seconds, "seconds": seconds, "rate": batch / seconds})
     if not budget_left():
@@ -195,12 +184,8 @@ def simulator_rows(report: Report, mesh, budget_left) -> None:
     records = [records[i % len(records)] for i in range(n)]
     iterations = FLAGS.fit_iterations or FitConfig.max_iterations
     fit = FitConfig(batch_size=n, max_iterations=iterations, check_every=min(FitConfig.check_every, iterations))
-    start = time.perf_counter()
-    fit_ecgs(records, fit)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    fit_ecgs(records, fit)
-    seconds = time.perf_counter() - start
+    timing = compile_and_time(lambda: [r.params for r in fit_ecgs(records, fit)])
+    first, seconds = timing.first_s, timing.seconds
     report.add("simulator", {"what": f"fit the simulator (median beat, <= {iterations} Adam steps)",
                              "batch": n, "compile_s": first - seconds, "seconds": seconds, "rate": n / seconds})
 

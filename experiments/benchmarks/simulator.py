@@ -17,6 +17,7 @@ import time
 from absl import flags
 
 from experiments import cli
+from experiments.benchmarks.timing import best_time, compile_and_time, print_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 512, "Records per simulator call (divisible by the device count).")
@@ -33,15 +34,6 @@ cli.check_int("nk_records", 1)
 cli.check_int("cpu_devices", 1)
 cli.check_float("duration", 0.1, 3600, low_open=True)
 cli.check_float("fs", 1, 10000, low_open=True)
-
-def _best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
 
 def main(argv):
     del argv
@@ -67,23 +59,19 @@ def main(argv):
         params, keys = shard_batch((params, jax.random.split(jax.random.key(0), batch)), mesh)
 
         def forward():
-            jax.block_until_ready(sim.simulate_batch(params, keys, config))
+            return sim.simulate_batch(params, keys, config)
 
-        start = time.perf_counter()
-        forward()
-        compile_s = time.perf_counter() - start
-        seconds = _best_time(forward, FLAGS.repeats)
+        compile_s = compile_and_time(forward, repeats=0).first_s
+        seconds = best_time(forward, FLAGS.repeats)
 
         target = sim.simulate_batch(params, keys, config) * 1.05
         grad_fn = jax.jit(jax.grad(lambda p: jnp.mean((sim.simulate_batch(p, keys, config) - target) ** 2)))
 
         def backward():
-            jax.block_until_ready(grad_fn(params))
+            return grad_fn(params)
 
-        start = time.perf_counter()
-        backward()
-        grad_compile_s = time.perf_counter() - start
-        grad_seconds = _best_time(backward, FLAGS.repeats)
+        grad_compile_s = compile_and_time(backward, repeats=0).first_s
+        grad_seconds = best_time(backward, FLAGS.repeats)
         return batch / seconds, compile_s, 1e3 * grad_seconds / batch, grad_compile_s
 
     def neurokit(method: str):
@@ -101,17 +89,17 @@ def main(argv):
         nk_rate = neurokit(method)
         rows.append((label, rate, nk_rate, compile_s, grad_ms, grad_compile_s))
 
-    print(f"\nSimulator benchmark: {FLAGS.duration:g} s records at {FLAGS.fs:g} Hz; ours: batch {batch}, Heun at "
-          f"{sim.SimulatorConfig(fs=FLAGS.fs).internal_fs:g} Hz, {n_dev} x {jax.devices()[0].platform} device(s); "
-          f"neurokit2 {nk.__version__}; jax {jax.__version__}; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores\n")
-    print("| record | ours (records/s) | neurokit2 (records/s) | ratio | ours compile (s) | gradient (ms/record) "
-          "| gradient compile (s) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for label, rate, nk_rate, compile_s, grad_ms, grad_compile_s in rows:
-        print(f"| {label} | {rate:,.0f} | {nk_rate:.2f} | {rate / nk_rate:,.0f}x | {compile_s:.1f} | {grad_ms:.2f} "
-              f"| {grad_compile_s:.1f} |")
-    print("\nneurokit2 methods: 12-lead = ecg_simulate(method='multileads'), single lead = method='ecgsyn'.")
+    title = (f"Simulator benchmark: {FLAGS.duration:g} s records at {FLAGS.fs:g} Hz; ours: batch {batch}, Heun at "
+             f"{sim.SimulatorConfig(fs=FLAGS.fs).internal_fs:g} Hz, {n_dev} x {jax.devices()[0].platform} device(s); "
+             f"neurokit2 {nk.__version__}; jax {jax.__version__}; {platform.processor() or platform.machine()}, "
+             f"{os.cpu_count()} cores")
+    print_table(title, ["record", "ours (records/s)", "neurokit2 (records/s)", "ratio", "ours compile (s)",
+                        "gradient (ms/record)", "gradient compile (s)"],
+                [(label, f"{rate:,.0f}", f"{nk_rate:.2f}", f"{rate / nk_rate:,.0f}x", f"{compile_s:.1f}",
+                  f"{grad_ms:.2f}", f"{grad_compile_s:.1f}")
+                 for label, rate, nk_rate, compile_s, grad_ms, grad_compile_s in rows],
+                [False] + [True] * 6,
+                "neurokit2 methods: 12-lead = ecg_simulate(method='multileads'), single lead = method='ecgsyn'.")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Jitted, data-parallel train and eval steps of both stages.
 
-Each step is one `jax.jit` over a `Mesh` (`sediff_jax.parallel.make_mesh`; not `jax.pmap`): the train state is replicated, the batch is
-sharded along `data`, XLA inserts the gradient all-reduce, and random numbers are drawn for the global batch
+Each step is one `jax.jit` over a `Mesh` (`sediff_jax.parallel.make_mesh`; not `jax.pmap`): the train state is
+replicated, the batch is sharded along `data`, XLA inserts the gradient all-reduce, and random numbers are drawn for the global batch
 from `fold_in(state.rng, state.step)` (partitionable threefry), so the same seed gives the same step on 1 or N
 devices. A step whose loss terms or gradient norm are not finite leaves the state unchanged and reports
 `finite = False`; the loop then stops and names the step and term.
