@@ -19,6 +19,7 @@ import numpy as np
 from absl import flags
 
 from experiments import cli
+from experiments.benchmarks.timing import print_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("repeats", 3, "Fresh processes per way of loading.")
@@ -70,17 +71,15 @@ def main(argv):
         raise cli.UsageError(f"--checkpoint={FLAGS.checkpoint}: not an exported model directory (config.json and "
                              "model.safetensors)")
 
-    print(f"\nModel load, {platform.machine()} CPU, jax {jax.__version__}, {FLAGS.repeats} fresh processes each "
-          f"(median)\n")
     runs = {way: [probe(way) for _ in range(FLAGS.repeats)] for way in ("abstract", "concrete")}
     ours, reference = runs["abstract"], runs["concrete"]
     same = {r["checksum"] for r in ours + reference} == {ours[0]["checksum"]} and len({r["id"] for r in ours}) == 1
     load, ref_load = np.median([r["load_s"] for r in ours]), np.median([r["load_s"] for r in reference])
-    print("| model | import s | load s (abstract build, ours) | load s (concrete init, reference) | speed-up | "
-          "same weights |")
-    print("|---|---:|---:|---:|---:|---|")
-    print(f"| {ours[0]['id']} | {np.median([r['import_s'] for r in ours]):.2f} | {load:.2f} | {ref_load:.2f} | "
-          f"{ref_load / load:.1f}x | {'yes' if same else 'NO'} |")
+    print_table(f"Model load, {platform.machine()} CPU, jax {jax.__version__}, {FLAGS.repeats} fresh processes each "
+                "(median)", ["model", "import s", "load s (abstract build, ours)", "load s (concrete init, reference)",
+                             "speed-up", "same weights"],
+                [(ours[0]["id"], f"{np.median([r['import_s'] for r in ours]):.2f}", f"{load:.2f}", f"{ref_load:.2f}",
+                  f"{ref_load / load:.1f}x", "yes" if same else "NO")], [False] + [True] * 4 + [False])
     return 0 if same else 1
 
 

@@ -19,6 +19,7 @@ import time
 from absl import flags
 
 from experiments import cli
+from experiments.benchmarks.timing import print_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Model (default: the shipped checkpoint).")
@@ -77,13 +78,7 @@ def main(argv):
         rows.append((label, compile_s, 1e3 * seconds / len(prompts), errors, failed))
 
     reference = {r[0]: r for r in rows}.get("ddpm-1000")
-    print(f"\nSampling, {jax.devices()[0].device_kind} x{len(jax.devices())}, {platform.machine()}, jax "
-          f"{jax.__version__}; model {model.id} ({model.source}); {FLAGS.num} ECGs of {model.num_samples / model.fs:g} s "
-          f"at {model.fs:g} Hz, guidance {FLAGS.guidance_scale:g}; HR error over {2 * FLAGS.num} ECGs (seeds "
-          f"{FLAGS.seed} and {FLAGS.seed + 1}), relative to the requested rate\n")
-    print("| sampler | compile + first run s | ms / ECG | speed-up vs DDPM-1000 | HR error median | HR error mean | "
-          "HR error vs DDPM-1000 | unmeasurable |")
-    print("|---|---|---|---|---|---|---|---|")
+    table = []
     for label, compile_s, ms, errors, failed in rows:
         median = float(np.median(errors)) if errors.size else float("nan")
         mean = float(np.mean(errors)) if errors.size else float("nan")
@@ -92,8 +87,14 @@ def main(argv):
             speed = f"{reference[2] / ms:.1f}x"
             ref_mean = float(np.mean(reference[3])) if reference[3].size else float("nan")
             ratio = f"{mean / ref_mean:.2f}x" if ref_mean > 0 else ""
-        print(f"| {label} | {compile_s:.1f} | {ms:.0f} | {speed} | {100 * median:.1f}% | {100 * mean:.1f}% | "
-              f"{ratio} | {failed} |")
+        table.append((label, f"{compile_s:.1f}", f"{ms:.0f}", speed, f"{100 * median:.1f}%", f"{100 * mean:.1f}%",
+                      ratio, failed))
+    print_table(f"Sampling, {jax.devices()[0].device_kind} x{len(jax.devices())}, {platform.machine()}, jax "
+                f"{jax.__version__}; model {model.id} ({model.source}); {FLAGS.num} ECGs of "
+                f"{model.num_samples / model.fs:g} s at {model.fs:g} Hz, guidance {FLAGS.guidance_scale:g}; HR error "
+                f"over {2 * FLAGS.num} ECGs (seeds {FLAGS.seed} and {FLAGS.seed + 1}), relative to the requested rate",
+                ["sampler", "compile + first run s", "ms / ECG", "speed-up vs DDPM-1000", "HR error median",
+                 "HR error mean", "HR error vs DDPM-1000", "unmeasurable"], table, [False] + [True] * 7)
 
 
 if __name__ == "__main__":

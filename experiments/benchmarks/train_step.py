@@ -25,6 +25,7 @@ import time
 from absl import flags
 
 from experiments import cli
+from experiments.benchmarks.timing import print_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["tiny", "ptbxl100"], "Configs of experiments/configs to time.")
@@ -97,13 +98,12 @@ def main(argv):
             label = "VAE" if variant == "VAE" else f"diffusion: {variant}"
             rows.append((name, label, batch_size, compile_s[variant], statistics.median(times), ratio))
 
-    print(f"\nTrain step, {device}, {platform.processor() or platform.machine()}, jax {jax.__version__}; "
-          f"{FLAGS.rounds} rounds x {FLAGS.steps} steps, variants taking turns; medians\n")
-    print("| config | step | batch | compile s | ms/step | samples/s | x DDPM step |")
-    print("|---|---|---|---|---|---|---|")
-    for name, what, b, compile_s, step_s, ratio in rows:
-        print(f"| {name} | {what} | {b} | {compile_s:.1f} | {step_s * 1e3:.0f} | {b / step_s:.0f} | "
-              f"{'' if ratio is None else f'{ratio:.2f}'} |")
+    print_table(f"Train step, {device}, {platform.processor() or platform.machine()}, jax {jax.__version__}; "
+                f"{FLAGS.rounds} rounds x {FLAGS.steps} steps, variants taking turns; medians",
+                ["config", "step", "batch", "compile s", "ms/step", "samples/s", "x DDPM step"],
+                [(name, what, b, f"{compile_s:.1f}", f"{step_s * 1e3:.0f}", f"{b / step_s:.0f}",
+                  "" if ratio is None else f"{ratio:.2f}") for name, what, b, compile_s, step_s, ratio in rows],
+                [False, False] + [True] * 5)
 
 
 if __name__ == "__main__":
