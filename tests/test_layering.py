@@ -6,10 +6,12 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "sediff_jax"
 MAX_LINES = 400
 # (importer package, imported package): inference and evaluation never reach into training; the simulator and the
-# signal layer never into the data layer; the signal layer (the bottom of the house) into nothing above it.
+# signal layer never into the data layer; the signal layer (the bottom of the house) into nothing above it; the
+# clinical rhythm model (rhythm/) sits above data and simulator and below generation.
 FORBIDDEN = [("generation", "training"), ("evaluation", "training"), ("checkpoints", "training"),
              ("simulator", "data"), ("signal", "data"), ("signal", "simulator"), ("signal", "models"),
-             ("models", "training"), ("diffusion", "training")]
+             ("models", "training"), ("diffusion", "training"), ("rhythm", "generation"), ("rhythm", "training"),
+             ("simulator", "rhythm"), ("data", "rhythm"), ("signal", "rhythm")]
 
 
 def _modules():

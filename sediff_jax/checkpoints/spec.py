@@ -222,7 +222,9 @@ def validate_model_config(config: Any, where: str) -> None:
                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if widths and max(widths) > MAX_MODEL_WIDTH:
             raise _field_error(where, f"{key} widths", max(widths), f"at most {MAX_MODEL_WIDTH} (a memory bound)")
-    vae_channels = [c for c in (config["vae"].get("channels") or []) if isinstance(c, (int, float))]
+    channels = config["vae"].get("channels")
+    vae_channels = [c for c in (channels if isinstance(channels, list) else [channels])
+                    if isinstance(c, (int, float)) and not isinstance(c, bool)]
     if vae_channels and samples * max(vae_channels) * 4 > MAX_ACTIVATION_BYTES:
         raise CheckpointError(f"{where}: one ECG of {samples} samples through VAE channels {max(vae_channels):g} "
                               f"needs ~{samples * max(vae_channels) * 4 / 2**30:.1f} GiB per activation (bound: "

@@ -20,7 +20,7 @@ from sediff_jax.evaluation.paired import RealPairs
 from sediff_jax.evaluation.physiology import summarize
 from sediff_jax.evaluation.rhythm import peak_match_ms, rhythm_table
 from sediff_jax.generation import Generator, Prompt, RhythmPlan, make_prompt, rhythm_from_rr
-from sediff_jax.generation.rhythm import rhythm_class
+from sediff_jax.rhythm import rhythm_class
 
 SINUS_PROMPTS = [("sinus rhythm, normal ECG", 48), ("sinus rhythm, normal ECG", 62), ("normal ECG", 75),
                  ("sinus rhythm, left ventricular hypertrophy", 70), ("sinus rhythm, incomplete right bundle "

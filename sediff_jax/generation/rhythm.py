@@ -1,11 +1,9 @@
 """The rhythm of each generated ECG: where its R peaks fall, before any morphology is drawn.
 
 Three sources, one result (`RhythmPlan`: R-peak times in seconds, where they came from):
-  * the prompt, through the simulator (`simulated_rhythm`): the report's rhythm class (from
-    `sediff_jax.data.classes`) chooses the RR process (sinus with heart-rate variability that falls with age,
-    sinus arrhythmia, the broadband irregularity of atrial fibrillation, regular flutter / SVT / VT, one premature
-    beat for PAC / PVC), the requested heart rate its mean, and McSharry's phase oscillator, integrated with
-    diffrax, places the beats (`sediff_jax.simulator.beat_timing`). Seeded like everything else.
+  * the prompt, through the clinical rhythm model (`simulated_rhythm`, `sediff_jax.rhythm`): the report's rhythm
+    class chooses the RR process, the requested heart rate its mean, and the simulator's phase oscillator places
+    the beats. Seeded like everything else.
   * an RR list (`rhythm_from_rr`, `--rr_ms`, the prompts file's `rr_ms` column).
   * a WFDB record's R peaks (`rhythm_from_record`, `--rhythm_from`): "this patient's rhythm".
 The denoiser is then told the cardiac phase these peaks define (`sediff_jax.signal.phase`).
@@ -14,22 +12,17 @@ The denoiser is then told the cardiac phase these peaks define (`sediff_jax.sign
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 from typing import Sequence
 
 import jax
 import numpy as np
 
 from sediff_jax.data.canonical import CanonicalConfig, canonicalize
-from sediff_jax.data.classes import sediff_classes
 from sediff_jax.data.wfdb_reader import RecordError, read_record
 from sediff_jax.generation.prompts import RR_RANGE_MS, Prompt, PromptError
-from sediff_jax.simulator.beat_timing import simulated_beats
-from sediff_jax.simulator.params import default_rhythm
+from sediff_jax.rhythm.clinical import clinical_beats
 
 FIRST_R_S = 0.3  # where an RR list's first beat falls
-SINUS_LF_HF = 0.5
 
 
 class RhythmError(PromptError):
@@ -60,51 +53,6 @@ class RhythmPlan:
     def as_dict(self) -> dict:
         return {"source": self.source, "rhythm": self.rhythm, "r_peaks_s": [round(t, 4) for t in self.r_peaks_s],
                 "rr_ms": [round(x, 1) for x in self.rr_ms]}
-
-
-@dataclasses.dataclass(frozen=True)
-class RhythmClass:
-    """default_hr: bpm when the prompt gives none.  rr_cv: RR standard deviation / mean (None: sinus, by age).
-    irregularity: broadband share of the RR variance (1 = atrial fibrillation).  lf_hf: LF/HF power ratio.
-    ectopic: 'atrial' or 'ventricular' for one premature beat."""
-
-    default_hr: float
-    rr_cv: float | None = None
-    irregularity: float = 0.0
-    lf_hf: float = SINUS_LF_HF
-    ectopic: str | None = None
-
-
-# The first class a report names wins, in this order (specific rhythms before sinus).
-RHYTHM_CLASSES: dict[str, RhythmClass] = {
-    "atrial_fibrillation": RhythmClass(default_hr=90.0, rr_cv=0.19, irregularity=1.0),
-    "atrial_flutter": RhythmClass(default_hr=150.0, rr_cv=0.01),  # 2:1 conduction, regular
-    "ventricular_tachycardia": RhythmClass(default_hr=160.0, rr_cv=0.02),
-    "supraventricular_tachycardia": RhythmClass(default_hr=170.0, rr_cv=0.01),
-    "sinus_arrhythmia": RhythmClass(default_hr=70.0, rr_cv=0.09, lf_hf=0.2),
-    "premature_ventricular_contraction": RhythmClass(default_hr=70.0, ectopic="ventricular"),
-    "premature_atrial_contraction": RhythmClass(default_hr=70.0, ectopic="atrial"),
-    "bradycardia": RhythmClass(default_hr=50.0),
-    "tachycardia": RhythmClass(default_hr=110.0),
-    "sinus": RhythmClass(default_hr=70.0),
-}
-_SINUS_ARRHYTHMIA = re.compile(r"sinus arrhythmi|respiratory (sinus )?arrhythmi")
-
-
-def rhythm_class(text: str) -> str:
-    """The RHYTHM_CLASSES name of a report ('sinus' when it names no rhythm)."""
-    if _SINUS_ARRHYTHMIA.search(text.lower()):
-        return "sinus_arrhythmia"
-    named = set(sediff_classes(text))
-    return next((name for name in RHYTHM_CLASSES if name in named), "sinus")
-
-
-def sinus_rr_cv(age: float | None) -> float:
-    """Short-term RR variability of sinus rhythm over 10 s: 0.035 at <= 30 years, falling to 0.02 at >= 80
-    (heart-rate variability declines with age; PTB-XL fold-10 sinus records: median 0.031)."""
-    if age is None:
-        return 0.03
-    return float(np.interp(age, [30.0, 80.0], [0.035, 0.02]))
 
 
 def _check_peaks(peaks: np.ndarray, duration_s: float, where: str) -> None:
@@ -163,41 +111,8 @@ def rhythm_from_peaks(r_peaks: Sequence[int], fs: float, duration_s: float, sour
     return RhythmPlan(tuple(float(t) for t in peaks), source, "given")
 
 
-def _ectopic(peaks: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
-    """One premature beat near the middle: coupling 65 % of the RR; a ventricular one keeps the sinus beat after
-    it in place (full compensatory pause), an atrial one resets the sinus node (the rest shift earlier)."""
-    if peaks.size < 4:
-        return peaks
-    k = int(rng.integers(peaks.size // 2 - 1, peaks.size // 2 + 1))
-    rr = peaks[k] - peaks[k - 1]
-    early = peaks[k - 1] + 0.65 * rr
-    out = peaks.copy()
-    if kind == "ventricular":
-        out[k] = early
-    else:
-        out[k:] -= peaks[k] - early
-    return out
-
-
 def simulated_rhythm(prompt: Prompt, key: jax.Array, duration_s: float) -> RhythmPlan:
-    """The beats of the prompt's rhythm class at its heart rate (the class default when none is given)."""
-    name = rhythm_class(prompt.text)
-    spec = RHYTHM_CLASSES[name]
-    hr = float(prompt.hr) if prompt.hr is not None else spec.default_hr
-    cv = spec.rr_cv if spec.rr_cv is not None else sinus_rr_cv(prompt.age)
-    key_rr, key_phase, key_ectopic = jax.random.split(key, 3)
-    initial = float(jax.random.uniform(key_phase, (), minval=-2.0 * math.pi, maxval=0.0))
-    rhythm = default_rhythm(hr_mean=hr, hr_std=cv * hr, lf_hf_ratio=spec.lf_hf, irregularity=spec.irregularity,
-                            initial_phase=initial)
-    # Simulate past the end, then set the mean RR to the requested rate exactly (with a strongly irregular
-    # tachogram more beats fall in its short stretches, so the beats' mean RR runs below 60 / HR).
-    peaks = simulated_beats(rhythm, key_rr, duration_s + 5.0)
-    if spec.ectopic is not None:
-        seed = int(jax.random.randint(key_ectopic, (), 0, 2**31 - 1))
-        peaks = _ectopic(peaks, spec.ectopic, np.random.default_rng(seed))
-    for _ in range(4):  # (which beats fall inside the record depends on the scale: a few rounds settle it)
-        inside = np.diff(peaks[peaks < duration_s])
-        if inside.size:
-            peaks = peaks[0] + (peaks - peaks[0]) * (60.0 / hr) / inside.mean()
-    peaks = peaks[peaks < duration_s]
+    """The beats of the prompt's rhythm class at its heart rate (the class default when none is given; the
+    clinical rhythm model, `sediff_jax.rhythm`)."""
+    peaks, name = clinical_beats(prompt.text, prompt.hr, prompt.age, key, duration_s)
     return RhythmPlan(tuple(float(t) for t in peaks), "simulator", name)

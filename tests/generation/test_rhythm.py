@@ -16,7 +16,7 @@ from sediff_jax.generation import (
     rhythm_from_rr,
     simulated_rhythm,
 )
-from sediff_jax.generation.rhythm import rhythm_class
+from sediff_jax.rhythm import rhythm_class
 from sediff_jax.parallel import make_mesh
 from sediff_jax.signal.phase import cardiac_phase, latent_times
 from tests.generation.small_model import small_model
