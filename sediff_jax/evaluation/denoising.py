@@ -15,7 +15,7 @@ import numpy as np
 from sediff_jax.diffusion.sampling import noise_levels
 from sediff_jax.diffusion.schedule import add_noise, predict_epsilon
 from sediff_jax.generation import Generator
-from sediff_jax.generation.generator import CONDITION_KEYS
+from sediff_jax.models.conditions import Conditions
 
 LOSS_STREAM = 2**31 - 3  # fold_in index of a record's noise and timesteps here
 
@@ -58,7 +58,7 @@ def loss_by_noise_level(model, ecg: np.ndarray, prompts: Sequence, rhythms: Sequ
     for start in range(0, n, batch_size):
         part = slice(start, min(start + batch_size, n))
         batch = generator.conditions(list(prompts[part]), experience, rhythms[part])
-        conditions = {k: batch[k] for k in CONDITION_KEYS + ("rhythm",) if k in batch}
+        conditions = Conditions.from_batch(batch)
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), LOSS_STREAM), i))(
             jnp.arange(part.start, part.stop))
         rows.append(np.asarray(errors(jnp.asarray(ecg[part], jnp.float32), conditions, keys)))

@@ -32,13 +32,13 @@ from sediff_jax.generation.prompts import Prompt
 from sediff_jax.generation.rhythm import (RhythmError, RhythmPlan, rhythm_from_record, rhythm_from_rr,
                                          simulated_rhythm)
 from sediff_jax.leads import project_to_lead_space
+from sediff_jax.models.conditions import Conditions
 from sediff_jax.parallel import batch_sharding, make_mesh, replicated_sharding
 from sediff_jax.signal.phase import pad_peaks, rhythm_features
 from sediff_jax.simulator.consistency import simulator_energies
 from sediff_jax.simulator.priors import load_prior
 from sediff_jax.text import HashingEncoder, MiniLMEncoder, TextCache, encoder_from_id
 
-CONDITION_KEYS = ("text_tokens", "text_mask", "experience_tokens", "experience_mask", "age", "sex", "hr")
 RHYTHM_STREAM = 0x52485954  # folded into a record's key for its simulated rhythm (the sampler's noise is untouched)
 EXPERIENCE_MODES = ("auto", "off")
 
@@ -55,18 +55,19 @@ def text_encoder_for(model: SEDiffModel):
 CADS_NOISE_STREAM = 2**31 - 2  # fold_in index of a record's CADS noise stream (steps fold in their timestep)
 
 
-def cads_conditions(conditions: dict, keys: jax.Array, t: jax.Array, num_train_steps: int,
-                    config: SamplerConfig) -> dict:
+def cads_conditions(conditions: Conditions, keys: jax.Array, t: jax.Array, num_train_steps: int,
+                    config: SamplerConfig) -> Conditions:
     """The text and experience tokens of `conditions` annealed by CADS at timestep t (`anneal_condition`); record
     i's noise comes from its key, so it does not depend on the batch it shares."""
     fraction = t.astype(jnp.float32) / max(num_train_steps - 1, 1)
     step_keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, CADS_NOISE_STREAM), t))(keys)
-    out = dict(conditions)
-    for offset, (tokens, mask) in enumerate((("text_tokens", "text_mask"), ("experience_tokens", "experience_mask"))):
+    annealed = {}
+    for offset, (tokens, mask) in enumerate(((conditions.text_tokens, conditions.text_mask),
+                                             (conditions.experience_tokens, conditions.experience_mask))):
         group_keys = jax.vmap(lambda k: jax.random.fold_in(k, offset))(step_keys)  # noqa: B023
-        out[tokens] = jax.vmap(lambda y, m, k: anneal_condition(y, m, fraction, k, config))(
-            conditions[tokens], conditions[mask], group_keys)
-    return out
+        annealed[("text_tokens", "experience_tokens")[offset]] = jax.vmap(
+            lambda y, m, k: anneal_condition(y, m, fraction, k, config))(tokens, mask, group_keys)
+    return conditions.replace(**annealed)
 
 
 class Generator:
@@ -193,7 +194,7 @@ class Generator:
             "experience_tokens": experience_tokens, "experience_mask": experience_mask,
             "age": np.array([np.nan if p.age is None else p.age for p in prompts], np.float32),
             "sex": np.array([p.sex_code for p in prompts], np.int32),
-            "hr": np.array([np.nan if p.hr is None else p.hr for p in prompts], np.float32),
+            "hr_bpm": np.array([np.nan if p.hr is None else p.hr for p in prompts], np.float32),
             "class_index": prior_class_index(texts, self.class_names),
             **({"rhythm": self.rhythm_condition(rhythms or [None] * len(prompts))} if self.uses_rhythm else {}),
         }
@@ -206,7 +207,7 @@ class Generator:
         waves = jax.tree.map(lambda table: table[batch["class_index"]], self.wave_table)
 
         def energy(x0):
-            energies = simulator_energies(vae.beat_decoder(x0 / scale), fs, before, waves, batch["hr"])
+            energies = simulator_energies(vae.beat_decoder(x0 / scale), fs, before, waves, batch["hr_bpm"])
             return sum(energies.values())
 
         return energy
@@ -223,7 +224,7 @@ class Generator:
 
                 denoiser = nnx.merge(denoiser_graphdef, params[0])
                 vae = nnx.merge(vae_graphdef, params[1])
-                conditions = {k: batch[k] for k in CONDITION_KEYS + ("rhythm",) if k in batch}
+                conditions = Conditions.from_batch(batch)
 
                 def net(x_t, t, drop):  # x_t holds 1, 2 (guidance) or 4 (per-group guidance) copies of the batch
                     copies = x_t.shape[0] // x.shape[0]

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sediff_jax.models.conditions import Conditions
 from sediff_jax.signal.phase import RHYTHM_FEATURES
 
 Array = jax.Array
@@ -214,18 +215,18 @@ class LatentDenoiser(nnx.Module):
         self.conv_out = nnx.Conv(c_prev, config.latent_channels, (3,), padding="SAME", dtype=dtype,
                                  kernel_init=nnx.initializers.zeros, rngs=rngs)
 
-    def __call__(self, x_t: Array, t: Array, conditions: dict[str, Array], drop: Array | None = None) -> Array:
+    def __call__(self, x_t: Array, t: Array, conditions: Conditions, drop: Array | None = None) -> Array:
         b, length, _ = x_t.shape
         multiple = self.config.length_multiple
         pad = (-length) % multiple
         x = x_t
         if self.config.rhythm_channels:
-            x = jnp.concatenate([x, conditions["rhythm"].astype(x.dtype)], axis=-1)
+            x = jnp.concatenate([x, conditions.rhythm.astype(x.dtype)], axis=-1)
         x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
         drop = jnp.zeros((b, 3), bool) if drop is None else drop
         context, context_mask = self.conditions(
-            conditions["text_tokens"], conditions["text_mask"], conditions["experience_tokens"],
-            conditions["experience_mask"], conditions["age"], conditions["sex"], conditions["hr"], drop)
+            conditions.text_tokens, conditions.text_mask, conditions.experience_tokens, conditions.experience_mask,
+            conditions.age, conditions.sex, conditions.hr, drop)
         temb = self.time_out(jax.nn.silu(self.time_in(timestep_embedding(t, self.config.time_embed_dim))))
         h = self.conv_in(x)
         skips = []

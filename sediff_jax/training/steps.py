@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 
 from sediff_jax.diffusion.losses import DiffusionLossConfig, diffusion_losses
 from sediff_jax.diffusion.schedule import NoiseSchedule
+from sediff_jax.models.conditions import Conditions
 from sediff_jax.models.denoiser import METADATA, TEXT
 from sediff_jax.models.vae_losses import VAELossConfig, vae_losses
 from sediff_jax.signal.phase import rhythm_features
@@ -97,12 +98,6 @@ class DiffusionStepConfig:
     rhythm_dropout: float = 0.1
 
 
-def conditions_from_batch(batch: Batch) -> dict[str, Array]:
-    return {"text_tokens": batch["text_tokens"], "text_mask": batch["text_mask"],
-            "experience_tokens": batch["experience_tokens"], "experience_mask": batch["experience_mask"],
-            "age": batch["age"], "sex": batch["sex"], "hr": batch["hr_bpm"]}
-
-
 def make_diffusion_steps(
     graphdef: nnx.GraphDef,
     vae_graphdef: nnx.GraphDef,
@@ -144,13 +139,13 @@ def make_diffusion_steps(
         else:
             drop = jnp.zeros((b, 3), bool)
         denoiser = nnx.merge(graphdef, params)
-        conditions = conditions_from_batch(batch)
+        conditions = Conditions.from_batch(batch)
         if step_config.rhythm:
             features = rhythm_features(batch["r_peaks"], x0.shape[1], vae.config.downsampling)
             if drop_conditions:
                 keep = jax.random.uniform(k_rhythm, (b,)) >= step_config.rhythm_dropout
                 features = features * keep[:, None, None].astype(features.dtype)
-            conditions["rhythm"] = features
+            conditions = conditions.replace(rhythm=features)
         waves = jax.tree.map(lambda table: table[batch["class_index"]], wave_table)
         told = ~(drop[:, TEXT] | drop[:, METADATA])
         hr = jnp.where(told, batch["hr_bpm"], jnp.nan)

@@ -9,7 +9,7 @@ import pytest
 from sediff_jax.diffusion.schedule import add_noise
 from sediff_jax.evaluation.denoising import LOSS_STREAM, loss_by_noise_level
 from sediff_jax.generation import Generator, make_prompt
-from sediff_jax.generation.generator import CONDITION_KEYS
+from sediff_jax.models.conditions import Conditions
 from tests.generation.small_model import small_model
 
 
@@ -32,7 +32,7 @@ def test_loss_by_noise_level_is_reproducible_batch_free_and_what_the_denoiser_sa
     noise = jax.random.normal(jax.random.fold_in(key, 1), z.shape[1:])[None]
     generator = Generator(model, max_batch=1)
     batch = generator.conditions(prompts[3:4], "off", generator.plan_rhythms(prompts, 0)[3:4])
-    conditions = {k: batch[k] for k in CONDITION_KEYS + ("rhythm",) if k in batch}
+    conditions = Conditions.from_batch(batch)
     x_t = add_noise(model.schedule, z, noise, t[None])
     out = model.denoiser()(x_t, t[None], conditions, jnp.zeros((1, 3), bool))
     assert float(jnp.mean((out - noise) ** 2)) == pytest.approx(float(a["per_record"][3, 2]), rel=1e-4)

@@ -100,7 +100,7 @@ def test_conditions_encode_prompts_with_unknowns_marked(model):
     generator = Generator(model, mesh=make_mesh(jax.devices()[:1]))
     c = generator.conditions(PROMPTS)
     np.testing.assert_array_equal(c["sex"], [1, -1, 0])
-    assert np.isnan(c["age"][1]) and np.isnan(c["hr"][2]) and c["hr"][1] == 120
+    assert np.isnan(c["age"][1]) and np.isnan(c["hr_bpm"][2]) and c["hr_bpm"][1] == 120
     assert c["text_tokens"].shape == (3, 8, 32) and not c["experience_mask"].any()
     names = [generator.class_names[i] for i in c["class_index"]]
     assert names == ["sediff/sinus_rhythm", "sediff/atrial_fibrillation", "sediff/bradycardia"], names

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sediff_jax.models.conditions import Conditions
 from sediff_jax.models.denoiser import DenoiserConfig, LatentDenoiser, timestep_embedding
 
 CONFIG = DenoiserConfig(channels=(16, 32, 32), attention=(False, True, True), num_heads=2, context_dim=24,
@@ -20,15 +21,15 @@ def _model():
 
 def _inputs(b=2, length=125, seed=0):
     k = jax.random.split(jax.random.key(seed), 4)
-    conditions = {
-        "text_tokens": jax.random.normal(k[0], (b, 7, 24)),
-        "text_mask": jnp.array([[True] * 5 + [False] * 2] * b),
-        "experience_tokens": jax.random.normal(k[1], (b, 4, 24)),
-        "experience_mask": jnp.ones((b, 4), bool),
-        "age": jnp.array([63.0, jnp.nan][:b]),
-        "sex": jnp.array([1, -1][:b]),
-        "hr": jnp.array([72.0, 110.0][:b]),
-    }
+    conditions = Conditions(
+        text_tokens=jax.random.normal(k[0], (b, 7, 24)),
+        text_mask=jnp.array([[True] * 5 + [False] * 2] * b),
+        experience_tokens=jax.random.normal(k[1], (b, 4, 24)),
+        experience_mask=jnp.ones((b, 4), bool),
+        age=jnp.array([63.0, jnp.nan][:b]),
+        sex=jnp.array([1, -1][:b]),
+        hr=jnp.array([72.0, 110.0][:b]),
+    )
     return jax.random.normal(k[2], (b, length, 4)), jnp.array([10, 700][:b]), conditions
 
 
@@ -47,15 +48,15 @@ def test_masked_tokens_and_dropped_conditions_do_not_matter():
     model = _model()
     x, t, c = _inputs()
     base = forward(model, x, t, c, None)
-    changed = dict(c, text_tokens=c["text_tokens"].at[:, 5:].set(100.0))  # only masked positions
+    changed = c.replace(text_tokens=c.text_tokens.at[:, 5:].set(100.0))  # only masked positions
     np.testing.assert_allclose(forward(model, x, t, changed, None), base, atol=1e-5)
-    other_text = dict(c, text_tokens=-c["text_tokens"])
+    other_text = c.replace(text_tokens=-c.text_tokens)
     assert float(jnp.abs(forward(model, x, t, other_text, None) - base).max()) > 1e-4  # text matters
     drop_text = jnp.array([[True, False, False]] * 2)
     np.testing.assert_allclose(forward(model, x, t, other_text, drop_text), forward(model, x, t, c, drop_text),
                                atol=1e-5)
     drop_meta = jnp.array([[False, False, True]] * 2)
-    other_meta = dict(c, age=jnp.array([20.0, 80.0]), hr=jnp.array([50.0, 150.0]), sex=jnp.array([0, 1]))
+    other_meta = c.replace(age=jnp.array([20.0, 80.0]), hr=jnp.array([50.0, 150.0]), sex=jnp.array([0, 1]))
     np.testing.assert_allclose(forward(model, x, t, other_meta, drop_meta), forward(model, x, t, c, drop_meta),
                                atol=1e-5)
     assert float(jnp.abs(forward(model, x, t, other_meta, None) - base).max()) > 1e-4  # metadata matters

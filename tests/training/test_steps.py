@@ -11,6 +11,7 @@ from flax import nnx
 
 from sediff_jax.diffusion.losses import DiffusionLossConfig, diffusion_losses, simulator_rows
 from sediff_jax.diffusion.schedule import make_schedule
+from sediff_jax.models.conditions import Conditions
 from sediff_jax.models.denoiser import LatentDenoiser
 from sediff_jax.models.vae import ECGVAE
 from sediff_jax.models.vae_losses import VAELossConfig
@@ -18,7 +19,7 @@ from sediff_jax.simulator.priors import load_prior
 from sediff_jax.parallel import host_local_to_global, make_mesh, replicated_sharding
 from sediff_jax.training.state import OptimizerConfig, init_state, make_optimizer, split_params
 from sediff_jax.training.steps import (
-    DIFFUSION_BATCH_KEYS, VAE_BATCH_KEYS, DiffusionStepConfig, conditions_from_batch, make_diffusion_steps,
+    DIFFUSION_BATCH_KEYS, VAE_BATCH_KEYS, DiffusionStepConfig, make_diffusion_steps,
     make_vae_steps,
 )
 
@@ -118,7 +119,7 @@ def _loss_and_grads_impl(loss_config, batch, params, vae_params, *, graphdef, va
 
     def loss(p):
         denoiser = nnx.merge(graphdef, p)
-        terms = diffusion_losses(lambda x, tt: denoiser(x, tt, conditions_from_batch(b)),
+        terms = diffusion_losses(lambda x, tt: denoiser(x, tt, Conditions.from_batch(b)),
                                  lambda x: vae.beat_decoder(x / 2.0), lambda x: vae.decoder(x / 2.0),
                                  schedule, loss_config, x0, t, noise, waves, b["hr_bpm"], b["mask"])
         return terms["total"], terms
