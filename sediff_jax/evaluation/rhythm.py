@@ -17,6 +17,7 @@ import numpy as np
 
 from sediff_jax.leads import LEAD_NAMES
 from sediff_jax.signal.filters import resample
+from sediff_jax.signal.measurement import nearest_peak_ms
 from sediff_jax.signal.rpeaks import detect_r_peaks
 
 LEAD_II = LEAD_NAMES.index("II")
@@ -97,11 +98,7 @@ def peak_distances_ms(record: np.ndarray, fs: float, requested_s: Sequence[float
     """(len(requested_s),) distance (ms) from each requested R peak of one ECG (time, 12) to the nearest detected
     one (inf where the detector finds none)."""
     detect = {**detectors(), "ours": ours_peaks}[detector]
-    found = detect(record[:, LEAD_II] if detector != "ours" else record, fs) / fs
-    wanted = np.asarray(requested_s, np.float64)
-    if not len(found):
-        return np.full(len(wanted), np.inf)
-    return 1000.0 * np.min(np.abs(wanted[:, None] - found[None]), axis=1)
+    return nearest_peak_ms(requested_s, detect(record[:, LEAD_II] if detector != "ours" else record, fs) / fs)
 
 
 def peak_match_ms(ecg: np.ndarray, fs: float, requested_s: Sequence[Sequence[float]],

@@ -20,6 +20,7 @@ from sediff_jax.evaluation.paired import RealPairs
 from sediff_jax.evaluation.physiology import summarize
 from sediff_jax.evaluation.rhythm import peak_match_ms, rhythm_table
 from sediff_jax.generation import Generator, Prompt, RhythmPlan, make_prompt, rhythm_from_rr
+from sediff_jax.generation.rhythm import FIRST_R_S
 from sediff_jax.rhythm import rhythm_class
 
 SINUS_PROMPTS = [("sinus rhythm, normal ECG", 48), ("sinus rhythm, normal ECG", 62), ("normal ECG", 75),
@@ -53,7 +54,7 @@ def explicit_rhythms(pairs: RealPairs, duration_s: float, num_records: int) -> t
     `duration_s`), then the stored R peaks of the first `num_records` pairs (those with a usable rhythm)."""
     plans = []
     for i, rr in enumerate(RR_LISTS_MS):
-        fits = np.cumsum(rr) / 1000.0 < duration_s - 0.6
+        fits = FIRST_R_S + np.cumsum(rr) / 1000.0 < duration_s  # every beat inside the ECG (`rhythm_from_rr`)
         plans.append(rhythm_from_rr(list(np.asarray(rr)[fits]), duration_s, where=f"RR list {i}"))
     kinds = ["rr_ms"] * len(plans)
     for plan in pairs.take(range(min(num_records, len(pairs.record_ids)))).rhythms(duration_s):

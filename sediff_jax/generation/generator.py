@@ -62,11 +62,10 @@ def cads_conditions(conditions: Conditions, keys: jax.Array, t: jax.Array, num_t
     fraction = t.astype(jnp.float32) / max(num_train_steps - 1, 1)
     step_keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, CADS_NOISE_STREAM), t))(keys)
     annealed = {}
-    for offset, (tokens, mask) in enumerate(((conditions.text_tokens, conditions.text_mask),
-                                             (conditions.experience_tokens, conditions.experience_mask))):
+    for offset, (tokens, mask) in enumerate((("text_tokens", "text_mask"), ("experience_tokens", "experience_mask"))):
         group_keys = jax.vmap(lambda k: jax.random.fold_in(k, offset))(step_keys)  # noqa: B023
-        annealed[("text_tokens", "experience_tokens")[offset]] = jax.vmap(
-            lambda y, m, k: anneal_condition(y, m, fraction, k, config))(tokens, mask, group_keys)
+        annealed[tokens] = jax.vmap(lambda y, m, k: anneal_condition(y, m, fraction, k, config))(
+            getattr(conditions, tokens), getattr(conditions, mask), group_keys)
     return conditions.replace(**annealed)
 
 

@@ -14,7 +14,8 @@ from sediff_jax.generation.model import SEDiffModel
 from sediff_jax.generation.prompts import Prompt
 from sediff_jax.generation.rhythm import RhythmPlan
 from sediff_jax.io import save_ecg_png, write_npz, write_wfdb
-from sediff_jax.signal.measurement import beat_placement, measure
+from sediff_jax.signal.measurement import beat_placement
+from sediff_jax.signal.rpeaks import detect_r_peaks, heart_rate_bpm
 
 SAMPLES_FILE = "samples.npz"
 
@@ -46,7 +47,8 @@ def write_generated(directory: str | Path, ecg: np.ndarray, expanded: Sequence[t
     records = []
     for n, (i, k, p) in enumerate(expanded):
         name = ecg_name(i, k)
-        measured = measure(ecg[n], model.fs).hr_bpm
+        peaks = detect_r_peaks(ecg[n], model.fs)  # (finite: the caller checked)
+        measured = heart_rate_bpm(peaks, model.fs)
         comments = ["sediff_jax generated ECG (synthetic; not for clinical use)", f"text: {p.text}",
                     f"age: {'' if p.age is None else f'{p.age:g}'}", f"sex: {p.sex or ''}",
                     f"hr_bpm: {'' if p.hr is None else f'{p.hr:g}'}", f"seed: {seed}", f"sample: {k}",
@@ -65,7 +67,7 @@ def write_generated(directory: str | Path, ecg: np.ndarray, expanded: Sequence[t
         records.append({"prompt": i, "sample": k, "files": files,
                         "measured_hr_bpm": None if not np.isfinite(measured) else round(float(measured), 1),
                         **({} if plan is None else {"rhythm": plan.as_dict(), "r_peak_match":
-                                                    beat_placement(ecg[n], model.fs, plan.r_peaks_s)})})
+                                                    beat_placement(ecg[n], model.fs, plan.r_peaks_s, peaks)})})
     nan = float("nan")
     write_npz(directory / SAMPLES_FILE, ecg, model.fs,
               text=np.array([p.text for _, _, p in expanded]),

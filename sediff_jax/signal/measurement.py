@@ -48,15 +48,25 @@ def measure_batch(ecg: np.ndarray, fs: float, r_peaks=None) -> list[Measurement]
 BEAT_MATCH_MS = 40.0  # a requested beat counts as placed when a detected R peak lies this close
 
 
-def beat_placement(ecg: np.ndarray, fs: float, requested_s: Sequence[float]) -> dict[str, float | int | None]:
-    """How one (time, 12) ECG's R peaks (`detect_r_peaks`) meet every requested one (s): the median and largest
-    distance (ms; None where nothing was detected) and how many requested beats have a detected peak within
-    BEAT_MATCH_MS. (`evaluation.rhythm.peak_distances_ms` measures the same with wfdb's XQRS or neurokit2.)"""
+def nearest_peak_ms(requested_s: Sequence[float], found_s: Sequence[float]) -> np.ndarray:
+    """(len(requested_s),) distance (ms) from each requested R peak (s) to the nearest found one (s); inf where
+    none was found."""
+    wanted, found = np.asarray(requested_s, np.float64), np.asarray(found_s, np.float64)
+    if not len(found):
+        return np.full(len(wanted), np.inf)
+    return 1000.0 * np.min(np.abs(wanted[:, None] - found[None]), axis=1)
+
+
+def beat_placement(ecg: np.ndarray, fs: float, requested_s: Sequence[float], r_peaks: np.ndarray | None = None
+                   ) -> dict[str, float | int | None]:
+    """How one (time, 12) ECG's R peaks (`r_peaks`, samples, when already detected; else `detect_r_peaks`) meet
+    every requested one (s): the median and largest distance (ms; None where nothing was detected) and how many
+    requested beats have a detected peak within BEAT_MATCH_MS. (`evaluation.rhythm.peak_distances_ms` measures the
+    same with wfdb's XQRS or neurokit2.)"""
     ecg = np.asarray(ecg)
-    wanted = np.asarray(requested_s, np.float64)
-    found = detect_r_peaks(ecg, fs) / fs if np.isfinite(ecg).all() else np.zeros(0)
-    distances = (1000.0 * np.min(np.abs(wanted[:, None] - found[None]), axis=1) if len(found)
-                 else np.full(len(wanted), np.inf))
+    if r_peaks is None:
+        r_peaks = detect_r_peaks(ecg, fs) if np.isfinite(ecg).all() else np.zeros(0)
+    distances = nearest_peak_ms(requested_s, np.asarray(r_peaks) / fs)
 
     def ms(x):
         return round(float(x), 1) if np.isfinite(x) else None
