@@ -161,7 +161,7 @@ def main(argv):
     from sediff_jax.generation import load_model
     from sediff_jax.io.atomic import atomic_path
     from sediff_jax.checkpoints import CheckpointError
-    from sediff_jax.training.stages import canonical_config
+    from sediff_jax.training.sources import canonical_config
 
     out = out_dir.path
     first = variant_config(FLAGS.variants[0])

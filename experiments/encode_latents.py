@@ -35,7 +35,7 @@ def main(argv):
     del argv
     from sediff_jax.checkpoints import CheckpointError
     from sediff_jax.data.latents import LatentCacheError
-    from sediff_jax.training import stages
+    from sediff_jax.training import sources
     from sediff_jax.training.config import resolve
 
     config = resolve(FLAGS.config)
@@ -47,7 +47,7 @@ def main(argv):
             raise cli.UsageError("give --config.data.prepared_dir (or --workdir, whose prepared/ is the default)")
         config.data.prepared_dir = os.path.join(FLAGS.workdir, "prepared")
     try:
-        directory, info = stages.build_latent_cache(config, vae_dir, FLAGS.out, FLAGS.dtype, FLAGS.batch_size)
+        directory, info = sources.build_latent_cache(config, vae_dir, FLAGS.out, FLAGS.dtype, FLAGS.batch_size)
     except (CheckpointError, LatentCacheError, FileNotFoundError, ValueError) as e:
         cli.fail(str(e))
     size = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)) / 2**20

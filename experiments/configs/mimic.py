@@ -16,4 +16,5 @@ def get_config(variant: str | None = None):
     c.diffusion.model.update(channels=(128, 256, 512), attention=(False, True, True), num_heads=8)
     c.diffusion.training.update(batch_size=256, num_steps=300_000, log_every=100, eval_every=5000,
                                 checkpoint_every=2000, max_eval_batches=64)
+    c.diffusion.training.eval_samples = 4  # generated ECGs at each evaluation (TensorBoard, samples/)
     return apply_variant(c, variant)

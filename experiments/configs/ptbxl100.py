@@ -13,4 +13,5 @@ def get_config(variant: str | None = None):
     c.vae.training.update(batch_size=32, num_steps=1200, log_every=25, eval_every=200, checkpoint_every=200)
     c.vae.optimizer.update(learning_rate=2e-3, warmup_steps=100)
     c.diffusion.training.update(batch_size=32, num_steps=2000, log_every=25, eval_every=250, checkpoint_every=250)
+    c.diffusion.training.eval_samples = 4  # generated ECGs at each evaluation (TensorBoard, samples/)
     return apply_variant(c, variant)

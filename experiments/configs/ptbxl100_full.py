@@ -27,6 +27,7 @@ def get_config(variant: str | None = None):
     c.vae.optimizer.update(learning_rate=2e-3, warmup_steps=100)
     c.diffusion.training.update(batch_size=32, num_steps=16000, log_every=25, eval_every=1000, checkpoint_every=250,
                                 max_eval_batches=16)
+    c.diffusion.training.eval_samples = 4  # generated ECGs at each evaluation (TensorBoard, samples/)
     c.diffusion.latent_cache = "auto"
     c.diffusion.prior = "ptbxl100_full_train_v2"  # refitted on folds 1-8 (sediff_jax/simulator/priors.py)
     return apply_variant(c, variant)

@@ -14,4 +14,5 @@ def get_config(variant: str | None = None):
     c.diffusion.model.update(channels=(128, 256, 256, 512), attention=(False, False, True, True), num_heads=8)
     c.diffusion.training.update(batch_size=64, num_steps=200_000, log_every=50, eval_every=2000,
                                 checkpoint_every=2000, max_eval_batches=32)
+    c.diffusion.training.eval_samples = 4  # generated ECGs at each evaluation (TensorBoard, samples/)
     return apply_variant(c, variant)

@@ -8,4 +8,5 @@ def get_config(variant: str | None = None):
     c.data.num_synthetic = 2000
     c.vae.training.update(batch_size=32, num_steps=3000, log_every=25, eval_every=250, checkpoint_every=250)
     c.diffusion.training.update(batch_size=32, num_steps=3000, log_every=25, eval_every=250, checkpoint_every=250)
+    c.diffusion.training.eval_samples = 4  # generated ECGs at each evaluation (TensorBoard, samples/)
     return apply_variant(c, variant)

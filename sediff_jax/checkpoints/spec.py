@@ -140,20 +140,22 @@ class ModelSpec:
             raise CheckpointError(f"{where}: the model settings do not build a model ({e})") from None
 
     @classmethod
-    def from_training(cls, diffusion_meta: Mapping[str, Any], step: int, workdir: str) -> "ModelSpec":
-        """The spec of a diffusion stage checkpoint: its meta (written by `training.stages.diffusion_meta`)."""
+    def from_training(cls, diffusion_meta: Mapping[str, Any], training: Mapping[str, Any]) -> "ModelSpec":
+        """The spec of a diffusion stage checkpoint written before stage 2 recorded its `spec` in its meta: read
+        from that meta's fields. training: {step, workdir}, kept as provenance."""
         loss = diffusion_meta.get("loss", {})
+        vae = dict(diffusion_meta["vae"]["model"])
+        vae.setdefault("beat_r_index", int(round(float(loss.get("beat_before_s", 0.2)) * diffusion_meta["fs"])))
         config = {
-            "denoiser": diffusion_meta["model"], "vae": diffusion_meta["vae"]["model"],
-            "schedule": diffusion_meta["schedule"], "prediction": loss.get("prediction", "epsilon"),
-            "fs": diffusion_meta["fs"], "duration_s": diffusion_meta["duration_s"],
-            "latent_scale": diffusion_meta["latent_scale"], "beat_before_s": loss.get("beat_before_s", 0.2),
+            "denoiser": diffusion_meta["model"], "vae": vae, "schedule": diffusion_meta["schedule"],
+            "prediction": loss.get("prediction", "epsilon"), "fs": diffusion_meta["fs"],
+            "duration_s": diffusion_meta["duration_s"], "latent_scale": diffusion_meta["latent_scale"],
             "text_encoder": diffusion_meta["text_encoder"], "prior": diffusion_meta.get("prior", "default"),
             "prior_classes": diffusion_meta.get("prior_classes", []), "loss": loss,
-            "experience": diffusion_meta.get("experience", {"used": False}),
-            "training": {"step": int(step), "workdir": workdir},
+            "experience": diffusion_meta.get("experience", {"used": False}), "training": dict(training),
         }
-        return cls.from_json(config, workdir)
+        where = str(training.get("workdir", "training run"))
+        return cls.from_json(jsonio.strict(config), where)
 
 
 def _field_error(where: str, key: str, value: Any, wanted: str) -> CheckpointError:

@@ -13,7 +13,7 @@ Layout (one directory per VAE, written whole and then renamed into place, so it 
 ```
 A training run checks the manifest's VAE weights id and split sizes against its own VAE and prepared dataset
 and refuses a cache that was made from others. This module stores and reads; the encoding itself (which needs
-the VAE) is `sediff_jax.training.stages.build_latent_cache`.
+the VAE) is `sediff_jax.training.sources.build_latent_cache`.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from sediff_jax.parallel import batch_sharding, make_mesh, replicated_sharding
 from sediff_jax.signal.phase import pad_peaks, rhythm_features
 from sediff_jax.simulator.consistency import simulator_energies
 from sediff_jax.simulator.priors import load_prior
+from sediff_jax.simulator.params import waves_of_classes
 from sediff_jax.text import HashingEncoder, MiniLMEncoder, TextCache, encoder_from_id
 
 RHYTHM_STREAM = 0x52485954  # folded into a record's key for its simulated rhythm (the sampler's noise is untouched)
@@ -203,7 +204,7 @@ class Generator:
         """Simulator-guidance energy of latents x0 (batch, time, C): L_Euler + L_interlead + L_sim of the
         decoded beat (`simulator_energies`), with the prompts' prior classes and heart rates."""
         fs, scale, before = self.model.fs, self.model.latent_scale, self.model.spec.beat_r_index
-        waves = jax.tree.map(lambda table: table[batch["class_index"]], self.wave_table)
+        waves = waves_of_classes(self.wave_table, batch["class_index"])
 
         def energy(x0):
             energies = simulator_energies(vae.beat_decoder(x0 / scale), fs, before, waves, batch["hr_bpm"])
@@ -229,8 +230,7 @@ class Generator:
                     copies = x_t.shape[0] // x.shape[0]
                     annealed = (conditions if config.cads_noise == 0 else
                                 cads_conditions(conditions, keys, t[0], schedule.num_steps, config))
-                    tiled = jax.tree.map(lambda c: jnp.concatenate([c] * copies), annealed)
-                    return denoiser(x_t, t, tiled, drop)
+                    return denoiser(x_t, t, annealed.tile(copies), drop)
 
                 x = denoise_steps(net, schedule, prediction, config, x, keys, first, count,
                                   self._energy(vae, batch))

@@ -114,7 +114,12 @@ def load_training_run(stage_dir: str | os.PathLike, which: str = "best", step: i
     if not os.path.isdir(vae_dir):
         raise CheckpointError(f"{stage_dir}: its VAE stage {vae_dir} is missing")
     vae_graphdef, vae_params, _ = load_vae(vae_dir, which="best")
-    spec = ModelSpec.from_training(meta, step, str(stage_dir.parent))
+    training = {"step": int(step), "workdir": str(stage_dir.parent)}
+    if "spec" in meta:  # the model as its stage recorded it (`training.stages.diffusion_spec`)
+        spec = ModelSpec.from_json(meta["spec"], str(stage_dir))
+        spec = spec.replace(provenance={**spec.provenance, "training": training})
+    else:  # checkpoints written before stage 2 recorded its spec
+        spec = ModelSpec.from_training(meta, training)
     denoiser_params = jax.device_get(denoiser_params)
     vae_params = jax.device_get(vae_params)
     flat = {**flatten_params(denoiser_params, "denoiser"), **flatten_params(vae_params, "vae")}

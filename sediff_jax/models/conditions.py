@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 
 Array = jax.Array
 
@@ -41,3 +42,8 @@ class Conditions:
 
     def replace(self, **changes: Any) -> "Conditions":
         return dataclasses.replace(self, **changes)
+
+    def tile(self, copies: int) -> "Conditions":
+        """The batch repeated `copies` times along its first axis: the conditions of a guided sampler's stacked
+        model calls (1 copy, 2 for classifier-free guidance, 4 for per-group guidance)."""
+        return self if copies == 1 else jax.tree.map(lambda c: jnp.concatenate([c] * copies), self)

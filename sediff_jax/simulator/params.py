@@ -96,6 +96,12 @@ class ECGParams(NamedTuple):
     baseline: BaselineParams
 
 
+def waves_of_classes(wave_table: WaveParams, class_index: Array) -> WaveParams:
+    """The wave parameters of each record's class: leaves (num_classes, ...) indexed by class_index (b,) int32,
+    giving leaves (b, ...) (the prior's wave table, as the stage-2 loss and simulator guidance read it)."""
+    return jax.tree.map(lambda table: table[class_index], wave_table)
+
+
 def _f32(x) -> Array:
     return jnp.asarray(x, jnp.float32)
 

@@ -49,7 +49,9 @@ def training(batch_size: int, num_steps: int, log_every: int = 10, eval_every: i
     return ml_collections.ConfigDict(dict(
         batch_size=batch_size, num_steps=num_steps, log_every=log_every, eval_every=eval_every,
         checkpoint_every=checkpoint_every, max_to_keep=3, max_eval_batches=max_eval_batches, tensorboard=True,
-        progress_bar=True, halt_at_step=0))  # halt_at_step: stop there with a checkpoint, as if preempted
+        progress_bar=True, halt_at_step=0,  # halt_at_step: stop there with a checkpoint, as if preempted
+        # stage 2: ECGs generated at each evaluation from the first validation records' conditions (DDIM steps)
+        eval_samples=0, eval_sample_steps=25))
 
 
 def optimizer(learning_rate: float, warmup_steps: int = 100, ema_decay: float = 0.999,
@@ -241,7 +243,8 @@ def _training_rules(prefix: str) -> dict[str, Check]:
     return {f"{prefix}.batch_size": _number(int, 1, 1 << 20), f"{prefix}.num_steps": _COUNT,
             f"{prefix}.log_every": _COUNT, f"{prefix}.eval_every": _COUNT, f"{prefix}.checkpoint_every": _COUNT,
             f"{prefix}.max_to_keep": _COUNT, f"{prefix}.max_eval_batches": _COUNT, f"{prefix}.tensorboard": _flag,
-            f"{prefix}.progress_bar": _flag, f"{prefix}.halt_at_step": _number(int, 0)}
+            f"{prefix}.progress_bar": _flag, f"{prefix}.halt_at_step": _number(int, 0),
+            f"{prefix}.eval_samples": _number(int, 0, 64), f"{prefix}.eval_sample_steps": _number(int, 1, 1000)}
 
 
 # dotted key -> its check; every leaf of base_config() has one (tests/training/test_config_schema.py).

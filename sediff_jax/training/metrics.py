@@ -11,6 +11,7 @@ import os
 from typing import Mapping
 
 import jax
+import numpy as np
 
 
 class MetricWriter:
@@ -56,6 +57,12 @@ class MetricWriter:
         if self._tb is not None:
             for k, v in values.items():
                 self._tb.add_scalar(f"{prefix}/{k}", v, step)
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray], prefix: str = "validation") -> None:
+        """TensorBoard images (`prefix/name`), each (height, width, 3) uint8 RGB; nothing without TensorBoard."""
+        if self.active and self._tb is not None:
+            for name, image in images.items():
+                self._tb.add_image(f"{prefix}/{name}", np.asarray(image), step, dataformats="HWC")
 
     def flush(self) -> None:
         """Put every event written so far on disk (before a checkpoint: a kill after it loses none of them)."""

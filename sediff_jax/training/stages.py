@@ -1,8 +1,10 @@
-"""The builders of both training stages from a (resolved) training config: data sources and loaders, models,
-optimisers, jitted steps, stage 2's conditions, and the meta each stage's checkpoints record.
+"""The builders of both training stages from a (resolved) training config: models, optimisers, jitted steps, stage
+2's conditions, the recipe a resumed run must share, and the meta (stage 2: the `ModelSpec`) each stage's
+checkpoints record. Data sources and loaders are in `training.sources`; a stage's run is put together from these
+in `training.stage_runs`.
 
-The loop (`sediff_jax.training.loop`), the train-step and device benchmarks and the ablation runner build both
-stages here, so a benchmark times exactly the step that training runs.
+The stage runs, the train-step, TPU-compile and device benchmarks and the ablation runner build both stages here,
+so a benchmark times exactly the step that training runs.
 """
 
 from __future__ import annotations
@@ -21,16 +23,10 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from sediff_jax.checkpoints import stage as ckpt
-from sediff_jax.checkpoints.trained import load_vae
-from sediff_jax.checkpoints.weights import flatten_params, weights_id
+from sediff_jax.checkpoints.spec import ExperienceSpec, ModelSpec
 from sediff_jax.conditioning import ConditionBuilder
-from sediff_jax.data import latents
-from sediff_jax.data.builder import VERSION, config_name, open_split
-from sediff_jax.data.canonical import CanonicalConfig
-from sediff_jax.data.loader import BatchLoader, LoaderState
-from sediff_jax.data.prepare import PrepareConfig, prepare
 from sediff_jax.diffusion.losses import DiffusionLossConfig
-from sediff_jax.diffusion.schedule import make_schedule
+from sediff_jax.diffusion.schedule import NoiseSchedule, make_schedule
 from sediff_jax.experience.reports import ExperienceTable
 from sediff_jax.io import jsonio
 from sediff_jax.models.denoiser import DenoiserConfig, LatentDenoiser
@@ -63,114 +59,6 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is unknown; expected one of {', '.join(PRECISIONS)}")
     return PRECISIONS[precision]
-
-
-# -- data -----------------------------------------------------------------------------------------------------
-
-def canonical_config(config: ml_collections.ConfigDict) -> CanonicalConfig:
-    return CanonicalConfig(fs=float(config.data.fs), duration_s=float(config.data.duration_s),
-                           highpass_hz=config.data.highpass_hz)
-
-
-def prepared_path(config: ml_collections.ConfigDict) -> str:
-    """The prepared dataset of `config.data`; built first when missing and `data.prepare_if_missing`."""
-    data = config.data
-    path = os.path.join(data.prepared_dir, data.dataset, config_name(canonical_config(config)), VERSION)
-    if os.path.exists(os.path.join(path, "dataset_info.json")):
-        return path
-    if not data.prepare_if_missing:
-        raise FileNotFoundError(f"{path}: prepared dataset not found (run experiments/prepare_data.py or set "
-                                "data.prepare_if_missing)")
-    if jax.process_count() > 1:
-        raise FileNotFoundError(f"{path}: prepare the dataset before a multi-host run")
-    if data.dataset != "synthetic" and not data.source_dir:
-        raise ValueError(f"data.source_dir is needed to prepare {data.dataset}")
-    logging.info("preparing %s into %s", data.dataset, path)
-    report = prepare(PrepareConfig(dataset=data.dataset, out_dir=data.prepared_dir, source_dir=data.source_dir,
-                                   canonical=canonical_config(config), num_synthetic=data.num_synthetic,
-                                   seed=data.synthetic_seed, num_workers=data.num_workers))
-    logging.info("%s", report.summary())
-    return path
-
-
-def split_source(config: ml_collections.ConfigDict, split: str):
-    """The random-access source of one split of the prepared dataset."""
-    return open_split(prepared_path(config), split)
-
-
-def stage2_source(config: ml_collections.ConfigDict, split: str, latent_dir: str | None = None):
-    """Stage 2's source of one split: the latent cache's at `latent_dir`, else the prepared dataset's."""
-    return split_source(config, split) if not latent_dir else latents.LatentSource(latent_dir, split)
-
-
-def cache_splits(config: ml_collections.ConfigDict) -> dict[str, int]:
-    """split -> records of the prepared dataset, for the training, evaluation and test splits of `config`."""
-    names = dict.fromkeys(s for s in (config.data.train_split, config.data.eval_split, config.data.test_split) if s)
-    return {split: len(split_source(config, split)) for split in names}
-
-
-def vae_weights_id(params: PyTree) -> str:
-    """The id of a VAE's weights (`checkpoints.weights_id`): what a latent cache records of its encoder."""
-    return weights_id(flatten_params(jax.device_get(params), "vae"))
-
-
-def latent_cache_dir(config: ml_collections.ConfigDict, vae_id: str) -> str:
-    """Where `diffusion.latent_cache=auto` keeps the cache of the VAE with weights `vae_id`: beside the prepared
-    dataset (`<prepared version dir>_latents/<vae_id>`)."""
-    return f"{prepared_path(config)}_latents/{vae_id}"
-
-
-def build_latent_cache(config: ml_collections.ConfigDict, vae_dir: str, directory: str | None = None,
-                       dtype: str | None = None, batch_size: int = 64) -> tuple[str, latents.LatentCacheInfo]:
-    """Encode every record of the config's splits with the VAE at `vae_dir` (its best EMA weights, float32) into
-    a latent cache at `directory` (default: `latent_cache_dir`); returns (directory, info)."""
-    graphdef, params, meta = load_vae(vae_dir, which="best", dtype=jnp.float32)
-    vae_id = vae_weights_id(params)
-    directory = directory or latent_cache_dir(config, vae_id)
-    vae = nnx.merge(graphdef, params)
-    encode = jax.jit(lambda ecg: vae.encode(ecg)[0])
-    downsampling = vae.config.downsampling
-    num_samples = canonical_config(config).num_samples
-    info = latents.LatentCacheInfo(
-        vae_id=vae_id, vae_dir=os.path.abspath(vae_dir), dataset=os.path.abspath(prepared_path(config)),
-        fs=float(config.data.fs), num_samples=num_samples,
-        latent_shape=(num_samples // downsampling, vae.config.latent_channels), downsampling=downsampling,
-        dtype=dtype or config.diffusion.latent_cache_dtype, splits=cache_splits(config))
-    logging.info("encoding %s into the latent cache %s", dict(info.splits), directory)
-    info = latents.write_cache(directory, lambda split: eval_loader(split_source(config, split), batch_size),
-                              encode, info)
-    logging.info("latent cache written in %.0f s", info.seconds)
-    return directory, info
-
-
-def latent_cache(config: ml_collections.ConfigDict, vae_dir: str, vae_params: PyTree) -> str | None:
-    """The latent cache stage 2 trains from (`diffusion.latent_cache`): None for '' (encode every batch), the
-    cache beside the prepared dataset for 'auto' (built by process 0 when missing), or the given directory. It
-    must have been made by this VAE (its weights id) from the same prepared dataset (its split sizes)."""
-    setting = config.diffusion.latent_cache
-    if not setting:
-        return None
-    vae_id = vae_weights_id(vae_params)
-    directory = latent_cache_dir(config, vae_id) if setting == "auto" else setting
-    if setting == "auto" and not os.path.exists(os.path.join(directory, "manifest.json")):
-        if jax.process_count() > 1:
-            raise latents.LatentCacheError(f"{directory}: build the latent cache before a multi-host run "
-                                           "(python -m experiments.encode_latents)")
-        build_latent_cache(config, vae_dir, directory)
-    latents.check_matches(latents.read_info(directory), directory, vae_id=vae_id, splits=cache_splits(config))
-    return directory
-
-
-def train_loader(config: ml_collections.ConfigDict, stage_config: ml_collections.ConfigDict, source,
-                 state: LoaderState | None) -> BatchLoader:
-    """The shuffled, repeating, per-host training loader of a stage, resumed at `state`."""
-    return BatchLoader(source, stage_config.training.batch_size, seed=config.seed, state=state,
-                       prefetch=config.data.prefetch, workers=config.data.loader_workers)
-
-
-def eval_loader(source, batch_size: int) -> BatchLoader:
-    """One ordered pass over `source`, the last batch padded (its mask says which rows are real)."""
-    return BatchLoader(source, batch_size, shuffle=False, drop_remainder=False, num_epochs=1, prefetch=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +101,8 @@ def vae_model(config: ml_collections.ConfigDict, seed: int) -> StageModel:
 RESUMABLE_KEYS = ("stage", "data.source_dir", "data.prepared_dir", "data.prepare_if_missing", "data.num_workers",
                   "data.prefetch", "data.loader_workers", "text.cache_dir")
 RESUMABLE_TRAINING_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "max_to_keep",
-                           "max_eval_batches", "tensorboard", "progress_bar", "halt_at_step")
+                           "max_eval_batches", "tensorboard", "progress_bar", "halt_at_step", "eval_samples",
+                           "eval_sample_steps")
 _STAGE_PATH_KEYS = {"diffusion": ("vae_checkpoint", "latent_cache", "latent_cache_dtype", "init_from")}
 
 
@@ -305,18 +194,26 @@ def diffusion_loss_config(config: ml_collections.ConfigDict, vae: VAEConfig | No
                        **overrides)
 
 
-def diffusion_steps(config: ml_collections.ConfigDict, model: StageModel, vae_graphdef: nnx.GraphDef,
-                    loss_config: DiffusionLossConfig, latent_scale: float, wave_table: WaveParams, mesh: Mesh
-                    ) -> tuple[Callable, Callable]:
-    """(train_step(state, vae_params, batch), eval_step(params, vae_params, key, batch)) of stage 2
-    (`training.steps.make_diffusion_steps`) with the config's schedule and condition dropout."""
+def schedule(config: ml_collections.ConfigDict) -> NoiseSchedule:
+    """Stage 2's training noise schedule."""
+    return make_schedule(config.diffusion.schedule.kind, int(config.diffusion.schedule.num_steps))
+
+
+def diffusion_step_config(config: ml_collections.ConfigDict, latent_scale: float) -> DiffusionStepConfig:
+    """Stage 2's step settings: the latent scale, the condition and rhythm-scaffold dropout."""
     dcfg = config.diffusion
-    schedule = make_schedule(dcfg.schedule.kind, int(dcfg.schedule.num_steps))
-    step_config = DiffusionStepConfig(latent_scale=float(latent_scale),
-                                      condition_dropout=tuple(dcfg.condition_dropout),
-                                      rhythm=int(dcfg.model.rhythm_channels) > 0,
-                                      rhythm_dropout=float(dcfg.rhythm_dropout))
-    return make_diffusion_steps(model.graphdef, vae_graphdef, model.tx, schedule, loss_config, step_config,
+    return DiffusionStepConfig(latent_scale=float(latent_scale), condition_dropout=tuple(dcfg.condition_dropout),
+                               rhythm=int(dcfg.model.rhythm_channels) > 0, rhythm_dropout=float(dcfg.rhythm_dropout))
+
+
+def diffusion_steps(config: ml_collections.ConfigDict, model: StageModel, vae_graphdef: nnx.GraphDef,
+                    loss_config: DiffusionLossConfig, step_config: DiffusionStepConfig | float,
+                    wave_table: WaveParams, mesh: Mesh) -> tuple[Callable, Callable]:
+    """(train_step(state, vae_params, batch), eval_step(params, vae_params, key, batch)) of stage 2
+    (`training.steps.make_diffusion_steps`); `step_config` may be a latent scale (`diffusion_step_config`)."""
+    if not isinstance(step_config, DiffusionStepConfig):
+        step_config = diffusion_step_config(config, step_config)
+    return make_diffusion_steps(model.graphdef, vae_graphdef, model.tx, schedule(config), loss_config, step_config,
                                 wave_table, model.optimizer.ema_decay, mesh)
 
 
@@ -371,9 +268,22 @@ def diffusion_conditions(config: ml_collections.ConfigDict, workdir: str) -> Dif
                                class_names, prior.wave_table(class_names), recorded, caches)
 
 
+def diffusion_spec(config: ml_collections.ConfigDict, model: DenoiserConfig, vae: VAEConfig,
+                   loss: DiffusionLossConfig, conditions: DiffusionConditions, latent_scale: float) -> ModelSpec:
+    """The trained model stage 2 makes, as its checkpoints record it (meta `spec`) and `export_model` writes it."""
+    dcfg = config.diffusion
+    return ModelSpec(
+        fs=float(config.data.fs), duration_s=float(config.data.duration_s), vae=vae, denoiser=model,
+        schedule_kind=dcfg.schedule.kind, schedule_steps=int(dcfg.schedule.num_steps), prediction=loss.prediction,
+        latent_scale=float(latent_scale), text_encoder=conditions.encoder.id, prior=str(dcfg.prior or "default"),
+        prior_classes=tuple(conditions.class_names), experience=ExperienceSpec.from_json(conditions.experience),
+        provenance={"loss": jsonio.strict(dataclasses.asdict(loss))})
+
+
 def diffusion_meta(config: ml_collections.ConfigDict, model: DenoiserConfig, vae_dir: str, vae_meta_: dict,
                    loss: DiffusionLossConfig, conditions: DiffusionConditions) -> dict[str, Any]:
-    """What stage 2's checkpoints record (JSON types); `checkpoints.spec.ModelSpec.from_training` reads it."""
+    """What stage 2's checkpoints record (JSON types); the loop adds the latent scale and `spec` (`diffusion_spec`,
+    what `generation.load_training_run` reads)."""
     dcfg = config.diffusion
     return jsonio.strict({
         "stage": "diffusion", "model": dataclasses.asdict(model),

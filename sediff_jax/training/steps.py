@@ -19,12 +19,14 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from sediff_jax.diffusion.losses import DiffusionLossConfig, diffusion_losses
+from sediff_jax.diffusion.sampling import SamplerConfig, sample
 from sediff_jax.diffusion.schedule import NoiseSchedule
+from sediff_jax.leads import project_to_lead_space
 from sediff_jax.models.conditions import Conditions
 from sediff_jax.models.denoiser import METADATA, TEXT
 from sediff_jax.models.vae_losses import VAELossConfig, vae_losses
 from sediff_jax.signal.phase import rhythm_features
-from sediff_jax.simulator.params import WaveParams
+from sediff_jax.simulator.params import WaveParams, waves_of_classes
 from sediff_jax.parallel import batch_sharding, replicated_sharding
 from sediff_jax.training.state import TrainState, apply_gradients, keep_if_finite
 
@@ -146,7 +148,7 @@ def make_diffusion_steps(
                 keep = jax.random.uniform(k_rhythm, (b,)) >= step_config.rhythm_dropout
                 features = features * keep[:, None, None].astype(features.dtype)
             conditions = conditions.replace(rhythm=features)
-        waves = jax.tree.map(lambda table: table[batch["class_index"]], wave_table)
+        waves = waves_of_classes(wave_table, batch["class_index"])
         told = ~(drop[:, TEXT] | drop[:, METADATA])
         hr = jnp.where(told, batch["hr_bpm"], jnp.nan)
         return diffusion_losses(
@@ -175,6 +177,38 @@ def make_diffusion_steps(
     train = jax.jit(train_step, in_shardings=(rep, rep, data), out_shardings=(rep, rep), donate_argnums=(0,))
     evaluate = jax.jit(eval_step, in_shardings=(rep, rep, rep, data), out_shardings=(rep, rep))
     return train, evaluate
+
+
+def make_sampling_step(graphdef: nnx.GraphDef, vae_graphdef: nnx.GraphDef, schedule: NoiseSchedule,
+                       prediction: str, step_config: DiffusionStepConfig, sampler: SamplerConfig, mesh: Mesh
+                       ) -> Callable:
+    """sample(params, vae_params, key, batch) -> (generated, reference), each (b, time, 12) mV: ECGs generated
+    from the batch's conditions (its text, experience, metadata and, for a scaffold model, its R peaks) with
+    `sampler`, and the batch's own ECG (a latent-cache batch's: the VAE's decoding of its latent mean). What
+    training shows of the model at its evaluation steps (`training.evaluators.SampleWriter`)."""
+    scale = step_config.latent_scale
+
+    def run(params, vae_params, key, batch: Batch):
+        denoiser, vae = nnx.merge(graphdef, params), nnx.merge(vae_graphdef, vae_params)
+        if "latent_mean" in batch:
+            reference = vae.decoder(batch["latent_mean"].astype(jnp.float32))
+        else:
+            reference = batch["ecg"]
+        b, time = reference.shape[:2]
+        shape = (b, time // vae.config.downsampling, vae.config.latent_channels)
+        conditions = Conditions.from_batch(batch)
+        if step_config.rhythm:
+            conditions = conditions.replace(rhythm=rhythm_features(batch["r_peaks"], shape[1],
+                                                                   vae.config.downsampling))
+
+        def net(x_t, t, drop):  # x_t stacks 1, 2 or 4 copies of the batch (guidance)
+            return denoiser(x_t, t, conditions.tile(x_t.shape[0] // b), drop)
+
+        ecg = vae.decoder(sample(net, schedule, prediction, sampler, shape, key) / scale)
+        return (project_to_lead_space(ecg) if sampler.exact_limb_leads else ecg), reference
+
+    rep, data = replicated_sharding(mesh), batch_sharding(mesh)
+    return jax.jit(run, in_shardings=(rep, rep, rep, data), out_shardings=(data, data))
 
 
 def latent_scale_from(encode: Callable[[Any], Array], batches) -> float:

@@ -13,7 +13,7 @@ from sediff_jax.data import latents
 from sediff_jax.data.canonical import CanonicalConfig
 from sediff_jax.data.loader import BatchLoader
 from sediff_jax.data.prepare import PrepareConfig, prepare
-from sediff_jax.training.stages import eval_loader
+from sediff_jax.training.sources import eval_loader
 
 SPLITS = ("train", "validation", "test")
 

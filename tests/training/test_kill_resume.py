@@ -17,6 +17,7 @@ import pytest
 from sediff_jax.data.loader import LoaderState
 from sediff_jax.checkpoints import stage as ckpt
 from sediff_jax.training import loop
+from sediff_jax.training.stage_runs import StageParts
 from sediff_jax.parallel import make_mesh
 from sediff_jax.training.metrics import MetricWriter, read_metrics
 
@@ -77,9 +78,11 @@ def _run(stage_dir, config, checkpointer_cls=ckpt.Checkpointer):
     state, loader_state, start, meta = loop._resume(checkpointer, stage_dir, _initial_state(), make_mesh(),
                                                     {"stage": "toy"})
     try:
+        parts = StageParts(train_step=_train_step, loader=Loader(loader_state),
+                           evaluators=(lambda state, step: _evaluate(state),), best_metric="mae_mv", test=None,
+                           meta=meta)
         state, result = loop.run_loop(stage="toy", stage_dir=stage_dir, config=config, state=state, start_step=start,
-                                      loader=Loader(loader_state), train_step=_train_step, to_inputs=lambda b: b,
-                                      evaluate=_evaluate, best_metric="mae_mv", meta=meta, checkpointer=checkpointer)
+                                      parts=parts, checkpointer=checkpointer)
     finally:
         checkpointer.close()
     return state, result

@@ -14,7 +14,10 @@ from experiments.configs import common
 from experiments.configs import tiny
 from sediff_jax.checkpoints import stage as ckpt
 from sediff_jax.training.config import ConfigError
-from sediff_jax.training.loop import TrainingDiverged, load_vae, run_loop, train
+from sediff_jax.checkpoints.spec import ModelSpec
+from sediff_jax.checkpoints.trained import load_vae
+from sediff_jax.training.loop import TrainingDiverged, run_loop, train
+from sediff_jax.training.stage_runs import StageParts
 from sediff_jax.training.metrics import read_metrics
 
 STEPS = 4
@@ -28,6 +31,7 @@ def _config(prepared_dir, vae_halt=0, diffusion_halt=0):
     for stage, halt in ((c.vae, vae_halt), (c.diffusion, diffusion_halt)):
         stage.training.update(num_steps=STEPS, log_every=1, eval_every=2, checkpoint_every=2, halt_at_step=halt,
                               progress_bar=False)
+    c.diffusion.training.update(eval_samples=2, eval_sample_steps=3)  # generated ECGs at each evaluation
     return c
 
 
@@ -66,10 +70,41 @@ def test_tiny_run_writes_checkpoints_metrics_and_config(uninterrupted):
         assert os.listdir(os.path.join(stage_dir, "tensorboard"))
     meta, step = ckpt.read_meta(os.path.join(workdir, "diffusion"))
     assert step == STEPS and meta["latent_scale"] > 0 and meta["stage"] == "diffusion"
+    # the model as stage 2 records it is the model its meta's fields describe (the reader of older checkpoints)
+    recorded = ModelSpec.from_json(meta["spec"], "meta")
+    legacy = ModelSpec.from_training(meta, {"step": step, "workdir": workdir})
+    assert recorded.latent_scale == meta["latent_scale"]
+    assert recorded.replace(provenance={}) == legacy.replace(provenance={})
     assert json.load(open(os.path.join(workdir, "config.json")))["variant"] == "full"
     assert os.path.exists(os.path.join(workdir, "text_cache_minilm.npz"))
     graphdef, params, vae_meta = load_vae(os.path.join(workdir, "vae"))
     assert vae_meta["stage"] == "vae" and jax.tree.leaves(params)
+
+
+def test_stage_2_writes_ecgs_generated_from_validation_records_at_each_evaluation(uninterrupted, prepared_dir):
+    """`diffusion.training.eval_samples`: at every evaluation step, ECGs generated from the first validation
+    records' conditions beside those records' own ECGs (NPZ + PNG, a TensorBoard image) and their amplitude
+    ratio as a validation metric."""
+    from sediff_jax.training import sources
+    from sediff_jax.training.config import resolve
+
+    workdir, _ = uninterrupted
+    samples = os.path.join(workdir, "diffusion", "samples")
+    assert sorted(os.listdir(samples)) == [f"step_000000{k}.{ext}" for k in (2, 4) for ext in ("npz", "png")]
+    with np.load(os.path.join(samples, "step_0000004.npz")) as f:
+        generated, reference, reports, step = f["ecg"], f["reference"], f["reports"], int(f["step"])
+    assert step == STEPS and generated.shape == reference.shape == (2, 1000, 12) and np.isfinite(generated).all()
+    validation = sources.split_source(resolve(_config(prepared_dir)), "validation")
+    for k in range(2):  # the reference is the real record the conditions came from
+        np.testing.assert_array_equal(reference[k], np.asarray(validation[k]["ecg"], np.float32))
+        text = validation[k]["text"]
+        assert reports[k] == (text.decode() if isinstance(text, bytes) else text)
+    with np.load(os.path.join(samples, "step_0000002.npz")) as f:
+        assert not np.array_equal(f["ecg"], generated)  # the model changed between the evaluations
+    lines = read_metrics(os.path.join(workdir, "diffusion", "metrics.jsonl"), "validation")
+    ratios = [line["samples_std_ratio"] for line in lines]
+    assert len(ratios) == 2 and all(0 < r < 100 for r in ratios)
+    assert "samples_std_ratio" not in read_metrics(os.path.join(workdir, "vae", "metrics.jsonl"), "validation")[0]
 
 
 def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_one(uninterrupted, prepared_dir, tmp_path):
@@ -88,6 +123,11 @@ def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_one(uninterrup
         got = read_metrics(os.path.join(workdir, stage, "metrics.jsonl"))
         assert [r["step"] for r in got] == list(range(1, STEPS + 1))  # no duplicated steps after resume
         assert ref == got
+    for k in (2, STEPS):  # the generated samples too, bit for bit
+        name = f"step_{k:07d}.npz"
+        with np.load(os.path.join(reference, "diffusion", "samples", name)) as a, \
+                np.load(os.path.join(workdir, "diffusion", "samples", name)) as b:
+            np.testing.assert_array_equal(a["ecg"], b["ecg"])
 
 
 def test_a_run_refuses_a_workdir_of_another_model(uninterrupted, prepared_dir, tmp_path):
@@ -167,9 +207,10 @@ def test_nan_loss_stops_with_the_step_and_term(prepared_dir, tmp_path):
     config.training.num_steps = 10
     checkpointer = Checkpointer(str(tmp_path / "stage"))
     with pytest.raises(TrainingDiverged, match=r"vae step 3: reconstruction = nan, total = nan not finite.*last checkpoint: step 2"):
+        parts = StageParts(train_step=step, loader=Loader(), evaluators=(lambda s, k: {"mae_mv": 0.0},),
+                           best_metric="mae_mv", test=None, meta={})
         run_loop(stage="vae", stage_dir=str(tmp_path / "stage"), config=config, state={"w": np.zeros(2)}, start_step=0,
-                 loader=Loader(), train_step=step, to_inputs=lambda b: b, evaluate=lambda s: {"mae_mv": 0.0},
-                 best_metric="mae_mv", meta={}, checkpointer=checkpointer)
+                 parts=parts, checkpointer=checkpointer)
     checkpointer.close()
 
 
@@ -279,7 +320,7 @@ def test_stage_2_from_a_latent_cache_trains_like_encoding_in_the_step(uninterrup
     from flax import nnx
 
     from sediff_jax.data.latents import MANIFEST, LatentCacheError, LatentSource
-    from sediff_jax.training import stages
+    from sediff_jax.training import sources, stages
     from sediff_jax.training.config import resolve
 
     reference, _ = uninterrupted
@@ -287,9 +328,9 @@ def test_stage_2_from_a_latent_cache_trains_like_encoding_in_the_step(uninterrup
     config = resolve(_config(prepared_dir))
     config.stage = "diffusion"
     config.diffusion.vae_checkpoint = vae_dir
-    cache, info = stages.build_latent_cache(config, vae_dir, str(tmp_path / "cache"), dtype="float32")
+    cache, info = sources.build_latent_cache(config, vae_dir, str(tmp_path / "cache"), dtype="float32")
     graphdef, params, _ = load_vae(vae_dir)
-    source = stages.split_source(config, "validation")
+    source = sources.split_source(config, "validation")
     ecg = np.stack([source[i]["ecg"] for i in range(len(source))])
     np.testing.assert_allclose(LatentSource(cache, "validation").latent_mean,
                                nnx.merge(graphdef, params).encode(ecg)[0], rtol=1e-5, atol=1e-5)
@@ -309,10 +350,10 @@ def test_stage_2_from_a_latent_cache_trains_like_encoding_in_the_step(uninterrup
         np.testing.assert_allclose(got[-1][name], expected[-1][name], rtol=2e-2, err_msg=name)
 
     config.diffusion.latent_cache = "auto"
-    auto = stages.latent_cache(config, vae_dir, params)
-    assert auto == stages.latent_cache_dir(config, info.vae_id) and auto.startswith(prepared_dir)
+    auto = sources.latent_cache(config, vae_dir, params)
+    assert auto == sources.latent_cache_dir(config, info.vae_id) and auto.startswith(prepared_dir)
     built = os.path.getmtime(os.path.join(auto, MANIFEST))
-    assert stages.latent_cache(config, vae_dir, params) == auto and os.path.getmtime(os.path.join(auto, MANIFEST)) == built
+    assert sources.latent_cache(config, vae_dir, params) == auto and os.path.getmtime(os.path.join(auto, MANIFEST)) == built
 
     manifest = json.loads(open(os.path.join(cache, MANIFEST)).read())
     with open(os.path.join(cache, MANIFEST), "w") as f:
