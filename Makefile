@@ -21,10 +21,15 @@ DEVICE_BUNDLE ?= .device_bundle
 DEVICE_PYTHON_VERSION ?= 3.12
 DEVICE_WHEELS ?= ml-collections==1.1.0 wfdb==4.3.1
 BENCH_OUT ?= bench_device_out
+# The training part of the bundle: the shipped model's latent cache (all of PTB-XL at 100 Hz, encoded by its VAE)
+# and the experience directory it was trained with.
+DEVICE_LATENT_CACHE ?= $(firstword $(wildcard data/prepared/ptbxl/100hz_10s/1.0.0_latents/a56b82b8a8ad))
+DEVICE_EXPERIENCE ?= $(firstword $(wildcard runs/exp_patient))
+TRAIN_OUT ?= device_train_out
 TPU_SITE ?= .tpu-site
 TPU_OUT ?= bench_tpu_compile
 
-.PHONY: demo demo-simulator test test-fast test-all bench bench-device bench-device-smoke device-bundle tpu-compile clean
+.PHONY: demo demo-simulator test test-fast test-all bench bench-device bench-device-smoke device-bundle device-train device-train-smoke tpu-compile clean
 
 $(VENV)/.base: setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "error: sediff_jax needs \
@@ -84,8 +89,18 @@ device-bundle: $(VENV)/.base
 	$(PIP) download -q --no-deps --only-binary=:all: --python-version $(DEVICE_PYTHON_VERSION) --implementation cp \
 		--platform manylinux2014_x86_64 --platform any -d $(DEVICE_BUNDLE).tmp/wheels $(DEVICE_WHEELS)
 	$(PY) -m experiments.benchmarks.device --encode_prompts_to=$(DEVICE_BUNDLE).tmp/text_encodings.npz
+	@if [ -n "$(DEVICE_LATENT_CACHE)" ]; then \
+		$(PY) -m experiments.build_device_bundle --latent_cache=$(DEVICE_LATENT_CACHE) \
+			$(if $(DEVICE_EXPERIENCE),--experience_dir=$(DEVICE_EXPERIENCE)) --out=$(DEVICE_BUNDLE).tmp/train \
+			--also_carried=$(DEVICE_BUNDLE).tmp/wheels,$(DEVICE_BUNDLE).tmp/text_encodings.npz; \
+	else echo "no latent cache (DEVICE_LATENT_CACHE): the bundle has no train/ part, so make device-train cannot run"; fi
 	rm -rf $(DEVICE_BUNDLE) && mv $(DEVICE_BUNDLE).tmp $(DEVICE_BUNDLE)
 	@du -sh $(DEVICE_BUNDLE)
+
+# On the accelerator machine, with $(DEVICE_BUNDLE) carried: stage 2 continued from the shipped model for at most
+# 7 minutes of steps, the EMA weights back as a float16 export in $(TRAIN_OUT)/model (docs/accelerators.md).
+device-train:
+	bash experiments/device_train.sh $(TRAIN_OUT)
 
 # On the accelerator machine, with $(DEVICE_BUNDLE) carried (docs/accelerators.md, "On a GPU"): <= 8 minutes on one H200.
 bench-device:
@@ -94,6 +109,11 @@ bench-device:
 # The same code on this CPU at tiny sizes (< 3 minutes); CI runs it.
 bench-device-smoke: $(VENV)/.base
 	$(PY) -m experiments.benchmarks.device --smoke --out=$(BENCH_OUT)_smoke --overwrite
+
+# `make device-train` at tiny size on this CPU, from a bundle alone, with what the device lacks made unimportable
+# (~2 min; CI runs it).
+device-train-smoke: $(VENV)/.test
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) tests/training/test_device_train.py
 
 # TPU slices compiled for on this CPU (libtpu's compile-only devices; no TPU needed). libtpu, at the version the
 # installed jax pins, goes into a pip --target folder used by this target alone: with libtpu on the venv's path
@@ -110,4 +130,4 @@ $(TPU_SITE)/.done: $(VENV)/.test
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) $(DEMO_SIMULATOR_OUT) $(BENCH_OUT) $(BENCH_OUT)_smoke $(DEVICE_BUNDLE) $(TPU_SITE) $(TPU_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) $(DEMO_SIMULATOR_OUT) $(BENCH_OUT) $(BENCH_OUT)_smoke $(DEVICE_BUNDLE) $(TPU_SITE) $(TPU_OUT) $(TRAIN_OUT) .pytest_cache

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import glob
 import io
 import math
@@ -18,10 +19,9 @@ import multiprocessing
 import os
 import shutil
 import tempfile
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
-import tensorflow_datasets as tfds
 from absl import logging
 
 from sediff_jax.data.canonical import CanonicalConfig, CanonicalRecord, canonicalize
@@ -31,6 +31,9 @@ from sediff_jax.errors import SediffError
 from sediff_jax.io import jsonio
 from sediff_jax.io.atomic import atomic_path
 from sediff_jax.leads import LEAD_NAMES, NUM_LEADS
+
+if TYPE_CHECKING:  # tensorflow-datasets is imported when a dataset is built or opened, not with this module
+    import tensorflow_datasets as tfds
 
 VERSION = "1.0.0"
 REPORT_FILE = "prepare_report.json"
@@ -66,7 +69,9 @@ def config_name(config: CanonicalConfig) -> str:
     return f"{config.fs:g}hz_{config.duration_s:g}s".replace(".", "p")
 
 
-def features(config: CanonicalConfig) -> tfds.features.FeaturesDict:
+def features(config: CanonicalConfig) -> "tfds.features.FeaturesDict":
+    import tensorflow_datasets as tfds
+
     return tfds.features.FeaturesDict({
         "record_id": tfds.features.Text(),
         "patient_id": tfds.features.Text(),
@@ -135,59 +140,67 @@ def worker_pool(num_workers: int) -> concurrent.futures.Executor | None:
     return concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
 
 
-class EcgBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """A TFDS builder over already-canonicalised results, one iterator factory per split."""
+@functools.cache
+def ecg_builder_class() -> type:
+    """The TFDS builder class (made on first use: tensorflow-datasets is imported then)."""
+    import tensorflow_datasets as tfds
 
-    VERSION = tfds.core.Version(VERSION)
-    # Not a TFDS catalogue dataset: no source file to look up checksums or metadata next to.
-    code_path = None
+    class EcgBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        """A TFDS builder over already-canonicalised results, one iterator factory per split."""
 
-    def __init__(
-        self,
-        *,
-        dataset: str,
-        config: CanonicalConfig,
-        split_results: dict[str, Callable[[], Iterator[Result]]],
-        report: PrepareReport,
-        strict: bool,
-        data_dir: str,
-    ):
-        self.name = dataset
-        self._canonical = config
-        self._split_results = split_results
-        self._report = report
-        self._strict = strict
-        builder_config = tfds.core.BuilderConfig(name=config_name(config), description=str(config))
-        super().__init__(data_dir=data_dir, config=builder_config, file_format="array_record")
+        VERSION = tfds.core.Version(VERSION)
+        # Not a TFDS catalogue dataset: no source file to look up checksums or metadata next to.
+        code_path = None
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        c = self._canonical
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=f"{self.name} in sediff_jax canonical form: 12 leads ({', '.join(LEAD_NAMES)}), mV, "
-                        f"{c.fs:g} Hz, {c.duration_s:g} s",
-            features=features(c),
-            disable_shuffling=True,  # keep the source order; the loader shuffles per epoch
-            metadata=tfds.core.MetadataDict(canonical_config=dataclasses.asdict(c), lead_names=list(LEAD_NAMES),
-                                            measurement_names=list(MEASUREMENT_NAMES)),
-        )
+        def __init__(
+            self,
+            *,
+            dataset: str,
+            config: CanonicalConfig,
+            split_results: dict[str, Callable[[], Iterator[Result]]],
+            report: PrepareReport,
+            strict: bool,
+            data_dir: str,
+        ):
+            self.name = dataset
+            self._canonical = config
+            self._split_results = split_results
+            self._report = report
+            self._strict = strict
+            builder_config = tfds.core.BuilderConfig(name=config_name(config), description=str(config))
+            super().__init__(data_dir=data_dir, config=builder_config, file_format="array_record")
 
-    def _split_generators(self, dl_manager):
-        return {split: self._generate_examples(split) for split in self._split_results}
+        def _info(self) -> tfds.core.DatasetInfo:
+            c = self._canonical
+            return tfds.core.DatasetInfo(
+                builder=self,
+                description=f"{self.name} in sediff_jax canonical form: 12 leads ({', '.join(LEAD_NAMES)}), mV, "
+                            f"{c.fs:g} Hz, {c.duration_s:g} s",
+                features=features(c),
+                disable_shuffling=True,  # keep the source order; the loader shuffles per epoch
+                metadata=tfds.core.MetadataDict(canonical_config=dataclasses.asdict(c), lead_names=list(LEAD_NAMES),
+                                                measurement_names=list(MEASUREMENT_NAMES)),
+            )
 
-    def _generate_examples(self, split):
-        for entry, result in self._split_results[split]():
-            self._report.read += 1
-            if isinstance(result, RecordError):
-                if self._strict:
-                    raise result
-                self._report.skipped[result.reason] = self._report.skipped.get(result.reason, 0) + 1
-                self._report.skipped_records.append((entry.record_id, result.reason, str(result)))
-                continue
-            if result.repairs:
-                self._report.repaired += 1
-            self._report.written[split] += 1
-            yield entry.record_id, to_example(entry, result)
+        def _split_generators(self, dl_manager):
+            return {split: self._generate_examples(split) for split in self._split_results}
+
+        def _generate_examples(self, split):
+            for entry, result in self._split_results[split]():
+                self._report.read += 1
+                if isinstance(result, RecordError):
+                    if self._strict:
+                        raise result
+                    self._report.skipped[result.reason] = self._report.skipped.get(result.reason, 0) + 1
+                    self._report.skipped_records.append((entry.record_id, result.reason, str(result)))
+                    continue
+                if result.repairs:
+                    self._report.repaired += 1
+                self._report.written[split] += 1
+                yield entry.record_id, to_example(entry, result)
+
+    return EcgBuilder
+
 
 
 def build(
@@ -215,9 +228,11 @@ def build(
         shutil.rmtree(stale, ignore_errors=True)
     created = [p for p in (out_dir, os.path.dirname(os.path.dirname(target)), os.path.dirname(target))
                if not os.path.exists(p)]
-    builder = EcgBuilder(dataset=dataset, config=config, split_results=split_results, report=report,
+    builder = ecg_builder_class()(dataset=dataset, config=config, split_results=split_results, report=report,
                          strict=strict, data_dir=out_dir)
     try:
+        import tensorflow_datasets as tfds
+
         printed = io.StringIO()  # TFDS prints "Downloading and preparing dataset ..." (nothing is downloaded)
         with tempfile.TemporaryDirectory(prefix="sediff_downloads_") as downloads, \
                 contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
@@ -246,6 +261,8 @@ def open_split(path: str, split: str):
     """Random-access source of one split of a prepared dataset (`path` = the version directory).
 
     Returns a sequence-like ArrayRecordDataSource: len(), [i] and __getitems__ yield decoded examples."""
+    import tensorflow_datasets as tfds
+
     if not os.path.exists(os.path.join(path, "dataset_info.json")):
         raise PreparedDatasetError(f"{path}: not a prepared dataset (no dataset_info.json; build one with "
                                    "experiments/prepare_data.py)")

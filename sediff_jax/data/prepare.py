@@ -9,10 +9,9 @@ from sediff_jax.data.canonical import CanonicalConfig
 from sediff_jax.data.ludb import read_ludb
 from sediff_jax.data.mimic import read_mimic
 from sediff_jax.data.ptbxl import read_ptbxl
-from sediff_jax.data.sources import SPLITS, RecordEntry
+from sediff_jax.data.sources import DATASETS, SPLITS, RecordEntry
 from sediff_jax.data.synthetic import synthetic_records
 
-DATASETS = ("ptbxl", "mimic", "ludb", "synthetic")
 
 
 @dataclasses.dataclass(frozen=True)

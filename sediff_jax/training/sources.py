@@ -1,5 +1,9 @@
 """Where each stage's examples come from: the prepared dataset (built when missing), its splits, stage 2's latent
-cache (the frozen VAE's encodings, built beside the dataset), and the training and evaluation loaders."""
+cache (the frozen VAE's encodings, built beside the dataset), and the training and evaluation loaders.
+
+tensorflow-datasets is imported only when a prepared dataset is built or opened (`data.builder`): stage 2 from a
+given latent cache alone (`diffusion.latent_cache=<dir>`, no prepared dataset: a machine that was carried only the
+cache) needs neither tensorflow-datasets nor array_record."""
 
 from __future__ import annotations
 
@@ -100,7 +104,9 @@ def build_latent_cache(config: ml_collections.ConfigDict, vae_dir: str, director
 def latent_cache(config: ml_collections.ConfigDict, vae_dir: str, vae_params: PyTree) -> str | None:
     """The latent cache stage 2 trains from (`diffusion.latent_cache`): None for '' (encode every batch), the
     cache beside the prepared dataset for 'auto' (built by process 0 when missing), or the given directory. It
-    must have been made by this VAE (its weights id) from the same prepared dataset (its split sizes)."""
+    must have been made by this VAE (its weights id) from the same prepared dataset (its split sizes); a given
+    cache with no prepared dataset beside it and `data.prepare_if_missing=False` is read alone (it must hold the
+    run's splits)."""
     setting = config.diffusion.latent_cache
     if not setting:
         return None
@@ -111,8 +117,25 @@ def latent_cache(config: ml_collections.ConfigDict, vae_dir: str, vae_params: Py
             raise latents.LatentCacheError(f"{directory}: build the latent cache before a multi-host run "
                                            "(python -m experiments.encode_latents)")
         build_latent_cache(config, vae_dir, directory)
-    latents.check_matches(latents.read_info(directory), directory, vae_id=vae_id, splits=cache_splits(config))
+    info = latents.read_info(directory)
+    if setting != "auto" and not config.data.prepare_if_missing and not _has_prepared_dataset(config):
+        # the cache alone (carried without its dataset): it must hold this run's splits, at its own sizes
+        splits = {s: info.splits.get(s, -1) for s in (config.data.train_split, config.data.eval_split,
+                                                       config.data.test_split) if s}
+        logging.info("stage 2 reads the latent cache %s alone (no prepared dataset at %s)", directory,
+                     config.data.prepared_dir)
+    else:
+        splits = cache_splits(config)
+    latents.check_matches(info, directory, vae_id=vae_id, splits=splits)
     return directory
+
+
+def _has_prepared_dataset(config: ml_collections.ConfigDict) -> bool:
+    try:
+        prepared_path(config)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def train_loader(config: ml_collections.ConfigDict, stage_config: ml_collections.ConfigDict, source,

@@ -101,7 +101,7 @@ def vae_model(config: ml_collections.ConfigDict, seed: int) -> StageModel:
 RESUMABLE_KEYS = ("stage", "data.source_dir", "data.prepared_dir", "data.prepare_if_missing", "data.num_workers",
                   "data.prefetch", "data.loader_workers", "text.cache_dir")
 RESUMABLE_TRAINING_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "max_to_keep",
-                           "max_eval_batches", "tensorboard", "progress_bar", "halt_at_step", "eval_samples",
+                           "max_eval_batches", "tensorboard", "progress_bar", "halt_at_step", "max_minutes", "eval_samples",
                            "eval_sample_steps")
 _STAGE_PATH_KEYS = {"diffusion": ("vae_checkpoint", "latent_cache", "latent_cache_dtype", "init_from")}
 

@@ -152,3 +152,22 @@ def test_a_kill_after_any_commit_resumes_to_the_uninterrupted_result(tmp_path, m
         checkpointer.close()
         assert read_metrics(f"{stage_dir}/metrics.jsonl", split=None) == reference_lines, where
         json.dumps(reference_lines, allow_nan=False)  # strict JSON
+
+
+def test_a_time_boxed_run_stops_with_a_checkpoint_and_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    """training.max_minutes: once that much time has passed, the loop saves after the current step and stops as if
+    preempted; running again goes on to the uninterrupted run's parameters."""
+    config = _config(2, 3)
+    reference, _ = _run(str(tmp_path / "reference"), config)
+    clock = iter(range(0, 10_000, 30))  # each reading of the loop's clock: 30 s later
+    monkeypatch.setattr(loop, "_now", lambda: float(next(clock)))
+    boxed = _config(2, 3)
+    boxed.training.max_minutes = 1.0  # the loop's start, then a deadline a minute later: a few steps
+    stage_dir = str(tmp_path / "boxed")
+    _, first = _run(stage_dir, boxed)
+    assert first.stopped_early and 0 < first.step < STEPS
+    assert ckpt.Checkpointer(stage_dir, 3).latest_step() == first.step
+    monkeypatch.undo()
+    state, second = _run(stage_dir, config)
+    assert second.step == STEPS and not second.stopped_early
+    np.testing.assert_array_equal(np.asarray(state.params["w"]), np.asarray(reference.params["w"]))
