@@ -18,10 +18,12 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("latent_cache", None, "The latent cache stage 2 trains from (its train and validation splits).",
                     required=True)
 flags.DEFINE_string("experience_dir", None, "The experience directory of the model to continue (none: without).")
-flags.DEFINE_string("out", ".device_bundle/train", "Bundle folder (replaced).")
+flags.DEFINE_string("out", ".device_bundle/train", "Bundle folder: new, or an earlier bundle, replaced once the new "
+                    "one is complete (a folder of other files is refused).")
 flags.DEFINE_list("also_carried", [".device_bundle/wheels", ".device_bundle/text_encodings.npz"],
                   "Other carried paths counted in the size check (those that exist).")
 flags.DEFINE_float("limit_mib", 60.0, "Largest total carried per device call, repository included, MiB.")
+cli.check_float("limit_mib", 0, 64, low_open=True)
 
 
 def main(argv):

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sediff_jax.io import atomic_path
+from sediff_jax.io.outputs import replace_directory
 from sediff_jax.text import compact
 from sediff_jax.text.compact import WEIGHTS_FILE as COMPACT_WEIGHTS, is_compact, read_compact, token_remap
 from sediff_jax.text.minilm import default_model_dir, load_minilm, mean_pool
@@ -353,26 +355,30 @@ def write_compact_minilm(texts: Sequence[str], out_dir: str | os.PathLike, model
             stored[name] = value
     full = MiniLMEncoder(source_dir, max_length=max_length)
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(stored, str(tmp / compact.WEIGHTS_FILE))
-    for name in ("config.json", "tokenizer.json"):
-        shutil.copyfile(source_dir / name, tmp / name)
-    info = {"source": full.id.rsplit("/len", 1)[0], "vocab": int(len(vocab_ids)), "texts": len(texts),
-            "quantization": f"int8, a float16 scale per {compact.GROUP} entries of a row; biases and LayerNorms float32"}
-    (tmp / compact.COMPACT_FILE).write_text(json.dumps(info))
-    sample = texts[:: max(1, len(texts) // check_texts)][:check_texts]
-    a, b = full.encode(sample), MiniLMEncoder(tmp, max_length=max_length).encode(sample)
-    cosine = np.sum(a.pooled * b.pooled, axis=1) / (np.linalg.norm(a.pooled, axis=1) * np.linalg.norm(b.pooled, axis=1))
-    real = a.mask
-    rms = lambda x: float(np.sqrt(np.mean(np.square(x[real]))))  # noqa: E731 (over real tokens)
-    info.update(checked_texts=len(sample), max_abs_token_error=float(np.abs(a.tokens - b.tokens).max()),
-                relative_rms_token_error=rms(a.tokens - b.tokens) / rms(a.tokens),
-                max_abs_token_value=float(np.abs(a.tokens).max()), min_pooled_cosine=float(cosine.min()),
-                bytes=int(sum(f.stat().st_size for f in tmp.iterdir())) + len(json.dumps(info)))
-    with atomic_path(tmp / compact.COMPACT_FILE) as path:
-        path.write_text(json.dumps(info, indent=1))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not is_compact(out_dir):
+        raise ValueError(f"{out_dir}: not empty and not a compact MiniLM; name a new folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+    try:
+        save_file(stored, str(tmp / compact.WEIGHTS_FILE))
+        for name in ("config.json", "tokenizer.json"):
+            shutil.copyfile(source_dir / name, tmp / name)
+        info = {"source": full.id.rsplit("/len", 1)[0], "vocab": int(len(vocab_ids)), "texts": len(texts),
+                "quantization": f"int8, a float16 scale per {compact.GROUP} entries of a row; biases and LayerNorms float32"}
+        (tmp / compact.COMPACT_FILE).write_text(json.dumps(info))
+        sample = texts[:: max(1, len(texts) // check_texts)][:check_texts]
+        a, b = full.encode(sample), MiniLMEncoder(tmp, max_length=max_length).encode(sample)
+        cosine = np.sum(a.pooled * b.pooled, axis=1) / (np.linalg.norm(a.pooled, axis=1) * np.linalg.norm(b.pooled, axis=1))
+        real = a.mask
+        rms = lambda x: float(np.sqrt(np.mean(np.square(x[real]))))  # noqa: E731 (over real tokens)
+        info.update(checked_texts=len(sample), max_abs_token_error=float(np.abs(a.tokens - b.tokens).max()),
+                    relative_rms_token_error=rms(a.tokens - b.tokens) / rms(a.tokens),
+                    max_abs_token_value=float(np.abs(a.tokens).max()), min_pooled_cosine=float(cosine.min()),
+                    bytes=int(sum(f.stat().st_size for f in tmp.iterdir())) + len(json.dumps(info)))
+        with atomic_path(tmp / compact.COMPACT_FILE) as path:
+            path.write_text(json.dumps(info, indent=1))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_directory(tmp, out_dir)
     return info

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from sediff_jax.data import latents
 from sediff_jax.io import jsonio
+from sediff_jax.io.outputs import OutputError, replace_directory, working_folder
 from sediff_jax.text.encoders import write_compact_minilm
 from sediff_jax.training.metrics import read_metrics
 
@@ -62,14 +64,36 @@ def write_training_bundle(latent_dir: str | os.PathLike, out_dir: str | os.PathL
                           splits: Sequence[str] = ("train", "validation"), experience_tokens: int = 128,
                           minilm_dir: str | os.PathLike | None = None) -> dict:
     """Write the bundle of the latent cache at `latent_dir` (its `splits`) and, when given, the experience
-    directory (`experience.jsonl`, `profiles.npz`) into `out_dir` (replaced). Returns bundle.json's content."""
-    latent_dir, out_dir = Path(latent_dir), Path(out_dir)
+    directory (`experience.jsonl`, `profiles.npz`) into `out_dir` (new, or an earlier bundle it replaces whole once
+    the new one is complete: `check_bundle_target`). Returns bundle.json's content."""
+    latent_dir, out_dir = Path(latent_dir), check_bundle_target(out_dir)
     info = latents.read_info(str(latent_dir))
     missing = [s for s in splits if s not in info.splits or not (latent_dir / f"{s}.npz").is_file()]
     if missing:
         raise BundleError(f"{latent_dir}: the latent cache has no {', '.join(missing)} split file")
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+    try:
+        summary = _write_bundle(latent_dir, info, tmp, experience_dir, splits, experience_tokens, minilm_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_directory(tmp, out_dir)  # (the old bundle is renamed aside and deleted once the new one is in place)
+    return summary
+
+
+def check_bundle_target(out_dir: str | os.PathLike) -> Path:
+    """The bundle folder, checked before any work: new, empty, or an earlier bundle (its bundle.json), never the
+    working directory or above it; OutputError (a ValueError) names the folder."""
+    path = working_folder(out_dir, "--out")
+    if path.exists() and any(path.iterdir()) and not (path / "bundle.json").is_file():
+        shown = next(iter(sorted(e.name for e in path.iterdir())))
+        raise OutputError(f"--out={path} holds {shown} and is not a training bundle (no bundle.json); name a new "
+                          "folder or an earlier bundle to replace")
+    return path
+
+
+def _write_bundle(latent_dir: Path, info, tmp: Path, experience_dir, splits, experience_tokens, minilm_dir) -> dict:
     (tmp / LATENTS).mkdir(parents=True)
     shutil.copyfile(latent_dir / "manifest.json", tmp / LATENTS / "manifest.json")
     texts, records = [], set()
@@ -105,8 +129,6 @@ def write_training_bundle(latent_dir: str | os.PathLike, out_dir: str | os.PathL
                          if (tmp / part).exists()}}
     summary["bytes"]["total"] = sum(summary["bytes"].values())
     jsonio.write_json(str(tmp / "bundle.json"), summary)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
     return summary
 
 

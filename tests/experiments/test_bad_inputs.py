@@ -190,6 +190,12 @@ CASES = [
     ("sweep_sampling", ["--variants=bogus", "--out=NEW"], E, r"--variants: unknown \['bogus'\]"),
     ("sweep_sampling", ["--num_samples=1", "--out=NEW"], E, r"--num_samples must be >= 2"),
     ("sweep_sampling", ["--out="], E, r"--out is empty"),
+    ("build_device_bundle", ["--latent_cache=NOWHERE", "--out=NEW"], E, r"nowhere: no latent cache here"),
+    ("build_device_bundle", ["--latent_cache=FULL", "--out=NEW"], E, r"full: no latent cache here"),
+    ("build_device_bundle", ["--latent_cache=NOWHERE", "--out=FULL"], E,
+     r"holds notes.txt and is not a training bundle"),
+    ("build_device_bundle", ["--latent_cache=NOWHERE", "--out=."], E, r"refusing to write there"),
+    ("build_device_bundle", ["--latent_cache=NOWHERE", "--limit_mib=0"], E, r"--limit_mib must be"),
     # the benchmarks
     ("benchmarks.data", ["--data_dir=NOWHERE"], E, r"nowhere/ptb-xl not found; pass --data_dir"),
     ("benchmarks.data", ["--batch=0"], E, r"--batch must be >= 1"),

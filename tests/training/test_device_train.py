@@ -82,3 +82,22 @@ def test_device_train_runs_from_the_bundle_alone_and_its_export_loads_here(shipp
     ecg = Generator(trained).generate([make_prompt("sinus rhythm", age=50, sex="M", hr=70)], seed=0,
                                       sampler=SamplerConfig(num_steps=3))
     assert ecg.shape == (1, trained.num_samples, 12) and np.isfinite(ecg).all()
+
+
+def test_a_bundle_replaces_only_an_earlier_bundle(tmp_path, monkeypatch):
+    """The bundle folder may be new, empty or an earlier bundle; a folder of other files, or the working
+    directory, is refused before anything is written."""
+    from sediff_jax.io.outputs import OutputError
+    from sediff_jax.training.carry import check_bundle_target
+
+    monkeypatch.chdir(tmp_path)
+    assert check_bundle_target(tmp_path / "new") == tmp_path / "new"
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "bundle.json").write_text("{}")
+    assert check_bundle_target(tmp_path / "earlier") == tmp_path / "earlier"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's file")
+    with pytest.raises(OutputError, match=r"holds notes.txt and is not a training bundle"):
+        check_bundle_target(tmp_path / "mine")
+    with pytest.raises(OutputError, match=r"refusing to write there"):
+        check_bundle_target(".")

@@ -23,7 +23,7 @@ from sediff_jax.training.metrics import read_metrics
 STEPS = 4
 
 
-def _config(prepared_dir, vae_halt=0, diffusion_halt=0):
+def _config(prepared_dir, vae_halt=0, diffusion_halt=0, samples=0):
     c = tiny.get_config()
     c.data.prepared_dir = prepared_dir
     c.data.num_synthetic = 48
@@ -31,7 +31,7 @@ def _config(prepared_dir, vae_halt=0, diffusion_halt=0):
     for stage, halt in ((c.vae, vae_halt), (c.diffusion, diffusion_halt)):
         stage.training.update(num_steps=STEPS, log_every=1, eval_every=2, checkpoint_every=2, halt_at_step=halt,
                               progress_bar=False)
-    c.diffusion.training.update(eval_samples=2, eval_sample_steps=3)  # generated ECGs at each evaluation
+    c.diffusion.training.update(eval_samples=samples, eval_sample_steps=3)  # generated ECGs at each evaluation
     return c
 
 
@@ -50,7 +50,7 @@ def _assert_trees_equal(a, b):
 @pytest.fixture(scope="module")
 def uninterrupted(prepared_dir, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    results = train(_config(prepared_dir), workdir)
+    results = train(_config(prepared_dir, samples=2), workdir)
     return workdir, results
 
 
@@ -110,11 +110,11 @@ def test_stage_2_writes_ecgs_generated_from_validation_records_at_each_evaluatio
 def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_one(uninterrupted, prepared_dir, tmp_path):
     reference, _ = uninterrupted
     workdir = str(tmp_path / "resumed")
-    first = train(_config(prepared_dir, vae_halt=2), workdir)  # "killed" after step 2 of stage 1
+    first = train(_config(prepared_dir, vae_halt=2, samples=2), workdir)  # "killed" after step 2 of stage 1
     assert [(r.stage, r.step, r.stopped_early) for r in first] == [("vae", 2, True)]
-    second = train(_config(prepared_dir, diffusion_halt=2), workdir)  # resumes stage 1, stops stage 2 at 2
+    second = train(_config(prepared_dir, diffusion_halt=2, samples=2), workdir)  # resumes stage 1, stops 2 at 2
     assert [(r.stage, r.step, r.stopped_early) for r in second] == [("vae", STEPS, False), ("diffusion", 2, True)]
-    third = train(_config(prepared_dir), workdir)
+    third = train(_config(prepared_dir, samples=2), workdir)
     assert [(r.stage, r.step) for r in third] == [("vae", STEPS), ("diffusion", STEPS)]
     for stage in ("vae", "diffusion"):
         _assert_trees_equal(_saved_state(os.path.join(reference, stage), STEPS),
