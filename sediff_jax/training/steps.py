@@ -207,8 +207,8 @@ def make_sampling_step(graphdef: nnx.GraphDef, vae_graphdef: nnx.GraphDef, sched
         ecg = vae.decoder(sample(net, schedule, prediction, sampler, shape, key) / scale)
         return (project_to_lead_space(ecg) if sampler.exact_limb_leads else ecg), reference
 
-    rep, data = replicated_sharding(mesh), batch_sharding(mesh)
-    return jax.jit(run, in_shardings=(rep, rep, rep, data), out_shardings=(data, data))
+    rep, data = replicated_sharding(mesh), batch_sharding(mesh)  # (outputs replicated: every host can read them)
+    return jax.jit(run, in_shardings=(rep, rep, rep, data), out_shardings=(rep, rep))
 
 
 def latent_scale_from(encode: Callable[[Any], Array], batches) -> float:
