@@ -133,7 +133,8 @@ def diffusion_runs(config: ml_collections.ConfigDict, batch: dict, mesh, variant
             latent_batch = dict(batch, latent_mean=np.asarray(encode(vae.params, batch["ecg"])))
             latent_inputs = shard_batch({k: latent_batch[k] for k in LATENT_BATCH_KEYS}, mesh)
         loss_config = stages.diffusion_loss_config(config, **{**loss_overrides, **variant_weights(config, variant)})
-        train_step, _ = stages.diffusion_steps(config, model, vae.graphdef, loss_config, 1.0, waves, mesh)
+        train_step, _ = stages.diffusion_steps(config, model, vae.graphdef, loss_config,
+                                                stages.diffusion_step_config(config, 1.0), waves, mesh)
         state = _fresh_state(model, 1, mesh)
         runs[variant] = StepRun(train_step, state, latent_inputs if variant.endswith(FROM_LATENTS) else inputs,
                                 (vae_params,))

@@ -78,7 +78,7 @@ def compile_step(config, step: str, mesh, per_chip_batch: int):
     model = stages.diffusion_model(config, stages.vae_config(config).latent_channels, CONTEXT_DIM, 1)
     prior = load_prior()
     loss = stages.diffusion_loss_config(config, **variant_weights(config, "full"))
-    train_step, _ = stages.diffusion_steps(config, model, vae.graphdef, loss, 1.0,
+    train_step, _ = stages.diffusion_steps(config, model, vae.graphdef, loss, stages.diffusion_step_config(config, 1.0),
                                            prior.wave_table(prior.class_names), mesh)
     vae_params = jax.eval_shape(lambda p: p, vae.params)
     return train_step.lower(abstract_state(model), vae_params, abstract_batch(DIFFUSION_BATCH_KEYS)).compile()

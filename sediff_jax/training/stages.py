@@ -207,12 +207,10 @@ def diffusion_step_config(config: ml_collections.ConfigDict, latent_scale: float
 
 
 def diffusion_steps(config: ml_collections.ConfigDict, model: StageModel, vae_graphdef: nnx.GraphDef,
-                    loss_config: DiffusionLossConfig, step_config: DiffusionStepConfig | float,
+                    loss_config: DiffusionLossConfig, step_config: DiffusionStepConfig,
                     wave_table: WaveParams, mesh: Mesh) -> tuple[Callable, Callable]:
     """(train_step(state, vae_params, batch), eval_step(params, vae_params, key, batch)) of stage 2
-    (`training.steps.make_diffusion_steps`); `step_config` may be a latent scale (`diffusion_step_config`)."""
-    if not isinstance(step_config, DiffusionStepConfig):
-        step_config = diffusion_step_config(config, step_config)
+    (`training.steps.make_diffusion_steps`); `step_config`: `diffusion_step_config`."""
     return make_diffusion_steps(model.graphdef, vae_graphdef, model.tx, schedule(config), loss_config, step_config,
                                 wave_table, model.optimizer.ema_decay, mesh)
 
