@@ -128,6 +128,22 @@ def _open(directory: str, which: str, step: int | None) -> tuple[ocp.CheckpointM
     return manager, root, int(step)
 
 
+def kept_steps(directory: str) -> list[int]:
+    """The steps of a stage directory's kept (latest-series) checkpoints, ascending; CheckpointError when it has
+    none."""
+    root = _root(directory, "latest")
+    if not os.path.isdir(root):
+        raise CheckpointError(f"{root}: no checkpoint directory")
+    manager = ocp.CheckpointManager(root, item_names=ITEMS)
+    try:
+        steps = sorted(int(s) for s in manager.all_steps())
+    finally:
+        manager.close()
+    if not steps:
+        raise CheckpointError(f"{root}: no checkpoint found")
+    return steps
+
+
 def _has_ema_item(root: str, step: int) -> bool:
     return os.path.isdir(os.path.join(root, str(step), "ema"))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -26,6 +26,7 @@ from sediff_jax.checkpoints.spec import MODEL_FORMAT, MODEL_VERSION, ModelSpec  
 from sediff_jax.checkpoints.exported import (  # noqa: F401 (the format's names, re-exported for generation's users)
     CONFIG_FILE, EXPERIENCE_PROFILES_FILE, EXPORTED_FILES, WEIGHTS_FILE, check_export_target, is_exported_model,
     read_exported, write_exported)
+from sediff_jax.checkpoints.posthoc_ema import ProfileFit, posthoc_ema_params
 from sediff_jax.checkpoints.trained import load_denoiser, load_vae
 from sediff_jax.checkpoints.weights import flatten_params, unflatten_params, weights_id
 from sediff_jax.diffusion.schedule import NoiseSchedule
@@ -144,6 +145,29 @@ def load_model(path: str | os.PathLike, which: str = "best", step: int | None = 
         raise CheckpointError(f"{path}: no SE-Diff model here (expected {CONFIG_FILE} + {WEIGHTS_FILE}, or a "
                               "training workdir with diffusion/)")
     return load_training_run(stage, "latest" if step is not None else which, step)
+
+
+def load_posthoc_ema(path: str | os.PathLike, sigma_rels: Sequence[float], step: int | None = None
+                     ) -> list[tuple[SEDiffModel, ProfileFit]]:
+    """[(model, fit)]: a training run's model at `step` (default: its last kept checkpoint) with, for each
+    relative width in `sigma_rels`, the denoiser of that post-hoc power-function EMA (`checkpoints.posthoc_ema`:
+    from the kept checkpoints up to that step), recorded under the spec's training provenance."""
+    path = Path(path)
+    stage = _stage_dir(path) if path.is_dir() and not (path / WEIGHTS_FILE).is_file() else None
+    if stage is None:
+        raise CheckpointError(f"{path}: post-hoc EMA needs a training workdir with its kept checkpoints")
+    combined = posthoc_ema_params(str(stage), sigma_rels, step)
+    model = load_training_run(stage, "latest", combined[0][1].steps[-1])
+    models = []
+    for sigma_rel, (params, fit) in zip(sigma_rels, combined):
+        params = jax.tree.map(lambda own, p: np.asarray(p, np.asarray(own).dtype), model.denoiser_params, params)
+        flat = {**flatten_params(params, "denoiser"), **flatten_params(model.vae_params, "vae")}
+        training = {**model.spec.training, "posthoc_ema": {
+            "sigma_rel": float(sigma_rel), "snapshot_steps": [fit.steps[0], fit.steps[-1], len(fit.steps)],
+            "profile_error": round(fit.relative_error, 5)}}
+        spec = model.spec.replace(provenance={**model.spec.provenance, "training": training})
+        models.append((dataclasses.replace(model, denoiser_params=params, spec=spec, id=weights_id(flat)), fit))
+    return models
 
 
 def experience_profiles_path(model: SEDiffModel) -> Path | None:

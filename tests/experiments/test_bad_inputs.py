@@ -125,6 +125,13 @@ CASES = [
     ("prepare_data", ["--out_dir=NEW", "--fs=nan"], E, r"--fs must be"),
     ("prepare_data", ["--out_dir=NEW", "--duration=inf"], E, r"--duration must be"),
     ("prepare_data", ["--out_dir=NEW", "--dataset=ptbxl"], E, r"--source_dir is required"),
+    # posthoc_ema: widths checked before anything is read; an exported model has no kept checkpoints
+    ("posthoc_ema", ["--workdir=MODEL", "--sigma_rel=0.3"], E, r"--sigma_rel: sigma_rel=0.3 must be in \(0, 0.2887\)"),
+    ("posthoc_ema", ["--workdir=MODEL", "--sigma_rel=wide"], E, r"--sigma_rel=wide: numbers expected"),
+    ("posthoc_ema", ["--workdir=MODEL", "--validation_records=0", "--out=NEW"], E,
+     r"--out without --validation_records needs exactly one --sigma_rel"),
+    ("posthoc_ema", ["--workdir=MODEL", "--sigma_rel=0.1"], E, r"post-hoc EMA needs a training workdir"),
+    ("posthoc_ema", ["--workdir=NOWHERE", "--sigma_rel=0.1", "--out=MODEL"], E, r"exists \(pass overwrite"),
     # export_model: never deletes what it did not write
     ("export_model", ["--workdir=MODEL", "--out=.", "--overwrite"], E, r"--out=\.: refusing to write there"),
     ("export_model", ["--workdir=MODEL", "--out=..", "--overwrite"], E, r"contains the working directory"),

@@ -427,3 +427,38 @@ def test_stage_2_fine_tunes_from_a_trained_model_and_refuses_one_that_cannot_sta
     config.diffusion.model.time_embed_dim = 48
     with pytest.raises(CheckpointError, match="cannot start this run \\(denoiser"):
         train(config, str(tmp_path / "refused_denoiser"))
+
+
+def test_posthoc_ema_combines_the_kept_checkpoints_and_exports_the_result(uninterrupted, tmp_path, repo_root):
+    """load_posthoc_ema rebuilds a power-function EMA from the run's kept EMA snapshots (steps 2 and 4) with
+    fit_profile's coefficients, applied to what orbax restores, and records it; the CLI exports the same model."""
+    import subprocess
+    import sys
+
+    from sediff_jax.checkpoints.posthoc_ema import fit_profile, power_profile
+    from sediff_jax.generation import load_model
+    from sediff_jax.generation.model import load_posthoc_ema
+
+    workdir, _ = uninterrupted
+    decay = tiny.get_config().diffusion.optimizer.ema_decay
+    [(model, fit)] = load_posthoc_ema(workdir, [0.2])
+    expected_fit = fit_profile([2, STEPS], decay, power_profile(STEPS, 0.2))
+    np.testing.assert_allclose(fit.coefficients, expected_fit.coefficients)
+    assert fit.steps == (2, STEPS) and 0 < fit.relative_error < 1
+    snapshots = [ocp.StandardCheckpointer().restore(os.path.join(workdir, "diffusion", "checkpoints", str(s), "ema"))
+                 for s in fit.steps]
+    expected = jax.tree.map(lambda a, b: (fit.coefficients[0] * np.asarray(a, np.float64)
+                                          + fit.coefficients[1] * np.asarray(b, np.float64)).astype(np.float32),
+                            *snapshots)
+    for got, want in zip(jax.tree.leaves(model.denoiser_params), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-7)
+    assert model.id != load_model(workdir, step=STEPS).id
+    assert model.spec.training["posthoc_ema"] == {"sigma_rel": 0.2, "snapshot_steps": [2, STEPS, 2],
+                                                  "profile_error": round(fit.relative_error, 5)}
+    out = tmp_path / "posthoc"
+    done = subprocess.run([sys.executable, "-m", "experiments.posthoc_ema", f"--workdir={workdir}",
+                           "--sigma_rel=0.2", "--validation_records=0", f"--out={out}"], cwd=repo_root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "post-hoc sigma_rel=0.2" in done.stdout and load_model(out).id == model.id
+    assert load_model(out).spec.training["posthoc_ema"]["sigma_rel"] == 0.2
