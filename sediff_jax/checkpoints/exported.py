@@ -7,7 +7,6 @@ detected (`is_exported`, `is_exported_model`) and written (`check_export_target`
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -68,15 +67,12 @@ def read_exported(directory: str | os.PathLike) -> tuple[ModelSpec, dict[str, np
     return spec, flat, weights_path
 
 
-def exported_vae(directory: str, dtype: jnp.dtype = jnp.float32) -> tuple[nnx.GraphDef, Any, dict]:
-    """(graphdef, params, meta as a VAE stage writes it) of the VAE inside an exported model directory (its
-    config.json and model.safetensors `vae/...` tensors): stage 2 can start from a shipped model's VAE."""
+def exported_vae(directory: str, dtype: jnp.dtype = jnp.float32) -> tuple[nnx.GraphDef, Any, ModelSpec]:
+    """(graphdef, params, the model's spec) of the VAE inside an exported model directory (its config.json and
+    model.safetensors `vae/...` tensors): stage 2 can start from a shipped model's VAE."""
     spec, flat, weights_path = read_exported(directory)
     graphdef, template = abstract_split(lambda: ECGVAE(spec.vae, dtype=dtype, rngs=nnx.Rngs(0)))
-    params = unflatten_params(template, flat, "vae", str(weights_path))
-    meta = {"stage": "vae", "model": dataclasses.asdict(spec.vae), "fs": spec.fs, "exported": str(directory),
-            "loss": {"beat_before_s": spec.vae.beat_r_index / spec.fs}}
-    return graphdef, params, jsonio.strict(meta)
+    return graphdef, unflatten_params(template, flat, "vae", str(weights_path)), spec
 
 
 def is_exported(directory: str | os.PathLike) -> bool:

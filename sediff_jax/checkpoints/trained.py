@@ -3,7 +3,7 @@ the checkpoint's `ema` item, no optimiser built), for sampling, export and stage
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,17 +39,27 @@ def _ema(directory: str, build: Callable[[], nnx.Module], which: str, expected_s
     return graphdef, ema, meta, step
 
 
-def load_vae(directory: str, which: str = "best", dtype: jnp.dtype = jnp.float32) -> tuple[nnx.GraphDef, Any, dict]:
-    """(graphdef computing in `dtype`, EMA params, meta) of a VAE stage directory (`<workdir>/vae`), or of the
-    VAE in an exported model directory (`exported_vae`)."""
+class TrainedVAE(NamedTuple):
+    """A trained VAE: graphdef (computing in the asked dtype), EMA params, its VAEConfig and sampling rate (Hz)."""
+
+    graphdef: nnx.GraphDef
+    params: Any
+    config: VAEConfig
+    fs: float
+
+
+def load_vae(directory: str, which: str = "best", dtype: jnp.dtype = jnp.float32) -> TrainedVAE:
+    """The VAE of a VAE stage directory (`<workdir>/vae`; its `which` checkpoint's EMA weights), or the VAE in an
+    exported model directory (`exported_vae`)."""
     if is_exported(directory):
-        return exported_vae(directory, dtype)
+        graphdef, params, spec = exported_vae(directory, dtype)
+        return TrainedVAE(graphdef, params, spec.vae, float(spec.fs))
     meta, _ = stage.read_meta(directory, which)
     if meta.get("stage") != "vae":
         raise CheckpointError(f"{directory}: not a VAE checkpoint (stage {meta.get('stage')!r})")
     config = vae_config_from_meta(meta)
     graphdef, ema, meta, _ = _ema(directory, lambda: ECGVAE(config, dtype=dtype, rngs=nnx.Rngs(0)), which, "vae")
-    return graphdef, ema, meta
+    return TrainedVAE(graphdef, ema, config, float(meta["fs"]))
 
 
 def load_denoiser(directory: str, which: str = "best", step: int | None = None

@@ -114,7 +114,7 @@ def load_training_run(stage_dir: str | os.PathLike, which: str = "best", step: i
     vae_dir = meta["vae"]["directory"]
     if not os.path.isdir(vae_dir):
         raise CheckpointError(f"{stage_dir}: its VAE stage {vae_dir} is missing")
-    vae_graphdef, vae_params, _ = load_vae(vae_dir, which="best")
+    vae_graphdef, vae_params, _, _ = load_vae(vae_dir, which="best")
     training = {"step": int(step), "workdir": str(stage_dir.parent)}
     if "spec" in meta:  # the model as its stage recorded it (`training.stages.diffusion_spec`)
         spec = ModelSpec.from_json(meta["spec"], str(stage_dir))

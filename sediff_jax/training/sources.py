@@ -82,7 +82,7 @@ def build_latent_cache(config: ml_collections.ConfigDict, vae_dir: str, director
                        dtype: str | None = None, batch_size: int = 64) -> tuple[str, latents.LatentCacheInfo]:
     """Encode every record of the config's splits with the VAE at `vae_dir` (its best EMA weights, float32) into
     a latent cache at `directory` (default: `latent_cache_dir`); returns (directory, info)."""
-    graphdef, params, meta = load_vae(vae_dir, which="best", dtype=jnp.float32)
+    graphdef, params, _, _ = load_vae(vae_dir, which="best", dtype=jnp.float32)
     vae_id = vae_weights_id(params)
     directory = directory or latent_cache_dir(config, vae_id)
     vae = nnx.merge(graphdef, params)

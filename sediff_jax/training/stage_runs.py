@@ -22,11 +22,10 @@ import ml_collections
 from flax import nnx
 
 from sediff_jax.checkpoints import stage as ckpt
-from sediff_jax.checkpoints.spec import DEFAULT_LATENT_CLIP, dataclass_from_json
-from sediff_jax.checkpoints.trained import load_vae, vae_config_from_meta
+from sediff_jax.checkpoints.spec import DEFAULT_LATENT_CLIP
+from sediff_jax.checkpoints.trained import TrainedVAE, load_vae
 from sediff_jax.data.loader import BatchLoader, LoaderState
 from sediff_jax.diffusion.sampling import SamplerConfig
-from sediff_jax.models.vae import VAEConfig
 from sediff_jax.parallel import host_local_to_global, replicated_sharding
 from sediff_jax.training import sources, stages
 from sediff_jax.training.evaluators import Evaluator, MeanOverRecords, SampleWriter, mean_per_record
@@ -89,18 +88,17 @@ class VAEStage:
             test=lambda state, split: loss.on(sources.split_source(config, split))(state))
 
 
-def frozen_vae(config: ml_collections.ConfigDict, workdir: str, mesh) -> tuple[str, nnx.GraphDef, Any, dict]:
-    """(directory, graphdef, replicated EMA params, meta with its full VAEConfig) of stage 2's frozen VAE."""
+def frozen_vae(config: ml_collections.ConfigDict, workdir: str, mesh) -> tuple[str, TrainedVAE]:
+    """(directory, the VAE with its EMA params replicated over `mesh`) of stage 2's frozen VAE."""
     vae_dir = config.diffusion.vae_checkpoint or os.path.join(workdir, "vae")
     try:
-        graphdef, params, meta = load_vae(vae_dir, which="best", dtype=stages.compute_dtype(config))
+        vae = load_vae(vae_dir, which="best", dtype=stages.compute_dtype(config))
     except ckpt.CheckpointError as e:
         raise ckpt.CheckpointError(f"stage 2 needs a trained VAE: {e}. Train stage 1 first (--config.stage=vae or "
                                    "both) or point --config.diffusion.vae_checkpoint at a VAE stage directory") from e
-    if abs(float(meta["fs"]) - float(config.data.fs)) > 1e-6:
-        raise ckpt.CheckpointError(f"{vae_dir}: the VAE was trained at {meta['fs']} Hz, data.fs is {config.data.fs}")
-    meta = {**meta, "model": dataclasses.asdict(vae_config_from_meta(meta))}
-    return vae_dir, graphdef, jax.device_put(params, replicated_sharding(mesh)), meta
+    if abs(vae.fs - float(config.data.fs)) > 1e-6:
+        raise ckpt.CheckpointError(f"{vae_dir}: the VAE was trained at {vae.fs} Hz, data.fs is {config.data.fs}")
+    return vae_dir, vae._replace(params=jax.device_put(vae.params, replicated_sharding(mesh)))
 
 
 class DiffusionStage:
@@ -111,15 +109,15 @@ class DiffusionStage:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, mesh):
         self.config, self.mesh, self.group = config, mesh, config.diffusion
-        self.vae_dir, self.vae_graphdef, self.vae_params, vae_meta = frozen_vae(config, workdir, mesh)
-        self.vae = dataclass_from_json(VAEConfig, vae_meta["model"])
+        self.vae_dir, frozen = frozen_vae(config, workdir, mesh)
+        self.vae_graphdef, self.vae_params, self.vae = frozen.graphdef, frozen.params, frozen.config
         self.conditions = stages.diffusion_conditions(config, workdir)
         context_dim = self.conditions.encoder.dim
         self.model_config = stages.denoiser_config(config, self.vae.latent_channels, context_dim)
         self.model = stages.diffusion_model(config, self.vae.latent_channels, context_dim, config.seed + 1)
         self.loss_config = stages.diffusion_loss_config(config, self.vae)
         self.stage_dir = os.path.join(workdir, self.name)
-        self._meta = stages.diffusion_meta(config, self.model_config, self.vae_dir, vae_meta, self.loss_config,
+        self._meta = stages.diffusion_meta(config, self.model_config, self.vae_dir, self.vae, self.loss_config,
                                            self.conditions)
 
     def initial(self) -> tuple[TrainState, dict]:

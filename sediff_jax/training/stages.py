@@ -278,14 +278,14 @@ def diffusion_spec(config: ml_collections.ConfigDict, model: DenoiserConfig, vae
         provenance={"loss": jsonio.strict(dataclasses.asdict(loss))})
 
 
-def diffusion_meta(config: ml_collections.ConfigDict, model: DenoiserConfig, vae_dir: str, vae_meta_: dict,
+def diffusion_meta(config: ml_collections.ConfigDict, model: DenoiserConfig, vae_dir: str, vae: VAEConfig,
                    loss: DiffusionLossConfig, conditions: DiffusionConditions) -> dict[str, Any]:
     """What stage 2's checkpoints record (JSON types); the loop adds the latent scale and `spec` (`diffusion_spec`,
     what `generation.load_training_run` reads)."""
     dcfg = config.diffusion
     return jsonio.strict({
         "stage": "diffusion", "model": dataclasses.asdict(model),
-        "vae": {"directory": os.path.abspath(vae_dir), "model": vae_meta_["model"]},
+        "vae": {"directory": os.path.abspath(vae_dir), "model": dataclasses.asdict(vae)},
         "schedule": {"kind": dcfg.schedule.kind, "num_steps": int(dcfg.schedule.num_steps)},
         "loss": dataclasses.asdict(loss), "fs": float(config.data.fs), "duration_s": float(config.data.duration_s),
         "text_encoder": conditions.encoder.id, "prior": str(dcfg.prior or "default"),

@@ -226,10 +226,10 @@ def test_an_exported_model_s_vae_serves_as_stage_1(exported_model_dir, model):
     """Stage 2 can start from a shipped model's VAE: load_vae reads it from the export like a VAE stage."""
     from sediff_jax.checkpoints.trained import load_vae
 
-    _, params, meta = load_vae(str(exported_model_dir))
+    _, params, config, fs = load_vae(str(exported_model_dir))
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(model.vae_params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert meta["stage"] == "vae" and meta["fs"] == model.fs and meta["model"]["beat_r_index"] == 20
+    assert config == model.spec.vae and fs == model.fs and config.beat_r_index == 20
     broken = exported_model_dir.parent / "truncated_weights"
     broken.mkdir(exist_ok=True)
     shutil.copy(exported_model_dir / "config.json", broken)

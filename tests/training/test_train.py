@@ -77,8 +77,8 @@ def test_tiny_run_writes_checkpoints_metrics_and_config(uninterrupted):
     assert recorded.replace(provenance={}) == legacy.replace(provenance={})
     assert json.load(open(os.path.join(workdir, "config.json")))["variant"] == "full"
     assert os.path.exists(os.path.join(workdir, "text_cache_minilm.npz"))
-    graphdef, params, vae_meta = load_vae(os.path.join(workdir, "vae"))
-    assert vae_meta["stage"] == "vae" and jax.tree.leaves(params)
+    vae = load_vae(os.path.join(workdir, "vae"))
+    assert vae.config == recorded.vae and vae.fs == recorded.fs and jax.tree.leaves(vae.params)
 
 
 def test_stage_2_writes_ecgs_generated_from_validation_records_at_each_evaluation(uninterrupted, prepared_dir):
@@ -329,7 +329,7 @@ def test_stage_2_from_a_latent_cache_trains_like_encoding_in_the_step(uninterrup
     config.stage = "diffusion"
     config.diffusion.vae_checkpoint = vae_dir
     cache, info = sources.build_latent_cache(config, vae_dir, str(tmp_path / "cache"), dtype="float32")
-    graphdef, params, _ = load_vae(vae_dir)
+    graphdef, params, _, _ = load_vae(vae_dir)
     source = sources.split_source(config, "validation")
     ecg = np.stack([source[i]["ecg"] for i in range(len(source))])
     np.testing.assert_allclose(LatentSource(cache, "validation").latent_mean,
