@@ -6,7 +6,8 @@ r"""Choose a run's EMA length after training (post-hoc EMA, EDM2), on validation
 For each relative width sigma_rel, the kept checkpoints of the run (up to --step, default the last) are combined
 into the power-function EMA of that width (`sediff_jax.checkpoints.posthoc_ema`); each candidate and the run's
 own EMA are scored by the denoising loss (epsilon MSE over 10 noise bands, the same draws for all) on the first
---validation_records records of the validation split, and the best is exported to --out. Prints a table;
+--validation_records records of the validation split, and the best of them (the run's own EMA included) is
+exported to --out. Prints a table;
 --report writes it as JSON. Keep checkpoints densely for this (--config.diffusion.training.max_to_keep): every
 ~EMA length / 4 steps matches widths from that spacing up to the whole run within a few per cent.
 """
@@ -82,7 +83,7 @@ def main(argv):
     rows += [{"model": f"post-hoc sigma_rel={s:g}", "sigma_rel": s, "profile_error": round(fit.relative_error, 4),
               "max_coefficient": round(float(np.abs(fit.coefficients).max()), 3), "id": model.id}
              for s, (model, fit) in zip(sigma_rels, candidates)]
-    chosen = 0 if len(candidates) == 1 else None
+    chosen = 1 if len(candidates) == 1 else None  # a row of `rows`: 0 is the run's own EMA
     if FLAGS.validation_records:
         source = FLAGS.source_dir or dataset_dir(FLAGS.dataset)
         canonical = CanonicalConfig(fs=own.fs, duration_s=own.spec.duration_s)
@@ -99,21 +100,22 @@ def main(argv):
             row.update(validation_loss=round(float(loss.mean()), 5),
                        minus_own=round(float(difference.mean()), 5),
                        minus_own_se=round(float(difference.std(ddof=1) / np.sqrt(len(loss))), 5))
-        chosen = int(np.argmin([float(l.mean()) for l in losses[1:]]))
+        chosen = int(np.argmin([float(l.mean()) for l in losses]))
     print(_table(rows))
     if chosen is not None:
-        print(f"chosen: {rows[chosen + 1]['model']}")
+        print(f"chosen: {rows[chosen]['model']}")
     if FLAGS.report:
         jsonio.write_json(FLAGS.report, {"workdir": FLAGS.workdir, "step": step, "rows": rows,
                                          "validation_records": FLAGS.validation_records,
-                                         "chosen": None if chosen is None else rows[chosen + 1]["model"]})
+                                         "chosen": None if chosen is None else rows[chosen]["model"]})
     if FLAGS.out and chosen is not None:
-        model, _ = candidates[chosen]
+        model = own if chosen == 0 else candidates[chosen - 1][0]
         training = model.spec.training
         training.pop("workdir", None)
-        training["posthoc_ema"]["validation"] = rows if FLAGS.validation_records else None
+        training["posthoc_ema"] = {**training.get("posthoc_ema", {}), "chosen": rows[chosen]["model"],
+                                   "validation": rows if FLAGS.validation_records else None}
         out = export_model(model, FLAGS.out, {"training": training}, overwrite=FLAGS.overwrite, dtype=FLAGS.dtype)
-        print(f"exported {rows[chosen + 1]['model']} of {FLAGS.workdir} to {out} (model id {load_model(out).id})")
+        print(f"exported {rows[chosen]['model']} of {FLAGS.workdir} to {out} (model id {load_model(out).id})")
 
 
 def _table(rows: list[dict]) -> str:
