@@ -13,6 +13,9 @@ full SE-Diff <= 1.25x the DDPM step. The simulator terms run on the config's `si
 half by default); `full_every_record` shows the cost with them on every record. `ddpm_only_latents` and
 `full_latents` are the same steps from a latent cache (`sediff_jax.data.latents`: the batch holds the VAE's
 latent means, so the step does not run the encoder); beside ddpm_only and full they show what the cache saves.
+GFLOP/step is XLA's cost analysis of the compiled step (all devices; a while loop's body, e.g. the simulator's ODE
+solve, counted once, so the full steps' figure is a lower bound) and GFLOP/s what the step achieves;
+--peak_gflops (e.g. 166 for two Zen 4 cores at 2.6 GHz: 2 x 2.6e9 x 32 fp32 FLOP per cycle) adds % of peak.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ flags.DEFINE_list("variants", ["ddpm_only", "interlead", "euler", "sim", "full",
                   "'_latents' suffix: from a latent cache (the batch holds the VAE's latent means, no encoding).")
 
 
+flags.DEFINE_float("peak_gflops", 0.0, "The machine's fp32 peak in GFLOP/s, for a '% of peak' column (0: none).")
 cli.check_int("steps", 1)
 cli.check_int("rounds", 1)
 cli.check_int("batch", 0)
@@ -51,6 +55,7 @@ def _compile(run) -> float:
     import jax
 
     start = time.perf_counter()
+    run.compile()
     jax.block_until_ready(run.run())
     return time.perf_counter() - start
 
@@ -77,6 +82,7 @@ def main(argv):
     import jax
 
     from experiments.benchmarks.common import diffusion_runs, synthetic_batch, vae_run
+    from experiments.benchmarks.device_report import cost_flops
     from sediff_jax.parallel import make_mesh
 
     mesh = make_mesh()
@@ -90,20 +96,27 @@ def main(argv):
         host = synthetic_batch(config, batch_size)
         runs = {"VAE": vae_run(config, host, mesh), **diffusion_runs(config, host, mesh, FLAGS.variants, **overrides)}
         compile_s = {variant: _compile(run) for variant, run in runs.items()}
+        flops = {variant: (cost_flops(run.compiled) or 0.0) * mesh.devices.size for variant, run in runs.items()}
         per_round = _interleaved(runs, FLAGS.rounds, FLAGS.steps)
         for variant, times in per_round.items():
             ratio = None
             if variant != "VAE" and "ddpm_only" in per_round:
                 ratio = statistics.median(t / r for t, r in zip(times, per_round["ddpm_only"]))
             label = "VAE" if variant == "VAE" else f"diffusion: {variant}"
-            rows.append((name, label, batch_size, compile_s[variant], statistics.median(times), ratio))
+            rows.append((name, label, batch_size, compile_s[variant], statistics.median(times), ratio,
+                         flops[variant]))
 
     print_table(f"Train step, {device}, {platform.processor() or platform.machine()}, jax {jax.__version__}; "
                 f"{FLAGS.rounds} rounds x {FLAGS.steps} steps, variants taking turns; medians",
-                ["config", "step", "batch", "compile s", "ms/step", "samples/s", "x DDPM step"],
+                ["config", "step", "batch", "compile s", "ms/step", "samples/s", "x DDPM step", "GFLOP/step",
+                 "GFLOP/s"] + (["% of peak"] if FLAGS.peak_gflops else []),
                 [(name, what, b, f"{compile_s:.1f}", f"{step_s * 1e3:.0f}", f"{b / step_s:.0f}",
-                  "" if ratio is None else f"{ratio:.2f}") for name, what, b, compile_s, step_s, ratio in rows],
-                [False, False] + [True] * 5)
+                  "" if ratio is None else f"{ratio:.2f}", f"{flops / 1e9:.1f}" if flops else "",
+                  f"{flops / 1e9 / step_s:.1f}" if flops else "")
+                 + ((f"{100 * flops / 1e9 / step_s / FLAGS.peak_gflops:.0f}" if flops else "",)
+                    if FLAGS.peak_gflops else ())
+                 for name, what, b, compile_s, step_s, ratio, flops in rows],
+                [False, False] + [True] * (7 + bool(FLAGS.peak_gflops)))
 
 
 if __name__ == "__main__":
