@@ -462,3 +462,28 @@ def test_posthoc_ema_combines_the_kept_checkpoints_and_exports_the_result(uninte
     assert done.returncode == 0, done.stderr[-2000:]
     assert "post-hoc sigma_rel=0.2" in done.stdout and load_model(out).id == model.id
     assert load_model(out).spec.training["posthoc_ema"]["sigma_rel"] == 0.2
+
+
+def test_posthoc_ema_chooses_on_real_validation_records_and_exports_the_best(uninterrupted, tmp_path, repo_root,
+                                                                             data_dir):
+    """With --validation_records, every width and the run's own EMA are scored by the denoising loss on the same
+    real PTB-XL validation records, and the export is the row with the lowest loss."""
+    import subprocess
+    import sys
+
+    from sediff_jax.generation import load_model
+
+    workdir, _ = uninterrupted
+    out, report = tmp_path / "chosen", tmp_path / "report.json"
+    done = subprocess.run([sys.executable, "-m", "experiments.posthoc_ema", f"--workdir={workdir}",
+                           "--sigma_rel=0.1,0.25", "--validation_records=6", f"--source_dir={data_dir / 'ptb-xl'}",
+                           f"--out={out}", f"--report={report}"], cwd=repo_root, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(report.read_text())["rows"]
+    assert [r["sigma_rel"] for r in rows] == [None, 0.1, 0.25] and len({r["id"] for r in rows}) == 3
+    best = min(rows, key=lambda r: r["validation_loss"])
+    assert rows[0]["minus_own"] == 0 and all(np.isfinite(r["validation_loss"]) for r in rows)
+    exported = load_model(out)
+    assert exported.id == best["id"] and exported.spec.training["posthoc_ema"]["chosen"] == best["model"]
+    assert f"chosen: {best['model']}" in done.stdout
