@@ -18,6 +18,7 @@ import numpy as np
 from absl import flags
 
 from experiments import cli
+from experiments.benchmarks.timing import markdown_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (with diffusion/) or a diffusion stage directory.",
@@ -74,8 +75,7 @@ def main(argv):
     try:
         if FLAGS.out:
             check_export_target(FLAGS.out, FLAGS.overwrite)
-        candidates = load_posthoc_ema(FLAGS.workdir, sigma_rels, FLAGS.step)
-        own = load_model(FLAGS.workdir, step=candidates[0][1].steps[-1])
+        own, candidates = load_posthoc_ema(FLAGS.workdir, sigma_rels, FLAGS.step)
     except (CheckpointError, FileExistsError, ValueError) as e:
         cli.fail(str(e))
     step = candidates[0][1].steps[-1]
@@ -119,12 +119,12 @@ def main(argv):
 
 
 def _table(rows: list[dict]) -> str:
-    lines = ["| model | profile error | validation loss | minus the run's EMA (± s.e.) |", "|---|---:|---:|---:|"]
-    for r in rows:
-        loss = f"{r['validation_loss']:.5f}" if "validation_loss" in r else "-"
-        diff = f"{r['minus_own']:+.5f} ± {r['minus_own_se']:.5f}" if "minus_own" in r else "-"
-        lines.append(f"| {r['model']} | {r['profile_error']:.4f} | {loss} | {diff} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["model", "profile error", "validation loss", "minus the run's EMA (± s.e.)"],
+        [(r["model"], f"{r['profile_error']:.4f}",
+          f"{r['validation_loss']:.5f}" if "validation_loss" in r else "-",
+          f"{r['minus_own']:+.5f} ± {r['minus_own_se']:.5f}" if "minus_own" in r else "-") for r in rows],
+        [False, True, True, True])
 
 
 if __name__ == "__main__":

@@ -148,10 +148,11 @@ def load_model(path: str | os.PathLike, which: str = "best", step: int | None = 
 
 
 def load_posthoc_ema(path: str | os.PathLike, sigma_rels: Sequence[float], step: int | None = None
-                     ) -> list[tuple[SEDiffModel, ProfileFit]]:
-    """[(model, fit)]: a training run's model at `step` (default: its last kept checkpoint) with, for each
-    relative width in `sigma_rels`, the denoiser of that post-hoc power-function EMA (`checkpoints.posthoc_ema`:
-    from the kept checkpoints up to that step), recorded under the spec's training provenance."""
+                     ) -> tuple[SEDiffModel, list[tuple[SEDiffModel, ProfileFit]]]:
+    """(the run's own model at `step`, [(model, fit)]): a training run's model at `step` (default: its last kept
+    checkpoint), and for each relative width in `sigma_rels` the same model with the denoiser of that post-hoc
+    power-function EMA (`checkpoints.posthoc_ema`: from the kept checkpoints up to that step), recorded under the
+    spec's training provenance."""
     path = Path(path)
     stage = _stage_dir(path) if path.is_dir() and not (path / WEIGHTS_FILE).is_file() else None
     if stage is None:
@@ -167,7 +168,7 @@ def load_posthoc_ema(path: str | os.PathLike, sigma_rels: Sequence[float], step:
             "profile_error": round(fit.relative_error, 5)}}
         spec = model.spec.replace(provenance={**model.spec.provenance, "training": training})
         models.append((dataclasses.replace(model, denoiser_params=params, spec=spec, id=weights_id(flat)), fit))
-    return models
+    return model, models
 
 
 def experience_profiles_path(model: SEDiffModel) -> Path | None:

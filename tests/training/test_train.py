@@ -441,7 +441,7 @@ def test_posthoc_ema_combines_the_kept_checkpoints_and_exports_the_result(uninte
 
     workdir, _ = uninterrupted
     decay = tiny.get_config().diffusion.optimizer.ema_decay
-    [(model, fit)] = load_posthoc_ema(workdir, [0.2])
+    own, [(model, fit)] = load_posthoc_ema(workdir, [0.2])
     expected_fit = fit_profile([2, STEPS], decay, power_profile(STEPS, 0.2))
     np.testing.assert_allclose(fit.coefficients, expected_fit.coefficients)
     assert fit.steps == (2, STEPS) and 0 < fit.relative_error < 1
@@ -452,7 +452,7 @@ def test_posthoc_ema_combines_the_kept_checkpoints_and_exports_the_result(uninte
                             *snapshots)
     for got, want in zip(jax.tree.leaves(model.denoiser_params), jax.tree.leaves(expected)):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-7)
-    assert model.id != load_model(workdir, step=STEPS).id
+    assert model.id != own.id == load_model(workdir, step=STEPS).id
     assert model.spec.training["posthoc_ema"] == {"sigma_rel": 0.2, "snapshot_steps": [2, STEPS, 2],
                                                   "profile_error": round(fit.relative_error, 5)}
     out = tmp_path / "posthoc"
