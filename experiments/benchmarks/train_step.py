@@ -5,8 +5,9 @@ r"""Train-step time of both stages, with and without SE-Diff's simulator terms, 
 For each named config: the VAE step, and the diffusion step as plain DDPM (the reference: what the paper's
 release trains, since its simulator terms carry no gradient), with each simulator term alone, and with all of
 them (full SE-Diff, including the diffrax solve inside the step). The batch is simulated 10 s 12-lead records
-at the config's rate with made-up text tokens, so no data is needed; models, schedule, batch size and loss
-weights are the config's. Variants are compiled first (compile time reported separately), then
+at the config's rate with made-up text tokens and a retrieved report of `experience.max_tokens` tokens (as the
+shipped recipe trains; --experience_tokens=1 is the "w/o experience" condition), so no data is needed; models,
+schedule, batch size and loss weights are the config's. Variants are compiled first (compile time reported separately), then
 take turns for `--rounds` rounds of `--steps` steps, so that the shared machine's slow spells hit them alike;
 reported: median step time, samples/s, and the median over rounds of each variant's time / the DDPM time. The target is
 full SE-Diff <= 1.25x the DDPM step. The simulator terms run on the config's `sim_fraction` of the batch (a random
@@ -34,6 +35,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["tiny", "ptbxl100"], "Configs of experiments/configs to time.")
 flags.DEFINE_integer("steps", 4, "Timed steps per variant per round.")
 flags.DEFINE_integer("rounds", 5, "Rounds in which the variants take turns (medians reported).")
+flags.DEFINE_integer("experience_tokens", 0, "Experience tokens per record (0: the config's experience.max_tokens, "
+                     "what a run with retrieved experience trains on; 1: without experience).")
 flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's diffusion batch size).")
 flags.DEFINE_float("interlead_crop", None, "Override the configs' diffusion.loss.interlead_crop.")
 flags.DEFINE_float("sim_fraction", None, "Override the configs' diffusion.loss.sim_fraction.")
@@ -48,6 +51,7 @@ flags.DEFINE_float("peak_gflops", 0.0, "The machine's fp32 peak in GFLOP/s, for 
 cli.check_int("steps", 1)
 cli.check_int("rounds", 1)
 cli.check_int("batch", 0)
+cli.check_int("experience_tokens", 0)
 
 cli.check_config_names("configs")
 
@@ -93,7 +97,8 @@ def main(argv):
         config = importlib.import_module(f"experiments.configs.{name}").get_config()
         batch_size = FLAGS.batch or int(config.diffusion.training.batch_size)
         batch_size -= batch_size % mesh.devices.size
-        host = synthetic_batch(config, batch_size)
+        host = synthetic_batch(config, batch_size,
+                               experience_tokens=FLAGS.experience_tokens or int(config.experience.max_tokens))
         runs = {"VAE": vae_run(config, host, mesh), **diffusion_runs(config, host, mesh, FLAGS.variants, **overrides)}
         compile_s = {variant: _compile(run) for variant, run in runs.items()}
         flops = {variant: (cost_flops(run.compiled) or 0.0) * mesh.devices.size for variant, run in runs.items()}

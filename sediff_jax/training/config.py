@@ -5,7 +5,8 @@ config against it and fills what it leaves out, so the trainer reads every key d
 Ablation variants (`apply_variant`) switch SE-Diff's loss terms: full (default), no_simulator (L_Euler and L_sim
 off), no_euler, no_sim_solve (L_sim off), no_interlead, ddpm_only (every simulator term off), no_experience
 (experience tokens off: `experience.dir` cleared, the paper's "w/o Exp"); min_snr (L_DDPM weighted by min-SNR-5,
-Hang et al. 2023); scaffold / paper: with / without the
+Hang et al. 2023); v_prediction (the denoiser predicts v = sqrt(abar) eps - sqrt(1 - abar) x0, Salimans & Ho
+2022, instead of eps); scaffold / paper: with / without the
 rhythm scaffold (the cardiac phase of each record's R peaks as denoiser input, on by default; `paper` is SE-Diff
 as published).
 
@@ -41,6 +42,7 @@ VARIANTS = {
     "scaffold": {"diffusion.model.rhythm_channels": 3},
     "paper": {"diffusion.model.rhythm_channels": 0},
     "min_snr": {"ddpm_weighting": "min_snr"},
+    "v_prediction": {"prediction": "v"},
 }
 
 

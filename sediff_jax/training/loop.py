@@ -6,7 +6,8 @@ workdir/config.json            the resolved config of the last run
 workdir/text_cache.npz         MiniLM encodings of every report seen (stage 2)
 workdir/<stage>/checkpoints/   last N orbax checkpoints (state + loader position + meta)
 workdir/<stage>/best/          the checkpoint with the best validation metric
-workdir/<stage>/metrics.jsonl  one line per logged step (train) and per evaluation (validation)
+workdir/<stage>/metrics.jsonl  one line per logged step (train: the terms, grad norm and THROUGHPUT_KEYS) and per
+                               evaluation (validation)
 workdir/<stage>/tensorboard/   the same as TensorBoard events (and the generated samples as images)
 workdir/diffusion/samples/     ECGs generated at evaluation steps (`diffusion.training.eval_samples`), NPZ + PNG
 ```
@@ -43,7 +44,7 @@ from sediff_jax.progress import Progress
 from sediff_jax.training import stages
 from sediff_jax.training.config import resolve, resolve_training
 from sediff_jax.training.evaluators import split_values
-from sediff_jax.training.metrics import MetricWriter
+from sediff_jax.training.metrics import THROUGHPUT_KEYS, MetricWriter
 from sediff_jax.training.stage_runs import DiffusionStage, StageParts, VAEStage
 from sediff_jax.training.state import TrainState, abstract_like
 
@@ -84,6 +85,27 @@ class _StopFlag:
     def __exit__(self, *exc):
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
+
+
+class _StepClock:
+    """Training throughput since the last logged step, evaluations and checkpoint saves left out."""
+
+    def __init__(self, step: int):
+        self.restart(step)
+
+    def restart(self, step: int) -> None:
+        self.step, self.start, self.loading = step, _now(), 0.0
+
+    def rates(self, step: int, batch_size: int) -> dict[str, float]:
+        """steps/s, examples/s and the share of the time spent waiting for batches, since the last call; the
+        device has finished these steps (the caller has just read their metrics back)."""
+        steps, seconds = step - self.step, _now() - self.start
+        if steps <= 0 or seconds <= 0:
+            return {}
+        rates = dict(zip(THROUGHPUT_KEYS, (steps / seconds, steps * batch_size / seconds,
+                                           min(1.0, self.loading / seconds))))
+        self.restart(step)
+        return rates
 
 
 def _bad_terms(metrics: dict[str, Any]) -> str:
@@ -142,10 +164,14 @@ def run_loop(
         return {k: float(v) for k, v in host[-1].items() if k != "finite"}
 
     step = start_step
+    batch_size = int(training.batch_size)
+    window = _StepClock(start_step)
     try:
         with _StopFlag() as stop:
             while step < num_steps:
+                t_load = _now()
                 batch = next(loader)
+                window.loading += _now() - t_load
                 state, metrics = parts.train_step(state, batch)
                 step += 1
                 unchecked.append((step, metrics))
@@ -158,7 +184,7 @@ def run_loop(
                 saving = step % training.checkpoint_every == 0 or final or preempted
                 if step % training.log_every == 0 or final:
                     last = check()
-                    writer.write(step, dict(last, learning_rate_step=step))
+                    writer.write(step, dict(last, learning_rate_step=step, **window.rates(step, batch_size)))
                     if progress is not None:
                         progress.set_postfix(loss=f"{last['total']:.4g}")
                 elif evaluating or saving or len(unchecked) >= MAX_UNCHECKED_STEPS:
@@ -169,6 +195,8 @@ def run_loop(
                 if saving:
                     writer.flush()
                     checkpointer.save(step, state, json.loads(loader.state().to_json()), meta, force=True)
+                if evaluating or saving:
+                    window.restart(step)  # step rates count training steps only
                 if progress is not None:
                     progress.update(1)
                 if preempted and not final:

@@ -14,6 +14,11 @@ import jax
 import numpy as np
 
 
+# what the loop adds to each logged training record: training steps and examples per second since the last one
+# (evaluations and checkpoint saves left out) and the share of that time spent waiting for the loader
+THROUGHPUT_KEYS = ("steps_per_sec", "examples_per_sec", "loader_wait_fraction")
+
+
 class MetricWriter:
     def __init__(self, directory: str, tensorboard: bool = True, resume_step: int | None = None):
         self.active = jax.process_index() == 0
@@ -77,8 +82,9 @@ class MetricWriter:
             self._tb.close()
 
 
-def read_metrics(path: str, split: str | None = "train") -> list[dict]:
-    """The records of a metrics.jsonl (optionally of one split), in order."""
+def read_metrics(path: str, split: str | None = "train", throughput: bool = False) -> list[dict]:
+    """The records of a metrics.jsonl (optionally of one split), in order; the wall-clock `THROUGHPUT_KEYS` only
+    with `throughput` (without them, a resumed run's records equal the uninterrupted run's)."""
     records = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -87,5 +93,7 @@ def read_metrics(path: str, split: str | None = "train") -> list[dict]:
             except ValueError:
                 continue
             if split is None or record.get("split") == split:
+                if not throughput:
+                    record = {k: v for k, v in record.items() if k not in THROUGHPUT_KEYS}
                 records.append(record)
     return records

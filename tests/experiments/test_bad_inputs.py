@@ -218,6 +218,7 @@ CASES = [
     ("benchmarks.simulator", ["--batch=0"], E, r"--batch must be >= 1"),
     ("benchmarks.train_step", ["--configs=nope"], E, r"--configs must name configs of experiments/configs"),
     ("benchmarks.train_step", ["--rounds=0"], E, r"--rounds must be >= 1"),
+    ("benchmarks.train_step", ["--experience_tokens=-1"], E, r"--experience_tokens must be >= 0"),
     ("benchmarks.tpu_compile", ["--out="], E, r"--out is empty"),
     ("benchmarks.tpu_compile", ["--out=NEW", "--steps=sample"], E, r"--steps: unknown \['sample'\]"),
     ("benchmarks.tpu_compile", ["--out=NEW", "--configs=nope"], E, r"--configs must name configs"),

@@ -18,7 +18,7 @@ from sediff_jax.checkpoints.spec import ModelSpec
 from sediff_jax.checkpoints.trained import load_vae
 from sediff_jax.training.loop import TrainingDiverged, run_loop, train
 from sediff_jax.training.stage_runs import StageParts
-from sediff_jax.training.metrics import read_metrics
+from sediff_jax.training.metrics import THROUGHPUT_KEYS, read_metrics
 
 STEPS = 4
 
@@ -66,6 +66,13 @@ def test_tiny_run_writes_checkpoints_metrics_and_config(uninterrupted):
         assert len(os.listdir(os.path.join(stage_dir, "best"))) == 1
         train_lines = read_metrics(os.path.join(stage_dir, "metrics.jsonl"))
         assert [r["step"] for r in train_lines] == list(range(1, STEPS + 1))
+        timed = read_metrics(os.path.join(stage_dir, "metrics.jsonl"), throughput=True)
+        assert all(set(THROUGHPUT_KEYS) <= set(r) and set(THROUGHPUT_KEYS).isdisjoint(plain)
+                   for r, plain in zip(timed, train_lines))
+        for r in timed:  # examples/s is steps/s times the batch; the loader's share of the time is a fraction
+            assert r["steps_per_sec"] > 0 and 0 <= r["loader_wait_fraction"] <= 1
+            batch = tiny.get_config()[stage].training.batch_size
+            np.testing.assert_allclose(r["examples_per_sec"], r["steps_per_sec"] * batch, rtol=1e-6)
         assert len(read_metrics(os.path.join(stage_dir, "metrics.jsonl"), "validation")) == 2
         assert os.listdir(os.path.join(stage_dir, "tensorboard"))
     meta, step = ckpt.read_meta(os.path.join(workdir, "diffusion"))
