@@ -11,6 +11,9 @@ subset, so shapes stay fixed under jit), like a smaller minibatch: the expected 
 halves the cost of the beat decoding, the decoded window and the diffrax solve. (Taking the least noisy half
 instead would starve the gradient: with epsilon prediction dx0_hat/d(output) = sqrt((1 - alpha_bar) / alpha_bar),
 so a record's gradient weight is ~sqrt(alpha_bar (1 - alpha_bar)), largest at mid noise, ~0 at t = 0.)
+
+Optional, beside them: L_REPA (`repa_weight`, Yu et al. 2024), the denoiser's projected middle features aligned
+with a frozen ECG encoder's features of the clean record (`alignment_loss`), at every noise level.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ class DiffusionLossConfig:
     (default), Tsit5 with larger steps, or 'closed_form' (the exact solution, no sequential loop).
     ddpm_weighting: how L_DDPM weighs noise levels: 'uniform' (Ho et al.) or 'min_snr' (Hang et al. 2023:
     min(SNR, gamma) / SNR for epsilon prediction, min(SNR, gamma) / (SNR + 1) for v, i.e. the x0 error weighted
-    by min(SNR, gamma), so the easy low-noise steps stop dominating).  min_snr_gamma: gamma (5 in the paper)."""
+    by min(SNR, gamma), so the easy low-noise steps stop dominating).  min_snr_gamma: gamma (5 in the paper).
+    repa_weight: weight of L_REPA (`alignment_loss`: the denoiser's projected middle features against a frozen
+    ECG encoder's features of the clean record; Yu et al. 2024 use 0.5); 0 = off."""
 
     prediction: str = "epsilon"
     fs: float = 100.0
@@ -59,6 +64,7 @@ class DiffusionLossConfig:
     sim_internal_fs: float = 500.0
     ddpm_weighting: str = "uniform"
     min_snr_gamma: float = 5.0
+    repa_weight: float = 0.0
 
     def __post_init__(self):
         BeatSolve(self.sim_solver, self.sim_internal_fs)  # checks both
@@ -66,6 +72,8 @@ class DiffusionLossConfig:
             raise ValueError(f"ddpm_weighting {self.ddpm_weighting!r} is unknown; expected one of {DDPM_WEIGHTINGS}")
         if not (math.isfinite(self.min_snr_gamma) and self.min_snr_gamma > 0):
             raise ValueError(f"min_snr_gamma={self.min_snr_gamma} must be a finite number > 0")
+        if not (math.isfinite(self.repa_weight) and self.repa_weight >= 0):
+            raise ValueError(f"repa_weight={self.repa_weight} must be a finite number >= 0")
         if not 0 < self.sim_fraction <= 1:
             raise ValueError(f"sim_fraction={self.sim_fraction} must be in (0, 1]")
         if not 0 < self.interlead_crop <= 1:
@@ -137,6 +145,17 @@ def take_rows(x: Array, rows: Array, batch: int) -> Array:
     return jnp.take_along_axis(grouped, index, axis=1).reshape((-1,) + x.shape[1:])
 
 
+def alignment_loss(features: Array, target: Array) -> Array:
+    """REPA's term per record: 1 - the cosine similarity of `features` (batch, T, d) and `target` (batch, T', d)
+    at each time step, averaged over time (batch,); the target is resampled linearly to T steps when T' != T
+    (both span the same record)."""
+    if target.shape[1] != features.shape[1]:
+        target = jax.image.resize(target, (target.shape[0], features.shape[1], target.shape[2]), "linear")
+    f = features / jnp.maximum(jnp.linalg.norm(features, axis=-1, keepdims=True), 1e-6)
+    g = target / jnp.maximum(jnp.linalg.norm(target, axis=-1, keepdims=True), 1e-6)
+    return 1.0 - jnp.mean(jnp.sum(f * g, axis=-1), axis=1)
+
+
 def _mean(x: Array, w: Array) -> Array:
     return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1e-12)
 
@@ -155,6 +174,8 @@ def diffusion_losses(
     weight: Array,
     key: Array | None = None,
     monitor: bool = False,
+    denoise_features: Callable[[Array, Array], tuple[Array, Array]] | None = None,
+    align_target: Array | None = None,
 ) -> dict[str, Array]:
     """All stage-2 terms as scalars (batch means weighted by `weight`) and their weighted sum, 'total'.
 
@@ -165,18 +186,26 @@ def diffusion_losses(
     that record gets no L_Euler / L_sim).  weight: (batch,) e.g. the loader's mask.  key: draws the simulator
     rows, a random `config.sim_fraction` of the real records (`simulator_rows`), and the decoded window of
     `interlead_crop` (None: the first rows, the start).  monitor: also compute the terms whose weight is 0 (for
-    evaluation, so that ablations report every energy); they do not enter 'total'.
+    evaluation, so that ablations report every energy); they do not enter 'total'.  With `config.repa_weight`:
+    denoise_features(x_t, t) -> (the prediction, projected middle features (batch, T, d)), used instead of
+    `denoise`, and align_target (batch, T', d), the frozen encoder's features of each clean record (L_REPA).
     """
     weight = weight.astype(jnp.float32)
     x_t = add_noise(schedule, x0, noise, t)
-    output = denoise(x_t, t)
-    ddpm = jnp.mean((output - target(schedule, config.prediction, x0, noise, t)) ** 2, axis=(1, 2))
     terms = {}
+    if config.repa_weight > 0:
+        if denoise_features is None or align_target is None:
+            raise ValueError("repa_weight > 0 needs denoise_features and align_target")
+        output, features = denoise_features(x_t, t)
+        terms["repa"] = _mean(alignment_loss(features, align_target.astype(jnp.float32)), weight)
+    else:
+        output = denoise(x_t, t)
+    ddpm = jnp.mean((output - target(schedule, config.prediction, x0, noise, t)) ** 2, axis=(1, 2))
     if config.ddpm_weighting != "uniform":  # (the plain error stays visible, comparable across weightings)
         terms["ddpm_unweighted"] = _mean(ddpm, weight)
         ddpm = ddpm * ddpm_weight(schedule, t, config)
     terms["ddpm"] = _mean(ddpm, weight)
-    total = terms["ddpm"]
+    total = terms["ddpm"] + (config.repa_weight * terms["repa"] if "repa" in terms else 0.0)
     if config.uses_simulator or monitor:
         x0_hat = predict_x0(schedule, config.prediction, x_t, output, t)
         w = noise_level_weight(schedule, t, config) * weight

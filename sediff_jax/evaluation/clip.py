@@ -53,6 +53,7 @@ class ClipEncoder:
         self._text_encoder = text_encoder
         model = nnx.merge(graphdef, params)
         self._features = jax.jit(model.features)
+        self._feature_tokens = jax.jit(model.feature_tokens)
         self._embed_ecg = jax.jit(model.embed_ecg)
         self._embed_text = jax.jit(model.embed_text)
 
@@ -66,6 +67,11 @@ class ClipEncoder:
     def ecg_features(self, ecg: np.ndarray) -> np.ndarray:
         """(n, time, 12) mV -> (n, feature_dim) float32: pooled ResNet features (FID, precision/recall)."""
         return batched_apply(self._features, ecg)
+
+    def ecg_feature_tokens(self, ecg: np.ndarray) -> np.ndarray:
+        """(n, time, 12) mV -> (n, ceil(time / 16), feature_dim) float32: the same features along time, before
+        the average (the alignment targets of `diffusion.repa`)."""
+        return batched_apply(self._feature_tokens, ecg)
 
     def ecg_embeddings(self, ecg: np.ndarray) -> np.ndarray:
         """(n, time, 12) mV -> (n, embed_dim) unit vectors in the CLIP space."""

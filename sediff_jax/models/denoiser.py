@@ -35,7 +35,9 @@ class DenoiserConfig:
     heads.  context_dim: width of the condition tokens (the text encoder's, 384 for MiniLM).
     time_embed_dim: width of the timestep embedding.  num_groups: GroupNorm groups.  rhythm_channels: channels
     of the rhythm scaffold concatenated to x_t (`sediff_jax.signal.phase.rhythm_features`: cos phi, sin phi,
-    present); 0 = none, SE-Diff as published."""
+    present); 0 = none, SE-Diff as published.  repa_dim: width of the features the middle block's output is
+    projected to for representation alignment (`diffusion.repa`: a frozen ECG encoder's features; 0 = no
+    projector).  repa_hidden: the projector MLP's hidden width."""
 
     latent_channels: int = 4
     channels: tuple[int, ...] = (64, 128, 128)
@@ -45,6 +47,8 @@ class DenoiserConfig:
     time_embed_dim: int = 128
     num_groups: int = 8
     rhythm_channels: int = 0
+    repa_dim: int = 0
+    repa_hidden: int = 256
 
     def __post_init__(self):
         if self.rhythm_channels not in (0, RHYTHM_FEATURES):
@@ -172,6 +176,8 @@ class ConditionTokens(nnx.Module):
 class LatentDenoiser(nnx.Module):
     """`__call__(x_t, t, conditions, drop)` -> the prediction (epsilon or v), same shape as x_t.
 
+    `with_features` also returns the middle block's output through the REPA projector (`config.repa_dim`).
+
     x_t: (batch, time, latent_channels); t: (batch,) timesteps.  conditions: dict with text_tokens
     (batch, Lt, d), text_mask (batch, Lt), experience_tokens (batch, Le, d), experience_mask, age (batch,)
     years or NaN, sex (batch,) 0/1/-1, hr (batch,) bpm or NaN, and with `config.rhythm_channels` rhythm
@@ -214,8 +220,26 @@ class LatentDenoiser(nnx.Module):
         self.norm_out = _norm(c_prev, config.num_groups, dtype, rngs)
         self.conv_out = nnx.Conv(c_prev, config.latent_channels, (3,), padding="SAME", dtype=dtype,
                                  kernel_init=nnx.initializers.zeros, rngs=rngs)
+        if config.repa_dim:  # REPA's projector: a 3-layer MLP per time step (Yu et al. 2024)
+            mid, hidden = c[-1], config.repa_hidden
+            self.repa_projector = nnx.Sequential(
+                nnx.Linear(mid, hidden, dtype=dtype, rngs=rngs), jax.nn.silu,
+                nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs), jax.nn.silu,
+                nnx.Linear(hidden, config.repa_dim, dtype=dtype, rngs=rngs))
 
     def __call__(self, x_t: Array, t: Array, conditions: Conditions, drop: Array | None = None) -> Array:
+        return self._forward(x_t, t, conditions, drop)[0]
+
+    def with_features(self, x_t: Array, t: Array, conditions: Conditions, drop: Array | None = None
+                      ) -> tuple[Array, Array]:
+        """(the prediction, the middle block's output projected to (batch, padded time / 2 ** (levels - 1),
+        repa_dim) float32); needs `config.repa_dim`."""
+        if not self.config.repa_dim:
+            raise ValueError("with_features needs a denoiser built with repa_dim > 0 (a REPA projector)")
+        output, mid = self._forward(x_t, t, conditions, drop)
+        return output, self.repa_projector(mid).astype(jnp.float32)
+
+    def _forward(self, x_t: Array, t: Array, conditions: Conditions, drop: Array | None) -> tuple[Array, Array]:
         b, length, _ = x_t.shape
         multiple = self.config.length_multiple
         pad = (-length) % multiple
@@ -238,10 +262,11 @@ class LatentDenoiser(nnx.Module):
             if down is not None:
                 h = down(h)
         h = self.mid2(self.mid_attn(self.mid1(h, temb), context, context_mask), temb)
+        mid = h
         for block, attn, upsample in zip(self.up, self.up_attn, self.upsample):
             h = block(jnp.concatenate([h, skips.pop()], axis=-1), temb)
             if attn is not None:
                 h = attn(h, context, context_mask)
             if upsample is not None:
                 h = upsample(jnp.repeat(h, 2, axis=1))
-        return self.conv_out(jax.nn.silu(self.norm_out(h)))[:, :length].astype(jnp.float32)
+        return self.conv_out(jax.nn.silu(self.norm_out(h)))[:, :length].astype(jnp.float32), mid

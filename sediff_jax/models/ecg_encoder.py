@@ -63,11 +63,16 @@ class ResNet1D(nnx.Module):
         self.stages = nnx.List([_Stage(a, b, config, rngs=rngs) for a, b in zip(c[:-1], c[1:])])
         self.norm_out = nnx.GroupNorm(c[-1], num_groups=min(config.num_groups, c[-1]), rngs=rngs)
 
-    def __call__(self, ecg: Array) -> Array:
+    def tokens(self, ecg: Array) -> Array:
+        """ecg (batch, time, num_leads) mV -> features along time (batch, ceil(time / 2 ** len(channels)),
+        channels[-1]), before the pooling (REPA's alignment targets)."""
         h = self.stem(ecg)
         for stage in self.stages:
             h = stage(h)
-        return jnp.mean(jax.nn.silu(self.norm_out(h)), axis=1)
+        return jax.nn.silu(self.norm_out(h))
+
+    def __call__(self, ecg: Array) -> Array:
+        return jnp.mean(self.tokens(ecg), axis=1)
 
 
 def _normalize(x: Array) -> Array:
@@ -88,6 +93,10 @@ class ECGTextCLIP(nnx.Module):
     def features(self, ecg: Array) -> Array:
         """ecg (batch, time, leads) mV -> (batch, feature_dim): the FID / precision-recall features."""
         return self.encoder(ecg)
+
+    def feature_tokens(self, ecg: Array) -> Array:
+        """ecg (batch, time, leads) mV -> (batch, ceil(time / 16), feature_dim): `features` before the time average."""
+        return self.encoder.tokens(ecg)
 
     def embed_ecg(self, ecg: Array) -> Array:
         """(batch, time, leads) mV -> (batch, embed_dim), unit norm."""

@@ -6,7 +6,8 @@ Ablation variants (`apply_variant`) switch SE-Diff's loss terms: full (default),
 off), no_euler, no_sim_solve (L_sim off), no_interlead, ddpm_only (every simulator term off), no_experience
 (experience tokens off: `experience.dir` cleared, the paper's "w/o Exp"); min_snr (L_DDPM weighted by min-SNR-5,
 Hang et al. 2023); v_prediction (the denoiser predicts v = sqrt(abar) eps - sqrt(1 - abar) x0, Salimans & Ho
-2022, instead of eps); scaffold / paper: with / without the
+2022, instead of eps); repa (L_REPA at weight 0.5 onto the shipped ECG-CLIP's features; better: another teacher,
+`--config.diffusion.repa_teacher`); scaffold / paper: with / without the
 rhythm scaffold (the cardiac phase of each record's R peaks as denoiser input, on by default; `paper` is SE-Diff
 as published).
 
@@ -43,6 +44,7 @@ VARIANTS = {
     "paper": {"diffusion.model.rhythm_channels": 0},
     "min_snr": {"ddpm_weighting": "min_snr"},
     "v_prediction": {"prediction": "v"},
+    "repa": {"repa_weight": 0.5, "diffusion.model.repa_dim": 128, "diffusion.repa_teacher": "shipped"},
 }
 
 
@@ -93,7 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.model = ml_collections.ConfigDict(dict(
         channels=(64, 128, 128), attention=(False, True, True), num_heads=4, time_embed_dim=128, num_groups=8,
-        rhythm_channels=3))
+        rhythm_channels=3, repa_dim=0, repa_hidden=256))
     # The rhythm scaffold (rhythm_channels=3: the cardiac phase of the record's R peaks as input channels; 0 is
     # SE-Diff as published, the `paper` variant) is the default because it won on all of PTB-XL: heart-rate error
     # 1.45 vs 10.06 bpm, sinus RR CV 0.031 vs 0.211, FID 0.80 vs 1.09, MAE within one standard error (docs/evaluation.md).
@@ -103,7 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion.loss = ml_collections.ConfigDict(dict(
         prediction="epsilon", euler_weight=0.05, interlead_weight=0.05, sim_weight=0.05,
         interlead_full_signal=True, interlead_crop=0.25, weighting="alpha_bar", weighting_power=1.0,
-        ddpm_weighting="uniform", min_snr_gamma=5.0,
+        ddpm_weighting="uniform", min_snr_gamma=5.0, repa_weight=0.0,
         sim_fraction=0.5, sim_solver="heun", sim_internal_fs=500.0))
     c.diffusion.condition_dropout = (0.1, 0.1, 0.1)
     c.diffusion.prior = ""  # a simulator prior: a JSON path, a shipped prior's name, or "" (the default PTB-XL prior)
@@ -112,6 +114,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Start stage 2 from a trained model's EMA denoiser (an exported model or a training workdir; "" = random
     # initialisation): fine-tuning, e.g. of the shipped model with a new recipe. Its VAE must be this run's.
     c.diffusion.init_from = ""
+    # REPA (representation alignment, Yu et al. 2024): loss.repa_weight > 0 regresses the denoiser's middle block,
+    # through a projector of model.repa_dim outputs, onto this frozen ECG-CLIP encoder's features of the clean
+    # record: a safetensors file from experiments/train_clip.py, or "shipped" (the evaluation's own ECG-CLIP, whose
+    # space FID and recall are measured in: train another, e.g. train_clip --seed=1, for an unbiased comparison).
+    c.diffusion.repa_teacher = ""
     # Train from a latent cache (every record encoded once by the frozen VAE, `sediff_jax.data.latents`): "" encodes
     # each batch in the step; "auto" builds (once) and uses the cache beside the prepared dataset; or a cache
     # directory (`python -m experiments.encode_latents`). latent_cache_dtype: how "auto" stores the latents.
@@ -271,6 +278,8 @@ RULES: dict[str, Check] = {
     "diffusion.model.channels": _sequence(_WIDTH), "diffusion.model.attention": _sequence(_flag),
     "diffusion.model.num_heads": _number(int, 1, 64), "diffusion.model.time_embed_dim": _WIDTH,
     "diffusion.model.num_groups": _number(int, 1, 64), "diffusion.model.rhythm_channels": _enum((0, 3)),
+    "diffusion.model.repa_dim": _number(int, 0, MAX_WIDTH), "diffusion.model.repa_hidden": _WIDTH,
+    "diffusion.loss.repa_weight": _WEIGHT, "diffusion.repa_teacher": _text,
     "diffusion.rhythm_dropout": _FRACTION,
     "diffusion.schedule.kind": _enum(SCHEDULES), "diffusion.schedule.num_steps": _number(int, 2, 100_000),
     "diffusion.loss.prediction": _enum(PREDICTIONS), "diffusion.loss.euler_weight": _WEIGHT,
@@ -313,5 +322,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if heads:
         raise ConfigError(f"config diffusion.model.channels: {heads[0]} is not divisible by "
                           f"diffusion.model.num_heads={model.num_heads} at a level with attention")
+    if config.diffusion.loss.repa_weight > 0 and not (model.repa_dim > 0 and config.diffusion.repa_teacher):
+        raise ConfigError("config diffusion.loss.repa_weight > 0 needs diffusion.model.repa_dim > 0 (the projector's "
+                          "width, the teacher's feature width) and diffusion.repa_teacher (an ECG-CLIP safetensors)")
     if config.vae.loss.beat_before_s + config.vae.loss.beat_after_s >= config.data.duration_s:
         raise ConfigError("config vae.loss.beat_before_s + beat_after_s must be shorter than data.duration_s")

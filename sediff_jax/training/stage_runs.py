@@ -26,9 +26,11 @@ from sediff_jax.checkpoints.spec import DEFAULT_LATENT_CLIP
 from sediff_jax.checkpoints.trained import TrainedVAE, load_vae
 from sediff_jax.data.loader import BatchLoader, LoaderState
 from sediff_jax.diffusion.sampling import SamplerConfig
+from sediff_jax.evaluation.clip import SHIPPED_CLIP, load_clip
 from sediff_jax.parallel import host_local_to_global, replicated_sharding
 from sediff_jax.training import sources, stages
 from sediff_jax.training.evaluators import Evaluator, MeanOverRecords, SampleWriter, mean_per_record
+from sediff_jax.training.repa import AlignmentTargets
 from sediff_jax.training.state import TrainState, init_state
 from sediff_jax.training.steps import (DIFFUSION_BATCH_KEYS, LATENT_BATCH_KEYS, VAE_BATCH_KEYS, latent_scale_from,
                                        make_sampling_step)
@@ -117,6 +119,7 @@ class DiffusionStage:
         self.model = stages.diffusion_model(config, self.vae.latent_channels, context_dim, config.seed + 1)
         self.loss_config = stages.diffusion_loss_config(config, self.vae)
         self.stage_dir = os.path.join(workdir, self.name)
+        self.workdir = workdir
         self._meta = stages.diffusion_meta(config, self.model_config, self.vae_dir, self.vae, self.loss_config,
                                            self.conditions)
 
@@ -150,6 +153,9 @@ class DiffusionStage:
         batch_keys = DIFFUSION_BATCH_KEYS if latent_dir is None else LATENT_BATCH_KEYS
         if latent_dir is not None:
             logging.info("stage 2 trains from the latent cache %s", latent_dir)
+        targets = self._alignment_targets() if self.loss_config.repa_weight > 0 else None
+        if targets is not None:
+            batch_keys += ("repa_target",)
         meta = dict(meta)
         if "latent_scale" not in meta:
             meta["latent_scale"] = self._latent_scale(train_source, latent_dir)
@@ -161,7 +167,10 @@ class DiffusionStage:
         vae_params = self.vae_params
 
         def to_inputs(batch):
-            return numeric_batch(self.conditions.builder(batch), batch_keys, mesh)
+            batch = self.conditions.builder(batch)
+            if targets is not None:
+                batch["repa_target"] = targets.lookup(batch["record_id"])
+            return numeric_batch(batch, batch_keys, mesh)
 
         def batch_terms(params, k, batch):  # fixed noise per batch: comparable across evaluations
             return eval_step(params, vae_params, jax.random.PRNGKey(1000 + k), to_inputs(batch))
@@ -178,6 +187,21 @@ class DiffusionStage:
             loader=sources.train_loader(config, self.group, train_source, loader_state),
             evaluators=evaluators, best_metric="ddpm", meta=meta,
             test=lambda state, split: loss.on(source(split))(state), close=self.conditions.save_caches)
+
+    def _alignment_targets(self) -> AlignmentTargets:
+        """L_REPA's targets: the teacher (`diffusion.repa_teacher`) checked against the projector, its features of
+        every record of the training, evaluation and test splits (computed once, kept under workdir/repa_targets)."""
+        path = str(SHIPPED_CLIP) if self.group.repa_teacher == "shipped" else self.group.repa_teacher
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"diffusion.repa_teacher {path}: no such file (an ECG-CLIP safetensors from "
+                                    "experiments/train_clip.py)")
+        targets = AlignmentTargets(load_clip(path), os.path.join(self.workdir, "repa_targets"))
+        if targets.feature_dim != self.model_config.repa_dim:
+            raise ValueError(f"diffusion.repa_teacher {path} has {targets.feature_dim} features per time step; "
+                             f"set diffusion.model.repa_dim={targets.feature_dim} (is {self.model_config.repa_dim})")
+        for split in sources.cache_splits(self.config):
+            targets.add_split(sources.split_source(self.config, split), split)
+        return targets
 
     def _sample_writer(self, eval_source, to_inputs, step_config) -> SampleWriter:
         """`training.eval_samples` ECGs from the first validation records' conditions, DDIM with the recommended

@@ -116,7 +116,8 @@ def make_diffusion_steps(
     The VAE is frozen: its parameters are an input (replicated), not a compiled-in constant. batch: ecg
     (b, time, 12) mV (or latent_mean (b, time / downsampling, C), the VAE's encoding from a latent cache), mask, hr_bpm, age, sex, text_tokens (b, Lt, d), text_mask, experience_tokens (b, Le, d),
     experience_mask, class_index (b,) int32 into `wave_table` (leaves (num_classes, 3, 6)), r_peaks
-    (b, max_peaks) samples, -1 padded (the rhythm scaffold's source).
+    (b, max_peaks) samples, -1 padded (the rhythm scaffold's source); with `loss_config.repa_weight`, repa_target
+    (b, T, d), the frozen teacher's features of each record (`training.repa`).
     Evaluation reports every simulator energy, also those switched off for training (ablations).
     The simulator terms (L_Euler, L_sim) count only for records whose text and metadata were kept (the model
     was told the class and heart rate); L_interlead counts for every record.
@@ -151,11 +152,14 @@ def make_diffusion_steps(
         waves = waves_of_classes(wave_table, batch["class_index"])
         told = ~(drop[:, TEXT] | drop[:, METADATA])
         hr = jnp.where(told, batch["hr_bpm"], jnp.nan)
+        aligned = loss_config.repa_weight > 0  # L_REPA: the batch carries the teacher's features, repa_target
         return diffusion_losses(
             lambda x_t, t_: denoiser(x_t, t_, conditions, drop),
             lambda x: vae.beat_decoder(x / scale),
             lambda x: vae.decoder(x / scale),
-            schedule, loss_config, x0, t, noise, waves, hr, batch["mask"], k_sim, monitor=not drop_conditions)
+            schedule, loss_config, x0, t, noise, waves, hr, batch["mask"], k_sim, monitor=not drop_conditions,
+            denoise_features=(lambda x_t, t_: denoiser.with_features(x_t, t_, conditions, drop)) if aligned else None,
+            align_target=batch["repa_target"] if aligned else None)
 
     def loss_fn(params, vae_params, batch, key):
         terms = losses(params, vae_params, batch, key, True)

@@ -85,3 +85,38 @@ def test_min_snr_weighting_is_the_x0_error_weighted_by_clipped_snr(prediction):
     assert "ddpm_unweighted" not in terms and float(terms["ddpm"]) == pytest.approx(np.mean(per_record), rel=1e-5)
     with pytest.raises(ValueError, match="ddpm_weighting"):
         DiffusionLossConfig(ddpm_weighting="snr")
+
+
+def test_repa_term_is_one_minus_the_cosine_per_time_step_and_enters_the_total_at_its_weight():
+    """alignment_loss against a NumPy reference (and its known values: 0 aligned, 1 orthogonal, 2 opposite, scale
+    free), a target of another length resampled linearly; diffusion_losses adds repa_weight x L_REPA, weighted
+    by record, and refuses the term without features or targets."""
+    from sediff_jax.diffusion.losses import DiffusionLossConfig, alignment_loss, diffusion_losses
+
+    rng = np.random.default_rng(0)
+    f, g = rng.normal(size=(3, 8, 5)), rng.normal(size=(3, 8, 5))
+    cos = np.sum(f * g, -1) / (np.linalg.norm(f, axis=-1) * np.linalg.norm(g, axis=-1))
+    np.testing.assert_allclose(alignment_loss(jnp.asarray(f), jnp.asarray(g)), 1 - cos.mean(1), rtol=1e-5)
+    e = np.eye(5)[None, :2]
+    np.testing.assert_allclose(alignment_loss(jnp.asarray(3 * e), jnp.asarray(e)), [0.0], atol=1e-6)
+    np.testing.assert_allclose(alignment_loss(jnp.asarray(e), jnp.asarray(e[:, ::-1])), [1.0], atol=1e-6)
+    np.testing.assert_allclose(alignment_loss(jnp.asarray(e), jnp.asarray(-e)), [2.0], atol=1e-6)
+    ramp = np.linspace(1.0, 2.0, 4)[None, :, None] * np.ones((1, 1, 5))  # a constant direction: any resampling
+    np.testing.assert_allclose(alignment_loss(jnp.ones((1, 9, 5)), jnp.asarray(ramp)), [0.0], atol=1e-6)
+
+    s = make_schedule("cosine", 1000)
+    x0, noise = jnp.asarray(rng.normal(size=(3, 16, 4))), jnp.asarray(rng.normal(size=(3, 16, 4)))
+    t = jnp.array([10, 400, 900])
+    out = jnp.asarray(rng.normal(size=(3, 16, 4)))
+    weight = jnp.array([1.0, 1.0, 0.0])  # the third record is padding
+    config = DiffusionLossConfig(euler_weight=0, interlead_weight=0, sim_weight=0, repa_weight=0.5)
+    terms = diffusion_losses(None, None, None, s, config, x0, t, noise, None, jnp.full((3,), jnp.nan), weight,
+                             denoise_features=lambda x_t, tt: (out, jnp.asarray(f)), align_target=jnp.asarray(g))
+    expected = float(np.mean((1 - cos.mean(1))[:2]))
+    assert float(terms["repa"]) == pytest.approx(expected, rel=1e-5)
+    assert float(terms["total"]) == pytest.approx(float(terms["ddpm"]) + 0.5 * expected, rel=1e-5)
+    with pytest.raises(ValueError, match="needs denoise_features and align_target"):
+        diffusion_losses(lambda x_t, tt: out, None, None, s, config, x0, t, noise, None, jnp.full((3,), jnp.nan),
+                         weight)
+    with pytest.raises(ValueError, match="repa_weight"):
+        DiffusionLossConfig(repa_weight=-0.1)

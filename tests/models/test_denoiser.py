@@ -77,3 +77,29 @@ def test_timestep_and_gradients():
     assert nonzero >= 0.9 * len(leaves)  # every block is on the gradient path
     emb = timestep_embedding(jnp.array([0, 1, 999]), 16)
     assert emb.shape == (3, 16) and float(jnp.abs(emb[0] - emb[1]).max()) > 0.1
+
+
+def test_repa_features_come_from_the_same_forward_pass_and_reach_the_middle_block():
+    """with_features returns the plain call's prediction (bit for bit) and the middle block's output through the
+    projector, (batch, padded time / 4, repa_dim); the projector's gradient flows back into the down path; a
+    denoiser without a projector says so."""
+    import dataclasses
+
+    import pytest
+
+    config = dataclasses.replace(CONFIG, repa_dim=8, repa_hidden=16)
+    model = LatentDenoiser(config, rngs=nnx.Rngs(0))
+    model.conv_out.kernel[...] = 0.1 * jax.random.normal(jax.random.key(9), model.conv_out.kernel[...].shape)
+    x, t, c = _inputs(length=125)
+    out, features = nnx.jit(lambda m, x, t, c: m.with_features(x, t, c))(model, x, t, c)
+    np.testing.assert_array_equal(out, forward(model, x, t, c, None))
+    assert features.shape == (2, 32, 8) and features.dtype == jnp.float32
+
+    def alignment(m):
+        return jnp.sum(m.with_features(x, t, c)[1])
+
+    grads = nnx.grad(alignment)(model)
+    assert float(jnp.abs(grads.down[0].conv1.kernel[...]).max()) > 0  # reaches the first level
+    assert float(jnp.abs(grads.conv_out.kernel[...]).max()) == 0  # not the output head
+    with pytest.raises(ValueError, match="repa_dim > 0"):
+        _model().with_features(x, t, c)
