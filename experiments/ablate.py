@@ -7,7 +7,8 @@ split with the paired protocol, and print the paper-style table with the paper's
         --experience_dir=runs/exp_ptbxl100 --num_steps=1000 --num_samples=66
 
 Variants (experiments/configs/common.py): full, no_simulator (L_Euler and L_sim off), no_interlead, no_experience,
-paper (without the rhythm scaffold), and the finer no_euler, no_sim_solve, ddpm_only. Layout under --workdir:
+paper (without the rhythm scaffold), the finer no_euler, no_sim_solve, ddpm_only, and the recipe variants min_snr,
+v_prediction and repa (--repa_teacher: its teacher encoder). Layout under --workdir:
 prepared/ (the dataset), vae/ (stage 1, trained first unless --vae_checkpoint), <variant>/ (stage 2), text_cache/
 (the text and experience encodings every variant shares, unless --text_cache_dir), ablation/ (per variant
 metrics.json, report.md and generated.npz; table.md, ablation.json). The table has each variant's metrics and,
@@ -41,6 +42,8 @@ flags.DEFINE_string("text_cache_dir", None, "Text and experience encodings share
                     "<workdir>/text_cache; a training workdir over the same data, e.g. runs/full, reuses its own).")
 flags.DEFINE_integer("num_steps", None, "Diffusion steps per variant (default: the config's).")
 flags.DEFINE_integer("vae_steps", None, "VAE steps (default: the config's).")
+flags.DEFINE_string("repa_teacher", None, "The repa variant's teacher, an ECG-CLIP safetensors (default: the "
+                    "shipped evaluation encoder; train another with train_clip --seed=1 for a fair comparison).")
 flags.DEFINE_bool("train", True, "Train (or resume) before evaluating; --notrain evaluates what exists.")
 flags.DEFINE_string("split", "test", "Split to evaluate on.")
 flags.DEFINE_integer("num_samples", 66, "Records of --split (one generated ECG each).")
@@ -60,7 +63,7 @@ cli.check_sampling_flags()
 LABELS = {"full": "SE-Diff (full)", "no_simulator": "w/o simulator", "no_interlead": "w/o inter-lead",
           "no_experience": "w/o experience", "no_euler": "w/o L_Euler", "no_sim_solve": "w/o L_sim",
           "ddpm_only": "L_DDPM only", "scaffold": "with rhythm scaffold", "paper": "w/o rhythm scaffold (paper)",
-          "min_snr": "min-SNR-5 weighting"}
+          "min_snr": "min-SNR-5 weighting", "v_prediction": "v-prediction", "repa": "REPA (weight 0.5)"}
 PAPER_HR_ERROR_BPM = {"full": 8.43, "no_simulator": 14.28, "no_interlead": 19.21, "no_experience": 15.06}
 
 
@@ -73,6 +76,8 @@ def variant_config(variant: str):
     if variant != "no_experience" and FLAGS.experience_dir:
         config.experience.dir = os.path.abspath(FLAGS.experience_dir)
     config.text.cache_dir = os.path.abspath(FLAGS.text_cache_dir or os.path.join(root, "text_cache"))
+    if FLAGS.repa_teacher and config.diffusion.loss.repa_weight > 0:
+        config.diffusion.repa_teacher = os.path.abspath(FLAGS.repa_teacher)
     if FLAGS.num_steps:
         config.diffusion.training.num_steps = FLAGS.num_steps
     if FLAGS.vae_steps:

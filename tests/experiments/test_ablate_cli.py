@@ -87,3 +87,10 @@ def test_flag_errors_name_the_flag(repo_root, tmp_path):
     result = _run(repo_root, f"--workdir={tmp_path}", "--variants=full,no_physics")
     assert result.returncode != 0 and "no_physics" in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_every_config_variant_has_a_label_in_the_ablation_table():
+    from experiments import ablate
+    from sediff_jax.training.config import VARIANTS
+
+    assert set(ablate.LABELS) == set(VARIANTS)
