@@ -23,12 +23,14 @@ from sediff_jax.training.steps import DIFFUSION_BATCH_KEYS, LATENT_BATCH_KEYS, V
 CONTEXT_DIM = 384  # MiniLM's token width
 # Diffusion variants: the loss-term weights each sets (others keep the config's); 'ddpm_only' is the reference
 # (the paper's release trains it: its simulator terms carry no gradient); 'sim' is the diffrax solve's term;
-# '..._closed_form' computes L_sim's beat in closed form (the exact solution, no sequential solver loop).
+# '..._closed_form' computes L_sim's beat in closed form (the exact solution, no sequential solver loop);
+# 'full_repa' adds L_REPA (weight 0.5, a 128-wide projector, made-up teacher features of the CLIP's 63 steps).
 TERMS = ("euler_weight", "interlead_weight", "sim_weight")
 # A '_latents' suffix (e.g. 'full_latents') takes the batch's latents from a latent cache instead of encoding
 # its ECGs in the step (`sediff_jax.data.latents`).
 VARIANTS = ("ddpm_only", "interlead", "euler", "sim", "full", "full_every_record", "sim_closed_form",
-            "full_closed_form")
+            "full_closed_form", "full_repa")
+REPA_DIM, REPA_STEPS = 128, 63
 FROM_LATENTS = "_latents"
 
 
@@ -110,6 +112,8 @@ def variant_weights(config: ml_collections.ConfigDict, variant: str) -> dict:
     variant = variant.removesuffix("_closed_form")
     if variant == "ddpm_only":
         return off
+    if variant == "full_repa":
+        return dict(weights, repa_weight=0.5)
     if variant in single:
         return dict(off, **{single[variant]: weights[single[variant]]}, **solver)
     return dict(weights, **solver) if variant == "full" else dict(weights, sim_fraction=1.0)
@@ -124,18 +128,26 @@ def diffusion_runs(config: ml_collections.ConfigDict, batch: dict, mesh, variant
     model = stages.diffusion_model(config, latent_channels, CONTEXT_DIM, 1)
     prior = load_prior()
     waves = prior.wave_table(prior.class_names)
-    inputs = shard_batch({k: batch[k] for k in DIFFUSION_BATCH_KEYS}, mesh)
-    latent_inputs = None
+    batch = dict(batch, repa_target=np.random.default_rng(0).normal(
+        size=(len(batch["mask"]), REPA_STEPS, REPA_DIM)).astype(np.float32))
+    latent_batch = None
     runs = {}
     for variant in variants:
-        if variant.endswith(FROM_LATENTS) and latent_inputs is None:  # what a latent cache holds: the VAE's means
+        if variant.endswith(FROM_LATENTS) and latent_batch is None:  # what a latent cache holds: the VAE's means
             encode = jax.jit(lambda p, ecg: nnx.merge(vae.graphdef, p).encode(ecg)[0])
             latent_batch = dict(batch, latent_mean=np.asarray(encode(vae.params, batch["ecg"])))
-            latent_inputs = shard_batch({k: latent_batch[k] for k in LATENT_BATCH_KEYS}, mesh)
+        repa = variant.removesuffix(FROM_LATENTS) == "full_repa"
+        keys = (LATENT_BATCH_KEYS if variant.endswith(FROM_LATENTS) else DIFFUSION_BATCH_KEYS) + (
+            ("repa_target",) if repa else ())
+        inputs = shard_batch({k: (latent_batch if variant.endswith(FROM_LATENTS) else batch)[k] for k in keys}, mesh)
+        variant_model = model
+        if repa:
+            repa_config = ml_collections.ConfigDict(config.to_dict())
+            repa_config.diffusion.model.repa_dim = REPA_DIM
+            variant_model = stages.diffusion_model(repa_config, latent_channels, CONTEXT_DIM, 1)
         loss_config = stages.diffusion_loss_config(config, **{**loss_overrides, **variant_weights(config, variant)})
-        train_step, _ = stages.diffusion_steps(config, model, vae.graphdef, loss_config,
+        train_step, _ = stages.diffusion_steps(config, variant_model, vae.graphdef, loss_config,
                                                 stages.diffusion_step_config(config, 1.0), waves, mesh)
-        state = _fresh_state(model, 1, mesh)
-        runs[variant] = StepRun(train_step, state, latent_inputs if variant.endswith(FROM_LATENTS) else inputs,
-                                (vae_params,))
+        state = _fresh_state(variant_model, 1, mesh)
+        runs[variant] = StepRun(train_step, state, inputs, (vae_params,))
     return runs

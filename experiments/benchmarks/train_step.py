@@ -43,7 +43,8 @@ flags.DEFINE_float("sim_fraction", None, "Override the configs' diffusion.loss.s
 flags.DEFINE_list("variants", ["ddpm_only", "interlead", "euler", "sim", "full", "full_every_record",
                                "ddpm_only_latents", "full_latents"],
                   "Diffusion variants: ddpm_only, interlead, euler, sim (one term alone), full, or "
-                  "full_every_record (full with the simulator terms on every record: sim_fraction = 1); a "
+                  "full_every_record (full with the simulator terms on every record: sim_fraction = 1), full_repa "
+                  "(full + L_REPA); a "
                   "'_latents' suffix: from a latent cache (the batch holds the VAE's latent means, no encoding).")
 
 
