@@ -7,7 +7,8 @@ off), no_euler, no_sim_solve (L_sim off), no_interlead, ddpm_only (every simulat
 (experience tokens off: `experience.dir` cleared, the paper's "w/o Exp"); min_snr (L_DDPM weighted by min-SNR-5,
 Hang et al. 2023); v_prediction (the denoiser predicts v = sqrt(abar) eps - sqrt(1 - abar) x0, Salimans & Ho
 2022, instead of eps); repa (L_REPA at weight 0.5 onto the shipped ECG-CLIP's features; better: another teacher,
-`--config.diffusion.repa_teacher`); scaffold / paper: with / without the
+`--config.diffusion.repa_teacher`); wide (channels 96/192/192) and deep (a fourth level of 128) for the
+width and depth ablation; scaffold / paper: with / without the
 rhythm scaffold (the cardiac phase of each record's R peaks as denoiser input, on by default; `paper` is SE-Diff
 as published).
 
@@ -45,6 +46,10 @@ VARIANTS = {
     "min_snr": {"ddpm_weighting": "min_snr"},
     "v_prediction": {"prediction": "v"},
     "repa": {"repa_weight": 0.5, "diffusion.model.repa_dim": 128, "diffusion.repa_teacher": "shipped"},
+    "wide": {"diffusion.model.channels": (96, 192, 192),  # 1.69x the step's FLOPs
+             "diffusion.model.attention": (False, True, True)},
+    "deep": {"diffusion.model.channels": (64, 128, 128, 128),  # a fourth level: 1.17x the FLOPs
+             "diffusion.model.attention": (False, True, True, True)},
 }
 
 
