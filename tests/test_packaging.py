@@ -65,7 +65,8 @@ def test_make_refuses_an_unsupported_python_in_one_line_and_picks_a_supported_on
         [p, "-c", "import sys; sys.exit(sys.version_info < (3, 11))"], capture_output=True).returncode == 0]
     if not versioned:
         pytest.skip("no python3.11/3.12/3.13 on PATH besides python3 to pick")
-    env = dict(os.environ, PATH=f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VENV")}  # (`PYTHON=... make test` sets them)
+    env["PATH"] = f"{fake.parent}{os.pathsep}{os.environ['PATH']}"
     planned = subprocess.run(["make", "-n", "-C", str(repo_root), f"VENV={venv}", f"{venv}/.base"],
                              capture_output=True, text=True, timeout=60, env=env)
     assert planned.returncode == 0, planned.stderr

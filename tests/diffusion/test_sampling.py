@@ -152,7 +152,8 @@ def test_a_guidance_interval_covering_every_step_is_plain_guidance_bit_for_bit(k
 
 def test_a_guidance_interval_guides_exactly_the_steps_inside_it():
     """The interval sampler equals running the steps outside it with scale 1 and those inside with the scale:
-    composed by hand from chunks of the plain samplers, bit for bit."""
+    composed by hand from chunks of the plain samplers, to float32 rounding (bit for bit with jax 0.10; XLA's
+    fusion in jax 0.12 differs by up to 3e-6 on values ~5)."""
     config = SamplerConfig(kind="ddim", num_steps=20, guidance_scale=3.0, eta=1.0)
     sigma = noise_levels(SCHEDULE, sampling_timesteps(SCHEDULE.num_steps, 20))
     interval = (0.3, 5.0)
@@ -169,7 +170,7 @@ def test_a_guidance_interval_guides_exactly_the_steps_inside_it():
     for j in range(20):
         x = step(x, bool(inside[j]), j)
     got = _small(dataclasses.replace(config, guidance_interval=interval))
-    np.testing.assert_allclose(got, np.asarray(x), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got, np.asarray(x), rtol=0, atol=1e-5)
     assert not np.allclose(got, _small(config), atol=1e-3)  # and it is not plain guidance
 
 
