@@ -106,21 +106,22 @@ RESUMABLE_TRAINING_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_e
 _STAGE_PATH_KEYS = {"diffusion": ("vae_checkpoint", "latent_cache", "latent_cache_dtype", "init_from")}
 
 
+def _flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+    """{"group.key": value} of every leaf, tuples as lists (as JSON holds them)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
 def recipe(config: ml_collections.ConfigDict, stage: str) -> dict[str, Any]:
     """The settings that define stage `stage`'s run, flattened ("diffusion.optimizer.learning_rate": 2e-4), as its
     checkpoints record them: everything of the stage's group and the shared groups but the resumable keys (a
     resumed run whose recipe differs would silently mix two runs)."""
-    flat: dict[str, Any] = {}
-
-    def walk(group, prefix):
-        for key, value in group.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, ml_collections.ConfigDict):
-                walk(value, name + ".")
-            else:
-                flat[name] = list(value) if isinstance(value, tuple) else value
-
-    walk(config, "")
+    flat = _flatten(config)
     other = "diffusion" if stage == "vae" else "vae"
     skip = set(RESUMABLE_KEYS) | {f"{stage}.training.{k}" for k in RESUMABLE_TRAINING_KEYS} | {
         f"{stage}.{k}" for k in _STAGE_PATH_KEYS.get(stage, ())}
@@ -129,15 +130,25 @@ def recipe(config: ml_collections.ConfigDict, stage: str) -> dict[str, Any]:
                           and not (stage == "vae" and k.split(".")[0] in ("text", "experience", "variant"))})
 
 
+def _schema_defaults() -> dict[str, Any]:
+    """Every key of the training config schema (`config.base_config`) with its default, flattened like `recipe`."""
+    from sediff_jax.training.config import base_config  # (config imports nothing of the training stages)
+
+    return jsonio.strict(_flatten(base_config()))
+
+
 def check_recipe(saved_meta: dict, recipe: dict | None, stage_dir: str, step: int) -> None:
     """CheckpointError naming the differing settings when a stage's checkpoint was trained with another recipe
     (`stages.recipe`; checkpoints written before it was recorded are not checked)."""
     saved = saved_meta.get("recipe")
     if not isinstance(saved, dict) or recipe is None:
         return
-    differing = [k for k in sorted(set(saved) | set(recipe)) if saved.get(k) != recipe.get(k)]
+    # a setting added to the schema after that checkpoint was written ran at its default there (the schema's
+    # defaults keep earlier behaviour), so a run that keeps the default resumes
+    defaults = _schema_defaults()
+    differing = [k for k in sorted(set(saved) | set(recipe)) if saved.get(k, defaults.get(k)) != recipe.get(k)]
     if differing:
-        shown = "; ".join(f"{k}: {saved.get(k)!r} there, {recipe.get(k)!r} now" for k in differing[:4])
+        shown = "; ".join(f"{k}: {saved.get(k, defaults.get(k))!r} there, {recipe.get(k)!r} now" for k in differing[:4])
         more = f" and {len(differing) - 4} more" if len(differing) > 4 else ""
         raise ckpt.CheckpointError(
             f"{stage_dir}: the run there (step {step}) was trained with other settings ({shown}{more}); resuming "

@@ -151,3 +151,23 @@ def test_fuzzed_overrides_are_accepted_or_refused_by_name():
 @pytest.mark.slow
 def test_fuzzed_overrides_many():
     _fuzz_overrides(2000)
+
+
+def test_a_checkpoint_written_before_a_setting_existed_resumes_at_its_default_and_not_otherwise():
+    """A recipe key added to the schema later (e.g. diffusion.loss.repa_weight) ran at its default in an older
+    checkpoint: a run that keeps the default resumes; one that changes it is refused naming it."""
+    from sediff_jax.checkpoints.stage import CheckpointError
+    from sediff_jax.training.stages import check_recipe, recipe
+
+    config = resolve(base_config())
+    now = recipe(config, "diffusion")
+    older = {k: v for k, v in now.items() if not k.startswith(("diffusion.loss.repa", "diffusion.model.repa"))}
+    assert len(older) < len(now)
+    check_recipe({"recipe": older}, now, "old_run", 1000)  # the defaults: resumes
+    config.diffusion.loss.repa_weight = 0.5
+    with pytest.raises(CheckpointError, match=r"diffusion.loss.repa_weight: 0.0 there, 0.5 now"):
+        check_recipe({"recipe": older}, recipe(config, "diffusion"), "old_run", 1000)
+    config = resolve(base_config())
+    config.diffusion.loss.euler_weight = 0.1  # a key the checkpoint has: compared as before
+    with pytest.raises(CheckpointError, match=r"diffusion.loss.euler_weight: 0.05 there, 0.1 now"):
+        check_recipe({"recipe": now}, recipe(config, "diffusion"), "old_run", 1000)
