@@ -35,6 +35,7 @@ from sediff_jax.models.vae_losses import VAELossConfig
 from sediff_jax.simulator.params import WaveParams
 from sediff_jax.simulator.priors import load_prior
 from sediff_jax.text import TextCache, make_text_encoder
+from sediff_jax.training.config import base_config
 from sediff_jax.training.state import OptimizerConfig, PyTree, make_optimizer, split_params
 from sediff_jax.training.steps import DiffusionStepConfig, make_diffusion_steps, make_vae_steps
 
@@ -132,8 +133,6 @@ def recipe(config: ml_collections.ConfigDict, stage: str) -> dict[str, Any]:
 
 def _schema_defaults() -> dict[str, Any]:
     """Every key of the training config schema (`config.base_config`) with its default, flattened like `recipe`."""
-    from sediff_jax.training.config import base_config  # (config imports nothing of the training stages)
-
     return jsonio.strict(_flatten(base_config()))
 
 

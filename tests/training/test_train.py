@@ -496,36 +496,49 @@ def test_posthoc_ema_chooses_on_real_validation_records_and_exports_the_best(uni
     assert f"chosen: {best['model']}" in done.stdout
 
 
-def test_stage_2_with_repa_aligns_to_the_teachers_features_of_each_record(uninterrupted, prepared_dir, tmp_path):
-    """The repa variant: the teacher's features of every record of each split are computed once (kept under
-    workdir/repa_targets, read back by a later run), each batch gets its records' rows by record_id, the step
-    reports L_REPA = 1 - cos in [0, 2] and adds 0.5 x it to the total; bad teachers are refused by name."""
-    from sediff_jax.evaluation.clip import SHIPPED_CLIP, load_clip
-    from sediff_jax.training import sources
+@pytest.mark.slow  # (~60 s; the pieces are tested fast below and in tests/diffusion, tests/models)
+def test_stage_2_with_repa_trains_with_its_term_in_the_total(uninterrupted, prepared_dir, tmp_path):
+    """The repa variant: the step reports L_REPA = 1 - cos in [0, 2] and adds 0.5 x it to the total, in training
+    and in evaluation; bad teachers are refused by name."""
     from sediff_jax.training.config import resolve
-    from sediff_jax.training.repa import AlignmentTargets
 
     reference, _ = uninterrupted
-    config = _config(prepared_dir)
-    config = resolve(common.apply_variant(config, "repa"))
+    config = resolve(common.apply_variant(_config(prepared_dir), "repa"))
     config.stage = "diffusion"
     config.diffusion.vae_checkpoint = os.path.join(reference, "vae")
     assert config.diffusion.repa_teacher == "shipped"  # the variant's default teacher
     workdir = tmp_path / "run"
     result, = train(config, str(workdir))
     assert result.step == STEPS and not result.stopped_early
-    lines = read_metrics(str(workdir / "diffusion" / "metrics.jsonl"))
-    for r in lines:  # (ddpm_weighting uniform, all simulator terms on)
+    for r in read_metrics(str(workdir / "diffusion" / "metrics.jsonl")):  # (uniform L_DDPM, simulator terms on)
         assert 0.0 <= r["repa"] <= 2.0
         np.testing.assert_allclose(r["total"], r["ddpm"] + 0.5 * r["repa"] + 0.05 * (r["euler"] + r["interlead"]
                                                                                    + r["sim"]), rtol=1e-5)
     assert "repa" in read_metrics(str(workdir / "diffusion" / "metrics.jsonl"), "validation")[0]
+    bad = resolve(config)
+    bad.diffusion.model.repa_dim = 64
+    with pytest.raises(ValueError, match="has 128 features per time step; set diffusion.model.repa_dim=128"):
+        train(bad, str(tmp_path / "bad_dim"))
+    bad.diffusion.model.repa_dim, bad.diffusion.repa_teacher = 128, str(tmp_path / "none.safetensors")
+    with pytest.raises(FileNotFoundError, match="none.safetensors: no such file"):
+        train(bad, str(tmp_path / "no_teacher"))
 
+
+def test_repa_targets_are_the_teachers_features_computed_once_and_looked_up_by_record(prepared_dir, tmp_path):
+    """The teacher's features of every record of a split are written once (float16), read back by a later run
+    instead of recomputed, and looked up by record_id in any order (bytes or str); an unknown record is named."""
+    from sediff_jax.evaluation.clip import SHIPPED_CLIP, load_clip
+    from sediff_jax.training import sources
+    from sediff_jax.training.config import resolve
+    from sediff_jax.training.repa import AlignmentTargets
+
+    config = resolve(_config(prepared_dir))
     teacher = load_clip(SHIPPED_CLIP)
     source = sources.split_source(config, "validation")
-    saved = workdir / "repa_targets" / f"{teacher.id}_validation.npz"
+    AlignmentTargets(teacher, tmp_path).add_split(source, "validation")
+    saved = tmp_path / f"{teacher.id}_validation.npz"
     mtime = os.path.getmtime(saved)
-    targets = AlignmentTargets(teacher, workdir / "repa_targets")
+    targets = AlignmentTargets(teacher, tmp_path)
     targets.add_split(source, "validation")  # read back, not recomputed
     assert os.path.getmtime(saved) == mtime
     records = [source[i] for i in (3, 0, 3)]
@@ -535,11 +548,3 @@ def test_stage_2_with_repa_aligns_to_the_teachers_features_of_each_record(uninte
     np.testing.assert_allclose(got, expected, atol=2e-3 * np.abs(expected).max())  # (stored float16)
     with pytest.raises(KeyError, match="'nope' has no REPA target"):
         targets.lookup(["nope"])
-
-    bad = resolve(config)
-    bad.diffusion.model.repa_dim = 64
-    with pytest.raises(ValueError, match="has 128 features per time step; set diffusion.model.repa_dim=128"):
-        train(bad, str(tmp_path / "bad_dim"))
-    bad.diffusion.model.repa_dim, bad.diffusion.repa_teacher = 128, str(tmp_path / "none.safetensors")
-    with pytest.raises(FileNotFoundError, match="none.safetensors: no such file"):
-        train(bad, str(tmp_path / "no_teacher"))
