@@ -221,6 +221,8 @@ def _resume(checkpointer: ckpt.Checkpointer, stage_dir: str, state: TrainState, 
         return state, None, 0, meta
     abstract = abstract_like(state, replicated_sharding(mesh))
     state, loader_json, saved_meta, step = ckpt.restore(stage_dir, abstract, step)
+    if isinstance(saved_meta.get("model"), dict):  # a field added to the network's config since: its default then
+        saved_meta = dict(saved_meta, model={**stages.model_defaults(meta.get("stage")), **saved_meta["model"]})
     for key in ("model", "stage"):
         if key in meta and saved_meta.get(key) != meta[key]:
             raise ckpt.CheckpointError(

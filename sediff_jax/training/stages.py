@@ -107,6 +107,13 @@ RESUMABLE_TRAINING_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_e
 _STAGE_PATH_KEYS = {"diffusion": ("vae_checkpoint", "latent_cache", "latent_cache_dtype", "init_from")}
 
 
+def model_defaults(stage: str | None) -> dict[str, Any]:
+    """The defaults of stage `stage`'s network config (DenoiserConfig, VAEConfig) as its checkpoints' meta
+    records them: what a checkpoint written before a field existed ran with ({} for another stage)."""
+    cls = {"diffusion": DenoiserConfig, "vae": VAEConfig}.get(stage)
+    return {} if cls is None else jsonio.strict(dataclasses.asdict(cls()))
+
+
 def _flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
     """{"group.key": value} of every leaf, tuples as lists (as JSON holds them)."""
     flat: dict[str, Any] = {}

@@ -548,3 +548,23 @@ def test_repa_targets_are_the_teachers_features_computed_once_and_looked_up_by_r
     np.testing.assert_allclose(got, expected, atol=2e-3 * np.abs(expected).max())  # (stored float16)
     with pytest.raises(KeyError, match="'nope' has no REPA target"):
         targets.lookup(["nope"])
+
+
+def test_a_checkpoint_from_before_new_model_and_recipe_fields_resumes(uninterrupted, prepared_dir, tmp_path):
+    """A stage-2 checkpoint written before DenoiserConfig.repa_dim / repa_hidden and the loss's repa_weight
+    existed (its meta lacks them) resumes under today's code, which runs them at their defaults."""
+    import shutil
+
+    reference, _ = uninterrupted
+    workdir = tmp_path / "old"
+    shutil.copytree(reference, workdir)
+    for meta_file in (workdir / "diffusion" / "checkpoints").glob("*/meta/metadata"):
+        meta = json.loads(meta_file.read_text())
+        for key in ("repa_dim", "repa_hidden"):
+            meta["model"].pop(key)
+        meta["recipe"] = {k: v for k, v in meta["recipe"].items() if "repa" not in k}
+        meta_file.write_text(json.dumps(meta))
+    config = _config(prepared_dir)
+    config.diffusion.training.num_steps = STEPS + 2
+    results = train(config, str(workdir))
+    assert [(r.stage, r.step) for r in results] == [("vae", STEPS), ("diffusion", STEPS + 2)]
