@@ -161,7 +161,7 @@ def make_batch(source, indices: np.ndarray, max_r_peaks: int = 51) -> dict[str, 
         peaks[k, : len(p)], counts[k] = p, len(p)
     batch["r_peaks"], batch["num_r_peaks"] = peaks, counts
     for name in (name for name in STRING_FIELDS if name in examples[0]):
-        batch[name] = np.array([_text(e[name]) for e in examples], dtype=object)
+        batch[name] = np.array([as_text(e[name]) for e in examples], dtype=object)
     batch["index"] = np.concatenate([real, np.full(int((~mask).sum()), -1)]).astype(np.int64)
     batch["mask"] = np.concatenate([np.ones(real.size, bool), np.zeros(int((~mask).sum()), bool)])
     return batch
@@ -357,5 +357,6 @@ class BatchLoader:
             pass
 
 
-def _text(value) -> str:
+def as_text(value) -> str:
+    """A string field of an example (bytes as the dataset stores them, or str) as str."""
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)

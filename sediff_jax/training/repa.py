@@ -17,13 +17,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from sediff_jax.data.loader import BatchLoader
+from sediff_jax.data.loader import BatchLoader, as_text
 from sediff_jax.evaluation.clip import ClipEncoder
 from sediff_jax.io import atomic_path
-
-
-def _text(record_id) -> str:
-    return record_id.decode() if isinstance(record_id, bytes) else str(record_id)
 
 
 class AlignmentTargets:
@@ -32,8 +28,7 @@ class AlignmentTargets:
     def __init__(self, teacher: ClipEncoder, directory: str | os.PathLike):
         self.teacher, self.directory = teacher, str(directory)
         self._rows: dict[str, int] = {}
-        self._tables: list[np.ndarray] = []
-        self._offset = 0
+        self._table: np.ndarray | None = None  # (records of every split added, T, d) float16
 
     @property
     def feature_dim(self) -> int:
@@ -80,23 +75,22 @@ class AlignmentTargets:
                     raise ValueError(f"diffusion.repa_teacher {self.teacher.source}: takes "
                                      f"{self.teacher.num_samples} samples at {self.teacher.fs:g} Hz, the {split} "
                                      f"records have {ecg.shape[1]}; train it at the run's data.fs and duration_s")
-                ids += [_text(r) for r in np.asarray(batch["record_id"])[mask]]
+                ids += [as_text(r) for r in np.asarray(batch["record_id"])[mask]]
                 parts.append(self.teacher.ecg_feature_tokens(ecg).astype(np.float16))
         finally:
             loader.close()
         return ids, np.concatenate(parts)
 
     def _add(self, ids: Iterable[str], features: np.ndarray) -> None:
+        offset = 0 if self._table is None else self._table.shape[0]
         for i, record in enumerate(ids):
-            self._rows.setdefault(record, self._offset + i)
-        self._tables.append(features)
-        self._offset += features.shape[0]
-        self._table = np.concatenate(self._tables) if len(self._tables) > 1 else self._tables[0]
+            self._rows.setdefault(record, offset + i)
+        self._table = features if self._table is None else np.concatenate([self._table, features])
 
     def lookup(self, record_ids: Sequence[str]) -> np.ndarray:
         """(batch, T, d) float32 features of `record_ids`; an unknown record is an error naming it."""
         try:
-            rows = np.array([self._rows[_text(r)] for r in record_ids], np.int64)
+            rows = np.array([self._rows[as_text(r)] for r in record_ids], np.int64)
         except KeyError as e:
             raise KeyError(f"record {e.args[0]!r} has no REPA target (its split was not added)") from None
         return self._table[rows].astype(np.float32)
