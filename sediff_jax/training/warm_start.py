@@ -34,18 +34,20 @@ def warm_started(config: ml_collections.ConfigDict, model: Any, model_config: De
 def initial_denoiser(config: ml_collections.ConfigDict, model_config: DenoiserConfig, vae_params: Any, meta: dict
                      ) -> tuple[Any, dict]:
     """(EMA denoiser params as float32, meta additions) of `diffusion.init_from`: stage 2 starts from a trained
-    model's weights. The model must have this run's denoiser, noise schedule, prediction, text encoder, sampling
-    rate and duration, and the same frozen VAE (compared at the precision the model stores), so its latent scale
-    carries over; CheckpointError names what differs."""
+    model's weights. The model must have this run's denoiser, noise schedule, text encoder, sampling rate and
+    duration, and the same frozen VAE (compared at the precision the model stores), so its latent scale carries
+    over; CheckpointError names what differs. Its prediction target may differ (an epsilon model fine-tuned into a
+    v-prediction one, as Stable Diffusion 2's 768-v model was): the network stays, its output layer's meaning is
+    re-learned, and the meta records the target it started from."""
     source = config.diffusion.init_from
     model = load_model(source)
     spec = model.spec
     wanted = {"denoiser": dataclasses.asdict(model_config), "schedule": meta["schedule"],
-              "prediction": meta["loss"]["prediction"], "text_encoder": meta["text_encoder"],
+              "text_encoder": meta["text_encoder"],
               "fs": float(meta["fs"]), "duration_s": float(meta["duration_s"])}
     found = {"denoiser": dataclasses.asdict(spec.denoiser),
              "schedule": {"kind": spec.schedule_kind, "num_steps": int(spec.schedule_steps)},
-             "prediction": spec.prediction, "text_encoder": spec.text_encoder, "fs": float(spec.fs),
+             "text_encoder": spec.text_encoder, "fs": float(spec.fs),
              "duration_s": float(spec.duration_s)}
     differing = [k for k in wanted if jsonio.strict(wanted[k]) != jsonio.strict(found[k])]
     if differing:
@@ -62,6 +64,9 @@ def initial_denoiser(config: ml_collections.ConfigDict, model_config: DenoiserCo
             f"--config.diffusion.vae_checkpoint at {source}")
     params = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(model.denoiser_params))
     logging.info("stage 2 starts from %s (model %s, step %s)", source, model.id, spec.training.get("step"))
+    if spec.prediction != meta["loss"]["prediction"]:
+        logging.info("the model predicts %s and this run trains it to predict %s: its output is re-learned",
+                     spec.prediction, meta["loss"]["prediction"])
     return params, {"latent_scale": float(spec.latent_scale),
                     "init_from": {"source": os.path.abspath(source), "model_id": model.id,
-                                  "step": spec.training.get("step")}}
+                                  "step": spec.training.get("step"), "prediction": spec.prediction}}

@@ -396,8 +396,9 @@ def test_stage_2_fine_tunes_from_a_trained_model_and_refuses_one_that_cannot_sta
     """diffusion.init_from: stage 2 starts from an exported model's EMA denoiser and latent scale (with a learning
     rate of 1e-12 the run's weights stay the model's to float32 rounding; the model's weights are the trained
     run's moved by 0.1, so a run that started from its own initialisation would be 0.1 away),
-    records which model it started from, and refuses a missing model, another denoiser, or a model whose VAE is
-    not the run's frozen VAE."""
+    records which model it started from, fine-tunes an epsilon model into a v-prediction one (the same start, the
+    model it gives predicts v), and refuses a missing model, another denoiser, or a model whose VAE is not the
+    run's frozen VAE."""
     import dataclasses
 
     from sediff_jax.checkpoints import CheckpointError
@@ -422,6 +423,15 @@ def test_stage_2_fine_tunes_from_a_trained_model_and_refuses_one_that_cannot_sta
     assert tuned.spec.latent_scale == source.spec.latent_scale
     meta, _ = ckpt.read_meta(str(tmp_path / "tuned" / "diffusion"))
     assert meta["init_from"]["model_id"] == source.id and meta["init_from"]["source"] == str(model_dir)
+    assert source.spec.prediction == meta["init_from"]["prediction"] == "epsilon"
+
+    config.diffusion.loss.prediction = "v"
+    train(config, str(tmp_path / "to_v"))
+    to_v = load_model(tmp_path / "to_v", which="latest")
+    assert to_v.spec.prediction == "v" and to_v.spec.latent_scale == source.spec.latent_scale
+    for a, b in zip(jax.tree.leaves(to_v.denoiser_params), jax.tree.leaves(source.denoiser_params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
+    config.diffusion.loss.prediction = "epsilon"
 
     config.diffusion.init_from = str(tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="init_from=.*nowhere' is not an existing model"):
