@@ -151,10 +151,10 @@ def check_recipe(saved_meta: dict, recipe: dict | None, stage_dir: str, step: in
         return
     # a setting added to the schema after that checkpoint was written ran at its default there (the schema's
     # defaults keep earlier behaviour), so a run that keeps the default resumes
-    defaults = _schema_defaults()
-    differing = [k for k in sorted(set(saved) | set(recipe)) if saved.get(k, defaults.get(k)) != recipe.get(k)]
+    was = {**_schema_defaults(), **saved}
+    differing = [k for k in sorted(set(saved) | set(recipe)) if was.get(k) != recipe.get(k)]
     if differing:
-        shown = "; ".join(f"{k}: {saved.get(k, defaults.get(k))!r} there, {recipe.get(k)!r} now" for k in differing[:4])
+        shown = "; ".join(f"{k}: {was.get(k)!r} there, {recipe.get(k)!r} now" for k in differing[:4])
         more = f" and {len(differing) - 4} more" if len(differing) > 4 else ""
         raise ckpt.CheckpointError(
             f"{stage_dir}: the run there (step {step}) was trained with other settings ({shown}{more}); resuming "
