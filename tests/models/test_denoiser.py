@@ -98,7 +98,7 @@ def test_repa_features_come_from_the_same_forward_pass_and_reach_the_middle_bloc
     def alignment(m):
         return jnp.sum(m.with_features(x, t, c)[1])
 
-    grads = nnx.grad(alignment)(model)
+    grads = nnx.jit(nnx.grad(alignment))(model)
     assert float(jnp.abs(grads.down[0].conv1.kernel[...]).max()) > 0  # reaches the first level
     assert float(jnp.abs(grads.conv_out.kernel[...]).max()) == 0  # not the output head
     with pytest.raises(ValueError, match="repa_dim > 0"):
