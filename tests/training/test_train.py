@@ -446,9 +446,12 @@ def test_stage_2_fine_tunes_from_a_trained_model_and_refuses_one_that_cannot_sta
         train(config, str(tmp_path / "refused_denoiser"))
 
 
-def test_posthoc_ema_combines_the_kept_checkpoints_and_exports_the_result(uninterrupted, tmp_path, repo_root):
+def test_posthoc_ema_combines_the_kept_checkpoints_and_the_cli_exports_the_best_on_real_validation(
+        uninterrupted, tmp_path, repo_root, data_dir):
     """load_posthoc_ema rebuilds a power-function EMA from the run's kept EMA snapshots (steps 2 and 4) with
-    fit_profile's coefficients, applied to what orbax restores, and records it; the CLI exports the same model."""
+    fit_profile's coefficients, applied to what orbax restores, and records it. The CLI builds the same models and,
+    with --validation_records, scores every width and the run's own EMA by the denoising loss on the same real
+    PTB-XL validation records, and exports the row with the lowest loss."""
     import subprocess
     import sys
 
@@ -472,33 +475,16 @@ def test_posthoc_ema_combines_the_kept_checkpoints_and_exports_the_result(uninte
     assert model.id != own.id == load_model(workdir, step=STEPS).id
     assert model.spec.training["posthoc_ema"] == {"sigma_rel": 0.2, "snapshot_steps": [2, STEPS, 2],
                                                   "profile_error": round(fit.relative_error, 5)}
-    out = tmp_path / "posthoc"
-    done = subprocess.run([sys.executable, "-m", "experiments.posthoc_ema", f"--workdir={workdir}",
-                           "--sigma_rel=0.2", "--validation_records=0", f"--out={out}"], cwd=repo_root,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "post-hoc sigma_rel=0.2" in done.stdout and load_model(out).id == model.id
-    assert load_model(out).spec.training["posthoc_ema"]["sigma_rel"] == 0.2
 
-
-def test_posthoc_ema_chooses_on_real_validation_records_and_exports_the_best(uninterrupted, tmp_path, repo_root,
-                                                                             data_dir):
-    """With --validation_records, every width and the run's own EMA are scored by the denoising loss on the same
-    real PTB-XL validation records, and the export is the row with the lowest loss."""
-    import subprocess
-    import sys
-
-    from sediff_jax.generation import load_model
-
-    workdir, _ = uninterrupted
     out, report = tmp_path / "chosen", tmp_path / "report.json"
     done = subprocess.run([sys.executable, "-m", "experiments.posthoc_ema", f"--workdir={workdir}",
-                           "--sigma_rel=0.1,0.25", "--validation_records=6", f"--source_dir={data_dir / 'ptb-xl'}",
+                           "--sigma_rel=0.1,0.2", "--validation_records=6", f"--source_dir={data_dir / 'ptb-xl'}",
                            f"--out={out}", f"--report={report}"], cwd=repo_root, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(report.read_text())["rows"]
-    assert [r["sigma_rel"] for r in rows] == [None, 0.1, 0.25] and len({r["id"] for r in rows}) == 3
+    assert [r["sigma_rel"] for r in rows] == [None, 0.1, 0.2] and len({r["id"] for r in rows}) == 3
+    assert rows[0]["id"] == own.id and rows[2]["id"] == model.id  # the CLI's models are the library's
     best = min(rows, key=lambda r: r["validation_loss"])
     assert rows[0]["minus_own"] == 0 and all(np.isfinite(r["validation_loss"]) for r in rows)
     exported = load_model(out)
