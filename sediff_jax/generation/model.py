@@ -116,6 +116,8 @@ def load_training_run(stage_dir: str | os.PathLike, which: str = "best", step: i
         raise CheckpointError(f"{stage_dir}: its VAE stage {vae_dir} is missing")
     vae_graphdef, vae_params, _, _ = load_vae(vae_dir, which="best")
     training = {"step": int(step), "workdir": str(stage_dir.parent)}
+    if meta.get("init_from"):  # fine-tuned: the model it started from (`training.warm_start`), kept on export
+        training["init_from"] = {k: v for k, v in meta["init_from"].items() if k != "source"}
     if "spec" in meta:  # the model as its stage recorded it (`training.stages.diffusion_spec`)
         spec = ModelSpec.from_json(meta["spec"], str(stage_dir))
         spec = spec.replace(provenance={**spec.provenance, "training": training})

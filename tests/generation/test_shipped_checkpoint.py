@@ -25,3 +25,20 @@ def test_shipped_checkpoint_loads_with_its_text_encoder_and_prior(repo_root):
     prompt = make_prompt("Atrial fibrillation. Left ventricular hypertrophy.", age=74, sex="M", hr=95)
     report, = generator.experience_reports([prompt])
     assert report.startswith("Experience from 5 similar patients") and "atrial fibrillation" in report
+
+
+def test_candidate_checkpoints_load_and_say_what_they_start_from(repo_root):
+    """Models under checkpoints/candidates/ (the next shipped model while its full benchmark is pending) load with
+    this code, stay within the size budget, record their training command and the model they were fine-tuned
+    from, and are documented in checkpoints/README.md."""
+    candidates = sorted(p for p in (repo_root / "checkpoints" / "candidates").glob("*") if p.is_dir())
+    card = (repo_root / "checkpoints" / "README.md").read_text()
+    for directory in candidates:
+        assert (directory / WEIGHTS_FILE).stat().st_size <= 30 * 2**20
+        config = json.loads((directory / CONFIG_FILE).read_text())
+        assert config["training"]["command"].startswith("python -m experiments.train")
+        assert config["training"]["init_from"]["model_id"], directory
+        model = load_model(directory)
+        assert model.fs == 100.0 and model.num_samples == 1000
+        assert f"candidates/{directory.name}" in card and model.id in card
+        Generator(model)  # the text encoder and prior classes match this code

@@ -424,6 +424,9 @@ def test_stage_2_fine_tunes_from_a_trained_model_and_refuses_one_that_cannot_sta
     meta, _ = ckpt.read_meta(str(tmp_path / "tuned" / "diffusion"))
     assert meta["init_from"]["model_id"] == source.id and meta["init_from"]["source"] == str(model_dir)
     assert source.spec.prediction == meta["init_from"]["prediction"] == "epsilon"
+    # the exported model keeps which model it started from (the local path stays in the run's meta)
+    assert load_model(export_model(tuned, tmp_path / "tuned_model")).spec.training["init_from"] == {
+        "model_id": source.id, "step": source.spec.training.get("step"), "prediction": "epsilon"}
 
     config.diffusion.loss.prediction = "v"
     train(config, str(tmp_path / "to_v"))
