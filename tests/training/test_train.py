@@ -492,7 +492,8 @@ def test_posthoc_ema_combines_the_kept_checkpoints_and_the_cli_exports_the_best_
     assert rows[0]["minus_own"] == 0 and all(np.isfinite(r["validation_loss"]) for r in rows)
     exported = load_model(out)
     assert exported.id == best["id"] and exported.spec.training["posthoc_ema"]["chosen"] == best["model"]
-    assert f"chosen: {best['model']}" in done.stdout
+    assert f"chosen: {best['model']}" in done.stdout and "post-hoc sigma_rel=0.2" in done.stdout
+    assert exported.spec.training["posthoc_ema"].get("sigma_rel") == best["sigma_rel"]
 
 
 @pytest.mark.slow  # (~60 s; the pieces are tested fast below and in tests/diffusion, tests/models)
