@@ -8,7 +8,7 @@ split with the paired protocol, and print the paper-style table with the paper's
 
 Variants (experiments/configs/common.py): full, no_simulator (L_Euler and L_sim off), no_interlead, no_experience,
 paper (without the rhythm scaffold), the finer no_euler, no_sim_solve, ddpm_only, and the recipe variants min_snr,
-v_prediction and repa (--repa_teacher: its teacher encoder), wide and deep. Layout under --workdir:
+v_prediction, oversample_rare and repa (--repa_teacher: its teacher encoder), wide and deep. Layout under --workdir:
 prepared/ (the dataset), vae/ (stage 1, trained first unless --vae_checkpoint), <variant>/ (stage 2), text_cache/
 (the text and experience encodings every variant shares, unless --text_cache_dir), ablation/ (per variant
 metrics.json, report.md and generated.npz; table.md, ablation.json). The table has each variant's metrics and,
@@ -63,7 +63,8 @@ cli.check_sampling_flags()
 LABELS = {"full": "SE-Diff (full)", "no_simulator": "w/o simulator", "no_interlead": "w/o inter-lead",
           "no_experience": "w/o experience", "no_euler": "w/o L_Euler", "no_sim_solve": "w/o L_sim",
           "ddpm_only": "L_DDPM only", "scaffold": "with rhythm scaffold", "paper": "w/o rhythm scaffold (paper)",
-          "min_snr": "min-SNR-5 weighting", "v_prediction": "v-prediction", "repa": "REPA (weight 0.5)",
+          "min_snr": "min-SNR-5 weighting", "v_prediction": "v-prediction",
+          "oversample_rare": "rare findings oversampled", "repa": "REPA (weight 0.5)",
           "wide": "wider denoiser (96/192/192)", "deep": "deeper denoiser (4 levels)"}
 PAPER_HR_ERROR_BPM = {"full": 8.43, "no_simulator": 14.28, "no_interlead": 19.21, "no_experience": 15.06}
 

@@ -207,6 +207,11 @@ class LatentSource:
         """(n, time / downsampling, channels) as stored."""
         return self._arrays[LATENT]
 
+    @property
+    def codes(self) -> np.ndarray:
+        """(n,) each record's diagnostic codes as text ('NORM; SR'), for `data.sampling.source_codes`."""
+        return self._arrays["codes"]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         a = self._arrays
         peaks = a["r_peaks"][index]

@@ -32,6 +32,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from sediff_jax.data import sampling as sampling_lib
 from sediff_jax.data.sources import MEASUREMENT_NAMES
 
 STRING_FIELDS = ("record_id", "patient_id", "text", "original_text", "codes", "superclasses", "repairs")
@@ -52,6 +53,7 @@ class LoaderState:
     process_index: int
     process_count: int
     global_batch_size: int
+    sampling: str = sampling_lib.UNIFORM  # `sampling.weights_id` of the epoch's draw
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -66,7 +68,9 @@ class BatchPlan:
     """Which examples form each local batch: a pure function of (epoch, batch), the same on every host.
 
     Epoch e's order is a permutation drawn from (seed, e) (or the dataset order without shuffling); global batch
-    k is its k-th run of `global_batch_size`; this process reads the `process_index`-th slice of it."""
+    k is its k-th run of `global_batch_size`; this process reads the `process_index`-th slice of it. With
+    `weights` (expected draws per epoch of each example, `data.sampling`), epoch e first draws
+    `sampling.epoch_length(weights)` examples, each floor or ceil of its share, then shuffles them."""
 
     num_examples: int
     global_batch_size: int
@@ -74,8 +78,17 @@ class BatchPlan:
     process_index: int
     seed: int
     shuffle: bool
+    weights: np.ndarray | None = dataclasses.field(default=None, compare=False)
+
+    @property
+    def epoch_length(self) -> int:
+        return self.num_examples if self.weights is None else sampling_lib.epoch_length(self.weights)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
+        if self.weights is not None:
+            rng = np.random.default_rng([self.seed, epoch])
+            drawn = sampling_lib.systematic_draw(self.weights, rng)
+            return rng.permutation(drawn) if self.shuffle else drawn
         if self.shuffle:
             return np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
         return np.arange(self.num_examples)
@@ -182,6 +195,8 @@ class BatchLoader:
       prefetch: batches decoded ahead (threads; with `workers`, per worker process).
       workers: grain worker processes that read and assemble batches (0: threads in this process).
       state: a LoaderState to resume from.
+      weights: (len(source),) expected draws per epoch of each example (`data.sampling.rare_code_weights`);
+        None draws every example once.
 
     Each batch is a dict: ecg (b, time, 12) float32 mV (or latent_mean (b, time / 8, C) from a latent cache), r_peaks (b, max_r_peaks) int32, num_r_peaks (b,),
     hr_bpm, age (b,) float32 (NaN unknown), sex (b,) int32 (0 male, 1 female, -1 unknown), measurements
@@ -204,6 +219,7 @@ class BatchLoader:
         prefetch: int = 2,
         workers: int = 0,
         state: LoaderState | None = None,
+        weights: np.ndarray | None = None,
     ):
         if process_index is None or process_count is None:
             import jax
@@ -228,17 +244,20 @@ class BatchLoader:
         if workers < 0:
             raise ValueError(f"workers={workers} must be >= 0")
         self.workers = workers
+        self.weights = None if weights is None else sampling_lib.check_weights(weights, self.num_examples)
+        self.sampling = sampling_lib.weights_id(self.weights)
+        self.plan = BatchPlan(self.num_examples, global_batch_size, self.local_batch_size, process_index, seed,
+                              shuffle, self.weights)
+        length = self.plan.epoch_length
         if drop_remainder:
-            self.batches_per_epoch = self.num_examples // global_batch_size
+            self.batches_per_epoch = length // global_batch_size
             if self.batches_per_epoch == 0:
-                raise ValueError(f"{self.num_examples} examples make no full batch of {global_batch_size}")
+                raise ValueError(f"{length} examples make no full batch of {global_batch_size}")
         else:
-            self.batches_per_epoch = math.ceil(self.num_examples / global_batch_size)
+            self.batches_per_epoch = math.ceil(length / global_batch_size)
         self._epoch, self._batch = 0, 0
         if state is not None:
             self._restore(state)
-        self.plan = BatchPlan(self.num_examples, global_batch_size, self.local_batch_size, process_index, seed,
-                              shuffle)
         self._order_cache: tuple[int, np.ndarray] | None = None
         self._grain_iter = None
         self._pool = (concurrent.futures.ThreadPoolExecutor(max(1, self.prefetch))
@@ -249,11 +268,12 @@ class BatchLoader:
     def state(self) -> LoaderState:
         """The position of the next batch (batches fetched ahead but not yet returned do not count)."""
         return LoaderState(self._epoch, self._batch, self.seed, self.num_examples, self.process_index,
-                           self.process_count, self.global_batch_size)
+                           self.process_count, self.global_batch_size, self.sampling)
 
     def _restore(self, state: LoaderState) -> None:
         expected = dict(seed=self.seed, num_examples=self.num_examples, process_index=self.process_index,
-                        process_count=self.process_count, global_batch_size=self.global_batch_size)
+                        process_count=self.process_count, global_batch_size=self.global_batch_size,
+                        sampling=self.sampling)
         for key, value in expected.items():
             if getattr(state, key) != value:
                 raise ValueError(f"saved loader state has {key}={getattr(state, key)}, this loader {value}")

@@ -6,7 +6,8 @@ Ablation variants (`apply_variant`) switch SE-Diff's loss terms: full (default),
 off), no_euler, no_sim_solve (L_sim off), no_interlead, ddpm_only (every simulator term off), no_experience
 (experience tokens off: `experience.dir` cleared, the paper's "w/o Exp"); min_snr (L_DDPM weighted by min-SNR-5,
 Hang et al. 2023); v_prediction (the denoiser predicts v = sqrt(abar) eps - sqrt(1 - abar) x0, Salimans & Ho
-2022, instead of eps); repa (L_REPA at weight 0.5 onto the shipped ECG-CLIP's features; better: another teacher,
+2022, instead of eps); oversample_rare (each record drawn (2000 / records with its rarest code) ** 0.5 times an
+epoch, at most 4: `data.sampling`); repa (L_REPA at weight 0.5 onto the shipped ECG-CLIP's features; better: another teacher,
 `--config.diffusion.repa_teacher`); wide (channels 96/192/192) and deep (a fourth level of 128) for the
 width and depth ablation; scaffold / paper: with / without the
 rhythm scaffold (the cardiac phase of each record's R peaks as denoiser input, on by default; `paper` is SE-Diff
@@ -45,6 +46,7 @@ VARIANTS = {
     "paper": {"diffusion.model.rhythm_channels": 0},
     "min_snr": {"ddpm_weighting": "min_snr"},
     "v_prediction": {"prediction": "v"},
+    "oversample_rare": {"diffusion.training.oversample_power": 0.5, "diffusion.training.oversample_reference": 2000},
     "repa": {"repa_weight": 0.5, "diffusion.model.repa_dim": 128, "diffusion.repa_teacher": "shipped"},
     "wide": {"diffusion.model.channels": (96, 192, 192),  # 1.69x the step's FLOPs
              "diffusion.model.attention": (False, True, True)},
@@ -61,7 +63,11 @@ def training(batch_size: int, num_steps: int, log_every: int = 10, eval_every: i
         progress_bar=True, halt_at_step=0,  # halt_at_step: stop there with a checkpoint, as if preempted
         max_minutes=0.0,  # > 0: stop with a checkpoint once this many minutes of steps have run (a time-boxed burst)
         # stage 2: ECGs generated at each evaluation from the first validation records' conditions (DDIM steps)
-        eval_samples=0, eval_sample_steps=25))
+        eval_samples=0, eval_sample_steps=25,
+        # rare-finding oversampling (`data.sampling.rare_code_weights`): each training record is drawn
+        # (oversample_reference / records with its rarest code) ** oversample_power times per epoch, clipped to
+        # [1, oversample_max]; power 0 draws every record once.
+        oversample_power=0.0, oversample_reference=500, oversample_max=4.0))
 
 
 def optimizer(learning_rate: float, warmup_steps: int = 100, ema_decay: float = 0.999,
@@ -259,7 +265,9 @@ def _training_rules(prefix: str) -> dict[str, Check]:
             f"{prefix}.log_every": _COUNT, f"{prefix}.eval_every": _COUNT, f"{prefix}.checkpoint_every": _COUNT,
             f"{prefix}.max_to_keep": _COUNT, f"{prefix}.max_eval_batches": _COUNT, f"{prefix}.tensorboard": _flag,
             f"{prefix}.progress_bar": _flag, f"{prefix}.halt_at_step": _number(int, 0),
-            f"{prefix}.max_minutes": _number(float, 0, 10_000), f"{prefix}.eval_samples": _number(int, 0, 64), f"{prefix}.eval_sample_steps": _number(int, 1, 1000)}
+            f"{prefix}.max_minutes": _number(float, 0, 10_000), f"{prefix}.eval_samples": _number(int, 0, 64), f"{prefix}.eval_sample_steps": _number(int, 1, 1000),
+            f"{prefix}.oversample_power": _number(float, 0, 4), f"{prefix}.oversample_reference": _number(int, 1),
+            f"{prefix}.oversample_max": _number(float, 1, 100)}
 
 
 # dotted key -> its check; every leaf of base_config() has one (tests/training/test_config_schema.py).

@@ -13,11 +13,12 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from sediff_jax.checkpoints.trained import load_vae
 from sediff_jax.checkpoints.weights import flatten_params, weights_id
-from sediff_jax.data import latents
+from sediff_jax.data import latents, sampling
 from sediff_jax.data.builder import VERSION, config_name, open_split
 from sediff_jax.data.canonical import CanonicalConfig
 from sediff_jax.data.loader import BatchLoader, LoaderState
@@ -138,11 +139,28 @@ def _has_prepared_dataset(config: ml_collections.ConfigDict) -> bool:
     return True
 
 
+def sampling_weights(stage_config: ml_collections.ConfigDict, source) -> np.ndarray | None:
+    """Each training record's expected draws per epoch under the stage's rare-finding oversampling
+    (`training.oversample_*`, `data.sampling.rare_code_weights`); None when `oversample_power` is 0."""
+    training = stage_config.training
+    if not training.oversample_power:
+        return None
+    weights = sampling.rare_code_weights(sampling.source_codes(source), power=training.oversample_power,
+                                         reference_count=training.oversample_reference,
+                                         max_weight=training.oversample_max)
+    logging.info("rare-finding oversampling: %d records drawn %.0f times per epoch (%.1f %% of them more than once, "
+                 "up to %.2fx)", len(weights), sampling.epoch_length(weights), 100 * np.mean(weights > 1),
+                 weights.max())
+    return weights
+
+
 def train_loader(config: ml_collections.ConfigDict, stage_config: ml_collections.ConfigDict, source,
                  state: LoaderState | None) -> BatchLoader:
-    """The shuffled, repeating, per-host training loader of a stage, resumed at `state`."""
+    """The shuffled, repeating, per-host training loader of a stage, resumed at `state`, drawing rare findings
+    more often where the stage's `training.oversample_power` > 0."""
     return BatchLoader(source, stage_config.training.batch_size, seed=config.seed, state=state,
-                       prefetch=config.data.prefetch, workers=config.data.loader_workers)
+                       prefetch=config.data.prefetch, workers=config.data.loader_workers,
+                       weights=sampling_weights(stage_config, source))
 
 
 def eval_loader(source, batch_size: int) -> BatchLoader:
