@@ -45,6 +45,7 @@ VARIANTS = {
     "g2": {"guidance_scale": 2.0},
     "g3": {"guidance_scale": 3.0},
     "g2_interval": {"guidance_scale": 2.0, "guidance_interval": (0.3, 5.0)},
+    "g2.5_interval": {"guidance_scale": 2.5, "guidance_interval": (0.3, 5.0)},
     "g3_interval": {"guidance_scale": 3.0, "guidance_interval": (0.3, 5.0)},
     "g2_cads": {"guidance_scale": 2.0, "cads_noise": 0.25},
     "g3_cads": {"guidance_scale": 3.0, "cads_noise": 0.25},
