@@ -244,10 +244,10 @@ class BatchLoader:
         if workers < 0:
             raise ValueError(f"workers={workers} must be >= 0")
         self.workers = workers
-        self.weights = None if weights is None else sampling_lib.check_weights(weights, self.num_examples)
-        self.sampling = sampling_lib.weights_id(self.weights)
+        weights = None if weights is None else sampling_lib.check_weights(weights, self.num_examples)
+        self.sampling = sampling_lib.weights_id(weights)
         self.plan = BatchPlan(self.num_examples, global_batch_size, self.local_batch_size, process_index, seed,
-                              shuffle, self.weights)
+                              shuffle, weights)
         length = self.plan.epoch_length
         if drop_remainder:
             self.batches_per_epoch = length // global_batch_size

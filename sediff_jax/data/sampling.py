@@ -21,7 +21,7 @@ UNIFORM = "uniform"
 
 
 def parse_codes(text: str | bytes) -> tuple[str, ...]:
-    """'NORM; SR' (the prepared datasets' `codes` field) -> ('NORM', 'SR'); empty text -> ()."""
+    """'NORM; SR' (the prepared datasets' `codes` field, joined by `data.builder`) -> ('NORM', 'SR'); '' -> ()."""
     if isinstance(text, bytes):
         text = text.decode("utf-8")
     return tuple(code for code in (part.strip() for part in str(text).split(";")) if code)
