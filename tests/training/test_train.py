@@ -568,3 +568,39 @@ def test_a_checkpoint_from_before_new_model_and_recipe_fields_resumes(uninterrup
     config.diffusion.training.num_steps = STEPS + 2
     results = train(config, str(workdir))
     assert [(r.stage, r.step) for r in results] == [("vae", STEPS), ("diffusion", STEPS + 2)]
+
+
+def test_an_oversampled_stage_2_killed_and_resumed_reproduces_the_uninterrupted_run(uninterrupted, prepared_dir,
+                                                                                   tmp_path):
+    """Rare findings oversampled (`training.oversample_power`): the weighted epoch's position travels in the
+    checkpoint, so a run stopped after step 2 and resumed ends bit for bit where the uninterrupted one does, and
+    a resume that changes the weights is refused by name before anything is written."""
+    from sediff_jax.data import sampling
+    from sediff_jax.training import sources
+    from sediff_jax.training.config import resolve
+
+    reference, _ = uninterrupted
+
+    def config(halt=0, power=1.0):
+        c = _config(prepared_dir, diffusion_halt=halt)
+        c.stage = "diffusion"
+        c.diffusion.vae_checkpoint = os.path.join(reference, "vae")
+        c.diffusion.training.update(oversample_power=power, oversample_reference=8, oversample_max=3.0)
+        return c
+
+    weights = sources.sampling_weights(resolve(config()).diffusion, sources.split_source(resolve(config()), "train"))
+    assert weights is not None and weights.max() > weights.min() >= 1.0  # the tiny set's presets are drawn unequally
+    whole, = train(config(), str(tmp_path / "whole"))
+    first, = train(config(halt=2), str(tmp_path / "resumed"))
+    assert (first.step, first.stopped_early) == (2, True)
+    with pytest.raises(ckpt.CheckpointError, match="oversample_power: 1.0 there, 0.5 now"):
+        train(config(power=0.5), str(tmp_path / "resumed"))
+    second, = train(config(), str(tmp_path / "resumed"))
+    assert whole.step == second.step == STEPS and not second.stopped_early
+    _assert_trees_equal(_saved_state(str(tmp_path / "whole" / "diffusion"), STEPS),
+                        _saved_state(str(tmp_path / "resumed" / "diffusion"), STEPS))
+    assert read_metrics(str(tmp_path / "whole" / "diffusion" / "metrics.jsonl")) == \
+        read_metrics(str(tmp_path / "resumed" / "diffusion" / "metrics.jsonl"))
+    uniform = read_metrics(os.path.join(reference, "diffusion", "metrics.jsonl"))
+    assert read_metrics(str(tmp_path / "whole" / "diffusion" / "metrics.jsonl"))[0]["total"] != uniform[0]["total"]
+    assert sampling.weights_id(weights) != sampling.UNIFORM
