@@ -3,7 +3,8 @@
 A PTB-XL epoch holds 59 atrial-flutter records among 17,416, so a generator sees flutter waves once every ~300
 steps of batch 32 and learns the common ECG first. `rare_code_weights` gives each record an expected number of
 draws per epoch from its rarest diagnostic code: (reference_count / count of that code) ** power, clipped to
-[1, max_weight]. Records whose every code is at least `reference_count` strong keep weight 1. `systematic_draw`
+[1, max_weight]. Records whose every code is at least `reference_count` strong keep weight 1; `only` restricts
+the oversampling to a few named codes (e.g. STE_ and AMI). `systematic_draw`
 turns the weights into one epoch's index list of a fixed length (systematic resampling: each record is drawn
 floor or ceil of its weight's share, never more), so an epoch has the same number of batches every time and a
 loader can resume by (epoch, batch).
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 import numpy as np
 
@@ -33,11 +34,13 @@ def code_counts(codes: Iterable[Sequence[str]]) -> collections.Counter:
 
 
 def rare_code_weights(codes: Sequence[Sequence[str]], *, power: float, reference_count: int = 500,
-                      max_weight: float = 4.0) -> np.ndarray:
+                      max_weight: float = 4.0, only: Collection[str] = ()) -> np.ndarray:
     """(n,) float64 expected draws per epoch of each record, from the counts of its codes in `codes` itself.
 
     codes: each record's codes (`parse_codes`).  power: 0 gives every record weight 1 (uniform sampling); 0.5
-    draws a code 4x rarer than `reference_count` twice as often.  A record with no codes keeps weight 1."""
+    draws a code 4x rarer than `reference_count` twice as often.  A record with no codes keeps weight 1.
+    only: when given, just these codes are oversampled (a record's weight comes from the rarest of them that it
+    carries; records with none keep weight 1); a code that no record carries is a ValueError naming it."""
     if power < 0 or not np.isfinite(power):
         raise ValueError(f"oversampling power {power} must be finite and >= 0")
     if reference_count < 1:
@@ -45,7 +48,12 @@ def rare_code_weights(codes: Sequence[Sequence[str]], *, power: float, reference
     if max_weight < 1:
         raise ValueError(f"oversampling max_weight {max_weight} must be >= 1")
     counts = code_counts(codes)
-    rarest = np.array([min((counts[c] for c in record), default=reference_count) for record in codes], np.float64)
+    only = frozenset(only)
+    if missing := sorted(only - set(counts)):
+        raise ValueError(f"oversampling codes {', '.join(missing)}: no training record carries them (known codes "
+                         f"include {', '.join(sorted(counts)[:12])})")
+    rarest = np.array([min((counts[c] for c in record if not only or c in only), default=reference_count)
+                       for record in codes], np.float64)
     return np.clip((reference_count / np.maximum(rarest, 1.0)) ** power, 1.0, max_weight)
 
 

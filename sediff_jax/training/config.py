@@ -66,8 +66,9 @@ def training(batch_size: int, num_steps: int, log_every: int = 10, eval_every: i
         eval_samples=0, eval_sample_steps=25,
         # rare-finding oversampling (`data.sampling.rare_code_weights`): each training record is drawn
         # (oversample_reference / records with its rarest code) ** oversample_power times per epoch, clipped to
-        # [1, oversample_max]; power 0 draws every record once.
-        oversample_power=0.0, oversample_reference=500, oversample_max=4.0))
+        # [1, oversample_max]; power 0 draws every record once. oversample_codes ("STE_,AMI"): only these codes
+        # are oversampled (empty: every code).
+        oversample_power=0.0, oversample_reference=500, oversample_max=4.0, oversample_codes=""))
 
 
 def optimizer(learning_rate: float, warmup_steps: int = 100, ema_decay: float = 0.999,
@@ -267,7 +268,7 @@ def _training_rules(prefix: str) -> dict[str, Check]:
             f"{prefix}.progress_bar": _flag, f"{prefix}.halt_at_step": _number(int, 0),
             f"{prefix}.max_minutes": _number(float, 0, 10_000), f"{prefix}.eval_samples": _number(int, 0, 64), f"{prefix}.eval_sample_steps": _number(int, 1, 1000),
             f"{prefix}.oversample_power": _number(float, 0, 4), f"{prefix}.oversample_reference": _number(int, 1),
-            f"{prefix}.oversample_max": _number(float, 1, 100)}
+            f"{prefix}.oversample_max": _number(float, 1, 100), f"{prefix}.oversample_codes": _text}
 
 
 # dotted key -> its check; every leaf of base_config() has one (tests/training/test_config_schema.py).

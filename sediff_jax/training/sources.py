@@ -147,7 +147,8 @@ def sampling_weights(stage_config: ml_collections.ConfigDict, source) -> np.ndar
         return None
     weights = sampling.rare_code_weights(sampling.source_codes(source), power=training.oversample_power,
                                          reference_count=training.oversample_reference,
-                                         max_weight=training.oversample_max)
+                                         max_weight=training.oversample_max,
+                                         only=sampling.parse_codes(training.oversample_codes.replace(",", ";")))
     logging.info("rare-finding oversampling: %d records drawn %.0f times per epoch (%.1f %% of them more than once, "
                  "up to %.2fx)", len(weights), sampling.epoch_length(weights), 100 * np.mean(weights > 1),
                  weights.max())

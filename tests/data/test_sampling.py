@@ -47,6 +47,22 @@ def test_parse_codes_and_weights_by_the_rarest_code():
             sampling.rare_code_weights(codes, **bad)
 
 
+def test_oversampling_only_named_codes_leaves_the_other_rare_ones_alone():
+    codes = [sampling.parse_codes(c) for c in CODES]
+    # only AFIB (8 records -> 16 / 8 = 2): the AFLT records keep weight 1, the NORM+AFLT record too
+    weights = sampling.rare_code_weights(codes, power=1.0, reference_count=16, max_weight=3.0, only=("AFIB",))
+    np.testing.assert_allclose(weights, [1.0] * 30 + [2.0] * 8 + [1.0, 1.0])
+    # a record with several named codes takes the rarest of them; counts are over all records
+    both = sampling.rare_code_weights(codes, power=1.0, reference_count=16, max_weight=8.0, only=("AFIB", "AFLT"))
+    np.testing.assert_allclose(both, [1.0] * 29 + [8.0] + [2.0] * 8 + [8.0, 1.0])
+    with pytest.raises(ValueError, match="oversampling codes STE_: no training record carries them"):
+        sampling.rare_code_weights(codes, power=1.0, only=("AFIB", "STE_"))
+    config = config_lib.resolve(config_lib.apply_variant(config_lib.base_config(), "oversample_rare"))
+    config.diffusion.training.update(oversample_codes="AFLT", oversample_reference=8, oversample_power=1.0)
+    np.testing.assert_allclose(sampling_weights(config.diffusion, CodedSource(CODES)),
+                               [1.0] * 29 + [4.0] + [1.0] * 8 + [4.0, 1.0])  # AFLT 2 records: 8 / 2
+
+
 def test_systematic_draw_gives_each_record_floor_or_ceil_of_its_share():
     rng = np.random.default_rng(0)
     weights = rng.uniform(0.2, 4.0, 500)
