@@ -9,7 +9,8 @@ One synthetic ECG is generated from each training record's conditions (report, a
 Thresholds are tuned on the real validation fold; macro F1 and macro AUROC on the real test fold, mean and std
 over --seeds. Writes --out/downstream.json and --out/report.md (atomically); --out/synthetic.npz keeps the
 generated ECGs, and a rerun with the same checkpoint and sampler reuses them. --protocols=TRTR generates nothing:
-the real-data classifier alone.
+the real-data classifier alone. The variety options of the other generating CLIs (--guidance_interval,
+--group_guidance, --cads_noise, --exact_limb_leads) apply to the synthetic ECGs too.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ cli.check_int("num_steps", 1)
 cli.check_int("train_records", 1)
 cli.check_int("batch_size", 1)
 cli.check_sampling_flags()
+cli.define_variety_flags()
 
 
 def main(argv):
@@ -71,6 +73,12 @@ def main(argv):
         raise app.UsageError(f"--protocols: unknown {unknown}; expected some of {', '.join(SETTINGS)}")
     seeds = [int(s) for s in FLAGS.seeds]
     try:
+        variety = cli.variety_options()
+        sampler = SamplerConfig(kind="ddim", num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale,
+                                eta=FLAGS.eta, **variety)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    try:
         model = cli.load_model(FLAGS.checkpoint or str(SHIPPED_CHECKPOINT))
     except CheckpointError as e:
         print(f"error: --checkpoint: {e}", file=sys.stderr)
@@ -89,8 +97,10 @@ def main(argv):
                                                                   FLAGS.train_records, replace=False))
         parts["train"] = parts["train"].take(chosen)
     train = parts["train"]
-    sampler = SamplerConfig(kind="ddim", num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale, eta=FLAGS.eta)
-    stamp = f"{model.id}/ddim{FLAGS.steps}/g{FLAGS.guidance_scale:g}/eta{FLAGS.eta:g}/seed{FLAGS.seed}"
+    # the sampler's id; options left at SamplerConfig's defaults add nothing, so earlier caches stay valid
+    changed = {k: v for k, v in variety.items() if v != getattr(SamplerConfig(), k)}
+    stamp = f"{model.id}/ddim{FLAGS.steps}/g{FLAGS.guidance_scale:g}/eta{FLAGS.eta:g}/seed{FLAGS.seed}" + "".join(
+        f"/{k}={v}" for k, v in sorted(changed.items()))
     cached = out / "synthetic.npz"
     needs_synthetic = FLAGS.protocols != ["TRTR"]  # TRTR alone trains on real records only: nothing to generate
     synthetic = None

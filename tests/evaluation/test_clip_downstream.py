@@ -201,3 +201,30 @@ def test_downstream_cli_trains_the_real_data_classifier_without_generating(repo_
     scores = json.loads((out / "downstream.json").read_text())["results"]
     assert list(scores) == ["TRTR"] and scores["TRTR"]["train_records"] > 300
     assert 0.0 <= scores["TRTR"]["macro_auroc"] <= 1.0 and "| TRTR |" in (out / "report.md").read_text()
+
+
+def test_downstream_cli_generates_with_the_variety_options_and_keeps_their_ecgs_apart(repo_root, exported_model_dir,
+                                                                                       data_dir, tmp_path):
+    """--guidance_interval (and the other variety options) reach the synthetic ECGs: a rerun with the interval does
+    not reuse the plain run's cached ECGs, and its stamp names the option (the plain stamp is unchanged)."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "downstream"
+
+    def run(*extra):
+        result = subprocess.run([sys.executable, "-m", "experiments.downstream", f"--checkpoint={exported_model_dir}",
+                                 f"--source_dir={data_dir / 'ptb-xl'}", "--protocols=TSTR", "--seeds=0",
+                                 "--num_steps=2", "--batch_size=4", "--train_records=6", "--steps=3", f"--out={out}",
+                                 *extra], cwd=repo_root, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        with np.load(out / "synthetic.npz") as f:
+            return "generating" in result.stdout, str(f["stamp"]), f["ecg"]
+
+    generated, plain_stamp, plain = run()
+    model_id = json.loads((out / "downstream.json").read_text())["checkpoint"]["id"]
+    assert generated and plain_stamp == f"{model_id}/ddim3/g2/eta1/seed0"  # as before the options: caches stay valid
+    generated, stamp, interval = run("--guidance_interval=0.3,5")
+    assert generated and stamp == plain_stamp + "/guidance_interval=(0.3, 5.0)"
+    assert interval.shape == plain.shape and not np.array_equal(interval, plain)
