@@ -154,7 +154,10 @@ def check_sampling_flags() -> None:
 
 
 def define_variety_flags() -> None:
-    """The sampling options that keep variety (diffusion.sampling's module docstring), for the generating CLIs."""
+    """The sampling options that keep variety (diffusion.sampling's module docstring), for the generating CLIs
+    (defined once per process: several CLIs may be imported together, as the bad-input tests do)."""
+    if "guidance_interval" in FLAGS:
+        return
     flags.DEFINE_list("guidance_interval", None, "Guide only at noise levels sigma in (LOW, HIGH], e.g. 0.3,5 "
                       "(Kynkaanniemi et al. 2024); elsewhere the conditional model. Default: every step.")
     flags.DEFINE_list("group_guidance", None, "Guidance scales per condition group TEXT,EXPERIENCE,METADATA on a "

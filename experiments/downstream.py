@@ -77,7 +77,7 @@ def main(argv):
         sampler = SamplerConfig(kind="ddim", num_steps=FLAGS.steps, guidance_scale=FLAGS.guidance_scale,
                                 eta=FLAGS.eta, **variety)
     except ValueError as e:
-        raise app.UsageError(str(e)) from None
+        raise cli.UsageError(str(e)) from None
     try:
         model = cli.load_model(FLAGS.checkpoint or str(SHIPPED_CHECKPOINT))
     except CheckpointError as e:

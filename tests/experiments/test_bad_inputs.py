@@ -166,6 +166,7 @@ CASES = [
     ("train", ["--config=experiments/configs/nope.py", "--workdir=NEW"], E, r"Failed loading config file.*nope.py"),
     # the research tools: bad numbers are refused while flags are parsed
     ("downstream", ["--out=NEW", "--eta=nan"], E, r"--eta must be"),
+    ("downstream", ["--out=NEW", "--guidance_interval=5,1"], E, r"guidance_interval=\(5.0, 1.0\) must be"),
     ("recognize", ["--out=NEW", "--classifier=NEW/c.safetensors", "--generated=x"], E,
      r"--generated: 'x' is not NAME=PATH"),
     ("recognize", ["--out=NEW", "--classifier=NEW/c.safetensors", "--generated=a=NOWHERE/g.npz"], E,
