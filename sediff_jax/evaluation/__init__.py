@@ -6,4 +6,4 @@ from sediff_jax.evaluation.distribution import (
 from sediff_jax.evaluation.physiology import (
     BeatScores, heart_rate_errors, interval_errors, match_beats, measured_heart_rates, summarize,
 )
-from sediff_jax.evaluation.signal import limb_lead_residual_mv, paired_mae_mv, paired_nrmse
+from sediff_jax.evaluation.signal import amplitude_spread, limb_lead_residual_mv, paired_mae_mv, paired_nrmse

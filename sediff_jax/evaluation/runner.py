@@ -25,6 +25,7 @@ from sediff_jax.evaluation.distribution import (
 )
 from sediff_jax.evaluation.networks import batched_apply
 from sediff_jax.evaluation.paired import RealPairs, markdown_table, paired_metrics, paired_per_record
+from sediff_jax.evaluation.signal import amplitude_spread
 from sediff_jax.generation import Generator
 from sediff_jax.io.npz import write_npz
 from sediff_jax.errors import SediffError
@@ -145,13 +146,16 @@ def vae_reference_metrics(encoder, reconstructed: np.ndarray, pairs: RealPairs, 
 
 def score(generated: np.ndarray, pairs: RealPairs, encoder=None, reference: RealPairs | None = None,
           reconstructed: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(summary, rows). summary: {"paired": `paired_metrics`, "distribution": `distribution_metrics` (with
+    """(summary, rows). summary: {"paired": `paired_metrics`, "amplitude": `signal.amplitude_spread` (needs no
+    encoder), "distribution": `distribution_metrics` (with
     "reference": `reference_metrics` when `reference` is given, "vae_reference": `vae_reference_metrics` when the
     paired records' VAE `reconstructed` are) or {"computed": False, "why": ...}}. rows: `paired_per_record`, the
     per-record values the paired summary was made of (e.g. for `paired_differences`). Each generated ECG goes
     down to R-peak detection once; the real records use their stored peaks."""
     rows = paired_per_record(generated, pairs.ecg, pairs.fs, pairs.requested_hr_bpm, pairs.r_peaks or None)
     paired = paired_metrics(generated, pairs.ecg, pairs.fs, pairs.requested_hr_bpm, rows)
+    amplitude = amplitude_spread(generated, pairs.ecg) if len(generated) >= 2 else {
+        "computed": False, "why": f"{len(generated)} record; a spread needs at least 2"}
     if encoder is None:
         distribution = {"computed": False, "why": "no ECG-text CLIP encoder given"}
     elif len(generated) < MIN_DISTRIBUTION_RECORDS:
@@ -166,7 +170,7 @@ def score(generated: np.ndarray, pairs: RealPairs, encoder=None, reference: Real
             distribution["reference"] = reference_metrics(encoder, reference, pairs)
         if reconstructed is not None:
             distribution["vae_reference"] = vae_reference_metrics(encoder, reconstructed, pairs)
-    return {"paired": paired, "distribution": distribution}, rows
+    return {"paired": paired, "amplitude": amplitude, "distribution": distribution}, rows
 
 
 def distribution_table(distribution: dict[str, Any]) -> str:
@@ -200,6 +204,16 @@ def distribution_table(distribution: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def amplitude_line(amplitude: dict[str, Any] | None) -> str:
+    """One sentence on `signal.amplitude_spread`, or '' when it was not computed."""
+    if not amplitude or "spread_ratio" not in amplitude:
+        return ""
+    return (f"Amplitude spread (peak-to-peak per lead, std across records, mean over leads): generated "
+            f"{amplitude['std_generated_mv']:.3f} mV against real {amplitude['std_real_mv']:.3f} mV, ratio "
+            f"**{amplitude['spread_ratio']:.2f}**; mean amplitude ratio {amplitude['mean_ratio']:.2f}.")
+
+
 def markdown_report(title: str, summary: str, result: dict[str, Any]) -> str:
+    amplitude = amplitude_line(result.get("amplitude"))
     return (f"# {title}\n\n{summary}\n\n{markdown_table(result['paired'])}\n\n"
-            f"{distribution_table(result['distribution'])}\n")
+            + (f"{amplitude}\n\n" if amplitude else "") + f"{distribution_table(result['distribution'])}\n")

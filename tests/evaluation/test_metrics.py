@@ -6,8 +6,8 @@ import pytest
 import scipy.linalg
 
 from sediff_jax.evaluation import (
-    clip_score, frechet_distance, heart_rate_errors, interval_errors, knn_precision_recall, limb_lead_residual_mv,
-    match_beats, paired_mae_mv, paired_nrmse, relative_clip, relative_fid, split_half_fid,
+    amplitude_spread, clip_score, frechet_distance, heart_rate_errors, interval_errors, knn_precision_recall,
+    limb_lead_residual_mv, match_beats, paired_mae_mv, paired_nrmse, relative_clip, relative_fid, split_half_fid,
 )
 from sediff_jax.leads import leads_from_independent
 
@@ -139,3 +139,23 @@ def test_heart_rate_and_interval_errors():
                             names=("pr_ms", "qt_ms"))
     assert table["pr_ms"] == {"median": 15.0, "mean": 15.0, "sem": pytest.approx(5.0), "n": 2}  # |10|, |-20|
     assert table["qt_ms"]["mean"] == 20.0 and table["qt_ms"]["n"] == 1 and np.isnan(table["qt_ms"]["sem"])
+
+
+def test_amplitude_spread_is_the_ratio_of_peak_to_peak_stds_and_one_for_the_real_set():
+    t = np.linspace(0, 2 * np.pi, 200, endpoint=False)
+    amplitudes = np.array([0.5, 1.0, 1.5, 2.0])                       # peak-to-peak 2a mV, in every lead
+    real = amplitudes[:, None, None] * np.sin(t)[None, :, None] * np.ones((1, 1, 3))
+    squeezed = 1.0 + 0.5 * (amplitudes - amplitudes.mean())            # half the spread, the same mean
+    generated = squeezed[:, None, None] * np.sin(t)[None, :, None] * np.ones((1, 1, 3))
+    same = amplitude_spread(real, real)
+    assert same["spread_ratio"] == pytest.approx(1.0) and same["mean_ratio"] == pytest.approx(1.0)
+    half = amplitude_spread(generated, real)
+    ptp = 2 * amplitudes
+    assert half["std_real_mv"] == pytest.approx(ptp.std(), rel=1e-3)
+    assert half["spread_ratio"] == pytest.approx(0.5, rel=1e-3)
+    assert half["mean_ratio"] == pytest.approx(squeezed.mean() / amplitudes.mean(), rel=1e-3)
+    np.testing.assert_allclose(half["spread_ratio_per_lead"], 0.5, rtol=1e-3)
+    with pytest.raises(ValueError, match="at least 2 records"):
+        amplitude_spread(real[:1], real[:1])
+    with pytest.raises(ValueError, match="NaN"):
+        amplitude_spread(np.where(real > 1.9, np.nan, real), real)

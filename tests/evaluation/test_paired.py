@@ -100,6 +100,11 @@ def test_evaluate_cli_writes_metrics_and_report(repo_root, exported_model_dir, d
         assert saved["ecg"].shape[::2] == (3, 12) and np.all(np.isfinite(saved["ecg"])) and saved["fs"] > 0
         assert saved["record_ids"].tolist() == metrics["records"] and all(saved["texts"])
         assert np.all((saved["hr_bpm"] > 30) & (saved["hr_bpm"] < 200))
+        spread = np.ptp(saved["ecg"].astype(np.float64), axis=1).std(axis=0).mean()  # the generated amplitudes'
+    amplitude = metrics["amplitude"]                                                   # spread, as written
+    assert amplitude["std_generated_mv"] == pytest.approx(spread, rel=1e-4)
+    assert amplitude["spread_ratio"] == pytest.approx(amplitude["std_generated_mv"] / amplitude["std_real_mv"])
+    assert "Amplitude spread" in (out / "report.md").read_text()
     assert len(metrics["records"]) == 3 and metrics["paired"]["n"] == 3 and metrics["split"] == "test"
     assert np.isfinite(metrics["paired"]["mae_mv"]["mean"])
     assert "| MAE (mV) |" in (out / "report.md").read_text()
