@@ -145,7 +145,7 @@ def test_amplitude_spread_is_the_ratio_of_peak_to_peak_stds_and_one_for_the_real
     t = np.linspace(0, 2 * np.pi, 200, endpoint=False)
     amplitudes = np.array([0.5, 1.0, 1.5, 2.0])                       # peak-to-peak 2a mV, in every lead
     real = amplitudes[:, None, None] * np.sin(t)[None, :, None] * np.ones((1, 1, 3))
-    squeezed = 1.0 + 0.5 * (amplitudes - amplitudes.mean())            # half the spread, the same mean
+    squeezed = 1.0 + 0.5 * (amplitudes - amplitudes.mean())            # half the spread, mean 1.0 (real 1.25)
     generated = squeezed[:, None, None] * np.sin(t)[None, :, None] * np.ones((1, 1, 3))
     same = amplitude_spread(real, real)
     assert same["spread_ratio"] == pytest.approx(1.0) and same["mean_ratio"] == pytest.approx(1.0)
