@@ -5,6 +5,8 @@ r"""Build the experience corpus of a dataset: profiles, retrieval of each record
         --out_dir=exp/mimic --weights=diagnosis=0.5,medication=0.3,procedure=0.2 --num_workers=8
     python -m experiments.build_experience --dataset=ptbxl --profiles_from=exp/ptbxl --age_weight=0 \
         --out_dir=exp/ptbxl_codes_only     # new retrieval settings on the profiles already measured
+    python -m experiments.build_experience --dataset=ptbxl --profiles_from=exp/ptbxl --source_dir=ptb-xl \
+        --amplitude_fs=100 --out_dir=exp/ptbxl_amp   # the same profiles, lead amplitudes (re)measured at 100 Hz
 
 Writes to --out_dir (each file atomically, the manifest last):
   profiles.npz     every record's profile (all splits; `sediff_jax.experience.ProfileCorpus`)
@@ -34,11 +36,15 @@ flags.DEFINE_enum("dataset", None, ["ptbxl", "ludb", "mimic"], "Dataset layout."
 flags.DEFINE_string("source_dir", None, "Dataset root (PTB-XL, LUDB or MIMIC-IV-ECG).")
 flags.DEFINE_string("profiles_from", None, "Instead of --source_dir: reuse the profiles of an earlier build of the "
                     "same dataset (its directory or profiles.npz), so new retrieval settings or another distiller "
-                    "take seconds instead of re-reading and re-measuring every record (17 minutes for PTB-XL).")
+                    "take seconds instead of re-reading and re-measuring every record (17 minutes for PTB-XL). "
+                    "With --source_dir as well, only the lead amplitudes are measured there (--amplitude_fs).")
 flags.DEFINE_string("hosp_dir", None, "MIMIC-IV hosp module (admissions, diagnoses_icd, prescriptions, ...).")
 flags.DEFINE_string("out_dir", None, "Output directory.", required=True)
 flags.DEFINE_integer("fs", 500, "PTB-XL: which records to measure intervals on (100 or 500 Hz).")
 flags.DEFINE_bool("measure", True, "PTB-XL/LUDB: measure intervals from the signals (else features are NaN).")
+flags.DEFINE_integer("amplitude_fs", 100, "Measure each record's lead amplitudes (robust peak-to-peak, mV) at this "
+                     "rate, Hz: the rate of the model that draws them (`--lead_amplitudes=retrieved`); 0: none. "
+                     "With --profiles_from, only when --source_dir is given too (else the reused ones are kept).")
 flags.DEFINE_integer("k", 5, "Neighbours per record.")
 flags.DEFINE_list("weights", [], "view=lambda entries (default: equal weights over the dataset's views).")
 flags.DEFINE_float("age_weight", 0.1, "Retrieval's patient factor: weight of age closeness (0: codes alone; 0.1 "
@@ -60,6 +66,7 @@ flags.DEFINE_integer("num_workers", 1, "Processes reading and measuring records.
 flags.register_validator("k", lambda v: v >= 1, message="--k must be >= 1")
 flags.register_validator("fs", lambda v: v in (100, 500), message="--fs must be 100 or 500")
 cli.check_int("k", 1, 1000)
+cli.check_int("amplitude_fs", 0, 10000)
 cli.check_float("link_hours_before", 0, 24 * 365)
 cli.check_float("llm_timeout", 0, 3600, low_open=True)
 cli.check_int("llm_max_failures", 1)
@@ -104,7 +111,8 @@ def main(argv):
     del argv
     from sediff_jax.data.sources import LayoutError
     from sediff_jax.experience import ExperienceIndex, RetrievalConfig
-    from sediff_jax.experience.builders import BuildReport, ludb_profiles, mimic_profiles, ptbxl_profiles
+    from sediff_jax.experience.builders import (BuildReport, add_amplitudes, dataset_entries_for_amplitudes,
+                                                ludb_profiles, mimic_profiles, ptbxl_profiles)
     from sediff_jax.experience.distill import LLMConfig, make_distiller
     from sediff_jax.experience.reports import build_reports, save_experience
     from sediff_jax.io.outputs import output_dir
@@ -115,9 +123,12 @@ def main(argv):
         raise app.UsageError("--dataset=mimic needs --hosp_dir (the MIMIC-IV hosp module)")
     if FLAGS.distiller == "llm" and not (FLAGS.llm_base_url and FLAGS.llm_model):
         raise app.UsageError("--distiller=llm needs --llm_base_url and --llm_model")
-    if bool(FLAGS.source_dir) == bool(FLAGS.profiles_from):
-        raise app.UsageError("give either --source_dir (read and measure the records) or --profiles_from (reuse an "
+    if not (FLAGS.source_dir or FLAGS.profiles_from):
+        raise app.UsageError("give --source_dir (read and measure the records) or --profiles_from (reuse an "
                              "earlier build's profiles)")
+    if FLAGS.source_dir and FLAGS.profiles_from and not FLAGS.amplitude_fs:
+        raise app.UsageError("--source_dir with --profiles_from measures lead amplitudes only; it needs "
+                             "--amplitude_fs > 0")
     if FLAGS.source_dir and not Path(FLAGS.source_dir).is_dir():
         raise app.UsageError(f"--source_dir={FLAGS.source_dir}: not a directory")
     out = output.path
@@ -143,6 +154,9 @@ def main(argv):
             corpus = ludb_profiles(FLAGS.source_dir, FLAGS.measure, FLAGS.num_workers, report)
         else:
             corpus = mimic_profiles(FLAGS.source_dir, FLAGS.hosp_dir, FLAGS.link_hours_before, report)
+        if FLAGS.source_dir and FLAGS.amplitude_fs:
+            amplitude_entries = dataset_entries_for_amplitudes(FLAGS.dataset, FLAGS.source_dir, FLAGS.amplitude_fs)
+            corpus = add_amplitudes(corpus, amplitude_entries, FLAGS.amplitude_fs, FLAGS.num_workers, report)
         config = RetrievalConfig(weights=weights, k=FLAGS.k, age_weight=FLAGS.age_weight,
                                  age_scale_years=FLAGS.age_scale_years, sex_weight=FLAGS.sex_weight)
         index = ExperienceIndex(corpus, config)

@@ -168,6 +168,15 @@ def define_variety_flags() -> None:
                       "noise above TAU2 (fractions of the schedule).")
     flags.DEFINE_bool("exact_limb_leads", True, "Project each generated ECG's limb leads onto the space where "
                       "Einthoven's and Goldberger's laws hold exactly (least squares; chest leads unchanged).")
+    flags.DEFINE_enum("lead_amplitudes", "model", ["model", "retrieved", "auto"], "Where each lead's amplitude "
+                      "comes from: 'model' (as the denoiser draws it), 'retrieved' (rescaled to the peak-to-peak "
+                      "amplitudes of one real patient drawn from the prompt's retrieved neighbours) or 'auto' "
+                      "(retrieved where the model's corpus has amplitudes and --experience is not off).")
+    flags.DEFINE_float("amplitude_strength", 1.0, "With --lead_amplitudes=retrieved: how far each lead's "
+                       "amplitude moves from the model's a to the retrieved patient's b, to a^(1-S) b^S (1: all "
+                       "the way).")
+    flags.register_validator("amplitude_strength", lambda v: 0 <= v <= 1,
+                             message="--amplitude_strength must be in [0, 1]")
     flags.register_validator("cads_noise", lambda v: math.isfinite(v) and v >= 0,
                              message="--cads_noise must be a finite number >= 0")
 
@@ -189,7 +198,8 @@ def variety_options() -> dict[str, Any]:
     return {"guidance_interval": _floats("guidance_interval", FLAGS.guidance_interval, 2),
             "group_scales": _floats("group_guidance", FLAGS.group_guidance, 3),
             "cads_noise": FLAGS.cads_noise, "cads_tau": _floats("cads_tau", FLAGS.cads_tau, 2),
-            "exact_limb_leads": FLAGS.exact_limb_leads}
+            "exact_limb_leads": FLAGS.exact_limb_leads, "lead_amplitudes": FLAGS.lead_amplitudes,
+            "amplitude_strength": FLAGS.amplitude_strength}
 
 
 def check_config_names(name: str) -> None:

@@ -52,6 +52,9 @@ VARIANTS = {
     "groups_t3_e1_m1": {"group_scales": (3.0, 1.0, 1.0)},
     "groups_t2.5_e1_m1": {"group_scales": (2.5, 1.0, 1.0)},
     "groups_t4_e1_m1": {"group_scales": (4.0, 1.0, 1.0)},
+    "g2_amp": {"guidance_scale": 2.0, "lead_amplitudes": "retrieved"},
+    "g3_amp": {"guidance_scale": 3.0, "lead_amplitudes": "retrieved"},
+    "g1.5_amp": {"guidance_scale": 1.5, "lead_amplitudes": "retrieved"},
 }
 
 

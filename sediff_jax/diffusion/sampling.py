@@ -61,7 +61,13 @@ class SamplerConfig:
     group_scales: (text, experience, metadata) guidance scales on the nested chain (None: `guidance_scale` with
     `guidance_drop`).  cads_noise: CADS noise scale s (0: off); cads_tau: (tau1, tau2) fractions of the schedule;
     cads_psi: CADS rescale mix.  exact_limb_leads: project each decoded ECG's limb leads onto the space where
-    Einthoven's and Goldberger's laws hold (`leads.project_to_lead_space`).
+    Einthoven's and Goldberger's laws hold (`leads.project_to_lead_space`).  lead_amplitudes: 'model' (each
+    lead's amplitude as the denoiser draws it) or 'retrieved' (each lead rescaled to the peak-to-peak amplitude of
+    one real record drawn from the prompt's retrieved neighbours; `generation.amplitudes`; needs a model trained
+    with experience whose profile corpus has lead amplitudes at the model's rate) or 'auto' ('retrieved' where
+    that corpus is at hand and experience is not 'off', else 'model').  amplitude_strength: in [0, 1],
+    how far 'retrieved' moves each lead's amplitude from the model's a to the retrieved patient's b (to
+    a^(1 - s) b^s; 1: all the way).
     The defaults are the recommended setting (`RECOMMENDED`) that the CLIs, the notebook and the README's figures
     use: DDIM-50, eta 1, guidance 2, exact limb leads, x0 clipped to the model's `latent_clip` (3). eta 0 misses
     the heart-rate target and guidance 1 weakens the report's findings; pass eta=0.0 or guidance_scale=1.0 for the
@@ -80,6 +86,8 @@ class SamplerConfig:
     cads_tau: tuple[float, float] = (0.6, 0.9)
     cads_psi: float = 1.0
     exact_limb_leads: bool = True
+    lead_amplitudes: str = "model"
+    amplitude_strength: float = 1.0
 
     def __post_init__(self):
         if self.kind not in SAMPLERS:
@@ -112,6 +120,10 @@ class SamplerConfig:
             raise ValueError(f"cads_tau={self.cads_tau} must be (tau1, tau2) with 0 <= tau1 < tau2 <= 1")
         if not 0 <= self.cads_psi <= 1:
             raise ValueError(f"cads_psi={self.cads_psi} must be in [0, 1]")
+        if self.lead_amplitudes not in LEAD_AMPLITUDE_SOURCES:
+            raise ValueError(f"lead_amplitudes={self.lead_amplitudes!r}; expected one of {LEAD_AMPLITUDE_SOURCES}")
+        if not 0 <= self.amplitude_strength <= 1:  # (False for NaN)
+            raise ValueError(f"amplitude_strength={self.amplitude_strength} must be in [0, 1]")
 
     @classmethod
     def recommended(cls, **changes) -> "SamplerConfig":
@@ -134,6 +146,10 @@ class SamplerConfig:
             parts.append(f"simulator guidance {self.simulator_guidance:g}")
         if self.exact_limb_leads:
             parts.append("exact limb leads")
+        if self.lead_amplitudes != "model":
+            parts.append(("lead amplitudes of a retrieved patient" if self.lead_amplitudes == "retrieved" else
+                          "lead amplitudes of a retrieved patient where the corpus has them") + (
+                f" (strength {self.amplitude_strength:g})" if self.amplitude_strength != 1 else ""))
         return ", ".join(parts)
 
     @property
@@ -141,6 +157,9 @@ class SamplerConfig:
         """Whether any step calls the model more than once (classifier-free or per-group guidance)."""
         return self.group_scales is not None or self.guidance_scale != 1.0
 
+
+# Where a generated ECG's lead amplitudes come from (SamplerConfig.lead_amplitudes).
+LEAD_AMPLITUDE_SOURCES = ("model", "retrieved", "auto")
 
 # What `SamplerConfig.recommended()` sets (and the generating CLIs' flags default to).
 RECOMMENDED = {"kind": "ddim", "num_steps": 50, "eta": 1.0, "guidance_scale": 2.0, "exact_limb_leads": True}

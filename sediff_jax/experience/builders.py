@@ -20,6 +20,7 @@ import numpy as np
 from sediff_jax.data.builder import file_results, worker_pool
 from sediff_jax.data.canonical import CanonicalConfig
 from sediff_jax.signal.delineation import DelineationError, delineate
+from sediff_jax.signal.measurement import lead_amplitudes
 from sediff_jax.data.ludb import read_ludb
 from sediff_jax.data.mimic import read_mimic
 from sediff_jax.data.ptbxl import read_ptbxl, read_statements
@@ -98,6 +99,47 @@ def measure_entries(entries: Sequence[RecordEntry], num_workers: int = 1,
         if pool is not None:
             pool.shutdown()
     return out
+
+
+def measure_amplitudes(entries: Sequence[RecordEntry], fs: float, num_workers: int = 1,
+                       report: BuildReport | None = None) -> dict[str, np.ndarray]:
+    """record_id -> (12,) float32 lead amplitudes (`signal.lead_amplitudes`, mV) of each record brought to
+    canonical form at `fs` Hz (10 s, resampled); a lead at 0 mV (flat) is NaN. Unreadable records go to
+    `report` and get none."""
+    report = report if report is not None else BuildReport()
+    out = {}
+    pool = worker_pool(num_workers)
+    try:
+        for entry, result in file_results(entries, CanonicalConfig(fs=fs, duration_s=10.0), pool):
+            if isinstance(result, RecordError):
+                report.note_unmeasured(entry.record_id, result.reason, str(result))
+                continue
+            amplitudes = lead_amplitudes(result.ecg)
+            out[entry.record_id] = np.where(amplitudes > 0, amplitudes, np.nan).astype(np.float32)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return out
+
+
+def dataset_entries_for_amplitudes(dataset: str, source_dir: str, fs: float) -> list[RecordEntry]:
+    """The records of `dataset` to measure amplitudes on at `fs` Hz: PTB-XL's 100 Hz files up to 100 Hz, else its
+    500 Hz ones; LUDB's and MIMIC-IV-ECG's 500 Hz records (resampled by the canonical form)."""
+    if dataset == "ptbxl":
+        return read_ptbxl(source_dir, fs=100 if fs <= 100 else 500)
+    if dataset == "ludb":
+        return read_ludb(source_dir)
+    if dataset == "mimic":
+        return read_mimic(source_dir)
+    raise ValueError(f"dataset={dataset!r}; expected ptbxl, ludb or mimic")
+
+
+def add_amplitudes(corpus: ProfileCorpus, entries: Sequence[RecordEntry], fs: float, num_workers: int = 1,
+                   report: BuildReport | None = None) -> ProfileCorpus:
+    """`corpus` with the lead amplitudes of its records among `entries`, measured at `fs` Hz."""
+    rows = corpus.row_of()
+    wanted = [e for e in entries if e.record_id in rows]
+    return corpus.with_amplitudes(measure_amplitudes(wanted, fs, num_workers, report), fs)
 
 
 def _profiles(entries, codes_of, features, descriptions, views, source) -> ProfileCorpus:

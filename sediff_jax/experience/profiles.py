@@ -3,7 +3,9 @@
 A profile describes one ECG record and its clinical context. Its views are named code sets: for MIMIC-IV the
 paper's three (diagnosis, medication, procedure) of the hospital stay the ECG belongs to; for PTB-XL and LUDB
 the statement groups (diagnostic, form, rhythm). Features are interval measurements (`FEATURE_NAMES`): from the
-signal (`sediff_jax.signal.delineation`) or from the dataset's machine measurements.
+signal (`sediff_jax.signal.delineation`) or from the dataset's machine measurements. Lead amplitudes (optional,
+NaN where unmeasured) are each lead's robust peak-to-peak amplitude (`signal.lead_amplitudes`) at a stated sampling
+rate: generation can draw a retrieved patient's amplitudes (`generation.amplitudes`).
 
 `ProfileCorpus` holds many profiles column-wise (NumPy arrays, codes as CSR per view) so 800k profiles fit in a
 few hundred MB and load in seconds; `Profile` is the one-record view of it.
@@ -21,11 +23,12 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from sediff_jax.data.sources import SEX_CODES, SPLITS
+from sediff_jax.leads import NUM_LEADS
 from sediff_jax.io.atomic import atomic_path
 from sediff_jax.errors import SediffError
 
 FORMAT = "sediff_jax.experience.profiles"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added lead amplitudes; version-1 files read with none measured
 FEATURE_NAMES = ("hr_bpm", "pr_ms", "qrs_ms", "qt_ms", "qtc_bazett_ms", "qrs_axis_deg")
 STATEMENT_VIEWS = ("diagnostic", "form", "rhythm")  # PTB-XL and LUDB
 HOSPITAL_VIEWS = ("diagnosis", "medication", "procedure")  # MIMIC-IV (the paper's tri-view profile)
@@ -89,7 +92,9 @@ class ProfileCorpus:
     """n profiles, column-wise. record_ids, patient_ids, splits: (n,) str.  age: (n,) float32 years (NaN
     unknown).  sex: (n,) int8 (SEX_CODES).  features: (n, len(FEATURE_NAMES)) float32.  codes: view ->
     CodeSets.  descriptions: code -> English text for the codes that have one (the distiller writes these).
-    source: what it was built from (dataset and path)."""
+    source: what it was built from (dataset and path).  amplitudes: (n, 12) float32 mV, each lead's robust
+    peak-to-peak amplitude in `LEAD_NAMES` order, NaN rows unmeasured (None: none measured).  amplitude_fs: the
+    sampling rate (Hz) they were measured at (NaN: none)."""
 
     record_ids: np.ndarray
     patient_ids: np.ndarray
@@ -100,9 +105,21 @@ class ProfileCorpus:
     codes: dict[str, CodeSets]
     descriptions: dict[str, str] = dataclasses.field(default_factory=dict)
     source: str = ""
+    amplitudes: np.ndarray | None = None
+    amplitude_fs: float = math.nan
 
     def __post_init__(self):
         n = len(self.record_ids)
+        if self.amplitudes is None:
+            self.amplitudes = np.full((n, NUM_LEADS), np.nan, np.float32)
+        self.amplitudes = np.asarray(self.amplitudes, np.float32)
+        if self.amplitudes.shape != (n, NUM_LEADS):
+            raise ValueError(f"amplitudes must be ({n}, {NUM_LEADS}), got {self.amplitudes.shape}")
+        measured = self.amplitudes[np.isfinite(self.amplitudes)]
+        if np.any(measured <= 0) or np.any(np.isinf(self.amplitudes)):
+            raise ValueError("lead amplitudes must be > 0 mV (NaN: unmeasured)")
+        if len(measured) and not self.amplitude_fs > 0:
+            raise ValueError(f"amplitudes are measured but amplitude_fs={self.amplitude_fs} (Hz) is not > 0")
         for name in ("patient_ids", "splits", "age", "sex"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} has {len(getattr(self, name))} rows, record_ids {n}")
@@ -136,7 +153,24 @@ class ProfileCorpus:
         rows = np.asarray(rows, np.int64)
         return ProfileCorpus(self.record_ids[rows], self.patient_ids[rows], self.splits[rows], self.age[rows],
                              self.sex[rows], self.features[rows], {v: s.take(rows) for v, s in self.codes.items()},
-                             self.descriptions, self.source)
+                             self.descriptions, self.source, self.amplitudes[rows], self.amplitude_fs)
+
+    @property
+    def has_amplitudes(self) -> bool:
+        """Whether any record's lead amplitudes were measured."""
+        return bool(np.isfinite(self.amplitudes).all(axis=1).any())
+
+    def with_amplitudes(self, amplitudes: Mapping[str, np.ndarray], fs: float) -> "ProfileCorpus":
+        """This corpus with lead amplitudes: record_id -> (12,) mV measured at `fs` Hz (records not in the
+        mapping stay NaN; ids not in the corpus are an error)."""
+        rows = self.row_of()
+        unknown = [r for r in amplitudes if r not in rows]
+        if unknown:
+            raise ValueError(f"amplitudes for {len(unknown)} record(s) not in the corpus, e.g. {unknown[0]!r}")
+        table = np.full((len(self), NUM_LEADS), np.nan, np.float32)
+        for record_id, values in amplitudes.items():
+            table[rows[record_id]] = np.asarray(values, np.float32)
+        return dataclasses.replace(self, amplitudes=table, amplitude_fs=float(fs))
 
     def row_of(self) -> dict[str, int]:
         """record_id -> row."""
@@ -174,6 +208,8 @@ class ProfileCorpus:
             "record_ids": self.record_ids, "patient_ids": self.patient_ids, "splits": self.splits,
             "age": self.age, "sex": self.sex, "features": self.features, "feature_names": np.array(FEATURE_NAMES),
             "views": np.array(self.views, dtype=str),
+            # float16 keeps 0.1 % of an amplitude (11 bits) in half the space
+            "amplitudes": self.amplitudes.astype(np.float16), "amplitude_fs": np.float64(self.amplitude_fs),
             "description_codes": np.array(list(self.descriptions), dtype=str),
             "description_texts": np.array(list(self.descriptions.values()), dtype=str),
         }
@@ -204,8 +240,10 @@ class ProfileCorpus:
                 codes = {str(v): CodeSets(f[f"{v}.indptr"], f[f"{v}.indices"], tuple(f[f"{v}.vocab"].tolist()))
                          for v in f["views"].tolist()}
                 descriptions = dict(zip(f["description_codes"].tolist(), f["description_texts"].tolist()))
+                amplitudes = f["amplitudes"].astype(np.float32) if "amplitudes" in f else None
+                amplitude_fs = float(f["amplitude_fs"]) if "amplitude_fs" in f else math.nan
                 return cls(f["record_ids"], f["patient_ids"], f["splits"], f["age"], f["sex"], f["features"],
-                           codes, descriptions, str(f["source"]))
+                           codes, descriptions, str(f["source"]), amplitudes, amplitude_fs)
         except ProfileError:
             raise
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
@@ -222,6 +260,8 @@ def corpus_summary(corpus: ProfileCorpus) -> dict:
                       "empty": int(np.sum(s.sizes() == 0))} for v, s in corpus.codes.items()},
         "features_measured": {f: int(np.sum(np.isfinite(corpus.features[:, k])))
                               for k, f in enumerate(FEATURE_NAMES)},
+        "amplitudes_measured": int(np.isfinite(corpus.amplitudes).all(axis=1).sum()),
+        **({"amplitude_fs": corpus.amplitude_fs} if corpus.has_amplitudes else {}),
         "source": corpus.source,
     }
 

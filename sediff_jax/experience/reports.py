@@ -20,7 +20,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from sediff_jax.experience.profiles import ProfileCorpus, ProfileError, corpus_summary
-from sediff_jax.experience.retrieval import ExperienceIndex
+from sediff_jax.experience.retrieval import ExperienceIndex, Neighbours
 from sediff_jax.io import jsonio
 from sediff_jax.io.atomic import atomic_path
 
@@ -127,12 +127,18 @@ class PromptExperience:
     def __init__(self, index: ExperienceIndex, distiller):
         self.index, self.distiller = index, distiller
 
-    def report(self, text: str, age: float | None = None, sex: int | None = None) -> tuple[str, list[str]]:
-        """(report, neighbour record ids) for a prompt text and patient (age in years, sex as SEX_CODES; None:
-        unknown); ('', []) when nothing in the text matches the corpus."""
+    def neighbours(self, text: str, age: float | None = None, sex: int | None = None) -> Neighbours:
+        """The corpus profiles retrieved for a prompt text and patient (age in years, sex as SEX_CODES; None:
+        unknown); none when nothing in the text matches the corpus."""
         codes = codes_from_text(text, self.index.corpus)
         if not any(codes.values()):
+            return Neighbours(np.zeros(0, np.int64), np.zeros(0))
+        return self.index.query(codes, age=age, sex=sex)
+
+    def report(self, text: str, age: float | None = None, sex: int | None = None) -> tuple[str, list[str]]:
+        """(report, neighbour record ids) of `neighbours`; ('', []) when nothing in the text matches the corpus."""
+        found = self.neighbours(text, age, sex)
+        if not len(found.rows):
             return "", []
-        found = self.index.query(codes, age=age, sex=sex)
         return self.distiller.distill(self.index.corpus, found.rows), \
             np.asarray(self.index.corpus.record_ids)[found.rows].tolist()

@@ -27,6 +27,7 @@ from sediff_jax.experience import ExperienceIndex, ProfileCorpus, RetrievalConfi
 from sediff_jax.experience.distill import OfflineDistiller
 from sediff_jax.experience.reports import PromptExperience
 from sediff_jax.experience.retrieval import PATIENT_FACTOR_KEYS
+from sediff_jax.generation.amplitudes import draw_neighbour_amplitudes, match_lead_amplitudes
 from sediff_jax.generation.model import SEDiffModel, experience_profiles_path
 from sediff_jax.generation.prompts import Prompt
 from sediff_jax.generation.rhythm import (RhythmError, RhythmPlan, rhythm_from_record, rhythm_from_rr,
@@ -213,6 +214,8 @@ class Generator:
         return energy
 
     def _runner(self, config: SamplerConfig, count: int, decode: bool) -> Callable:
+        # the lead amplitudes are a host step after decoding: one compiled sampler for every setting of them
+        config = dataclasses.replace(config, lead_amplitudes="model", amplitude_strength=1.0)
         key = (config, count, decode)
         if key not in self._runners:
             model = self.model
@@ -262,13 +265,51 @@ class Generator:
         if not prompts:
             raise ValueError("no prompts to generate from")
         sampling_timesteps(self.model.schedule.num_steps, sampler.num_steps)  # validates num_steps
+        retrieve = sampler.lead_amplitudes == "retrieved" or (
+            sampler.lead_amplitudes == "auto" and experience != "off" and self.has_retrieved_amplitudes)
+        targets = self.retrieved_amplitudes(prompts, seed) if retrieve else None
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(len(prompts)))
         outputs = []
         for start in range(0, len(prompts), self.max_batch):
             part = prompts[start:start + self.max_batch]
             outputs.append(self._generate_batch(part, plans[start:start + len(part)], keys[start:start + len(part)],
                                                 sampler, experience, progress))
-        return np.concatenate(outputs)[: len(prompts)]
+        ecg = np.concatenate(outputs)[: len(prompts)]
+        if targets is not None:
+            ecg = match_lead_amplitudes(ecg, targets, sampler.exact_limb_leads, sampler.amplitude_strength)
+        return ecg
+
+    @property
+    def has_retrieved_amplitudes(self) -> bool:
+        """Whether the model's profile corpus is at hand with lead amplitudes at the model's rate (what
+        `lead_amplitudes='auto'` needs to draw them)."""
+        if self.prompt_experience is None:
+            return False
+        corpus = self.prompt_experience.index.corpus
+        return corpus.has_amplitudes and corpus.amplitude_fs == self.model.fs
+
+    def retrieved_amplitudes(self, prompts: Sequence[Prompt], seed: int = 0) -> np.ndarray:
+        """(n, 12) mV: per prompt the lead amplitudes of one of its retrieved neighbours (drawn with `seed`; see
+        `amplitudes.draw_neighbour_amplitudes`), NaN where the prompt names nothing the corpus knows. Raises
+        CheckpointError when the model has no profile corpus or its corpus has no amplitudes at the model's rate."""
+        if self.experience_error is not None:
+            raise self.experience_error
+        if self.prompt_experience is None:
+            raise CheckpointError(f"{self.model.source}: lead amplitudes are drawn from the retrieved patients' "
+                                  "profiles, and this model was trained without experience (no corpus); use "
+                                  "lead_amplitudes='model'")
+        corpus = self.prompt_experience.index.corpus
+        path = experience_profiles_path(self.model)
+        if not corpus.has_amplitudes:
+            raise CheckpointError(f"{path}: the profile corpus has no lead amplitudes; rebuild it with "
+                                  f"experiments.build_experience --amplitude_fs={self.model.fs:g}, or use "
+                                  "lead_amplitudes='model'")
+        if corpus.amplitude_fs != self.model.fs:
+            raise CheckpointError(f"{path}: lead amplitudes were measured at {corpus.amplitude_fs:g} Hz, the model "
+                                  f"generates at {self.model.fs:g} Hz; rebuild the corpus with --amplitude_fs="
+                                  f"{self.model.fs:g}")
+        rows = [self.prompt_experience.neighbours(p.text, p.age, p.sex_code).rows for p in prompts]
+        return draw_neighbour_amplitudes([corpus.amplitudes[r] for r in rows], seed)
 
     def _generate_batch(self, prompts, plans, keys, sampler, experience, progress) -> np.ndarray:
         n = len(prompts)

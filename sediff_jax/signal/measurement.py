@@ -45,6 +45,32 @@ def measure_batch(ecg: np.ndarray, fs: float, r_peaks=None) -> list[Measurement]
     return [measure(record, fs, peaks) for record, peaks in zip(np.asarray(ecg), r_peaks)]
 
 
+# The robust peak-to-peak amplitude ignores this fraction of samples at each end (a spike or a clipped sample
+# does not set a lead's amplitude): the 0.5th to the 99.5th percentile.
+AMPLITUDE_QUANTILE = 0.005
+
+
+def lead_amplitudes(ecg: np.ndarray, quantile: float = AMPLITUDE_QUANTILE) -> np.ndarray:
+    """Robust peak-to-peak amplitude of each lead: the (1 - quantile) minus the `quantile` quantile over time.
+
+    Args:
+      ecg: (..., time, leads) mV, finite.
+      quantile: in [0, 0.5); 0 is max - min.
+
+    Returns:
+      (..., leads) float32 mV.
+    """
+    ecg = np.asarray(ecg, np.float32)
+    if not 0 <= quantile < 0.5:
+        raise ValueError(f"quantile={quantile} must be in [0, 0.5)")
+    if ecg.ndim < 2 or ecg.shape[-2] < 1:
+        raise ValueError(f"expected (..., time, leads) with time >= 1, got shape {ecg.shape}")
+    if not np.isfinite(ecg).all():
+        raise ValueError("lead amplitudes of an ECG with NaN or inf")
+    low, high = np.quantile(ecg, [quantile, 1.0 - quantile], axis=-2)
+    return (high - low).astype(np.float32)
+
+
 BEAT_MATCH_MS = 40.0  # a requested beat counts as placed when a detected R peak lies this close
 
 

@@ -136,3 +136,39 @@ def test_corpus_files_that_are_not_corpora_are_named(tmp_path):
         ProfileCorpus.from_profiles([Profile("a"), Profile("a")], ("diagnosis",))
     with pytest.raises(ValueError, match="view"):
         ProfileCorpus.from_profiles([Profile("a", codes={"labs": ("x",)})], ("diagnosis",))
+
+
+def test_lead_amplitudes_round_trip_and_older_corpora_read_without_them(data_dir, tmp_path):
+    """Amplitudes measured on real PTB-XL records at 100 Hz survive save/load (float16: 0.1 %); a version-1 file
+    (no amplitude arrays) reads with none measured; bad tables are refused by name."""
+    from sediff_jax.data.ptbxl import read_ptbxl
+    from sediff_jax.experience.builders import add_amplitudes
+    from sediff_jax.experience.profiles import FORMAT
+
+    entries = read_ptbxl(str(data_dir / "ptb-xl"), fs=100)
+    corpus = ptbxl_profiles(str(data_dir / "ptb-xl"), fs=100, measure=False)
+    assert not corpus.has_amplitudes and "amplitude_fs" not in corpus_summary(corpus)
+    measured = add_amplitudes(corpus, entries[:20], 100)
+    assert measured.has_amplitudes and corpus_summary(measured)["amplitudes_measured"] == 20
+    rows = measured.row_of()
+    assert np.isfinite(measured.amplitudes[[rows[e.record_id] for e in entries[:20]]]).all()
+    assert np.isnan(measured.amplitudes[rows[entries[20].record_id]]).all()
+    assert 0.2 < np.median(measured.amplitudes[np.isfinite(measured.amplitudes)]) < 5  # mV
+    back = ProfileCorpus.load(measured.save(tmp_path / "profiles.npz"))
+    np.testing.assert_allclose(back.amplitudes, measured.amplitudes, rtol=1e-3)
+    assert back.amplitude_fs == 100.0
+    np.testing.assert_array_equal(back.take(np.array([3, 1])).amplitudes, back.amplitudes[[3, 1]])
+
+    with np.load(tmp_path / "profiles.npz") as f:
+        older = {k: f[k] for k in f.files if not k.startswith("amplitude")}
+    older["format_version"] = np.int32(1)
+    np.savez(tmp_path / "v1.npz", **older)
+    v1 = ProfileCorpus.load(tmp_path / "v1.npz")
+    assert str(older["format"]) == FORMAT and not v1.has_amplitudes and len(v1) == len(measured)
+
+    with pytest.raises(ValueError, match="not in the corpus"):
+        corpus.with_amplitudes({"ptbxl/99999": np.ones(12)}, 100)
+    with pytest.raises(ValueError, match="must be > 0 mV"):
+        corpus.with_amplitudes({entries[0].record_id: np.zeros(12)}, 100)
+    with pytest.raises(ValueError, match="amplitude_fs=nan"):
+        ProfileCorpus(**{**vars(measured), "amplitude_fs": float("nan")})

@@ -1,0 +1,167 @@
+"""Lead amplitudes of a retrieved patient (`SamplerConfig(lead_amplitudes='retrieved')`): the robust
+peak-to-peak measure against NumPy, the rescaling on real PTB-XL records, the per-prompt draw, and the generator
+end to end against the same sampler with the model's own amplitudes."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import wfdb
+
+from sediff_jax.checkpoints import CheckpointError
+from sediff_jax.checkpoints.spec import ExperienceSpec
+from sediff_jax.data.ptbxl import read_ptbxl
+from sediff_jax.diffusion.sampling import SamplerConfig
+from sediff_jax.experience import Profile, ProfileCorpus
+from sediff_jax.generation import Generator, make_prompt
+from sediff_jax.generation.amplitudes import MAX_GAIN, draw_neighbour_amplitudes, match_lead_amplitudes
+from sediff_jax.leads import LEAD_NAMES, limb_lead_residuals, project_to_lead_space
+from sediff_jax.signal import lead_amplitudes
+
+CHEST = slice(6, 12)
+
+
+def _real_records(data_dir, count=6):
+    """`count` PTB-XL 100 Hz records read with wfdb, (count, 1000, 12) mV in LEAD_NAMES order."""
+    out = []
+    for entry in read_ptbxl(str(data_dir / "ptb-xl"), fs=100)[:count]:
+        record = wfdb.rdrecord(entry.path)
+        names = [n.upper() for n in record.sig_name]
+        out.append(record.p_signal[:1000, [names.index(n.upper()) for n in LEAD_NAMES]])
+    return np.nan_to_num(np.stack(out)).astype(np.float32)
+
+
+def test_lead_amplitudes_are_the_percentile_range_per_lead(data_dir):
+    ecg = _real_records(data_dir, 3)
+    expected = np.percentile(ecg, 99.5, axis=1) - np.percentile(ecg, 0.5, axis=1)
+    np.testing.assert_allclose(lead_amplitudes(ecg), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lead_amplitudes(ecg[0], quantile=0.0), np.ptp(ecg[0], axis=0), rtol=1e-6)
+    spiked = ecg[0].copy()
+    spiked[100, 1] += 20.0  # one sample of a 1,000 does not set the amplitude
+    assert abs(lead_amplitudes(spiked)[1] - lead_amplitudes(ecg[0])[1]) < 0.05
+    with pytest.raises(ValueError, match="NaN or inf"):
+        lead_amplitudes(np.where(np.arange(1000)[:, None] == 5, np.nan, ecg[0]))
+    with pytest.raises(ValueError, match="quantile"):
+        lead_amplitudes(ecg, quantile=0.5)
+
+
+def test_matching_gives_each_lead_the_target_amplitude_of_another_real_record(data_dir):
+    ecg = _real_records(data_dir, 6)
+    source, donor = ecg[:3], ecg[3:]
+    target = lead_amplitudes(donor)
+    free = match_lead_amplitudes(source, target, exact_limb_leads=False, max_gain=100)  # (00001 is low-voltage)
+    np.testing.assert_allclose(lead_amplitudes(free), target, rtol=1e-4)  # every lead exact without the projection
+    # the waveform is kept: each lead is its source lead times a positive constant
+    gains = free[:, 300] / source[:, 300]
+    np.testing.assert_allclose(free, source * gains[:, None], rtol=1e-4, atol=1e-5)
+    exact = match_lead_amplitudes(source, target, max_gain=100)
+    assert np.abs(limb_lead_residuals(exact)).max() < 1e-5  # Einthoven and Goldberger hold after the rescaling
+    np.testing.assert_allclose(lead_amplitudes(exact)[:, CHEST], target[:, CHEST], rtol=1e-4)
+    limb_error = np.abs(lead_amplitudes(exact)[:, :6] / target[:, :6] - 1)
+    assert np.median(limb_error) < 0.1  # the limb leads come close (six targets, two degrees of freedom)
+    # a consistent ECG already at its target is left as it is
+    consistent = project_to_lead_space(source)
+    np.testing.assert_allclose(match_lead_amplitudes(consistent, lead_amplitudes(consistent)), consistent,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_strength_moves_each_lead_part_way_on_a_log_scale(data_dir):
+    ecg = _real_records(data_dir, 6)
+    source, target = ecg[:3], lead_amplitudes(ecg[3:])
+    half = match_lead_amplitudes(source, target, exact_limb_leads=False, strength=0.5, max_gain=100)
+    np.testing.assert_allclose(lead_amplitudes(half), np.sqrt(lead_amplitudes(source) * target), rtol=1e-4)
+    np.testing.assert_array_equal(match_lead_amplitudes(source, target, strength=0.0), source)
+    with pytest.raises(ValueError, match="strength=1.5 must be in"):
+        match_lead_amplitudes(source, target, strength=1.5)
+    with pytest.raises(ValueError, match="amplitude_strength=-0.1"):
+        SamplerConfig(amplitude_strength=-0.1)
+
+
+def test_matching_keeps_leads_without_a_target_and_clips_the_gain(data_dir):
+    ecg = _real_records(data_dir, 2)
+    target = lead_amplitudes(ecg) * 10.0
+    target[0, 7] = np.nan
+    out = match_lead_amplitudes(ecg, target, exact_limb_leads=False)
+    np.testing.assert_array_equal(out[0, :, 7], ecg[0, :, 7])
+    np.testing.assert_allclose(lead_amplitudes(out)[1], lead_amplitudes(ecg)[1] * MAX_GAIN, rtol=1e-4)
+    with pytest.raises(ValueError, match="must be > 0 mV"):
+        match_lead_amplitudes(ecg, np.zeros((2, 12)))
+    with pytest.raises(ValueError, match=r"target must be \(2, 12\)"):
+        match_lead_amplitudes(ecg, np.ones((3, 12)))
+    with pytest.raises(ValueError, match=r"ecg must be \(batch, time, 12\)"):
+        match_lead_amplitudes(ecg[..., :8], np.ones((2, 12)))
+
+
+def test_each_prompt_draws_one_neighbour_of_its_own_uniformly():
+    table = np.arange(1, 61, dtype=np.float32).reshape(5, 12)
+    neighbours = [table, table[:0], np.vstack([table[:2], np.full((1, 12), np.nan)])]
+    drawn = draw_neighbour_amplitudes(neighbours, seed=3)
+    assert any((drawn[0] == row).all() for row in table)
+    assert np.isnan(drawn[1]).all()  # no neighbour: keep the model's amplitudes
+    assert any((drawn[2] == row).all() for row in table[:2])  # a row with an unmeasured lead is never drawn
+    np.testing.assert_array_equal(draw_neighbour_amplitudes(neighbours, seed=3), drawn)
+    np.testing.assert_array_equal(draw_neighbour_amplitudes(neighbours[:1], seed=3), drawn[:1])  # batch-independent
+    counts = np.bincount([int(draw_neighbour_amplitudes([table], seed)[0, 0] - 1) // 12 for seed in range(1000)],
+                         minlength=5)
+    assert counts.min() > 150 and counts.max() < 250  # uniform over the 5 (binomial sd 13)
+
+
+@pytest.fixture
+def experience_model(model, tmp_path):
+    """The small model as if trained with experience, its corpus (10 training profiles: 5 NORM, 5 AFIB, each with
+    its own lead amplitudes at 100 Hz) in its experience directory."""
+    profiles = [Profile(f"p/{i:02d}", f"patient{i}", "train", 40.0 + i, "male" if i % 2 else "female",
+                        {"diagnostic": ("NORM",) if i < 5 else (), "rhythm": ("AFIB",) if i >= 5 else ()})
+                for i in range(10)]
+    corpus = ProfileCorpus.from_profiles(profiles, ("diagnostic", "rhythm"),
+                                         {"NORM": "normal ECG", "AFIB": "atrial fibrillation"}, "test")
+    amplitudes = {f"p/{i:02d}": np.full(12, 0.5 + 0.1 * i, np.float32) for i in range(10)}
+    corpus.with_amplitudes(amplitudes, 100.0).save(tmp_path / "profiles.npz")
+    spec = model.spec.replace(experience=ExperienceSpec(used=True, dir=str(tmp_path), max_tokens=16))
+    return dataclasses.replace(model, spec=spec, source=str(tmp_path / "model")), corpus, tmp_path
+
+
+def test_the_generator_rescales_its_own_ecgs_to_a_retrieved_patient(experience_model):
+    model, corpus, where = experience_model
+    prompts = [make_prompt("normal ECG", age=42, sex="F", hr=70), make_prompt("atrial fibrillation", hr=110),
+               make_prompt("sinus bradycardia", hr=50)]  # the last names nothing the corpus knows
+    generator = Generator(model, max_batch=8)
+    plain = SamplerConfig(kind="ddim", num_steps=4, guidance_scale=2.0)
+    drawn = generator.retrieved_amplitudes(prompts, seed=5)
+    assert (drawn[0] >= 0.5).all() and (drawn[0] <= 0.9 + 1e-6).all()  # a NORM patient's (0.5-0.9 mV)
+    assert (drawn[1] >= 1.0 - 1e-6).all()  # an AFIB patient's (1.0-1.4 mV)
+    assert np.isnan(drawn[2]).all()
+    own = generator.generate(prompts, seed=5, sampler=plain)
+    retrieved = generator.generate(prompts, seed=5, sampler=dataclasses.replace(plain, lead_amplitudes="retrieved"))
+    np.testing.assert_array_equal(retrieved, match_lead_amplitudes(own, drawn))  # the same noise, rescaled
+    np.testing.assert_array_equal(retrieved[2], own[2])
+    part = dataclasses.replace(plain, lead_amplitudes="retrieved", amplitude_strength=0.75)
+    np.testing.assert_array_equal(generator.generate(prompts, seed=5, sampler=part),
+                                  match_lead_amplitudes(own, drawn, strength=0.75))
+    assert "(strength 0.75)" in part.describe()
+    auto = dataclasses.replace(plain, lead_amplitudes="auto")  # retrieved here, as the corpus has amplitudes
+    assert generator.has_retrieved_amplitudes
+    np.testing.assert_array_equal(generator.generate(prompts, seed=5, sampler=auto), retrieved)
+    np.testing.assert_array_equal(generator.generate(prompts, seed=5, sampler=auto, experience="off"),
+                                  generator.generate(prompts, seed=5, sampler=plain, experience="off"))
+    assert "lead amplitudes of a retrieved patient" in dataclasses.replace(plain, lead_amplitudes="retrieved").describe()
+
+    corpus.save(where / "profiles.npz")  # the same corpus without amplitudes: 'auto' keeps the model's
+    assert not Generator(model, max_batch=8).has_retrieved_amplitudes
+    with pytest.raises(CheckpointError, match="no lead amplitudes; rebuild it with .* --amplitude_fs=100"):
+        Generator(model, max_batch=8).retrieved_amplitudes(prompts)
+    corpus.with_amplitudes({"p/00": np.ones(12)}, 500.0).save(where / "profiles.npz")
+    with pytest.raises(CheckpointError, match="measured at 500 Hz, the model generates at 100 Hz"):
+        Generator(model, max_batch=8).retrieved_amplitudes(prompts)
+
+
+def test_a_model_without_experience_cannot_draw_retrieved_amplitudes(model):
+    generator = Generator(model, max_batch=8)
+    plain = SamplerConfig(num_steps=2)
+    np.testing.assert_array_equal(  # 'auto' falls back to the model's amplitudes
+        generator.generate([make_prompt("normal ECG")], sampler=dataclasses.replace(plain, lead_amplitudes="auto")),
+        generator.generate([make_prompt("normal ECG")], sampler=plain))
+    with pytest.raises(CheckpointError, match="trained without experience"):
+        generator.generate([make_prompt("normal ECG")], sampler=dataclasses.replace(plain, lead_amplitudes="retrieved"))
+    with pytest.raises(ValueError, match="lead_amplitudes='patient'"):
+        SamplerConfig(lead_amplitudes="patient")
