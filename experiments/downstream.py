@@ -46,6 +46,10 @@ cli.check_int("batch_size", 1)
 cli.check_sampling_flags()
 cli.define_variety_flags()
 
+# Sampler options at these values leave a cached synthetic set's stamp as it was before the options existed (every
+# earlier cache was generated with the model's own lead amplitudes).
+STAMP_BASE = {"lead_amplitudes": "model", "amplitude_strength": 1.0}
+
 
 def main(argv):
     del argv
@@ -97,8 +101,8 @@ def main(argv):
                                                                   FLAGS.train_records, replace=False))
         parts["train"] = parts["train"].take(chosen)
     train = parts["train"]
-    # the sampler's id; options left at SamplerConfig's defaults add nothing, so earlier caches stay valid
-    changed = {k: v for k, v in variety.items() if v != getattr(SamplerConfig(), k)}
+    # the sampler's id; options at the values every earlier cache was made with add nothing, so those stay valid
+    changed = {k: v for k, v in variety.items() if v != STAMP_BASE.get(k, getattr(SamplerConfig(), k))}
     stamp = f"{model.id}/ddim{FLAGS.steps}/g{FLAGS.guidance_scale:g}/eta{FLAGS.eta:g}/seed{FLAGS.seed}" + "".join(
         f"/{k}={v}" for k, v in sorted(changed.items()))
     cached = out / "synthetic.npz"

@@ -69,9 +69,10 @@ class SamplerConfig:
     how far 'retrieved' moves each lead's amplitude from the model's a to the retrieved patient's b (to
     a^(1 - s) b^s; 1: all the way).
     The defaults are the recommended setting (`RECOMMENDED`) that the CLIs, the notebook and the README's figures
-    use: DDIM-50, eta 1, guidance 2, exact limb leads, x0 clipped to the model's `latent_clip` (3). eta 0 misses
-    the heart-rate target and guidance 1 weakens the report's findings; pass eta=0.0 or guidance_scale=1.0 for the
-    bare sampler."""
+    use: DDIM-50, eta 1, guidance 2, exact limb leads, x0 clipped to the model's `latent_clip` (3), lead
+    amplitudes moved 0.75 of the way (log scale) to a retrieved patient's where the model's corpus has them. eta
+    0 misses the heart-rate target and guidance 1 weakens the report's findings; pass eta=0.0 or
+    guidance_scale=1.0 for the bare sampler, lead_amplitudes='model' for the denoiser's own amplitudes."""
 
     kind: str = "ddim"
     num_steps: int = 50
@@ -86,8 +87,8 @@ class SamplerConfig:
     cads_tau: tuple[float, float] = (0.6, 0.9)
     cads_psi: float = 1.0
     exact_limb_leads: bool = True
-    lead_amplitudes: str = "model"
-    amplitude_strength: float = 1.0
+    lead_amplitudes: str = "auto"
+    amplitude_strength: float = 0.75
 
     def __post_init__(self):
         if self.kind not in SAMPLERS:
@@ -162,7 +163,8 @@ class SamplerConfig:
 LEAD_AMPLITUDE_SOURCES = ("model", "retrieved", "auto")
 
 # What `SamplerConfig.recommended()` sets (and the generating CLIs' flags default to).
-RECOMMENDED = {"kind": "ddim", "num_steps": 50, "eta": 1.0, "guidance_scale": 2.0, "exact_limb_leads": True}
+RECOMMENDED = {"kind": "ddim", "num_steps": 50, "eta": 1.0, "guidance_scale": 2.0, "exact_limb_leads": True,
+               "lead_amplitudes": "auto", "amplitude_strength": 0.75}
 
 
 def sampling_timesteps(num_train_steps: int, num_steps: int) -> np.ndarray:

@@ -240,10 +240,13 @@ def test_bad_sampler_settings_are_refused():
 
 
 def test_describe_names_every_setting_that_changes_the_samples():
-    assert SamplerConfig(eta=0.0, guidance_scale=1.0, exact_limb_leads=False).describe() == "ddim-50, eta 0, guidance 1"
-    assert SamplerConfig(kind="ddpm", num_steps=1000, exact_limb_leads=False).describe() == "ddpm-1000, guidance 2"
+    bare = {"exact_limb_leads": False, "lead_amplitudes": "model"}
+    assert SamplerConfig(eta=0.0, guidance_scale=1.0, **bare).describe() == "ddim-50, eta 0, guidance 1"
+    assert SamplerConfig(kind="ddpm", num_steps=1000, **bare).describe() == "ddpm-1000, guidance 2"
+    assert SamplerConfig().describe() == ("ddim-50, eta 1, guidance 2, exact limb leads, lead amplitudes of a "
+                                          "retrieved patient where the corpus has them (strength 0.75)")
     text = SamplerConfig(eta=1.0, group_scales=(3.0, 1.0, 1.0), guidance_interval=(0.3, 5.0), cads_noise=0.25,
-                         exact_limb_leads=True).describe()
+                         exact_limb_leads=True, lead_amplitudes="model").describe()
     assert text == ("ddim-50, eta 1, guidance text 3 / experience 1 / metadata 1, guided for sigma in (0.3, 5], "
                     "CADS noise 0.25 (tau 0.6-0.9), exact limb leads")
 
@@ -257,8 +260,8 @@ def test_the_recommended_sampler_is_what_every_generating_cli_defaults_to():
     from sediff_jax.diffusion.sampling import RECOMMENDED
 
     config = SamplerConfig.recommended()
-    assert (config.kind, config.num_steps, config.eta, config.guidance_scale, config.exact_limb_leads) == (
-        "ddim", 50, 1.0, 2.0, True)
+    assert (config.kind, config.num_steps, config.eta, config.guidance_scale, config.exact_limb_leads,
+            config.lead_amplitudes, config.amplitude_strength) == ("ddim", 50, 1.0, 2.0, True, "auto", 0.75)
     assert SamplerConfig() == config  # one set of defaults: the dataclass's are the recommended ones
     assert SamplerConfig.recommended(eta=0.5).eta == 0.5
     root = Path(__file__).resolve().parents[2] / "experiments"
@@ -268,4 +271,6 @@ def test_the_recommended_sampler_is_what_every_generating_cli_defaults_to():
             found = re.search(rf'DEFINE_(?:float|integer)\("{flag}", ([0-9.]+)', source)
             if found:
                 assert float(found.group(1)) == float(RECOMMENDED[key]), (name, flag)
-    assert 'DEFINE_bool("exact_limb_leads", True' in (root / "cli.py").read_text()
+    cli_source = (root / "cli.py").read_text()
+    assert 'DEFINE_bool("exact_limb_leads", True' in cli_source
+    assert 'DEFINE_enum("lead_amplitudes", "auto"' in cli_source and 'DEFINE_float("amplitude_strength", 0.75' in cli_source

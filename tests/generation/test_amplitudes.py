@@ -126,25 +126,30 @@ def test_the_generator_rescales_its_own_ecgs_to_a_retrieved_patient(experience_m
     prompts = [make_prompt("normal ECG", age=42, sex="F", hr=70), make_prompt("atrial fibrillation", hr=110),
                make_prompt("sinus bradycardia", hr=50)]  # the last names nothing the corpus knows
     generator = Generator(model, max_batch=8)
-    plain = SamplerConfig(kind="ddim", num_steps=4, guidance_scale=2.0)
+    plain = SamplerConfig(kind="ddim", num_steps=4, guidance_scale=2.0, lead_amplitudes="model")
     drawn = generator.retrieved_amplitudes(prompts, seed=5)
     assert (drawn[0] >= 0.5).all() and (drawn[0] <= 0.9 + 1e-6).all()  # a NORM patient's (0.5-0.9 mV)
     assert (drawn[1] >= 1.0 - 1e-6).all()  # an AFIB patient's (1.0-1.4 mV)
     assert np.isnan(drawn[2]).all()
     own = generator.generate(prompts, seed=5, sampler=plain)
-    retrieved = generator.generate(prompts, seed=5, sampler=dataclasses.replace(plain, lead_amplitudes="retrieved"))
+    retrieved = generator.generate(prompts, seed=5, sampler=dataclasses.replace(
+        plain, lead_amplitudes="retrieved", amplitude_strength=1.0))
     np.testing.assert_array_equal(retrieved, match_lead_amplitudes(own, drawn))  # the same noise, rescaled
     np.testing.assert_array_equal(retrieved[2], own[2])
     part = dataclasses.replace(plain, lead_amplitudes="retrieved", amplitude_strength=0.75)
     np.testing.assert_array_equal(generator.generate(prompts, seed=5, sampler=part),
                                   match_lead_amplitudes(own, drawn, strength=0.75))
     assert "(strength 0.75)" in part.describe()
-    auto = dataclasses.replace(plain, lead_amplitudes="auto")  # retrieved here, as the corpus has amplitudes
+    # the default sampler ('auto', strength 0.75) retrieves here, as the corpus has amplitudes
+    np.testing.assert_array_equal(generator.generate(prompts, seed=5, sampler=SamplerConfig(num_steps=4)),
+                                  generator.generate(prompts, seed=5, sampler=part))
+    auto = dataclasses.replace(plain, lead_amplitudes="auto", amplitude_strength=1.0)
     assert generator.has_retrieved_amplitudes
     np.testing.assert_array_equal(generator.generate(prompts, seed=5, sampler=auto), retrieved)
     np.testing.assert_array_equal(generator.generate(prompts, seed=5, sampler=auto, experience="off"),
                                   generator.generate(prompts, seed=5, sampler=plain, experience="off"))
-    assert "lead amplitudes of a retrieved patient" in dataclasses.replace(plain, lead_amplitudes="retrieved").describe()
+    assert dataclasses.replace(plain, lead_amplitudes="retrieved", amplitude_strength=1.0).describe().endswith(
+        "lead amplitudes of a retrieved patient")
 
     corpus.save(where / "profiles.npz")  # the same corpus without amplitudes: 'auto' keeps the model's
     assert not Generator(model, max_batch=8).has_retrieved_amplitudes
@@ -157,7 +162,7 @@ def test_the_generator_rescales_its_own_ecgs_to_a_retrieved_patient(experience_m
 
 def test_a_model_without_experience_cannot_draw_retrieved_amplitudes(model):
     generator = Generator(model, max_batch=8)
-    plain = SamplerConfig(num_steps=2)
+    plain = SamplerConfig(num_steps=2, lead_amplitudes="model")
     np.testing.assert_array_equal(  # 'auto' falls back to the model's amplitudes
         generator.generate([make_prompt("normal ECG")], sampler=dataclasses.replace(plain, lead_amplitudes="auto")),
         generator.generate([make_prompt("normal ECG")], sampler=plain))

@@ -3,6 +3,8 @@ this code's text encoder and simulator prior. (colab/quickstart.ipynb's test gen
 
 import json
 
+import numpy as np
+
 from sediff_jax.generation import Generator, load_model, make_prompt
 from sediff_jax.generation.model import (
     CONFIG_FILE, EXPERIENCE_PROFILES_FILE, MODEL_FORMAT, MODEL_VERSION, WEIGHTS_FILE,
@@ -29,6 +31,10 @@ def test_shipped_checkpoint_loads_with_its_text_encoder_and_prior(repo_root):
     prompt = make_prompt("Atrial fibrillation. Left ventricular hypertrophy.", age=74, sex="M", hr=95)
     report, = generator.experience_reports([prompt])
     assert report.startswith("Experience from 5 similar patients") and "atrial fibrillation" in report
+    # its corpus carries each training record's lead amplitudes at 100 Hz, so the default sampler draws them
+    assert generator.has_retrieved_amplitudes
+    drawn = generator.retrieved_amplitudes([prompt], seed=0)
+    assert np.isfinite(drawn).all() and 0.1 < np.median(drawn) < 5  # mV
 
 
 def test_device_burst_continues_the_shipped_model_in_its_own_prediction_target(repo_root):
