@@ -77,12 +77,12 @@ def draw_neighbour_amplitudes(neighbour_amplitudes: Sequence[np.ndarray], seed: 
     """One neighbour's amplitudes per prompt, drawn uniformly: (n, 12) float32 mV, NaN where a prompt has none.
 
     neighbour_amplitudes: per prompt, (k_i, 12) mV of its retrieved neighbours (k_i may be 0; rows with a NaN are
-    not drawn). Prompt i draws with `np.random.default_rng((seed, i))`, so its draw does not depend on the other
-    prompts or on how they are batched."""
+    not drawn). Prompt i draws with `np.random.default_rng((seed mod 2**64, i))`, so its draw does not depend on
+    the other prompts or on how they are batched."""
     out = np.full((len(neighbour_amplitudes), NUM_LEADS), np.nan, np.float32)
     for i, rows in enumerate(neighbour_amplitudes):
         rows = np.asarray(rows, np.float32).reshape(-1, NUM_LEADS)
         rows = rows[np.isfinite(rows).all(axis=1)]
         if len(rows):
-            out[i] = rows[np.random.default_rng((seed, i)).integers(len(rows))]
+            out[i] = rows[np.random.default_rng((seed % 2**64, i)).integers(len(rows))]  # (any int seed)
     return out

@@ -101,6 +101,7 @@ def test_each_prompt_draws_one_neighbour_of_its_own_uniformly():
     assert any((drawn[2] == row).all() for row in table[:2])  # a row with an unmeasured lead is never drawn
     np.testing.assert_array_equal(draw_neighbour_amplitudes(neighbours, seed=3), drawn)
     np.testing.assert_array_equal(draw_neighbour_amplitudes(neighbours[:1], seed=3), drawn[:1])  # batch-independent
+    assert np.isfinite(draw_neighbour_amplitudes(neighbours[:1], seed=-7)).all()  # any integer seed, as jax's keys
     counts = np.bincount([int(draw_neighbour_amplitudes([table], seed)[0, 0] - 1) // 12 for seed in range(1000)],
                          minlength=5)
     assert counts.min() > 150 and counts.max() < 250  # uniform over the 5 (binomial sd 13)
