@@ -69,6 +69,7 @@ def main(argv):
     from sediff_jax.evaluation.paired import real_pairs
     from sediff_jax.evaluation.runner import NonFiniteECG, generate_paired
     from sediff_jax.generation import SHIPPED_CHECKPOINT
+    from sediff_jax.generation.amplitudes import model_draws_amplitudes
     from sediff_jax.io import atomic_path, write_npz
     from sediff_jax.checkpoints import CheckpointError
 
@@ -101,8 +102,14 @@ def main(argv):
                                                                   FLAGS.train_records, replace=False))
         parts["train"] = parts["train"].take(chosen)
     train = parts["train"]
-    # the sampler's id; options at the values every earlier cache was made with add nothing, so those stay valid
-    changed = {k: v for k, v in variety.items() if v != STAMP_BASE.get(k, getattr(SamplerConfig(), k))}
+    # the sampler's id, with the lead amplitudes as they will be drawn ('auto' resolved; the strength matters only
+    # when retrieving); options at the values every earlier cache was made with add nothing, so those stay valid
+    source = variety["lead_amplitudes"]
+    if source == "auto":
+        source = "retrieved" if model_draws_amplitudes(model) else "model"
+    effective = {**variety, "lead_amplitudes": source,
+                 **({"amplitude_strength": 1.0} if source == "model" else {})}
+    changed = {k: v for k, v in effective.items() if v != STAMP_BASE.get(k, getattr(SamplerConfig(), k))}
     stamp = f"{model.id}/ddim{FLAGS.steps}/g{FLAGS.guidance_scale:g}/eta{FLAGS.eta:g}/seed{FLAGS.seed}" + "".join(
         f"/{k}={v}" for k, v in sorted(changed.items()))
     cached = out / "synthetic.npz"

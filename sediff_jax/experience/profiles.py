@@ -160,6 +160,10 @@ class ProfileCorpus:
         """Whether any record's lead amplitudes were measured."""
         return bool(np.isfinite(self.amplitudes).all(axis=1).any())
 
+    def has_amplitudes_at(self, fs: float) -> bool:
+        """Whether lead amplitudes were measured, at `fs` Hz (what a model generating at `fs` can draw)."""
+        return self.has_amplitudes and self.amplitude_fs == float(fs)
+
     def with_amplitudes(self, amplitudes: Mapping[str, np.ndarray], fs: float) -> "ProfileCorpus":
         """This corpus with lead amplitudes: record_id -> (12,) mV measured at `fs` Hz (records not in the
         mapping stay NaN; ids not in the corpus are an error)."""

@@ -16,11 +16,24 @@ from typing import Sequence
 
 import numpy as np
 
+from sediff_jax.checkpoints import CheckpointError
+from sediff_jax.experience.profiles import ProfileCorpus
+from sediff_jax.generation.model import experience_profiles_path
 from sediff_jax.leads import NUM_LEADS, project_to_lead_space
 from sediff_jax.signal.measurement import lead_amplitudes
 
 MAX_GAIN = 4.0  # a lead is never scaled by more than this factor, or less than its inverse
 LIMB_PASSES = 3  # scale-then-project rounds: the projection moves the limb leads' amplitudes off their targets
+
+
+def model_draws_amplitudes(model) -> bool:
+    """Whether `lead_amplitudes='auto'` retrieves for `model` (an `SEDiffModel`): it was trained with experience
+    and its profile corpus is at hand with lead amplitudes at the model's rate."""
+    try:
+        path = experience_profiles_path(model)
+    except CheckpointError:
+        return False
+    return path is not None and ProfileCorpus.load(path).has_amplitudes_at(model.fs)
 
 
 def match_lead_amplitudes(ecg: np.ndarray, target: np.ndarray, exact_limb_leads: bool = True,

@@ -285,8 +285,7 @@ class Generator:
         `lead_amplitudes='auto'` needs to draw them)."""
         if self.prompt_experience is None:
             return False
-        corpus = self.prompt_experience.index.corpus
-        return corpus.has_amplitudes and corpus.amplitude_fs == self.model.fs
+        return self.prompt_experience.index.corpus.has_amplitudes_at(self.model.fs)
 
     def retrieved_amplitudes(self, prompts: Sequence[Prompt], seed: int = 0) -> np.ndarray:
         """(n, 12) mV: per prompt the lead amplitudes of one of its retrieved neighbours (drawn with `seed`; see
@@ -304,7 +303,7 @@ class Generator:
             raise CheckpointError(f"{path}: the profile corpus has no lead amplitudes; rebuild it with "
                                   f"experiments.build_experience --amplitude_fs={self.model.fs:g}, or use "
                                   "lead_amplitudes='model'")
-        if corpus.amplitude_fs != self.model.fs:
+        if not corpus.has_amplitudes_at(self.model.fs):
             raise CheckpointError(f"{path}: lead amplitudes were measured at {corpus.amplitude_fs:g} Hz, the model "
                                   f"generates at {self.model.fs:g} Hz; rebuild the corpus with --amplitude_fs="
                                   f"{self.model.fs:g}")

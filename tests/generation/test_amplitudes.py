@@ -14,7 +14,8 @@ from sediff_jax.data.ptbxl import read_ptbxl
 from sediff_jax.diffusion.sampling import SamplerConfig
 from sediff_jax.experience import Profile, ProfileCorpus
 from sediff_jax.generation import Generator, make_prompt
-from sediff_jax.generation.amplitudes import MAX_GAIN, draw_neighbour_amplitudes, match_lead_amplitudes
+from sediff_jax.generation.amplitudes import (MAX_GAIN, draw_neighbour_amplitudes, match_lead_amplitudes,
+                                             model_draws_amplitudes)
 from sediff_jax.leads import LEAD_NAMES, limb_lead_residuals, project_to_lead_space
 from sediff_jax.signal import lead_amplitudes
 
@@ -144,6 +145,7 @@ def test_the_generator_rescales_its_own_ecgs_to_a_retrieved_patient(experience_m
     # the default sampler ('auto', strength 0.75) retrieves here, as the corpus has amplitudes
     np.testing.assert_array_equal(generator.generate(prompts, seed=5, sampler=SamplerConfig(num_steps=4)),
                                   generator.generate(prompts, seed=5, sampler=part))
+    assert model_draws_amplitudes(model)
     auto = dataclasses.replace(plain, lead_amplitudes="auto", amplitude_strength=1.0)
     assert generator.has_retrieved_amplitudes
     np.testing.assert_array_equal(generator.generate(prompts, seed=5, sampler=auto), retrieved)
@@ -153,7 +155,7 @@ def test_the_generator_rescales_its_own_ecgs_to_a_retrieved_patient(experience_m
         "lead amplitudes of a retrieved patient")
 
     corpus.save(where / "profiles.npz")  # the same corpus without amplitudes: 'auto' keeps the model's
-    assert not Generator(model, max_batch=8).has_retrieved_amplitudes
+    assert not Generator(model, max_batch=8).has_retrieved_amplitudes and not model_draws_amplitudes(model)
     with pytest.raises(CheckpointError, match="no lead amplitudes; rebuild it with .* --amplitude_fs=100"):
         Generator(model, max_batch=8).retrieved_amplitudes(prompts)
     corpus.with_amplitudes({"p/00": np.ones(12)}, 500.0).save(where / "profiles.npz")
@@ -163,6 +165,7 @@ def test_the_generator_rescales_its_own_ecgs_to_a_retrieved_patient(experience_m
 
 def test_a_model_without_experience_cannot_draw_retrieved_amplitudes(model):
     generator = Generator(model, max_batch=8)
+    assert not generator.has_retrieved_amplitudes and not model_draws_amplitudes(model)
     plain = SamplerConfig(num_steps=2, lead_amplitudes="model")
     np.testing.assert_array_equal(  # 'auto' falls back to the model's amplitudes
         generator.generate([make_prompt("normal ECG")], sampler=dataclasses.replace(plain, lead_amplitudes="auto")),
