@@ -158,7 +158,8 @@ def generate_files(out, prompts, generator, config, seed: int, num_samples: int,
         records = write_generated(tmp, ecg, expanded, plans, model, config, seed, png)
         manifest = {
             "prompts": [p.as_dict() for p in prompts], "num_samples": num_samples, "seed": seed,
-            "sampler": sampler_summary(config, generator.latent_clip),
+            "sampler": sampler_summary(config, generator.latent_clip,
+                                       generator.lead_amplitude_source(config, experience)),
             "experience": experience_summary(generator, prompts, experience),
             "checkpoint": {"path": str(model.source), "id": model.id,
                            "training": model.spec.training},

@@ -265,8 +265,7 @@ class Generator:
         if not prompts:
             raise ValueError("no prompts to generate from")
         sampling_timesteps(self.model.schedule.num_steps, sampler.num_steps)  # validates num_steps
-        retrieve = sampler.lead_amplitudes == "retrieved" or (
-            sampler.lead_amplitudes == "auto" and experience != "off" and self.has_retrieved_amplitudes)
+        retrieve = self.lead_amplitude_source(sampler, experience) == "retrieved"
         targets = self.retrieved_amplitudes(prompts, seed) if retrieve else None
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(len(prompts)))
         outputs = []
@@ -278,6 +277,13 @@ class Generator:
         if targets is not None:
             ecg = match_lead_amplitudes(ecg, targets, sampler.exact_limb_leads, sampler.amplitude_strength)
         return ecg
+
+    def lead_amplitude_source(self, sampler: SamplerConfig, experience: str = "auto") -> str:
+        """Where `generate(..., sampler, experience)` takes each lead's amplitude from: 'retrieved' or 'model'
+        (`sampler.lead_amplitudes`, with 'auto' resolved for this model)."""
+        if sampler.lead_amplitudes == "auto":
+            return "retrieved" if experience != "off" and self.has_retrieved_amplitudes else "model"
+        return sampler.lead_amplitudes
 
     @property
     def has_retrieved_amplitudes(self) -> bool:

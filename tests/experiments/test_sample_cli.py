@@ -37,6 +37,8 @@ def test_writes_wfdb_png_npz_and_manifest(repo_root, exported_model_dir, tmp_pat
                                                              "guidance_interval": None, "group_scales": None,
                                                              "cads_noise": 0.0, "cads_tau": [0.6, 0.9],
                                                              "exact_limb_leads": True,
+                                                             # 'auto' resolved: this model has no corpus
+                                                             "lead_amplitudes": "model", "amplitude_strength": None,
                                                              "clip_x0": 3.0}
     assert manifest["samples"] == 4 and len(manifest["checkpoint"]["id"]) == 12
     with np.load(out / "samples.npz") as f:

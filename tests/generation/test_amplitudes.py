@@ -14,6 +14,7 @@ from sediff_jax.data.ptbxl import read_ptbxl
 from sediff_jax.diffusion.sampling import SamplerConfig
 from sediff_jax.experience import Profile, ProfileCorpus
 from sediff_jax.generation import Generator, make_prompt
+from sediff_jax.generation.outputs import sampler_summary
 from sediff_jax.generation.amplitudes import (MAX_GAIN, draw_neighbour_amplitudes, match_lead_amplitudes,
                                              model_draws_amplitudes)
 from sediff_jax.leads import LEAD_NAMES, limb_lead_residuals, project_to_lead_space
@@ -146,6 +147,11 @@ def test_the_generator_rescales_its_own_ecgs_to_a_retrieved_patient(experience_m
     np.testing.assert_array_equal(generator.generate(prompts, seed=5, sampler=SamplerConfig(num_steps=4)),
                                   generator.generate(prompts, seed=5, sampler=part))
     assert model_draws_amplitudes(model)
+    assert generator.lead_amplitude_source(SamplerConfig()) == "retrieved"
+    assert generator.lead_amplitude_source(SamplerConfig(), experience="off") == "model"
+    summary = sampler_summary(SamplerConfig(), 3.0, generator.lead_amplitude_source(SamplerConfig()))
+    assert summary["lead_amplitudes"] == "retrieved" and summary["amplitude_strength"] == 0.75
+    assert sampler_summary(plain, 3.0)["amplitude_strength"] is None  # the model's: no strength applies
     auto = dataclasses.replace(plain, lead_amplitudes="auto", amplitude_strength=1.0)
     assert generator.has_retrieved_amplitudes
     np.testing.assert_array_equal(generator.generate(prompts, seed=5, sampler=auto), retrieved)
