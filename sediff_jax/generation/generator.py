@@ -254,7 +254,8 @@ class Generator:
         reverse steps just done (summed over batches). `sampler.clip_x0` None means the model's latent clip
         (its spec's `latent_clip`); pass inf for none. rhythms: per prompt, the beats to follow (`plan_rhythms`
         fills the rest; a model trained with the scaffold is told them). sampler: None is
-        `SamplerConfig.recommended()` (DDIM-50, eta 1, guidance 2, exact limb leads)."""
+        `SamplerConfig.recommended()` (DDIM-50, eta 1, guidance 2, exact limb leads, lead amplitudes moved 0.75 of
+        the way to a retrieved patient's where the model's corpus has them: `lead_amplitude_source`)."""
         prompts = list(prompts)
         sampler = SamplerConfig.recommended() if sampler is None else sampler
         plans = self.plan_rhythms(prompts, seed, rhythms)
