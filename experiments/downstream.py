@@ -69,7 +69,7 @@ def main(argv):
     from sediff_jax.evaluation.paired import real_pairs
     from sediff_jax.evaluation.runner import NonFiniteECG, generate_paired
     from sediff_jax.generation import SHIPPED_CHECKPOINT
-    from sediff_jax.generation.amplitudes import model_draws_amplitudes
+    from sediff_jax.generation.amplitudes import amplitude_source, model_draws_amplitudes
     from sediff_jax.io import atomic_path, write_npz
     from sediff_jax.checkpoints import CheckpointError
 
@@ -104,9 +104,7 @@ def main(argv):
     train = parts["train"]
     # the sampler's id, with the lead amplitudes as they will be drawn ('auto' resolved; the strength matters only
     # when retrieving); options at the values every earlier cache was made with add nothing, so those stay valid
-    source = variety["lead_amplitudes"]
-    if source == "auto":
-        source = "retrieved" if model_draws_amplitudes(model) else "model"
+    source = amplitude_source(variety["lead_amplitudes"], "auto", model_draws_amplitudes(model))
     effective = {**variety, "lead_amplitudes": source,
                  **({"amplitude_strength": 1.0} if source == "model" else {})}
     changed = {k: v for k, v in effective.items() if v != STAMP_BASE.get(k, getattr(SamplerConfig(), k))}

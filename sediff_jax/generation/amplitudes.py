@@ -28,6 +28,15 @@ MAX_GAIN = 4.0  # a lead is never scaled by more than this factor, or less than 
 LIMB_PASSES = 3  # scale-then-project rounds: the projection moves the limb leads' amplitudes off their targets
 
 
+def amplitude_source(lead_amplitudes: str, experience: str, available: bool) -> str:
+    """Where a generated ECG's lead amplitudes come from, 'retrieved' or 'model', for `SamplerConfig.lead_amplitudes`
+    and the generator's `experience` mode; 'auto' retrieves when `available` (the model's corpus has amplitudes at
+    its rate) and experience is not 'off'."""
+    if lead_amplitudes == "auto":
+        return "retrieved" if available and experience != "off" else "model"
+    return lead_amplitudes
+
+
 def model_draws_amplitudes(model) -> bool:
     """Whether `lead_amplitudes='auto'` retrieves for `model` (an `SEDiffModel`): it was trained with experience
     and its profile corpus is at hand with lead amplitudes at the model's rate."""

@@ -27,7 +27,7 @@ from sediff_jax.experience import ExperienceIndex, ProfileCorpus, RetrievalConfi
 from sediff_jax.experience.distill import OfflineDistiller
 from sediff_jax.experience.reports import PromptExperience
 from sediff_jax.experience.retrieval import PATIENT_FACTOR_KEYS
-from sediff_jax.generation.amplitudes import draw_neighbour_amplitudes, match_lead_amplitudes
+from sediff_jax.generation.amplitudes import amplitude_source, draw_neighbour_amplitudes, match_lead_amplitudes
 from sediff_jax.generation.model import SEDiffModel, experience_profiles_path
 from sediff_jax.generation.prompts import Prompt
 from sediff_jax.generation.rhythm import (RhythmError, RhythmPlan, rhythm_from_record, rhythm_from_rr,
@@ -282,9 +282,7 @@ class Generator:
     def lead_amplitude_source(self, sampler: SamplerConfig, experience: str = "auto") -> str:
         """Where `generate(..., sampler, experience)` takes each lead's amplitude from: 'retrieved' or 'model'
         (`sampler.lead_amplitudes`, with 'auto' resolved for this model)."""
-        if sampler.lead_amplitudes == "auto":
-            return "retrieved" if experience != "off" and self.has_retrieved_amplitudes else "model"
-        return sampler.lead_amplitudes
+        return amplitude_source(sampler.lead_amplitudes, experience, self.has_retrieved_amplitudes)
 
     @property
     def has_retrieved_amplitudes(self) -> bool:
