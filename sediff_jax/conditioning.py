@@ -1,4 +1,5 @@
-"""Host-side conditioning of a loader batch for stage 2: text tokens, experience tokens, prior class index.
+"""Host-side conditioning of a loader batch for stage 2: text tokens, experience tokens, prior class index and, for
+an amplitude-conditioned denoiser, each record's lead amplitudes.
 
 Text goes through a `TextCache` (each distinct report encoded once per run, persisted in the workdir). The
 simulator terms need each record's class prior: the record's SE-Diff classes (from its English text, by
@@ -51,7 +52,9 @@ def experience_condition(reports: Sequence[str], cache: TextCache | None, dim: i
 
 class ConditionBuilder:
     """Adds text_tokens (b, Lt, d) float32, text_mask (b, Lt) bool, experience_tokens (b, Le, d),
-    experience_mask, class_index (b,) int32 to a loader batch (host NumPy).
+    experience_mask, class_index (b,) int32 to a loader batch (host NumPy), and with `amplitudes` (a
+    `ProfileCorpus` with lead amplitudes) amplitudes (b, 12) float32 mV, each record's own by record_id (NaN for
+    a record the corpus lacks).
 
     Experience: each record's report from `experience` (an `ExperienceTable`, by record_id), encoded through
     `experience_cache`; without them every record gets one masked-out experience token (the "w/o experience"
@@ -59,9 +62,11 @@ class ConditionBuilder:
     """
 
     def __init__(self, text_cache: TextCache, class_names: Sequence[str], experience=None,
-                 experience_cache: TextCache | None = None):
+                 experience_cache: TextCache | None = None, amplitudes=None):
         if (experience is None) != (experience_cache is None):
             raise ValueError("experience and experience_cache go together")
+        self.amplitudes = amplitudes
+        self._amplitude_rows = None if amplitudes is None else amplitudes.row_of()
         self.text_cache = text_cache
         self.class_names = tuple(class_names)
         self.dim = text_cache.encoder.dim
@@ -78,4 +83,6 @@ class ConditionBuilder:
         out["experience_tokens"], out["experience_mask"] = experience_condition(
             reports, self.experience_cache, self.dim)
         out["class_index"] = prior_class_index(texts, self.class_names)
+        if self.amplitudes is not None:
+            out["amplitudes"] = self.amplitudes.amplitudes_of(batch["record_id"], self._amplitude_rows)
         return out

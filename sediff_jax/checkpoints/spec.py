@@ -26,7 +26,7 @@ MODEL_VERSION = 1
 # schedule) and the shipped model's latents end with std ~1000 (measured).
 DEFAULT_LATENT_CLIP = 3.0
 SCHEDULE_KINDS = ("cosine", "linear")
-_MAY_BE_ZERO = {"rhythm_channels", "beat_r_index", "repa_dim"}  # network settings for which 0 means "none" / "first sample"
+_MAY_BE_ZERO = {"rhythm_channels", "beat_r_index", "repa_dim", "amplitude_leads"}  # network settings for which 0 means "none" / "first sample"
 # Keys of config.json that ModelSpec reads; any other top-level key (loss settings, training step, metrics) is
 # kept as provenance and written back unchanged.
 _SPEC_KEYS = ("format", "version", "fs", "duration_s", "denoiser", "vae", "schedule", "prediction", "latent_scale",

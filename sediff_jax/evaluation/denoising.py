@@ -1,7 +1,7 @@
 """How well a model denoises real records, noise level by noise level: the diagnosis of a generator whose samples
 lack variety. The error at high noise (large t) is the global structure the sampler must invent; at low noise,
 the detail it refines. Epsilon-space MSE with the record's own conditions (and, for a rhythm-scaffold model, its
-own beats), fixed noise and timesteps per record, so two models or two checkpoints are compared on the same
+own beats, for an amplitude-conditioned one its own lead amplitudes), fixed noise and timesteps per record, so two models or two checkpoints are compared on the same
 draws."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from sediff_jax.diffusion.sampling import noise_levels
 from sediff_jax.diffusion.schedule import add_noise, predict_epsilon
 from sediff_jax.generation import Generator
 from sediff_jax.models.conditions import Conditions
+from sediff_jax.signal import lead_amplitudes
 
 LOSS_STREAM = 2**31 - 3  # fold_in index of a record's noise and timesteps here
 
@@ -57,7 +58,8 @@ def loss_by_noise_level(model, ecg: np.ndarray, prompts: Sequence, rhythms: Sequ
     rows = []
     for start in range(0, n, batch_size):
         part = slice(start, min(start + batch_size, n))
-        batch = generator.conditions(list(prompts[part]), experience, rhythms[part])
+        own = lead_amplitudes(ecg[part]) if generator.uses_amplitudes else None  # as in training: the record's
+        batch = generator.conditions(list(prompts[part]), experience, rhythms[part], own)
         conditions = Conditions.from_batch(batch)
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), LOSS_STREAM), i))(
             jnp.arange(part.start, part.stop))

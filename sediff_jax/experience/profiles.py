@@ -176,6 +176,15 @@ class ProfileCorpus:
             table[rows[record_id]] = np.asarray(values, np.float32)
         return dataclasses.replace(self, amplitudes=table, amplitude_fs=float(fs))
 
+    def amplitudes_of(self, record_ids: Sequence[str], rows: Mapping[str, int] | None = None) -> np.ndarray:
+        """(n, 12) float32 mV: each record's lead amplitudes, NaN for a record not in the corpus or not measured.
+        rows: `row_of()`, when the caller keeps it (it is rebuilt otherwise)."""
+        rows = self.row_of() if rows is None else rows
+        found = np.array([rows.get(str(r), -1) for r in record_ids], np.int64)
+        out = np.full((len(found), NUM_LEADS), np.nan, np.float32)
+        out[found >= 0] = self.amplitudes[found[found >= 0]]
+        return out
+
     def row_of(self) -> dict[str, int]:
         """record_id -> row."""
         return {r: i for i, r in enumerate(self.record_ids.tolist())}

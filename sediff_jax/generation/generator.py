@@ -32,7 +32,7 @@ from sediff_jax.generation.model import SEDiffModel, experience_profiles_path
 from sediff_jax.generation.prompts import Prompt
 from sediff_jax.generation.rhythm import (RhythmError, RhythmPlan, rhythm_from_record, rhythm_from_rr,
                                          simulated_rhythm)
-from sediff_jax.leads import project_to_lead_space
+from sediff_jax.leads import NUM_LEADS, project_to_lead_space
 from sediff_jax.models.conditions import Conditions
 from sediff_jax.parallel import batch_sharding, make_mesh, replicated_sharding
 from sediff_jax.signal.phase import pad_peaks, rhythm_features
@@ -178,12 +178,14 @@ class Generator:
         return np.asarray(rhythm_features(peaks, length, down), np.float32)
 
     def conditions(self, prompts: Sequence[Prompt], experience: str = "auto",
-                   rhythms: Sequence[RhythmPlan | None] | None = None) -> dict[str, np.ndarray]:
+                   rhythms: Sequence[RhythmPlan | None] | None = None,
+                   amplitudes: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Host arrays of the denoiser's conditions plus `class_index` (simulator prior class) per prompt.
 
         experience='auto' retrieves and distils a report per prompt for a model trained with experience (see
         `experience_reports`); 'off', or a model trained without, gives the masked-out experience segment, which
-        is what the model saw when experience was absent or dropped."""
+        is what the model saw when experience was absent or dropped. amplitudes: (n, 12) mV, NaN unknown, what an
+        amplitude-conditioned model is told (None: unknown); a model without them ignores it."""
         if experience not in EXPERIENCE_MODES:
             raise ValueError(f"experience={experience!r}; expected one of {EXPERIENCE_MODES}")
         texts = [p.text for p in prompts]
@@ -198,7 +200,24 @@ class Generator:
             "hr_bpm": np.array([np.nan if p.hr is None else p.hr for p in prompts], np.float32),
             "class_index": prior_class_index(texts, self.class_names),
             **({"rhythm": self.rhythm_condition(rhythms or [None] * len(prompts))} if self.uses_rhythm else {}),
+            **({"amplitudes": self.amplitude_condition(len(prompts), amplitudes)} if self.uses_amplitudes else {}),
         }
+
+    @property
+    def uses_amplitudes(self) -> bool:
+        """Whether the denoiser was trained told each lead's amplitude (`DenoiserConfig.amplitude_leads`)."""
+        return self.model.spec.denoiser.amplitude_leads > 0
+
+    def amplitude_condition(self, n: int, amplitudes: np.ndarray | None = None) -> np.ndarray:
+        """(n, 12) float32 mV: `amplitudes` checked (shape; finite values must be positive), or all NaN (unknown)."""
+        if amplitudes is None:
+            return np.full((n, NUM_LEADS), np.nan, np.float32)
+        amplitudes = np.asarray(amplitudes, np.float32)
+        if amplitudes.shape != (n, NUM_LEADS):
+            raise ValueError(f"amplitudes of shape {amplitudes.shape} for {n} prompts; expected ({n}, {NUM_LEADS})")
+        if np.any(amplitudes[np.isfinite(amplitudes)] <= 0) or np.any(np.isinf(amplitudes)):
+            raise ValueError("lead amplitudes must be positive and finite (mV), or NaN for unknown")
+        return amplitudes
 
     # Sampling --------------------------------------------------------------------------------------------------
     def _energy(self, vae, batch):
@@ -255,7 +274,8 @@ class Generator:
         (its spec's `latent_clip`); pass inf for none. rhythms: per prompt, the beats to follow (`plan_rhythms`
         fills the rest; a model trained with the scaffold is told them). sampler: None is
         `SamplerConfig.recommended()` (DDIM-50, eta 1, guidance 2, exact limb leads, lead amplitudes moved 0.75 of
-        the way to a retrieved patient's where the model's corpus has them: `lead_amplitude_source`)."""
+        the way to a retrieved patient's where the model's corpus has them: `lead_amplitude_source`). A model
+        trained with amplitudes as a condition is told the drawn ones (unknown when the source is 'model')."""
         prompts = list(prompts)
         sampler = SamplerConfig.recommended() if sampler is None else sampler
         plans = self.plan_rhythms(prompts, seed, rhythms)
@@ -268,12 +288,14 @@ class Generator:
         sampling_timesteps(self.model.schedule.num_steps, sampler.num_steps)  # validates num_steps
         retrieve = self.lead_amplitude_source(sampler, experience) == "retrieved"
         targets = self.retrieved_amplitudes(prompts, seed) if retrieve else None
+        told = self.amplitude_condition(len(prompts), targets) if self.uses_amplitudes else None
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(len(prompts)))
         outputs = []
         for start in range(0, len(prompts), self.max_batch):
             part = prompts[start:start + self.max_batch]
             outputs.append(self._generate_batch(part, plans[start:start + len(part)], keys[start:start + len(part)],
-                                                sampler, experience, progress))
+                                                sampler, experience, progress,
+                                                None if told is None else told[start:start + len(part)]))
         ecg = np.concatenate(outputs)[: len(prompts)]
         if targets is not None:
             ecg = match_lead_amplitudes(ecg, targets, sampler.exact_limb_leads, sampler.amplitude_strength)
@@ -315,12 +337,14 @@ class Generator:
         rows = [self.prompt_experience.neighbours(p.text, p.age, p.sex_code).rows for p in prompts]
         return draw_neighbour_amplitudes([corpus.amplitudes[r] for r in rows], seed)
 
-    def _generate_batch(self, prompts, plans, keys, sampler, experience, progress) -> np.ndarray:
+    def _generate_batch(self, prompts, plans, keys, sampler, experience, progress, amplitudes=None) -> np.ndarray:
         n = len(prompts)
         devices = self.mesh.devices.size
         padded = math.ceil(n / devices) * devices
+        if amplitudes is not None:
+            amplitudes = np.concatenate([amplitudes, np.repeat(amplitudes[-1:], padded - n, axis=0)])
         batch = self.conditions(prompts + [prompts[-1]] * (padded - n), experience,
-                                list(plans) + [plans[-1]] * (padded - n))
+                                list(plans) + [plans[-1]] * (padded - n), amplitudes)
         keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], padded - n, axis=0)])
         data = batch_sharding(self.mesh)
         batch = jax.device_put(batch, data)

@@ -22,7 +22,8 @@ class Conditions:
     experience_tokens: (b, Le, d) float distilled-experience token embeddings; experience_mask: (b, Le) bool
     (all False: no experience). age: (b,) years, NaN unknown. sex: (b,) int32 (`Prompt.sex_code`; -1 unknown).
     hr: (b,) heart rate, bpm, NaN unknown. rhythm: (b, latent time, 3) the rhythm scaffold (cos phi, sin phi,
-    present), or None for a model without it."""
+    present), or None for a model without it. amplitudes: (b, 12) each lead's amplitude, mV, NaN unknown (the
+    record's own in training, a retrieved patient's at sampling), or None (a model without them, or all unknown)."""
 
     text_tokens: Array
     text_mask: Array
@@ -32,13 +33,15 @@ class Conditions:
     sex: Array
     hr: Array
     rhythm: Array | None = None
+    amplitudes: Array | None = None
 
     @classmethod
     def from_batch(cls, batch: Mapping[str, Any]) -> "Conditions":
-        """From a batch with text_tokens, text_mask, experience_tokens, experience_mask, age, sex, hr_bpm and,
-        for a scaffold model, rhythm (what `conditioning.ConditionBuilder` and `Generator.conditions` give)."""
+        """From a batch with text_tokens, text_mask, experience_tokens, experience_mask, age, sex, hr_bpm, for a
+        scaffold model rhythm, and for an amplitude-conditioned model amplitudes (what
+        `conditioning.ConditionBuilder` and `Generator.conditions` give)."""
         return cls(batch["text_tokens"], batch["text_mask"], batch["experience_tokens"], batch["experience_mask"],
-                   batch["age"], batch["sex"], batch["hr_bpm"], batch.get("rhythm"))
+                   batch["age"], batch["sex"], batch["hr_bpm"], batch.get("rhythm"), batch.get("amplitudes"))
 
     def replace(self, **changes: Any) -> "Conditions":
         return dataclasses.replace(self, **changes)

@@ -6,6 +6,11 @@ attention uniform). Classifier-free guidance: `drop` (batch, 3) replaces the tex
 of a record by learned null tokens, so one network gives the conditional and the unconditional prediction.
 Unknown metadata (age NaN, sex -1, heart rate NaN) get learned "unknown" tokens of their own.
 
+A model built with `amplitude_leads=12` is also told each lead's amplitude (robust peak-to-peak, mV: the record's
+own in training, a retrieved patient's at sampling) through the timestep embedding, which modulates every residual
+block: the waveform can follow them (voltage with axis, ST with its QRS), where a gain after decoding cannot. Its
+last layer starts at zero, so a model warm-started from one without it predicts exactly what that one did.
+
 `dtype` is the compute precision (`float32`, or `bfloat16` for mixed precision on accelerators): convolutions,
 attention, matmuls and norms run in it; parameters stay float32, attention softmaxes and the timestep
 embedding are float32, and the prediction is returned in float32.
@@ -20,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sediff_jax.leads import NUM_LEADS
 from sediff_jax.models.conditions import Conditions
 from sediff_jax.signal.phase import RHYTHM_FEATURES
 
@@ -37,7 +43,8 @@ class DenoiserConfig:
     of the rhythm scaffold concatenated to x_t (`sediff_jax.signal.phase.rhythm_features`: cos phi, sin phi,
     present); 0 = none, SE-Diff as published.  repa_dim: width of the features the middle block's output is
     projected to for representation alignment (`diffusion.repa`: a frozen ECG encoder's features; 0 = no
-    projector).  repa_hidden: the projector MLP's hidden width."""
+    projector).  repa_hidden: the projector MLP's hidden width.  amplitude_leads: 12 = conditioned on each lead's
+    amplitude (`AmplitudeEmbedding`), 0 = not (every model before it)."""
 
     latent_channels: int = 4
     channels: tuple[int, ...] = (64, 128, 128)
@@ -49,8 +56,11 @@ class DenoiserConfig:
     rhythm_channels: int = 0
     repa_dim: int = 0
     repa_hidden: int = 256
+    amplitude_leads: int = 0
 
     def __post_init__(self):
+        if self.amplitude_leads not in (0, NUM_LEADS):
+            raise ValueError(f"amplitude_leads={self.amplitude_leads}; expected 0 (none) or {NUM_LEADS}")
         if self.rhythm_channels not in (0, RHYTHM_FEATURES):
             raise ValueError(f"rhythm_channels={self.rhythm_channels}; expected 0 (no scaffold) or {RHYTHM_FEATURES}")
         if len(self.channels) != len(self.attention):
@@ -67,6 +77,31 @@ def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array
     freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
     angles = t.astype(jnp.float32)[:, None] * freqs[None]
     return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+MIN_AMPLITUDE_MV = 0.02  # amplitudes below this (a flat lead) are read as this before the log
+
+
+def amplitude_features(amplitudes: Array) -> Array:
+    """(b, 12) lead amplitudes, mV, NaN unknown -> (b, 24) float32: log amplitude where known (0 elsewhere), then
+    1 where known (0 elsewhere)."""
+    amplitudes = amplitudes.astype(jnp.float32)
+    known = jnp.isfinite(amplitudes)
+    log = jnp.log(jnp.maximum(jnp.where(known, amplitudes, 1.0), MIN_AMPLITUDE_MV))
+    return jnp.concatenate([jnp.where(known, log, 0.0), known.astype(jnp.float32)], axis=-1)
+
+
+class AmplitudeEmbedding(nnx.Module):
+    """Per-lead amplitudes (b, 12) mV, NaN unknown -> (b, time_embed_dim), added to the timestep embedding. An MLP
+    over `amplitude_features` whose output layer starts at zero (a warm start is unchanged); all-unknown (dropped,
+    or not given) maps to one learned vector."""
+
+    def __init__(self, leads: int, dim: int, *, dtype: DType = jnp.float32, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(2 * leads, dim, dtype=dtype, rngs=rngs)
+        self.out = nnx.Linear(dim, dim, dtype=dtype, kernel_init=nnx.initializers.zeros, rngs=rngs)
+
+    def __call__(self, amplitudes: Array) -> Array:
+        return self.out(jax.nn.silu(self.hidden(amplitude_features(amplitudes))))
 
 
 def _norm(c: int, groups: int, dtype: DType, rngs: nnx.Rngs) -> nnx.GroupNorm:
@@ -181,7 +216,8 @@ class LatentDenoiser(nnx.Module):
     x_t: (batch, time, latent_channels); t: (batch,) timesteps.  conditions: dict with text_tokens
     (batch, Lt, d), text_mask (batch, Lt), experience_tokens (batch, Le, d), experience_mask, age (batch,)
     years or NaN, sex (batch,) 0/1/-1, hr (batch,) bpm or NaN, and with `config.rhythm_channels` rhythm
-    (batch, time, 3) (the scaffold; zeros for none). drop: (batch, 3) bool (text, experience,
+    (batch, time, 3) (the scaffold; zeros for none), and with `config.amplitude_leads` amplitudes (batch, 12) mV,
+    NaN unknown (None: all unknown). drop: (batch, 3) bool (text, experience,
     metadata) for classifier-free guidance; None keeps every condition. `dtype`: the compute precision (module
     docstring); the prediction is float32 whatever it is.
     """
@@ -192,6 +228,8 @@ class LatentDenoiser(nnx.Module):
         self.time_in = nnx.Linear(e, e, dtype=dtype, rngs=rngs)
         self.time_out = nnx.Linear(e, e, dtype=dtype, rngs=rngs)
         self.conditions = ConditionTokens(config, dtype=dtype, rngs=rngs)
+        if config.amplitude_leads:
+            self.amplitude_embed = AmplitudeEmbedding(config.amplitude_leads, e, dtype=dtype, rngs=rngs)
         self.conv_in = nnx.Conv(config.latent_channels + config.rhythm_channels, c[0], (3,), padding="SAME",
                                 dtype=dtype, rngs=rngs)
         down, down_attn, downsample, skips_c = [], [], [], []
@@ -252,6 +290,11 @@ class LatentDenoiser(nnx.Module):
             conditions.text_tokens, conditions.text_mask, conditions.experience_tokens, conditions.experience_mask,
             conditions.age, conditions.sex, conditions.hr, drop)
         temb = self.time_out(jax.nn.silu(self.time_in(timestep_embedding(t, self.config.time_embed_dim))))
+        if self.config.amplitude_leads:
+            amplitudes = conditions.amplitudes
+            if amplitudes is None:
+                amplitudes = jnp.full((b, self.config.amplitude_leads), jnp.nan, jnp.float32)
+            temb = temb + self.amplitude_embed(amplitudes).astype(temb.dtype)
         h = self.conv_in(x)
         skips = []
         for block, attn, down in zip(self.down, self.down_attn, self.downsample):

@@ -11,7 +11,7 @@ epoch, at most 4: `data.sampling`); repa (L_REPA at weight 0.5 onto the shipped 
 `--config.diffusion.repa_teacher`); wide (channels 96/192/192) and deep (a fourth level of 128) for the
 width and depth ablation; scaffold / paper: with / without the
 rhythm scaffold (the cardiac phase of each record's R peaks as denoiser input, on by default; `paper` is SE-Diff
-as published).
+as published); amplitudes (the denoiser told each record's lead amplitudes, from the experience corpus).
 
 `check_config` (run by `resolve`) knows each key's type and range (`RULES`): enums, positive counts and steps,
 rates and durations within physical limits, worker counts within the machine, model widths within a memory bound,
@@ -50,6 +50,7 @@ VARIANTS = {
     "repa": {"repa_weight": 0.5, "diffusion.model.repa_dim": 128, "diffusion.repa_teacher": "shipped"},
     "wide": {"diffusion.model.channels": (96, 192, 192),  # 1.69x the step's FLOPs
              "diffusion.model.attention": (False, True, True)},
+    "amplitudes": {"diffusion.model.amplitude_leads": 12},
     "deep": {"diffusion.model.channels": (64, 128, 128, 128),  # a fourth level: 1.17x the FLOPs
              "diffusion.model.attention": (False, True, True, True)},
 }
@@ -107,12 +108,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.model = ml_collections.ConfigDict(dict(
         channels=(64, 128, 128), attention=(False, True, True), num_heads=4, time_embed_dim=128, num_groups=8,
-        rhythm_channels=3, repa_dim=0, repa_hidden=256))
+        rhythm_channels=3, repa_dim=0, repa_hidden=256, amplitude_leads=0))
     # The rhythm scaffold (rhythm_channels=3: the cardiac phase of the record's R peaks as input channels; 0 is
     # SE-Diff as published, the `paper` variant) is the default because it won on all of PTB-XL: heart-rate error
     # 1.45 vs 10.06 bpm, sinus RR CV 0.031 vs 0.211, FID 0.80 vs 1.09, MAE within one standard error (docs/evaluation.md).
     # It is dropped for this fraction of records, so the model also generates without one.
     c.diffusion.rhythm_dropout = 0.1
+    # model.amplitude_leads=12 tells the denoiser each record's lead amplitudes (robust peak-to-peak, mV), read from
+    # the experience corpus (experience.dir's profiles.npz, built with amplitudes at data.fs); at sampling they come
+    # from a retrieved patient. They are replaced by "unknown" for this fraction of records.
+    c.diffusion.amplitude_dropout = 0.1
     c.diffusion.schedule = ml_collections.ConfigDict(dict(kind="cosine", num_steps=1000))
     c.diffusion.loss = ml_collections.ConfigDict(dict(
         prediction="epsilon", euler_weight=0.05, interlead_weight=0.05, sim_weight=0.05,
@@ -294,7 +299,8 @@ RULES: dict[str, Check] = {
     "diffusion.model.num_groups": _number(int, 1, 64), "diffusion.model.rhythm_channels": _enum((0, 3)),
     "diffusion.model.repa_dim": _number(int, 0, MAX_WIDTH), "diffusion.model.repa_hidden": _WIDTH,
     "diffusion.loss.repa_weight": _WEIGHT, "diffusion.repa_teacher": _text,
-    "diffusion.rhythm_dropout": _FRACTION,
+    "diffusion.rhythm_dropout": _FRACTION, "diffusion.amplitude_dropout": _FRACTION,
+    "diffusion.model.amplitude_leads": _enum((0, 12)),
     "diffusion.schedule.kind": _enum(SCHEDULES), "diffusion.schedule.num_steps": _number(int, 2, 100_000),
     "diffusion.loss.prediction": _enum(PREDICTIONS), "diffusion.loss.euler_weight": _WEIGHT,
     "diffusion.loss.interlead_weight": _WEIGHT, "diffusion.loss.sim_weight": _WEIGHT,

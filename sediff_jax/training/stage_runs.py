@@ -156,6 +156,8 @@ class DiffusionStage:
         targets = self._alignment_targets() if self.loss_config.repa_weight > 0 else None
         if targets is not None:
             batch_keys += ("repa_target",)
+        if self.model_config.amplitude_leads:
+            batch_keys += ("amplitudes",)  # each record's own, added by the condition builder
         meta = dict(meta)
         if "latent_scale" not in meta:
             meta["latent_scale"] = self._latent_scale(train_source, latent_dir)

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -27,6 +28,7 @@ from sediff_jax.checkpoints.spec import ExperienceSpec, ModelSpec
 from sediff_jax.conditioning import ConditionBuilder
 from sediff_jax.diffusion.losses import DiffusionLossConfig
 from sediff_jax.diffusion.schedule import NoiseSchedule, make_schedule
+from sediff_jax.experience.profiles import ProfileCorpus
 from sediff_jax.experience.reports import ExperienceTable
 from sediff_jax.io import jsonio
 from sediff_jax.models.denoiser import DenoiserConfig, LatentDenoiser
@@ -35,7 +37,7 @@ from sediff_jax.models.vae_losses import VAELossConfig
 from sediff_jax.simulator.params import WaveParams
 from sediff_jax.simulator.priors import load_prior
 from sediff_jax.text import TextCache, make_text_encoder
-from sediff_jax.training.config import base_config
+from sediff_jax.training.config import ConfigError, base_config
 from sediff_jax.training.state import OptimizerConfig, PyTree, make_optimizer, split_params
 from sediff_jax.training.steps import DiffusionStepConfig, make_diffusion_steps, make_vae_steps
 
@@ -220,7 +222,9 @@ def diffusion_step_config(config: ml_collections.ConfigDict, latent_scale: float
     """Stage 2's step settings: the latent scale, the condition and rhythm-scaffold dropout."""
     dcfg = config.diffusion
     return DiffusionStepConfig(latent_scale=float(latent_scale), condition_dropout=tuple(dcfg.condition_dropout),
-                               rhythm=int(dcfg.model.rhythm_channels) > 0, rhythm_dropout=float(dcfg.rhythm_dropout))
+                               rhythm=int(dcfg.model.rhythm_channels) > 0, rhythm_dropout=float(dcfg.rhythm_dropout),
+                               amplitudes=int(dcfg.model.amplitude_leads) > 0,
+                               amplitude_dropout=float(dcfg.amplitude_dropout))
 
 
 def diffusion_steps(config: ml_collections.ConfigDict, model: StageModel, vae_graphdef: nnx.GraphDef,
@@ -279,8 +283,28 @@ def diffusion_conditions(config: ml_collections.ConfigDict, workdir: str) -> Dif
                 built = json.load(f)
             recorded.update(retrieval=built.get("retrieval"), distiller=built.get("distiller"))
     caches = (text_cache,) if experience_cache is None else (text_cache, experience_cache)
-    return DiffusionConditions(encoder, ConditionBuilder(text_cache, class_names, table, experience_cache),
+    amplitudes = record_amplitudes(config) if int(config.diffusion.model.amplitude_leads) else None
+    return DiffusionConditions(encoder, ConditionBuilder(text_cache, class_names, table, experience_cache,
+                                                         amplitudes),
                                class_names, prior.wave_table(class_names), recorded, caches)
+
+
+def record_amplitudes(config: ml_collections.ConfigDict) -> ProfileCorpus:
+    """The profile corpus an amplitude-conditioned denoiser reads each training record's lead amplitudes from
+    (`experience.dir`/profiles.npz); it must have them measured at the run's `data.fs`."""
+    if not config.experience.dir:
+        raise ConfigError("config diffusion.model.amplitude_leads > 0 reads each record's amplitudes from the "
+                          "experience corpus: set experience.dir (experiments/build_experience.py output)")
+    path = os.path.join(config.experience.dir, "profiles.npz")
+    corpus = ProfileCorpus.load(path)
+    fs = float(config.data.fs)
+    if not corpus.has_amplitudes_at(fs):
+        measured = (f"measured at {corpus.amplitude_fs:g} Hz" if corpus.has_amplitudes else "none measured")
+        raise ConfigError(f"{path}: diffusion.model.amplitude_leads needs each record's lead amplitudes at "
+                          f"{fs:g} Hz ({measured}); rebuild with experiments.build_experience --amplitude_fs={fs:g}")
+    known = np.isfinite(corpus.amplitudes).all(axis=1)
+    logging.info("lead amplitudes of %d of %d corpus records (%s, %g Hz)", known.sum(), len(corpus), path, fs)
+    return corpus
 
 
 def diffusion_spec(config: ml_collections.ConfigDict, model: DenoiserConfig, vae: VAEConfig,

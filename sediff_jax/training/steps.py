@@ -92,12 +92,16 @@ class DiffusionStepConfig:
     """latent_scale: multiplies the VAE latent mean into the diffusion latent (unit variance).
     condition_dropout: probability of dropping (text, experience, metadata) per record, for guidance.
     rhythm: give the denoiser the rhythm scaffold of each record's R peaks (`signal.phase.rhythm_features`);
-    rhythm_dropout: the probability of replacing it by the all-zero "no scaffold" input."""
+    rhythm_dropout: the probability of replacing it by the all-zero "no scaffold" input. amplitudes: give the
+    denoiser each record's lead amplitudes (the batch's `amplitudes`, (b, 12) mV, NaN unknown); amplitude_dropout:
+    the probability of replacing them by "unknown". Like the scaffold they are kept in both branches of guidance."""
 
     latent_scale: float = 1.0
     condition_dropout: tuple[float, float, float] = (0.1, 0.1, 0.1)
     rhythm: bool = False
     rhythm_dropout: float = 0.1
+    amplitudes: bool = False
+    amplitude_dropout: float = 0.1
 
 
 def make_diffusion_steps(
@@ -117,7 +121,8 @@ def make_diffusion_steps(
     (b, time, 12) mV (or latent_mean (b, time / downsampling, C), the VAE's encoding from a latent cache), mask, hr_bpm, age, sex, text_tokens (b, Lt, d), text_mask, experience_tokens (b, Le, d),
     experience_mask, class_index (b,) int32 into `wave_table` (leaves (num_classes, 3, 6)), r_peaks
     (b, max_peaks) samples, -1 padded (the rhythm scaffold's source); with `loss_config.repa_weight`, repa_target
-    (b, T, d), the frozen teacher's features of each record (`training.repa`).
+    (b, T, d), the frozen teacher's features of each record (`training.repa`); with `step_config.amplitudes`,
+    amplitudes (b, 12) mV, NaN unknown (`training.amplitudes`).
     Evaluation reports every simulator energy, also those switched off for training (ablations).
     The simulator terms (L_Euler, L_sim) count only for records whose text and metadata were kept (the model
     was told the class and heart rate); L_interlead counts for every record.
@@ -127,7 +132,7 @@ def make_diffusion_steps(
 
     def losses(params, vae_params, batch, key, drop_conditions: bool):
         k_t, k_noise, k_drop, k_sim = jax.random.split(key, 4)
-        k_rhythm = jax.random.fold_in(k_drop, 1)
+        k_rhythm, k_amplitude = jax.random.fold_in(k_drop, 1), jax.random.fold_in(k_drop, 2)
         vae = nnx.merge(vae_graphdef, vae_params)
         if "latent_mean" in batch:  # from a latent cache: the VAE encoded this record once, beforehand
             mean = batch["latent_mean"].astype(jnp.float32)
@@ -149,6 +154,12 @@ def make_diffusion_steps(
                 keep = jax.random.uniform(k_rhythm, (b,)) >= step_config.rhythm_dropout
                 features = features * keep[:, None, None].astype(features.dtype)
             conditions = conditions.replace(rhythm=features)
+        if step_config.amplitudes:
+            amplitudes = batch["amplitudes"].astype(jnp.float32)
+            if drop_conditions:
+                keep = jax.random.uniform(k_amplitude, (b,)) >= step_config.amplitude_dropout
+                amplitudes = jnp.where(keep[:, None], amplitudes, jnp.nan)
+            conditions = conditions.replace(amplitudes=amplitudes)
         waves = waves_of_classes(wave_table, batch["class_index"])
         told = ~(drop[:, TEXT] | drop[:, METADATA])
         hr = jnp.where(told, batch["hr_bpm"], jnp.nan)
@@ -188,7 +199,7 @@ def make_sampling_step(graphdef: nnx.GraphDef, vae_graphdef: nnx.GraphDef, sched
                        ) -> Callable:
     """sample(params, vae_params, key, batch) -> (generated, reference), each (b, time, 12) mV: ECGs generated
     from the batch's conditions (its text, experience, metadata and, for a scaffold model, its R peaks) with
-    `sampler`, and the batch's own ECG (a latent-cache batch's: the VAE's decoding of its latent mean). What
+    `sampler` (an amplitude model is told the batch's own amplitudes), and the batch's own ECG (a latent-cache batch's: the VAE's decoding of its latent mean). What
     training shows of the model at its evaluation steps (`training.evaluators.SampleWriter`)."""
     scale = step_config.latent_scale
 

@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 
 from sediff_jax.checkpoints import stage as ckpt
+from sediff_jax.checkpoints.weights import flatten_params
 from sediff_jax.generation.model import load_model
 from sediff_jax.io import jsonio
 from sediff_jax.models.denoiser import DenoiserConfig
@@ -26,9 +27,39 @@ def warm_started(config: ml_collections.ConfigDict, model: Any, model_config: De
     parameters and the EMA, a fresh optimiser (`model`: training.stages.StageModel), and its latent scale and
     identity added to `meta`."""
     params, init_meta = initial_denoiser(config, model_config, vae_params, meta)
-    params = jax.tree.map(lambda template, p: p.astype(template.dtype), model.params, params)
+    params = with_new_layers(model.params, params, where=str(config.diffusion.init_from))
     state = init_state(params, model.tx, config.seed + 1)
     return jax.device_put(state, replicated_sharding(mesh)), {**meta, **init_meta}
+
+
+# Denoiser settings a warm start may add (0 in the source model, set in this run): their layers start fresh, from
+# this run's initialisation, and are built to leave the prediction unchanged at the start (zero output layers).
+ADDABLE = {"amplitude_leads": "amplitude_embed"}
+
+
+def with_new_layers(template: Any, params: Any, where: str) -> Any:
+    """`template`'s tree (this run's freshly initialised parameters) with every tensor the source model has taken
+    from `params` (cast to the template's dtype); a template tensor the source lacks keeps its initialisation only
+    under a layer of `ADDABLE`. Shapes must match; a source tensor the template lacks is an error."""
+    source = flatten_params(params, "denoiser")
+    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+    names = flatten_params(template, "denoiser")
+    added = tuple(f"denoiser/{layer}/" for layer in ADDABLE.values())
+    leaves = []
+    for (name, fresh), (_, leaf) in zip(names.items(), paths):
+        if name in source:
+            if source[name].shape != fresh.shape:
+                raise ckpt.CheckpointError(f"{where}: tensor {name!r} has shape {source[name].shape}, this run's "
+                                           f"denoiser needs {fresh.shape}")
+            leaves.append(np.asarray(source[name], fresh.dtype))
+        elif name.startswith(added):
+            leaves.append(np.asarray(leaf))
+        else:
+            raise ckpt.CheckpointError(f"{where}: the model has no tensor {name!r}")
+    extra = sorted(set(source) - set(names))
+    if extra:
+        raise ckpt.CheckpointError(f"{where}: the model has tensors this run's denoiser lacks, e.g. {extra[:3]}")
+    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def initial_denoiser(config: ml_collections.ConfigDict, model_config: DenoiserConfig, vae_params: Any, meta: dict
@@ -38,11 +69,13 @@ def initial_denoiser(config: ml_collections.ConfigDict, model_config: DenoiserCo
     duration, and the same frozen VAE (compared at the precision the model stores), so its latent scale carries
     over; CheckpointError names what differs. Its prediction target may differ (an epsilon model fine-tuned into a
     v-prediction one, as Stable Diffusion 2's 768-v model was): the network stays, its output layer's meaning is
-    re-learned, and the meta records the target it started from."""
+    re-learned, and the meta records the target it started from. It may lack a layer this run adds (`ADDABLE`: the
+    lead-amplitude embedding), which then starts from this run's initialisation."""
     source = config.diffusion.init_from
     model = load_model(source)
     spec = model.spec
-    wanted = {"denoiser": dataclasses.asdict(model_config), "schedule": meta["schedule"],
+    added = {key: 0 for key in ADDABLE if getattr(spec.denoiser, key) == 0}  # layers this run may add
+    wanted = {"denoiser": {**dataclasses.asdict(model_config), **added}, "schedule": meta["schedule"],
               "text_encoder": meta["text_encoder"],
               "fs": float(meta["fs"]), "duration_s": float(meta["duration_s"])}
     found = {"denoiser": dataclasses.asdict(spec.denoiser),

@@ -10,11 +10,14 @@ from sediff_jax.diffusion.schedule import add_noise
 from sediff_jax.evaluation.denoising import LOSS_STREAM, loss_by_noise_level
 from sediff_jax.generation import Generator, make_prompt
 from sediff_jax.models.conditions import Conditions
+from sediff_jax.signal import lead_amplitudes
 from tests.generation.small_model import small_model
 
 
-def test_loss_by_noise_level_is_reproducible_batch_free_and_what_the_denoiser_says():
-    model = small_model(rhythm=True)
+@pytest.mark.parametrize("amplitudes", [False, True])
+def test_loss_by_noise_level_is_reproducible_batch_free_and_what_the_denoiser_says(amplitudes):
+    """(An amplitude-conditioned model is told each record's own lead amplitudes, as in training.)"""
+    model = small_model(rhythm=True, amplitudes=amplitudes)
     rng = np.random.default_rng(0)
     ecg = rng.normal(scale=0.3, size=(4, model.num_samples, 12)).astype(np.float32)
     prompts = [make_prompt(t, age=50, hr=70) for t in ("sinus rhythm", "atrial fibrillation", "normal ECG",
@@ -31,7 +34,9 @@ def test_loss_by_noise_level_is_reproducible_batch_free_and_what_the_denoiser_sa
     z = model.vae().encode(jnp.asarray(ecg[3:4]))[0] * model.latent_scale
     noise = jax.random.normal(jax.random.fold_in(key, 1), z.shape[1:])[None]
     generator = Generator(model, max_batch=1)
-    batch = generator.conditions(prompts[3:4], "off", generator.plan_rhythms(prompts, 0)[3:4])
+    own = lead_amplitudes(ecg[3:4]) if amplitudes else None
+    batch = generator.conditions(prompts[3:4], "off", generator.plan_rhythms(prompts, 0)[3:4], own)
+    assert ("amplitudes" in batch) == amplitudes
     conditions = Conditions.from_batch(batch)
     x_t = add_noise(model.schedule, z, noise, t[None])
     out = model.denoiser()(x_t, t[None], conditions, jnp.zeros((1, 3), bool))

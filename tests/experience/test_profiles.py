@@ -158,6 +158,12 @@ def test_lead_amplitudes_round_trip_and_older_corpora_read_without_them(data_dir
     np.testing.assert_allclose(back.amplitudes, measured.amplitudes, rtol=1e-3)
     assert back.amplitude_fs == 100.0
     np.testing.assert_array_equal(back.take(np.array([3, 1])).amplitudes, back.amplitudes[[3, 1]])
+    # what an amplitude-conditioned training run reads per batch (by record_id; NaN for one the corpus lacks)
+    ids = [entries[2].record_id, "ptbxl/99999", entries[20].record_id, entries[0].record_id]
+    looked_up = back.amplitudes_of(np.array(ids))
+    np.testing.assert_array_equal(looked_up[[0, 3]], back.amplitudes[[rows[ids[0]], rows[ids[3]]]])
+    assert np.isnan(looked_up[[1, 2]]).all() and looked_up.dtype == np.float32
+    np.testing.assert_array_equal(back.amplitudes_of(ids, back.row_of()), looked_up)
 
     with np.load(tmp_path / "profiles.npz") as f:
         older = {k: f[k] for k in f.files if not k.startswith("amplitude")}

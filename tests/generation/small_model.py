@@ -18,9 +18,11 @@ DENOISER_CONFIG = DenoiserConfig(channels=(16, 16), attention=(False, True), num
                                  time_embed_dim=16, num_groups=4)
 
 
-def small_model(rhythm: bool = False) -> SEDiffModel:
-    """rhythm: a denoiser that takes the rhythm scaffold (rhythm_channels=3)."""
-    denoiser_config = dataclasses.replace(DENOISER_CONFIG, rhythm_channels=3 if rhythm else 0)
+def small_model(rhythm: bool = False, amplitudes: bool = False) -> SEDiffModel:
+    """rhythm: a denoiser that takes the rhythm scaffold (rhythm_channels=3); amplitudes: one told each lead's
+    amplitude (amplitude_leads=12)."""
+    denoiser_config = dataclasses.replace(DENOISER_CONFIG, rhythm_channels=3 if rhythm else 0,
+                                          amplitude_leads=12 if amplitudes else 0)
     denoiser_graphdef, denoiser_params = split_params(LatentDenoiser(denoiser_config, rngs=nnx.Rngs(1)))
     # The output conv starts at zero; perturb every weight so that conditions change the output.
     denoiser_params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(x.size), x.shape),

@@ -180,3 +180,36 @@ def test_a_model_without_experience_cannot_draw_retrieved_amplitudes(model):
         generator.generate([make_prompt("normal ECG")], sampler=dataclasses.replace(plain, lead_amplitudes="retrieved"))
     with pytest.raises(ValueError, match="lead_amplitudes='patient'"):
         SamplerConfig(lead_amplitudes="patient")
+
+
+def test_an_amplitude_conditioned_model_is_told_the_drawn_patient_amplitudes(experience_model):
+    """A denoiser trained with amplitude_leads=12 is told the retrieved patient's amplitudes it draws (the same draw
+    the gain uses), unknown (NaN) with lead_amplitudes='model' or where nothing was retrieved; being told changes
+    the ECG before any gain (strength 0)."""
+    from tests.generation.small_model import small_model
+
+    _, corpus, where = experience_model
+    base = small_model(amplitudes=True)
+    spec = base.spec.replace(experience=ExperienceSpec(used=True, dir=str(where), max_tokens=16))
+    model = dataclasses.replace(base, spec=spec, source=str(where / "model"))
+    generator = Generator(model, max_batch=8)
+    assert generator.uses_amplitudes and not Generator(experience_model[0], max_batch=8).uses_amplitudes
+    prompts = [make_prompt("normal ECG", age=42, sex="F", hr=70), make_prompt("sinus bradycardia", hr=50)]
+    told = []
+    conditions = generator.conditions
+    generator.conditions = lambda *args: told.append(args[3]) or conditions(*args)
+    sampler = SamplerConfig(kind="ddim", num_steps=3, guidance_scale=2.0, lead_amplitudes="retrieved",
+                            amplitude_strength=0.0)
+    informed = generator.generate(prompts, seed=2, sampler=sampler)
+    np.testing.assert_array_equal(told[-1][:2], generator.retrieved_amplitudes(prompts, seed=2))  # (then padding)
+    assert np.isfinite(told[-1][0]).all() and np.isnan(told[-1][1]).all()
+    uninformed = generator.generate(prompts, seed=2, sampler=dataclasses.replace(sampler, lead_amplitudes="model"))
+    assert np.isnan(told[-1]).all()
+    assert np.abs(informed[0] - uninformed[0]).max() > 1e-4  # told a patient's amplitudes: another ECG
+    np.testing.assert_array_equal(informed[1], uninformed[1])  # nothing retrieved: unknown either way
+    batch = generator.conditions(prompts, "auto", None, None)
+    assert batch["amplitudes"].shape == (2, 12) and np.isnan(batch["amplitudes"]).all()
+    with pytest.raises(ValueError, match="positive and finite"):
+        generator.conditions(prompts, "auto", None, -np.ones((2, 12)))
+    with pytest.raises(ValueError, match=r"shape \(1, 12\) for 2 prompts"):
+        generator.conditions(prompts, "auto", None, np.ones((1, 12)))

@@ -1,8 +1,11 @@
 """Latent denoiser: shapes, masking and condition dropout behave as specified, unknown metadata is safe."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from sediff_jax.models.conditions import Conditions
@@ -103,3 +106,43 @@ def test_repa_features_come_from_the_same_forward_pass_and_reach_the_middle_bloc
     assert float(jnp.abs(grads.conv_out.kernel[...]).max()) == 0  # not the output head
     with pytest.raises(ValueError, match="repa_dim > 0"):
         _model().with_features(x, t, c)
+
+
+def test_amplitude_condition_starts_silent_then_steers_and_unknown_is_nan_or_none():
+    """amplitude_leads=12: a model warm-started from one without (`training.warm_start.with_new_layers`: its
+    weights, the new embedding freshly initialised) predicts exactly what that one did, whatever the amplitudes
+    (the embedding's output layer is zero); once trained (weights perturbed) the amplitudes steer it, unknown
+    (None) equals all-NaN, and one NaN lead is handled."""
+    from sediff_jax.training.state import split_params
+    from sediff_jax.training.warm_start import with_new_layers
+
+    amp_config = dataclasses.replace(CONFIG, amplitude_leads=12)
+    x, t, c = _inputs()
+    amplitudes = jnp.array([[0.8, 1.2, 0.6, 0.9, 0.7, 0.9, 1.1, 2.0, 2.4, 1.9, 1.5, 1.2]] * 2)
+    plain = _model()
+    graphdef, fresh = split_params(LatentDenoiser(amp_config, rngs=nnx.Rngs(5)))
+    with_amp = nnx.merge(graphdef, with_new_layers(fresh, split_params(plain)[1], "test"))
+    np.testing.assert_array_equal(forward(with_amp, x, t, c.replace(amplitudes=amplitudes), None),
+                                  forward(plain, x, t, c, None))
+    with_amp.amplitude_embed.out.kernel[...] = 0.3 * jax.random.normal(
+        jax.random.key(3), with_amp.amplitude_embed.out.kernel[...].shape)
+    told = forward(with_amp, x, t, c.replace(amplitudes=amplitudes), None)
+    taller = forward(with_amp, x, t, c.replace(amplitudes=2 * amplitudes), None)
+    assert float(jnp.abs(taller - told).max()) > 1e-4
+    unknown = forward(with_amp, x, t, c, None)
+    np.testing.assert_array_equal(unknown, forward(with_amp, x, t, c.replace(amplitudes=jnp.full((2, 12), jnp.nan)),
+                                                   None))
+    assert float(jnp.abs(unknown - told).max()) > 1e-4
+    one_missing = forward(with_amp, x, t, c.replace(amplitudes=amplitudes.at[0, 3].set(jnp.nan)), None)
+    assert bool(jnp.all(jnp.isfinite(one_missing)))
+    with pytest.raises(ValueError, match="amplitude_leads=8"):
+        DenoiserConfig(amplitude_leads=8)
+
+
+def test_amplitude_features_are_the_log_where_known():
+    from sediff_jax.models.denoiser import MIN_AMPLITUDE_MV, amplitude_features
+
+    a = np.array([[1.0, np.e, np.nan, 0.001] + [1.0] * 8], np.float32)
+    f = np.asarray(amplitude_features(jnp.asarray(a)))
+    np.testing.assert_allclose(f[0, :4], [0.0, 1.0, 0.0, np.log(MIN_AMPLITUDE_MV)], rtol=1e-6)
+    np.testing.assert_array_equal(f[0, 12:16], [1, 1, 0, 1])

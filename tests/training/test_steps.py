@@ -266,3 +266,48 @@ def test_simulator_rows_are_drawn_block_by_block_and_gathered_in_place():
     np.testing.assert_array_equal(take_rows(x[:, 0, 0], jnp.asarray(rows), 32), x[rows, 0, 0])
     odd = np.asarray(simulator_rows(jnp.ones(6), 0.5, None))  # gcd(6, 8) = 2: one row of each pair
     np.testing.assert_array_equal(odd, [0, 2, 4])
+
+
+def test_lead_amplitudes_reach_the_denoiser_train_its_embedding_and_their_dropout_removes_them(batch):
+    """An amplitude denoiser's loss depends on the batch's amplitudes (the embedding's zero output layer gets a
+    gradient from the first step); with amplitude dropout 1 they cannot matter; the evaluation step (no dropout)
+    uses them."""
+    loss_config = DiffusionLossConfig(fs=FS, euler_weight=0.0, interlead_weight=0.0, sim_weight=0.0)
+    vae_graphdef, vae_params = split_params(ECGVAE(VAE_CONFIG, rngs=nnx.Rngs(0)))
+    graphdef, fresh = split_params(LatentDenoiser(dataclasses.replace(DENOISER_CONFIG, amplitude_leads=12),
+                                                  rngs=nnx.Rngs(1)))
+    params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(x.size), x.shape), fresh)
+    tx = make_optimizer(OptimizerConfig(learning_rate=1e-3, warmup_steps=1, total_steps=10))
+    mesh = make_mesh(jax.devices()[:1])
+    amplitudes = np.asarray(batch["ecg"].max(axis=1) - batch["ecg"].min(axis=1), np.float32)
+    amplitudes[2, 4] = np.nan  # one unknown lead
+    inputs = {**{k: batch[k] for k in DIFFUSION_BATCH_KEYS}, "amplitudes": amplitudes}
+    taller = dict(inputs, amplitudes=3 * amplitudes)
+    losses = {}
+    for dropout in (0.0, 1.0):
+        train_step, eval_step = make_diffusion_steps(
+            graphdef, vae_graphdef, tx, _SCHEDULES["cosine50"], loss_config,
+            DiffusionStepConfig(latent_scale=2.0, amplitudes=True, amplitude_dropout=dropout), WAVES, 0.99, mesh)
+        for name, b in (("real", inputs), ("taller", taller)):
+            state = init_state(jax.tree.map(jnp.copy, params), tx, 3)
+            _, metrics = train_step(state, vae_params, host_local_to_global(b, mesh))
+            assert bool(metrics["finite"])
+            losses[dropout, name] = float(metrics["ddpm"])
+    assert abs(losses[0.0, "real"] - losses[0.0, "taller"]) > 1e-6
+    assert losses[1.0, "real"] == losses[1.0, "taller"]
+    evals = [float(eval_step(params, vae_params, jax.random.key(0), host_local_to_global(b, mesh))[0]["ddpm"])
+             for b in (inputs, taller)]
+    assert evals[0] != evals[1]
+    # a trained denoiser with a new embedding (zero output layer, as a warm start gives) learns it (2 steps: the
+    # first one's learning rate is 0, warmup)
+    warm = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.zeros_like(x) if "amplitude_embed/out" in jax.tree_util.keystr(path, simple=True,
+                                                                                          separator="/") else x,
+        params)
+    assert float(jnp.abs(warm["amplitude_embed"]["out"]["kernel"][...]).max()) == 0
+    train_step, _ = make_diffusion_steps(graphdef, vae_graphdef, tx, _SCHEDULES["cosine50"], loss_config,
+                                         DiffusionStepConfig(latent_scale=2.0, amplitudes=True), WAVES, 0.99, mesh)
+    state = init_state(warm, tx, 3)
+    for _ in range(2):
+        state, _ = train_step(state, vae_params, host_local_to_global(inputs, mesh))
+    assert float(jnp.abs(state.params["amplitude_embed"]["out"]["kernel"][...]).max()) > 0

@@ -319,6 +319,56 @@ def test_a_run_trained_with_experience_ships_its_corpus_and_samples_with_reports
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["experience"] == manifest["experience"]
 
 
+def test_a_warm_start_adds_the_lead_amplitude_condition_read_from_the_experience_corpus(uninterrupted, prepared_dir,
+                                                                                         tmp_path):
+    """diffusion.model.amplitude_leads=12 fine-tuned from a model without it: every tensor the model had starts
+    from it (learning rate 1e-12: they stay to float32 rounding), the new embedding starts fresh with its zero
+    output layer; each training record's amplitudes come from the experience corpus, which must have them at the
+    run's rate (else a ConfigError naming the file and the rebuild); without experience.dir the config is refused."""
+    from sediff_jax.checkpoints.weights import flatten_params
+    from sediff_jax.experience import ExperienceIndex
+    from sediff_jax.experience.distill import OfflineDistiller
+    from sediff_jax.experience.reports import build_reports, save_experience
+    from sediff_jax.generation import export_model, load_model
+    from tests.experience.test_distill import corpus_of_neighbours
+
+    reference, _ = uninterrupted
+    model_dir = export_model(load_model(reference), tmp_path / "model")
+    source = load_model(model_dir)
+    ids = [f"synthetic/train/{i:06d}" for i in range(12)]
+    corpus = corpus_of_neighbours(n=12, record_ids=ids)
+    index = ExperienceIndex(corpus)
+    entries = build_reports(corpus, index, OfflineDistiller())
+    amplitudes = {r: np.full(12, 0.5 + 0.1 * i, np.float32) for i, r in enumerate(ids)}
+    save_experience(tmp_path / "exp", corpus.with_amplitudes(amplitudes, 100.0), index, entries, dataset="test")
+    config = _config(prepared_dir)
+    config.stage = "diffusion"
+    config.diffusion.vae_checkpoint = str(model_dir)
+    config.diffusion.init_from = str(model_dir)
+    config.diffusion.optimizer.learning_rate = 1e-12
+    config.diffusion.training.update(num_steps=2, eval_every=2, checkpoint_every=2)
+    config.diffusion.model.amplitude_leads = 12
+    config.experience.dir = str(tmp_path / "exp")
+    result, = train(config, str(tmp_path / "tuned"))
+    assert result.step == 2 and np.isfinite(result.last_metrics["ddpm"])
+    tuned = load_model(tmp_path / "tuned", which="latest")
+    assert tuned.spec.denoiser.amplitude_leads == 12 and source.spec.denoiser.amplitude_leads == 0
+    before, after = flatten_params(source.denoiser_params, "d"), flatten_params(tuned.denoiser_params, "d")
+    added = sorted(set(after) - set(before))
+    assert added and all(name.startswith("d/amplitude_embed/") for name in added) and set(before) < set(after)
+    for name in before:
+        np.testing.assert_allclose(after[name], before[name], rtol=0, atol=1e-6, err_msg=name)
+    assert np.abs(after["d/amplitude_embed/out/kernel"]).max() < 1e-6
+
+    save_experience(tmp_path / "exp", corpus, index, entries, dataset="test")  # no amplitudes
+    with pytest.raises(ConfigError, match="profiles.npz: diffusion.model.amplitude_leads needs .* at 100 Hz "
+                                          "\\(none measured\\); rebuild with .*--amplitude_fs=100"):
+        train(config, str(tmp_path / "no_amplitudes"))
+    config.experience.dir = ""
+    with pytest.raises(ConfigError, match="amplitude_leads > 0 reads each record's amplitudes from the experience"):
+        train(config, str(tmp_path / "no_experience"))
+
+
 def test_stage_2_from_a_latent_cache_trains_like_encoding_in_the_step(uninterrupted, prepared_dir, tmp_path):
     """The cache holds the frozen VAE's encoding of every record; stage 2 trained from it (float32) takes the same
     steps as the run that encodes each batch in the step (same batches, same latent scale, same losses up to
