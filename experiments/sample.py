@@ -13,12 +13,17 @@ where the simulator places the prompt's rhythm, or where --rr_ms / --rhythm_from
     python -m experiments.sample --text="left bundle branch block" --rhythm_from=patient/rec01 --out_dir=out/lbbb
     python -m experiments.sample --text="left bundle branch block" \
         --rhythm_from=examples/records/sinus_arrhythmia_0,examples/records/atrial_fibrillation_0 --out_dir=out/two
+
+and each lead's amplitude comes from a retrieved patient with the prompt's findings, or from a record you name:
+
+    python -m experiments.sample --text="left bundle branch block" --amplitudes_from=patient/rec01 --out_dir=out/mine
  Input errors stop before anything is written, naming the flag (and
 the row of a prompt file); files appear in --out_dir only once every ECG has been generated.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -37,7 +42,8 @@ flags.DEFINE_string("text", None, "The report to generate from (or use --prompts
 flags.DEFINE_float("age", None, "Age, years (0-120).")
 flags.DEFINE_string("sex", None, "M or F.")
 flags.DEFINE_float("hr", None, "Heart rate, bpm (20-300).")
-flags.DEFINE_string("prompts", None, "CSV (header: text[,age,sex,hr,rr_ms]) or JSONL file of prompts.")
+flags.DEFINE_string("prompts", None, "CSV (header: text[,age,sex,hr,rr_ms,rhythm_from,amplitudes_from]) or JSONL "
+                    "file of prompts.")
 flags.DEFINE_list("rr_ms", None, "RR intervals (ms, 200-3000) the ECG beats with, e.g. 820,790,810,... (a model "
                   "trained with the rhythm scaffold); the first R peak falls at 0.3 s.")
 flags.DEFINE_list("rhythm_from", None, "WFDB records whose R peaks the ECGs follow (their first 10 s): this "
@@ -45,6 +51,9 @@ flags.DEFINE_list("rhythm_from", None, "WFDB records whose R peaks the ECGs foll
                   "pn://<database>/<version>/<folder>/<record>, comma-separated: one prompt is generated once per "
                   "record, one record serves every prompt, or N prompts (--prompts) pair with N records in order. A prompts file may instead have "
                   "a rhythm_from column.")
+flags.DEFINE_string("amplitudes_from", None, "A WFDB record whose lead amplitudes (robust peak-to-peak, its first "
+                    "10 s) every ECG takes, at --amplitude_strength, instead of a retrieved patient's: this patient's "
+                    "voltages with the prompt's findings. A prompts file may instead have an amplitudes_from column.")
 flags.DEFINE_integer("num_samples", 1, "ECGs per prompt (>= 1).")
 flags.DEFINE_integer("seed", 0, "Random seed; the same seed and prompts give the same ECGs on any device count.")
 flags.DEFINE_enum("sampler", "ddim", ["ddim", "ddpm"], "DDIM (deterministic at --eta=0) or ancestral DDPM.")
@@ -95,6 +104,11 @@ def _prompts():
             prompts = [make_prompt(FLAGS.text, FLAGS.age, FLAGS.sex, FLAGS.hr, rr_ms=FLAGS.rr_ms)]
         except PromptError as e:
             raise UsageError(str(e)) from None
+    if FLAGS.amplitudes_from is not None:
+        if not FLAGS.amplitudes_from.strip() or any(p.amplitudes_from for p in prompts):
+            raise UsageError("--amplitudes_from is empty, or the prompts file has an amplitudes_from column too; "
+                             "pass one")
+        prompts = [dataclasses.replace(p, amplitudes_from=FLAGS.amplitudes_from.strip()) for p in prompts]
     try:
         return with_rhythm_records(prompts, FLAGS.rhythm_from, where="--rhythm_from")
     except PromptError as e:
@@ -143,9 +157,10 @@ def generate_files(out, prompts, generator, config, seed: int, num_samples: int,
     total = config.num_steps * -(-len(expanded) // generator.max_batch)
     from sediff_jax.generation import PromptError
 
-    try:  # before anything is written: a rhythm the model cannot follow, or that does not fit, stops here
-        plans = generator.plan_rhythms([p for _, _, p in expanded], seed)
-    except PromptError as e:  # (RhythmError is one)
+    try:  # before anything is written: a rhythm the model cannot follow, or that does not fit, stops here,
+        plans = generator.plan_rhythms([p for _, _, p in expanded], seed)  # and so does an unusable amplitude record
+        generator.amplitude_targets([p for _, _, p in expanded], config, experience, seed)
+    except PromptError as e:  # (RhythmError and AmplitudeError are ones)
         raise UsageError(str(e)) from None
     with cli.Progress(total, f"{config.kind}-{config.num_steps}", unit="step") as progress:
         ecg = generator.generate([p for _, _, p in expanded], seed, config, experience, progress.update, plans)

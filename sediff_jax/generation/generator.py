@@ -27,7 +27,8 @@ from sediff_jax.experience import ExperienceIndex, ProfileCorpus, RetrievalConfi
 from sediff_jax.experience.distill import OfflineDistiller
 from sediff_jax.experience.reports import PromptExperience
 from sediff_jax.experience.retrieval import PATIENT_FACTOR_KEYS
-from sediff_jax.generation.amplitudes import amplitude_source, draw_neighbour_amplitudes, match_lead_amplitudes
+from sediff_jax.generation.amplitudes import (AmplitudeError, amplitude_source, amplitudes_from_record, draw_neighbour_amplitudes,
+                                             match_lead_amplitudes)
 from sediff_jax.generation.model import SEDiffModel, experience_profiles_path
 from sediff_jax.generation.prompts import Prompt
 from sediff_jax.generation.rhythm import (RhythmError, RhythmPlan, rhythm_from_record, rhythm_from_rr,
@@ -274,8 +275,9 @@ class Generator:
         (its spec's `latent_clip`); pass inf for none. rhythms: per prompt, the beats to follow (`plan_rhythms`
         fills the rest; a model trained with the scaffold is told them). sampler: None is
         `SamplerConfig.recommended()` (DDIM-50, eta 1, guidance 2, exact limb leads, lead amplitudes moved 0.75 of
-        the way to a retrieved patient's where the model's corpus has them: `lead_amplitude_source`). A model
-        trained with amplitudes as a condition is told the drawn ones (unknown when the source is 'model')."""
+        the way to a retrieved patient's where the model's corpus has them: `lead_amplitude_source`; a prompt's
+        `amplitudes_from` record's where it names one: `amplitude_targets`). A model trained with amplitudes as a
+        condition is told those targets (unknown where there are none)."""
         prompts = list(prompts)
         sampler = SamplerConfig.recommended() if sampler is None else sampler
         plans = self.plan_rhythms(prompts, seed, rhythms)
@@ -286,8 +288,7 @@ class Generator:
         if not prompts:
             raise ValueError("no prompts to generate from")
         sampling_timesteps(self.model.schedule.num_steps, sampler.num_steps)  # validates num_steps
-        retrieve = self.lead_amplitude_source(sampler, experience) == "retrieved"
-        targets = self.retrieved_amplitudes(prompts, seed) if retrieve else None
+        targets = self.amplitude_targets(prompts, sampler, experience, seed)
         told = self.amplitude_condition(len(prompts), targets) if self.uses_amplitudes else None
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(len(prompts)))
         outputs = []
@@ -300,6 +301,29 @@ class Generator:
         if targets is not None:
             ecg = match_lead_amplitudes(ecg, targets, sampler.exact_limb_leads, sampler.amplitude_strength)
         return ecg
+
+    def amplitude_targets(self, prompts: Sequence[Prompt], sampler: SamplerConfig, experience: str = "auto",
+                          seed: int = 0) -> np.ndarray | None:
+        """(n, 12) mV, NaN where none: the lead amplitudes each generated ECG is moved towards (and an
+        amplitude-conditioned model is told): a prompt's `amplitudes_from` record's where it names one (each
+        record read once), else a retrieved patient's where the source is 'retrieved'; None when no prompt gets
+        any (the model's own amplitudes). A prompt naming a record with `lead_amplitudes='model'` is an error."""
+        given = [p.amplitudes_from for p in prompts]
+        if sampler.lead_amplitudes == "model" and any(given):
+            raise AmplitudeError("a prompt names amplitudes_from, and lead_amplitudes='model' keeps the model's own "
+                                 "amplitudes; use 'auto' or 'retrieved'")
+        retrieve = self.lead_amplitude_source(sampler, experience) == "retrieved"
+        if not retrieve and not any(given):
+            return None
+        targets = (self.retrieved_amplitudes(prompts, seed) if retrieve
+                   else np.full((len(prompts), NUM_LEADS), np.nan, np.float32))
+        records: dict[str, np.ndarray] = {}
+        for i, record in enumerate(given):
+            if record:
+                if record not in records:
+                    records[record] = amplitudes_from_record(record, self.model.fs, self.model.spec.duration_s)
+                targets[i] = records[record]
+        return targets
 
     def lead_amplitude_source(self, sampler: SamplerConfig, experience: str = "auto") -> str:
         """Where `generate(..., sampler, experience)` takes each lead's amplitude from: 'retrieved' or 'model'

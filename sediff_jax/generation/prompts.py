@@ -19,7 +19,7 @@ HR_RR_TOLERANCE = 0.05  # hr and the rate of an RR list given together may diffe
 HR_RANGE = (20.0, 300.0)  # bpm
 SEXES = {"M": 0, "F": 1}
 RR_RANGE_MS = (200.0, 3000.0)  # 300 to 20 bpm, beat to beat
-FIELDS = ("text", "age", "sex", "hr", "rr_ms", "rhythm_from")
+FIELDS = ("text", "age", "sex", "hr", "rr_ms", "rhythm_from", "amplitudes_from")
 MAX_TEXT_CHARS = 10_000  # a report far beyond any clinical statement (the text encoders read 128-256 tokens)
 
 
@@ -31,7 +31,8 @@ class PromptError(SediffError, ValueError):
 class Prompt:
     """text: the report (English).  age: years or None.  sex: 'M', 'F' or None.  hr: heart rate, bpm, or None.
     rr_ms: the RR intervals (ms) the ECG should beat with, or None (the rhythm comes from the text and hr).
-    rhythm_from: a WFDB record (path or `pn://` PhysioNet name) whose R peaks the ECG follows, or None."""
+    rhythm_from: a WFDB record (path or `pn://` PhysioNet name) whose R peaks the ECG follows, or None.
+    amplitudes_from: a WFDB record whose lead amplitudes the ECG takes (`Generator.generate`), or None."""
 
     text: str
     age: float | None = None
@@ -39,6 +40,7 @@ class Prompt:
     hr: float | None = None
     rr_ms: tuple[float, ...] | None = None
     rhythm_from: str | None = None
+    amplitudes_from: str | None = None
 
     @property
     def sex_code(self) -> int:
@@ -80,9 +82,10 @@ def _rr_list(value, where: str) -> tuple[float, ...] | None:
     return rr
 
 
-def make_prompt(text, age=None, sex=None, hr=None, where: str = "--", rr_ms=None, rhythm_from=None) -> Prompt:
+def make_prompt(text, age=None, sex=None, hr=None, where: str = "--", rr_ms=None, rhythm_from=None,
+                amplitudes_from=None) -> Prompt:
     """A validated Prompt. `where` prefixes the field name in errors ('--' for flags, 'prompts.csv row 3: ').
-    rhythm_from is only named here; the record is read when the rhythm is planned (`Generator.plan_rhythms`)."""
+    rhythm_from and amplitudes_from are only named here; the records are read when the ECG is generated."""
     if not isinstance(text, str) or not text.strip():
         raise PromptError(f"{where}text must be a non-empty report, got {text!r}")
     age = _number(age, "age", where)
@@ -106,11 +109,8 @@ def make_prompt(text, age=None, sex=None, hr=None, where: str = "--", rr_ms=None
         raise PromptError(f"{where}text is {len(text)} characters long; a report may have at most "
                           f"{MAX_TEXT_CHARS}")
     rr = _rr_list(rr_ms, where)
-    if isinstance(rhythm_from, str) and not rhythm_from.strip():
-        rhythm_from = None  # (an empty CSV cell)
-    if rhythm_from is not None and not isinstance(rhythm_from, (str, os.PathLike)):
-        raise PromptError(f"{where}rhythm_from must be a record path, got {rhythm_from!r}")
-    rhythm_from = None if rhythm_from is None else os.fspath(rhythm_from).strip()
+    rhythm_from = _record_name(rhythm_from, "rhythm_from", where)
+    amplitudes_from = _record_name(amplitudes_from, "amplitudes_from", where)
     if rhythm_from is not None and rr is not None:
         raise PromptError(f"{where}rr_ms and {where}rhythm_from both give the rhythm; give one")
     if rr is not None:
@@ -121,13 +121,23 @@ def make_prompt(text, age=None, sex=None, hr=None, where: str = "--", rr_ms=None
             raise PromptError(f"{where}hr={hr:g} bpm disagrees with {where}rr_ms (mean RR "
                               f"{sum(rr) / len(rr):.0f} ms = {rr_rate:.0f} bpm) by more than "
                               f"{100 * HR_RR_TOLERANCE:g} %; give one of them, or make them agree")
-    return Prompt(text, age, sex, hr, rr, rhythm_from)
+    return Prompt(text, age, sex, hr, rr, rhythm_from, amplitudes_from)
+
+
+def _record_name(value, name: str, where: str) -> str | None:
+    """A record path (stripped) or None (also for an empty CSV cell)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise PromptError(f"{where}{name} must be a record path, got {value!r}")
+    return os.fspath(value).strip()
 
 
 def read_prompts(path: str | os.PathLike) -> list[Prompt]:
-    """Prompts from a CSV (header with `text` and any of age, sex, hr, rr_ms, rhythm_from) or JSONL file (one
-    object per line). rr_ms: RR intervals in ms, a JSON list or a string of numbers separated by spaces or commas.
-    rhythm_from: a WFDB record, relative to the file's folder unless absolute or `pn://...`."""
+    """Prompts from a CSV (header with `text` and any of age, sex, hr, rr_ms, rhythm_from, amplitudes_from) or
+    JSONL file (one object per line). rr_ms: RR intervals in ms, a JSON list or a string of numbers separated by
+    spaces or commas. rhythm_from, amplitudes_from: WFDB records, relative to the file's folder unless absolute or
+    `pn://...`."""
     path = Path(path)
     try:
         raw = path.read_text(encoding="utf-8-sig")  # (a byte-order mark, as Excel writes, is dropped)
@@ -150,7 +160,7 @@ def read_prompts(path: str | os.PathLike) -> list[Prompt]:
         try:
             if reader.fieldnames is None or "text" not in [f.strip() for f in reader.fieldnames]:
                 raise PromptError(f"--prompts={path}: the CSV needs a header with a 'text' column (and optionally "
-                                  f"age, sex, hr, rr_ms, rhythm_from), got {reader.fieldnames}")
+                                  f"{', '.join(FIELDS[1:])}), got {reader.fieldnames}")
             for number, row in enumerate(reader, 2):  # row 1 is the header
                 if None in row:
                     raise PromptError(f"--prompts={path} row {number}: more values than header columns")
@@ -162,13 +172,15 @@ def read_prompts(path: str | os.PathLike) -> list[Prompt]:
         unknown = sorted(set(row) - set(FIELDS))
         if unknown:
             raise PromptError(f"--prompts={path} row {number}: unknown columns {unknown}; expected {list(FIELDS)}")
-        record = row.get("rhythm_from")
-        if isinstance(record, str) and record.strip() and not (record.strip().startswith("pn://")
-                                                               or os.path.isabs(record.strip())):
-            record = str(path.resolve().parent / record.strip())
+        records = {}
+        for field in ("rhythm_from", "amplitudes_from"):
+            record = row.get(field)
+            if isinstance(record, str) and record.strip() and not (record.strip().startswith("pn://")
+                                                                   or os.path.isabs(record.strip())):
+                record = str(path.resolve().parent / record.strip())
+            records[field] = record
         prompts.append(make_prompt(row.get("text"), row.get("age"), row.get("sex"), row.get("hr"),
-                                   where=f"--prompts={path} row {number}: ", rr_ms=row.get("rr_ms"),
-                                   rhythm_from=record))
+                                   where=f"--prompts={path} row {number}: ", rr_ms=row.get("rr_ms"), **records))
     if not prompts:
         raise PromptError(f"--prompts={path}: no prompts in the file")
     return prompts

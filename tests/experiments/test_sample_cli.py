@@ -70,6 +70,9 @@ def test_writes_wfdb_png_npz_and_manifest(repo_root, exported_model_dir, tmp_pat
                  marks=pytest.mark.slow),  # (a missing record on a scaffold model: tests/generation/test_rhythm.py)
     pytest.param(["--text=normal ECG", "--rhythm_from=MISSING", "--rr_ms=800"], "pass one",
                  marks=pytest.mark.slow),
+    (["--text=normal ECG", "--amplitudes_from=MISSING"], "amplitudes_from=.*nowhere"),
+    pytest.param(["--text=normal ECG", "--amplitudes_from=MISSING", "--lead_amplitudes=model"],
+                 "lead_amplitudes='model' keeps the model's own", marks=pytest.mark.slow),
 ])
 def test_bad_input_names_the_flag_and_writes_nothing(repo_root, exported_model_dir, tmp_path, args, message):
     bad = tmp_path / "bad.csv"

@@ -213,3 +213,71 @@ def test_an_amplitude_conditioned_model_is_told_the_drawn_patient_amplitudes(exp
         generator.conditions(prompts, "auto", None, -np.ones((2, 12)))
     with pytest.raises(ValueError, match=r"shape \(1, 12\) for 2 prompts"):
         generator.conditions(prompts, "auto", None, np.ones((1, 12)))
+
+
+def _write_record(directory, name, ecg, fs=500):
+    wfdb.wrsamp(name, fs=fs, units=["mV"] * 12, sig_name=list(LEAD_NAMES), p_signal=ecg.astype(np.float64),
+                fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(directory))
+    return str(directory / name)
+
+
+def test_a_record_gives_its_lead_amplitudes_as_the_corpus_measures_them(data_dir, tmp_path):
+    """amplitudes_from_record equals the corpus's own measurement of the record (`measure_amplitudes`, 100 Hz) and
+    is close to the percentile range of wfdb's signal; a truncated, too short or flat-lead record is refused by
+    name."""
+    from sediff_jax.experience.builders import measure_amplitudes
+    from sediff_jax.generation.amplitudes import AmplitudeError, amplitudes_from_record
+
+    entries = read_ptbxl(str(data_dir / "ptb-xl"), fs=100)[:3]
+    for entry in entries:
+        got = amplitudes_from_record(entry.path, 100.0, 10.0)
+        np.testing.assert_array_equal(got, measure_amplitudes([entry], 100.0)[entry.record_id])
+        raw = wfdb.rdrecord(entry.path)
+        names = [n.upper() for n in raw.sig_name]
+        signal = raw.p_signal[:, [names.index(n.upper()) for n in LEAD_NAMES]]
+        wfdb_range = np.percentile(signal, 99.5, axis=0) - np.percentile(signal, 0.5, axis=0)
+        assert 0.9 < np.median(got / wfdb_range) < 1.1
+    ecg = _real_records(data_dir, 1)[0]
+    five_hundred = np.repeat(ecg, 5, axis=0)
+    with open(_write_record(tmp_path, "short", five_hundred[:500]) + ".hea") as f:
+        assert "500" in f.read()
+    with pytest.raises(AmplitudeError, match="short: the record has 1.00 s of signal; .* at least 2 s"):
+        amplitudes_from_record(str(tmp_path / "short"), 100.0, 10.0)
+    flat = five_hundred.copy()
+    flat[:, 8] = 0.0
+    with pytest.raises(AmplitudeError, match="amplitudes_from=.*flat: .*lead V3 is flat"):
+        amplitudes_from_record(_write_record(tmp_path, "flat", flat), 100.0, 10.0)
+    whole = _write_record(tmp_path, "cut", five_hundred)
+    with open(whole + ".dat", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(AmplitudeError, match="amplitudes_from=.*cut"):
+        amplitudes_from_record(whole, 100.0, 10.0)
+
+
+def test_a_prompt_takes_the_lead_amplitudes_of_the_record_it_names(experience_model, model, data_dir, tmp_path):
+    """A prompt's amplitudes_from record replaces the retrieved draw for that prompt (the others keep theirs);
+    for a model without a corpus ('auto' keeps the model's amplitudes) it rescales that prompt alone; with
+    lead_amplitudes='model' it is an error; prompt files resolve the column like rhythm_from."""
+    from sediff_jax.generation import read_prompts
+    from sediff_jax.generation.amplitudes import AmplitudeError, amplitudes_from_record
+
+    record = read_ptbxl(str(data_dir / "ptb-xl"), fs=100)[0].path
+    own = amplitudes_from_record(record, 100.0, 2.56)
+    with_corpus, _, _ = experience_model
+    prompts = [make_prompt("normal ECG", hr=70, amplitudes_from=record), make_prompt("atrial fibrillation", hr=110)]
+    generator = Generator(with_corpus, max_batch=8)
+    sampler = SamplerConfig(kind="ddim", num_steps=3, lead_amplitudes="auto", amplitude_strength=1.0)
+    targets = generator.amplitude_targets(prompts, sampler, seed=4)
+    np.testing.assert_array_equal(targets[0], own)
+    np.testing.assert_array_equal(targets[1], generator.retrieved_amplitudes(prompts, seed=4)[1])
+    plain = Generator(model, max_batch=8)  # no corpus: 'auto' is the model's own, except where a record is named
+    mine = plain.generate(prompts, seed=4, sampler=sampler)
+    unnamed = [dataclasses.replace(prompts[0], amplitudes_from=None), prompts[1]]
+    reference = plain.generate(unnamed, seed=4, sampler=sampler)
+    np.testing.assert_array_equal(mine[1], reference[1])
+    np.testing.assert_array_equal(mine, match_lead_amplitudes(reference, np.stack([own, np.full(12, np.nan)])))
+    with pytest.raises(AmplitudeError, match="lead_amplitudes='model' keeps the model's own"):
+        plain.generate(prompts, seed=4, sampler=dataclasses.replace(sampler, lead_amplitudes="model"))
+    (tmp_path / "prompts.csv").write_text("text,amplitudes_from\nnormal ECG,rec/one\nsinus rhythm,\n")
+    read = read_prompts(tmp_path / "prompts.csv")
+    assert read[0].amplitudes_from == str(tmp_path / "rec" / "one") and read[1].amplitudes_from is None
