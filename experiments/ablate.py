@@ -8,7 +8,8 @@ split with the paired protocol, and print the paper-style table with the paper's
 
 Variants (experiments/configs/common.py): full, no_simulator (L_Euler and L_sim off), no_interlead, no_experience,
 paper (without the rhythm scaffold), the finer no_euler, no_sim_solve, ddpm_only, and the recipe variants min_snr,
-v_prediction, oversample_rare and repa (--repa_teacher: its teacher encoder), wide and deep. Layout under --workdir:
+v_prediction, oversample_rare and repa (--repa_teacher: its teacher encoder), wide, deep and amplitudes (needs
+--experience_dir with amplitudes). Layout under --workdir:
 prepared/ (the dataset), vae/ (stage 1, trained first unless --vae_checkpoint), <variant>/ (stage 2), text_cache/
 (the text and experience encodings every variant shares, unless --text_cache_dir), ablation/ (per variant
 metrics.json, report.md and generated.npz; table.md, ablation.json). The table has each variant's metrics and,
@@ -65,7 +66,8 @@ LABELS = {"full": "SE-Diff (full)", "no_simulator": "w/o simulator", "no_interle
           "ddpm_only": "L_DDPM only", "scaffold": "with rhythm scaffold", "paper": "w/o rhythm scaffold (paper)",
           "min_snr": "min-SNR-5 weighting", "v_prediction": "v-prediction",
           "oversample_rare": "rare findings oversampled", "repa": "REPA (weight 0.5)",
-          "wide": "wider denoiser (96/192/192)", "deep": "deeper denoiser (4 levels)"}
+          "wide": "wider denoiser (96/192/192)", "deep": "deeper denoiser (4 levels)",
+          "amplitudes": "told lead amplitudes"}
 PAPER_HR_ERROR_BPM = {"full": 8.43, "no_simulator": 14.28, "no_interlead": 19.21, "no_experience": 15.06}
 
 
@@ -149,6 +151,9 @@ def main(argv):
     unknown = [v for v in FLAGS.variants if v not in LABELS]
     if unknown:
         raise app.UsageError(f"--variants: unknown {unknown}; expected some of {', '.join(LABELS)}")
+    if "amplitudes" in FLAGS.variants and not FLAGS.experience_dir:
+        raise app.UsageError("--variants=amplitudes reads each record's lead amplitudes from the experience corpus; "
+                             "pass --experience_dir")
     if "no_experience" in FLAGS.variants and not FLAGS.experience_dir:
         raise app.UsageError("--variants has no_experience, so --experience_dir is needed (build it with "
                              "experiments/build_experience.py); without it every variant trains without experience")
