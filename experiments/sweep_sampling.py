@@ -55,6 +55,9 @@ VARIANTS = {
     "groups_t2.5_e1_m1": {"group_scales": (2.5, 1.0, 1.0)},
     "groups_t4_e1_m1": {"group_scales": (4.0, 1.0, 1.0)},
     "g2_model_amplitudes": {"guidance_scale": 2.0, "lead_amplitudes": "model"},
+    # (strength 0 changes nothing after decoding: for a model told the amplitudes, the condition alone)
+    "g2_amplitudes_0": {"guidance_scale": 2.0, "lead_amplitudes": "retrieved", "amplitude_strength": 0.0},
+    "g2_amplitudes_0.25": {"guidance_scale": 2.0, "lead_amplitudes": "retrieved", "amplitude_strength": 0.25},
     "g2_amplitudes_0.5": {"guidance_scale": 2.0, "lead_amplitudes": "retrieved", "amplitude_strength": 0.5},
     "g2_amplitudes_1": {"guidance_scale": 2.0, "lead_amplitudes": "retrieved", "amplitude_strength": 1.0},
 }
