@@ -222,6 +222,22 @@ def test_evaluation_reports_every_energy_even_when_switched_off(batch):
     assert set(metrics) == {"ddpm", "total", "grad_norm", "finite"}  # training computes none of them
 
 
+def _one_step_losses(graphdef, params, vae_graphdef, vae_params, loss_config, step_config_at, batches, mesh):
+    """({(dropout, batch name): L_DDPM of one train step from `params`} for dropout 0 and 1, the last eval step);
+    step_config_at(dropout) -> DiffusionStepConfig."""
+    tx = make_optimizer(OptimizerConfig(learning_rate=1e-3, warmup_steps=1, total_steps=10))
+    losses = {}
+    for dropout in (0.0, 1.0):
+        train_step, eval_step = make_diffusion_steps(graphdef, vae_graphdef, tx, _SCHEDULES["cosine50"], loss_config,
+                                                     step_config_at(dropout), WAVES, 0.99, mesh)
+        for name, b in batches.items():
+            state = init_state(jax.tree.map(jnp.copy, params), tx, 3)  # (the step donates its state)
+            _, metrics = train_step(state, vae_params, host_local_to_global(b, mesh))
+            assert bool(metrics["finite"])
+            losses[dropout, name] = float(metrics["ddpm"])
+    return losses, eval_step
+
+
 def test_the_rhythm_scaffold_reaches_the_denoiser_and_its_dropout_removes_it(batch):
     """A scaffold denoiser's loss depends on where the R peaks are; with rhythm dropout 1 it cannot."""
     loss_config = DiffusionLossConfig(fs=FS, euler_weight=0.0, interlead_weight=0.0, sim_weight=0.0)
@@ -229,19 +245,13 @@ def test_the_rhythm_scaffold_reaches_the_denoiser_and_its_dropout_removes_it(bat
     denoiser = LatentDenoiser(dataclasses.replace(DENOISER_CONFIG, rhythm_channels=3), rngs=nnx.Rngs(1))
     graphdef, params = split_params(denoiser)
     params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(x.size), x.shape), params)
-    tx = make_optimizer(OptimizerConfig(learning_rate=1e-3, warmup_steps=1, total_steps=10))
     mesh = make_mesh(jax.devices()[:1])
     inputs = {k: batch[k] for k in DIFFUSION_BATCH_KEYS}
     shifted = dict(inputs, r_peaks=np.where(inputs["r_peaks"] >= 0, inputs["r_peaks"] + 30, -1))
-    losses = {}
-    for dropout in (0.0, 1.0):
-        train_step, eval_step = make_diffusion_steps(
-            graphdef, vae_graphdef, tx, _SCHEDULES["cosine50"], loss_config,
-            DiffusionStepConfig(latent_scale=2.0, rhythm=True, rhythm_dropout=dropout), WAVES, 0.99, mesh)
-        for name, b in (("real", inputs), ("shifted", shifted)):
-            state = init_state(jax.tree.map(jnp.copy, params), tx, 3)  # (the step donates its state)
-            _, metrics = train_step(state, vae_params, host_local_to_global(b, mesh))
-            losses[dropout, name] = float(metrics["ddpm"])
+    losses, eval_step = _one_step_losses(
+        graphdef, params, vae_graphdef, vae_params, loss_config,
+        lambda dropout: DiffusionStepConfig(latent_scale=2.0, rhythm=True, rhythm_dropout=dropout),
+        {"real": inputs, "shifted": shifted}, mesh)
     terms, _ = eval_step(params, vae_params, jax.random.key(0), host_local_to_global(inputs, mesh))
     assert np.isfinite(float(terms["ddpm"]))
     assert abs(losses[0.0, "real"] - losses[0.0, "shifted"]) > 1e-6
@@ -283,16 +293,10 @@ def test_lead_amplitudes_reach_the_denoiser_train_its_embedding_and_their_dropou
     amplitudes[2, 4] = np.nan  # one unknown lead
     inputs = {**{k: batch[k] for k in DIFFUSION_BATCH_KEYS}, "amplitudes": amplitudes}
     taller = dict(inputs, amplitudes=3 * amplitudes)
-    losses = {}
-    for dropout in (0.0, 1.0):
-        train_step, eval_step = make_diffusion_steps(
-            graphdef, vae_graphdef, tx, _SCHEDULES["cosine50"], loss_config,
-            DiffusionStepConfig(latent_scale=2.0, amplitudes=True, amplitude_dropout=dropout), WAVES, 0.99, mesh)
-        for name, b in (("real", inputs), ("taller", taller)):
-            state = init_state(jax.tree.map(jnp.copy, params), tx, 3)
-            _, metrics = train_step(state, vae_params, host_local_to_global(b, mesh))
-            assert bool(metrics["finite"])
-            losses[dropout, name] = float(metrics["ddpm"])
+    losses, eval_step = _one_step_losses(
+        graphdef, params, vae_graphdef, vae_params, loss_config,
+        lambda dropout: DiffusionStepConfig(latent_scale=2.0, amplitudes=True, amplitude_dropout=dropout),
+        {"real": inputs, "taller": taller}, mesh)
     assert abs(losses[0.0, "real"] - losses[0.0, "taller"]) > 1e-6
     assert losses[1.0, "real"] == losses[1.0, "taller"]
     evals = [float(eval_step(params, vae_params, jax.random.key(0), host_local_to_global(b, mesh))[0]["ddpm"])

@@ -35,6 +35,18 @@ def _config(prepared_dir, vae_halt=0, diffusion_halt=0, samples=0):
     return c
 
 
+def _fine_tuning_config(prepared_dir, model_dir):
+    """Two stage-2 steps from the model at `model_dir` (its VAE too) at learning rate 1e-12: the weights stay the
+    model's to float32 rounding."""
+    config = _config(prepared_dir)
+    config.stage = "diffusion"
+    config.diffusion.vae_checkpoint = str(model_dir)
+    config.diffusion.init_from = str(model_dir)
+    config.diffusion.optimizer.learning_rate = 1e-12
+    config.diffusion.training.update(num_steps=2, eval_every=2, checkpoint_every=2)
+    return config
+
+
 def _saved_state(stage_dir, step):
     path = os.path.join(stage_dir, "checkpoints", str(step), "state")
     return ocp.StandardCheckpointer().restore(path)
@@ -341,12 +353,7 @@ def test_a_warm_start_adds_the_lead_amplitude_condition_read_from_the_experience
     entries = build_reports(corpus, index, OfflineDistiller())
     amplitudes = {r: np.full(12, 0.5 + 0.1 * i, np.float32) for i, r in enumerate(ids)}
     save_experience(tmp_path / "exp", corpus.with_amplitudes(amplitudes, 100.0), index, entries, dataset="test")
-    config = _config(prepared_dir)
-    config.stage = "diffusion"
-    config.diffusion.vae_checkpoint = str(model_dir)
-    config.diffusion.init_from = str(model_dir)
-    config.diffusion.optimizer.learning_rate = 1e-12
-    config.diffusion.training.update(num_steps=2, eval_every=2, checkpoint_every=2)
+    config = _fine_tuning_config(prepared_dir, model_dir)
     config.diffusion.model.amplitude_leads = 12
     config.experience.dir = str(tmp_path / "exp")
     result, = train(config, str(tmp_path / "tuned"))
@@ -459,12 +466,7 @@ def test_stage_2_fine_tunes_from_a_trained_model_and_refuses_one_that_cannot_sta
     source = dataclasses.replace(trained, denoiser_params=jax.tree.map(lambda x: x + 0.1, trained.denoiser_params))
     model_dir = export_model(source, tmp_path / "model")
     source = load_model(model_dir)
-    config = _config(prepared_dir)
-    config.stage = "diffusion"
-    config.diffusion.vae_checkpoint = str(model_dir)
-    config.diffusion.init_from = str(model_dir)
-    config.diffusion.optimizer.learning_rate = 1e-12
-    config.diffusion.training.update(num_steps=2, eval_every=2, checkpoint_every=2)
+    config = _fine_tuning_config(prepared_dir, model_dir)
     result, = train(config, str(tmp_path / "tuned"))
     assert result.step == 2 and np.isfinite(result.last_metrics["ddpm"])
     tuned = load_model(tmp_path / "tuned", which="latest")
