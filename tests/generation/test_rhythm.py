@@ -60,6 +60,36 @@ def test_premature_ventricular_beat_is_early_with_a_compensatory_pause():
     assert abs(rr[short] + rr[short + 1] - 2 * np.median(rr)) < 0.1 * np.median(rr)
 
 
+@pytest.mark.parametrize("text, every, origin", [
+    ("Sinus rhythm. Bigeminal pattern (unknown origin, SV or Ventricular). Ventricular premature complex.", 2,
+     "ventricular"),
+    ("Sinus rhythm. Bigeminal pattern (unknown origin, SV or Ventricular). Atrial premature complex.", 2, "atrial"),
+    ("Sinus rhythm. Trigeminal pattern (unknown origin, SV or Ventricular).", 3, "ventricular"),
+])
+def test_bigeminal_and_trigeminal_patterns_make_every_second_or_third_beat_premature(text, every, origin):
+    """PTB-XL's bigeminal records alternate short and long RR (successive differences alternate in sign, median
+    1.0; short / long RR 0.48-0.62, interquartile). Every `every`-th beat comes at 0.65 of the RR: a ventricular
+    one with a full compensatory pause (short + long = 2 RR), an atrial one resetting (long = 1 RR)."""
+    from sediff_jax.rhythm.clinical import COUPLING, ectopic_origin
+
+    assert ectopic_origin(text, "ventricular") == origin
+    assert rhythm_class(text) == ("bigeminy" if every == 2 else "trigeminy")
+    for seed in range(4):
+        rr = np.asarray(simulated_rhythm(make_prompt(text, hr=72), jax.random.key(seed), 10.0).rr_ms)
+        premature = np.flatnonzero(rr[:-1] < 0.8 * rr[1:])  # an RR well short of the next
+        assert len(premature) >= len(rr) // every - 1 and np.all(np.diff(premature) == every)
+        after = premature[premature + 1 < len(rr)]
+        expected_long = (2 - COUPLING) if origin == "ventricular" else 1.0
+        ratios = rr[after] / rr[after + 1]  # (each RR also varies as sinus rhythm does, CV ~0.03)
+        np.testing.assert_allclose(ratios, COUPLING / expected_long, rtol=0.12)
+        assert abs(np.median(ratios) / (COUPLING / expected_long) - 1) < 0.06
+        if every == 2:
+            signs = np.sign(np.diff(rr))
+            assert np.all(signs[1:] * signs[:-1] < 0)  # strict alternation
+    plan = simulated_rhythm(make_prompt(text, hr=72), jax.random.key(0), 10.0)
+    assert abs(plan.hr_bpm - 72) < 0.5
+
+
 def test_rr_lists_give_their_beats_and_bad_ones_are_refused_by_name():
     plan = rhythm_from_rr([800, 850, 900], 10.0)
     np.testing.assert_allclose(plan.r_peaks_s, [0.3, 1.1, 1.95, 2.85])
