@@ -25,17 +25,19 @@ def ecg_name(prompt_index: int, sample_index: int) -> str:
     return f"ecg_{prompt_index:03d}_{sample_index:02d}"
 
 
-def sampler_summary(sampler: SamplerConfig, latent_clip: float, lead_amplitudes: str | None = None
-                    ) -> dict[str, Any]:
+def sampler_summary(sampler: SamplerConfig, latent_clip: float, lead_amplitudes: str | None = None,
+                    from_records: bool = False) -> dict[str, Any]:
     """The sampler settings a manifest records (clip_x0: the clip actually used; lead_amplitudes: where the
-    amplitudes came from, 'auto' resolved by `Generator.lead_amplitude_source`, else as configured)."""
+    amplitudes came from, 'auto' resolved by `Generator.lead_amplitude_source`, else as configured;
+    from_records: some prompts name an `amplitudes_from` record, which they take instead)."""
     source = lead_amplitudes or sampler.lead_amplitudes
     return {"kind": sampler.kind, "steps": sampler.num_steps, "guidance_scale": sampler.guidance_scale,
             "eta": sampler.eta, "simulator_guidance": sampler.simulator_guidance,
             "guidance_interval": sampler.guidance_interval, "group_scales": sampler.group_scales,
             "cads_noise": sampler.cads_noise, "cads_tau": sampler.cads_tau,
             "exact_limb_leads": sampler.exact_limb_leads, "lead_amplitudes": source,
-            "amplitude_strength": sampler.amplitude_strength if source != "model" else None,
+            "amplitudes_from_records": from_records,
+            "amplitude_strength": sampler.amplitude_strength if source != "model" or from_records else None,
             "clip_x0": latent_clip if sampler.clip_x0 is None else sampler.clip_x0}
 
 

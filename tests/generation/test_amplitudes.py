@@ -152,6 +152,8 @@ def test_the_generator_rescales_its_own_ecgs_to_a_retrieved_patient(experience_m
     summary = sampler_summary(SamplerConfig(), 3.0, generator.lead_amplitude_source(SamplerConfig()))
     assert summary["lead_amplitudes"] == "retrieved" and summary["amplitude_strength"] == 0.75
     assert sampler_summary(plain, 3.0)["amplitude_strength"] is None  # the model's: no strength applies
+    named = sampler_summary(plain, 3.0, "model", from_records=True)  # ... but prompts naming a record take theirs
+    assert named["amplitudes_from_records"] and named["amplitude_strength"] == plain.amplitude_strength
     auto = dataclasses.replace(plain, lead_amplitudes="auto", amplitude_strength=1.0)
     assert generator.has_retrieved_amplitudes
     np.testing.assert_array_equal(generator.generate(prompts, seed=5, sampler=auto), retrieved)
