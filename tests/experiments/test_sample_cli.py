@@ -39,6 +39,7 @@ def test_writes_wfdb_png_npz_and_manifest(repo_root, exported_model_dir, tmp_pat
                                                              "exact_limb_leads": True,
                                                              # 'auto' resolved: this model has no corpus
                                                              "lead_amplitudes": "model", "amplitude_strength": None,
+                                                             "amplitudes_from_records": False,
                                                              "clip_x0": 3.0}
     assert manifest["samples"] == 4 and len(manifest["checkpoint"]["id"]) == 12
     with np.load(out / "samples.npz") as f:
