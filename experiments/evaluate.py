@@ -45,6 +45,10 @@ flags.DEFINE_enum("experience", "auto", ["auto", "off"], "Retrieved clinical exp
 flags.DEFINE_enum("rhythm", "plan", ["plan", "record"], "Beat timing of each generated ECG: planned from its prompt "
                   "(plan, conditions as in the paper) or the paired record's own R peaks (record; models with the "
                   "rhythm scaffold only): then the paired metrics compare beats that fall together.")
+flags.DEFINE_enum("amplitudes", "sampler", ["sampler", "record"], "Lead amplitudes of each generated ECG: as "
+                  "the sampler says (--lead_amplitudes) or 'record': each paired record's own (as a prompt naming it "
+                  "in amplitudes_from; with --rhythm=record, the generator is fitted to the record's beats and "
+                  "voltages, and MAE says how far its waveforms are).")
 flags.DEFINE_float("highpass_hz", None, "Baseline filter of the real records (as in the model's training data).")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("max_batch", 64, "ECGs sampled together (memory).")
@@ -79,7 +83,7 @@ def main(argv):
     from sediff_jax.evaluation.paired import real_pairs
     from sediff_jax.evaluation.runner import (NonFiniteECG, generate_paired, markdown_report, score,
                                              vae_reconstructions, write_generated)
-    from sediff_jax.generation import SHIPPED_CHECKPOINT, PromptError
+    from sediff_jax.generation import SHIPPED_CHECKPOINT, AmplitudeError, PromptError
     from sediff_jax.generation.model import experience_profiles_path
     from sediff_jax.io.atomic import atomic_path
     from sediff_jax.io.outputs import output_dir
@@ -91,6 +95,9 @@ def main(argv):
                                 eta=FLAGS.eta, **cli.variety_options())
     except ValueError as e:
         raise cli.UsageError(str(e)) from None
+    if FLAGS.amplitudes == "record" and FLAGS.lead_amplitudes == "model":
+        raise cli.UsageError("--amplitudes=record gives each ECG its record's lead amplitudes, and "
+                             "--lead_amplitudes=model keeps the model's own; use --lead_amplitudes=auto")
     checkpoint = FLAGS.checkpoint or str(SHIPPED_CHECKPOINT)
     source = FLAGS.source_dir or dataset_dir(FLAGS.dataset)
     try:
@@ -120,7 +127,9 @@ def main(argv):
         raise cli.UsageError(f"--dataset={FLAGS.dataset} --source_dir={source} --split={FLAGS.split}: {e}") from None
     try:
         generated, seconds = generate_paired(model, pairs, sampler, FLAGS.seed, FLAGS.experience, FLAGS.max_batch,
-                                             FLAGS.rhythm)
+                                             FLAGS.rhythm, FLAGS.amplitudes)
+    except AmplitudeError as e:  # the record's amplitudes with --lead_amplitudes=model
+        raise cli.UsageError(f"--amplitudes={FLAGS.amplitudes}: {e}") from None
     except PromptError as e:  # a given rhythm for a model without the scaffold
         raise cli.UsageError(f"--rhythm={FLAGS.rhythm}: {e}") from None
     except NonFiniteECG as e:
@@ -143,7 +152,8 @@ def main(argv):
                                               "group_scales": sampler.group_scales,
                                               "cads_noise": sampler.cads_noise, "cads_tau": sampler.cads_tau,
                                               "exact_limb_leads": sampler.exact_limb_leads},
-        "experience": FLAGS.experience, "rhythm": FLAGS.rhythm, "seed": FLAGS.seed,
+        "experience": FLAGS.experience, "rhythm": FLAGS.rhythm, "amplitudes": FLAGS.amplitudes,
+        "seed": FLAGS.seed,
         "generation_seconds": round(seconds, 2),
         **scores,
         **cli.provenance(),
@@ -151,8 +161,10 @@ def main(argv):
     out.mkdir()
     out.clear()
     folder, out = out, out.path
+    own_amplitudes = "each record's own lead amplitudes, " if FLAGS.amplitudes == "record" else ""
     summary = (f"{len(pairs.record_ids)} records ({len(pairs.skipped)} skipped), one ECG each "
-               f"({sampler.describe()}, experience {FLAGS.experience}, rhythm {FLAGS.rhythm}, seed {FLAGS.seed}); "
+               f"({sampler.describe()}, experience {FLAGS.experience}, rhythm {FLAGS.rhythm}, "
+               f"{own_amplitudes}seed {FLAGS.seed}); "
                "generated vs the record "
                f"whose conditions it was generated from. HR: {scores['paired']['unmeasurable_hr']} generated ECGs "
                "had too few beats to measure.")

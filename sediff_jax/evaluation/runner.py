@@ -28,6 +28,7 @@ from sediff_jax.evaluation.paired import RealPairs, markdown_table, paired_metri
 from sediff_jax.evaluation.signal import amplitude_spread
 from sediff_jax.generation import Generator
 from sediff_jax.io.npz import write_npz
+from sediff_jax.signal import lead_amplitudes
 from sediff_jax.errors import SediffError
 
 MIN_DISTRIBUTION_RECORDS = 8  # two halves of >= 4 for FID_split, more than k = 3 neighbours
@@ -38,20 +39,28 @@ class NonFiniteECG(SediffError, FloatingPointError):
 
 
 RHYTHM_SOURCES = ("plan", "record")
+AMPLITUDE_SOURCES = ("sampler", "record")
 
 
 def generate_paired(model, pairs: RealPairs, sampler, seed: int = 0, experience: str = "auto",
-                    max_batch: int = 64, rhythm: str = "plan") -> tuple[np.ndarray, float]:
+                    max_batch: int = 64, rhythm: str = "plan", amplitudes: str = "sampler"
+                    ) -> tuple[np.ndarray, float]:
     """(generated (n, time, 12) float32 mV, seconds): row i from record i's prompt, key fold_in(seed, i).
 
     rhythm: 'plan' (the generator plans each ECG's beats from its prompt, as from text alone) or 'record' (a model
-    with the rhythm scaffold is given each record's own R peaks, so generated and real beats fall together)."""
+    with the rhythm scaffold is given each record's own R peaks, so generated and real beats fall together).
+    amplitudes: 'sampler' (each lead's amplitude as `sampler.lead_amplitudes` says: the model's or a retrieved
+    patient's) or 'record' (each record's own lead amplitudes, `signal.lead_amplitudes` of its ECG, as a prompt
+    naming it in `amplitudes_from` would get them)."""
     if rhythm not in RHYTHM_SOURCES:
         raise ValueError(f"rhythm {rhythm!r} is unknown; expected one of {RHYTHM_SOURCES}")
+    if amplitudes not in AMPLITUDE_SOURCES:
+        raise ValueError(f"amplitudes {amplitudes!r} is unknown; expected one of {AMPLITUDE_SOURCES}")
     rhythms = pairs.rhythms(model.spec.duration_s) if rhythm == "record" else None
+    own = lead_amplitudes(pairs.ecg[:, :model.num_samples]) if amplitudes == "record" else None
     start = time.perf_counter()
     generated = Generator(model, max_batch=max_batch).generate(pairs.prompts, seed, sampler, experience,
-                                                               rhythms=rhythms)
+                                                               rhythms=rhythms, amplitudes=own)
     seconds = time.perf_counter() - start
     if not np.all(np.isfinite(generated)):
         raise NonFiniteECG(f"{model.source}: the model produced non-finite ECGs")

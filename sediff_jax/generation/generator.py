@@ -269,7 +269,8 @@ class Generator:
 
     def generate(self, prompts: Sequence[Prompt], seed: int = 0, sampler: SamplerConfig | None = None,
                  experience: str = "auto", progress: Callable[[int], None] | None = None,
-                 rhythms: Sequence[RhythmPlan | None] | None = None) -> np.ndarray:
+                 rhythms: Sequence[RhythmPlan | None] | None = None,
+                 amplitudes: np.ndarray | None = None) -> np.ndarray:
         """ECGs (len(prompts), time, 12) float32 mV at `model.fs`; progress(n) is called with the number of
         reverse steps just done (summed over batches). `sampler.clip_x0` None means the model's latent clip
         (its spec's `latent_clip`); pass inf for none. rhythms: per prompt, the beats to follow (`plan_rhythms`
@@ -277,7 +278,9 @@ class Generator:
         `SamplerConfig.recommended()` (DDIM-50, eta 1, guidance 2, exact limb leads, lead amplitudes moved 0.75 of
         the way to a retrieved patient's where the model's corpus has them: `lead_amplitude_source`; a prompt's
         `amplitudes_from` record's where it names one: `amplitude_targets`). A model trained with amplitudes as a
-        condition is told those targets (unknown where there are none)."""
+        condition is told those targets (unknown where there are none). amplitudes: (n, 12) mV per prompt, a row of
+        NaN where none: lead amplitudes given directly, taken as a named `amplitudes_from` record's would be (an
+        evaluation gives each record's own)."""
         prompts = list(prompts)
         sampler = SamplerConfig.recommended() if sampler is None else sampler
         plans = self.plan_rhythms(prompts, seed, rhythms)
@@ -288,7 +291,7 @@ class Generator:
         if not prompts:
             raise ValueError("no prompts to generate from")
         sampling_timesteps(self.model.schedule.num_steps, sampler.num_steps)  # validates num_steps
-        targets = self.amplitude_targets(prompts, sampler, experience, seed)
+        targets = self.amplitude_targets(prompts, sampler, experience, seed, amplitudes)
         told = self.amplitude_condition(len(prompts), targets) if self.uses_amplitudes else None
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(len(prompts)))
         outputs = []
@@ -303,17 +306,30 @@ class Generator:
         return ecg
 
     def amplitude_targets(self, prompts: Sequence[Prompt], sampler: SamplerConfig, experience: str = "auto",
-                          seed: int = 0) -> np.ndarray | None:
+                          seed: int = 0, amplitudes: np.ndarray | None = None) -> np.ndarray | None:
         """(n, 12) mV, NaN where none: the lead amplitudes each generated ECG is moved towards (and an
-        amplitude-conditioned model is told): a prompt's `amplitudes_from` record's where it names one (each
-        record read once), else a retrieved patient's where the source is 'retrieved'; None when no prompt gets
-        any (the model's own amplitudes). A prompt naming a record with `lead_amplitudes='model'` is an error."""
+        amplitude-conditioned model is told): the given `amplitudes` row where it is finite, else a prompt's
+        `amplitudes_from` record's where it names one (each record read once), else a retrieved patient's where the
+        source is 'retrieved'; None when no prompt gets any (the model's own amplitudes). Amplitudes given or named
+        with `lead_amplitudes='model'` are an error, as is a given row that is partly NaN or not positive."""
         given = [p.amplitudes_from for p in prompts]
-        if sampler.lead_amplitudes == "model" and any(given):
-            raise AmplitudeError("a prompt names amplitudes_from, and lead_amplitudes='model' keeps the model's own "
-                                 "amplitudes; use 'auto' or 'retrieved'")
+        direct = np.zeros((len(prompts), 0), bool)
+        if amplitudes is not None:
+            amplitudes = np.asarray(amplitudes, np.float32)
+            if amplitudes.shape != (len(prompts), NUM_LEADS):
+                raise ValueError(f"amplitudes: expected shape ({len(prompts)}, {NUM_LEADS}) (one row of lead "
+                                 f"amplitudes per prompt), got {amplitudes.shape}")
+            known = np.isfinite(amplitudes)
+            if np.any(known.any(1) != known.all(1)) or np.any(amplitudes[known] <= 0):
+                raise AmplitudeError("amplitudes: each given row must be 12 positive lead amplitudes (mV), or all "
+                                     "NaN for none")
+            direct = known.all(1)
+        if sampler.lead_amplitudes == "model" and (any(given) or direct.any()):
+            raise AmplitudeError(f"{'a prompt names amplitudes_from' if any(given) else 'lead amplitudes are given'}"
+                                 ", and lead_amplitudes='model' keeps the model's own amplitudes; use 'auto' or "
+                                 "'retrieved'")
         retrieve = self.lead_amplitude_source(sampler, experience) == "retrieved"
-        if not retrieve and not any(given):
+        if not retrieve and not any(given) and not direct.any():
             return None
         targets = (self.retrieved_amplitudes(prompts, seed) if retrieve
                    else np.full((len(prompts), NUM_LEADS), np.nan, np.float32))
@@ -323,6 +339,8 @@ class Generator:
                 if record not in records:
                     records[record] = amplitudes_from_record(record, self.model.fs, self.model.spec.duration_s)
                 targets[i] = records[record]
+        if direct.any():
+            targets[direct] = amplitudes[direct]
         return targets
 
     def lead_amplitude_source(self, sampler: SamplerConfig, experience: str = "auto") -> str:

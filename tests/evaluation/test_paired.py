@@ -151,6 +151,35 @@ def test_record_rhythm_gives_a_scaffold_model_each_records_own_beats(pairs, mode
         generate_paired(model, pairs, sampler, rhythm="nope")
 
 
+def test_record_amplitudes_give_each_ecg_its_records_lead_amplitudes(pairs, model):
+    """amplitudes='record' rescales each generated ECG to its own record's lead amplitudes (`lead_amplitudes` of
+    the record, what a prompt naming it in amplitudes_from gets): the same ECGs as the model's own rescaled by
+    `match_lead_amplitudes`, the chest leads (untouched by the limb projection) at exactly the record's amplitude
+    at strength 1 wherever the gain is within its clip. With lead_amplitudes='model' it is an error."""
+    from sediff_jax.diffusion.sampling import SamplerConfig
+    from sediff_jax.evaluation.runner import generate_paired
+    from sediff_jax.generation import AmplitudeError
+    from sediff_jax.generation.amplitudes import MAX_GAIN, match_lead_amplitudes
+    from sediff_jax.signal import lead_amplitudes
+
+    n = model.num_samples
+    pairs = dataclasses.replace(pairs, ecg=pairs.ecg[:, :n], r_peaks=[p[p < n] for p in pairs.r_peaks])
+    sampler = SamplerConfig(kind="ddim", num_steps=2, guidance_scale=1.0, amplitude_strength=1.0)
+    own, _ = generate_paired(model, pairs, sampler, seed=3, experience="off")  # no corpus: the model's own
+    fitted, _ = generate_paired(model, pairs, sampler, seed=3, experience="off", amplitudes="record")
+    target = lead_amplitudes(pairs.ecg)
+    np.testing.assert_array_equal(fitted, match_lead_amplitudes(own, target, True, 1.0))
+    gain = target / lead_amplitudes(own)
+    free = (gain > 1 / MAX_GAIN) & (gain < MAX_GAIN)
+    free[:, :6] = False  # limb leads: the Einthoven projection mixes them after scaling
+    assert free.sum() >= 12
+    np.testing.assert_allclose(lead_amplitudes(fitted)[free], target[free], rtol=1e-4)
+    with pytest.raises(AmplitudeError, match="lead amplitudes are given, and lead_amplitudes='model'"):
+        generate_paired(model, pairs, dataclasses.replace(sampler, lead_amplitudes="model"), amplitudes="record")
+    with pytest.raises(ValueError, match="amplitudes 'nope'"):
+        generate_paired(model, pairs, sampler, amplitudes="nope")
+
+
 def test_take_keeps_each_records_fields_together(pairs):
     sub = pairs.take([4, 1])
     assert sub.record_ids == [pairs.record_ids[4], pairs.record_ids[1]] and sub.fs == pairs.fs

@@ -111,6 +111,8 @@ CASES = [
     ("evaluate", ["--out=NEW", "--checkpoint=MODEL", "--steps=500"], E, r"--steps=500 must be within 1-100"),
     ("evaluate", ["--out=NEW", "--checkpoint=NOCORPUS"], E, r"--experience=auto: .*corpus is missing"),
     ("evaluate", ["--out=NEW", "--checkpoint=NOWHERE"], E, r"--checkpoint: .*no such checkpoint"),
+    ("evaluate", ["--out=NEW", "--checkpoint=MODEL", "--amplitudes=record", "--lead_amplitudes=model"], E,
+     r"--amplitudes=record gives each ECG its record's lead amplitudes, and --lead_amplitudes=model"),
     # build_experience (the LLM client is refused before any work)
     ("build_experience", ["--dataset=ludb", "--source_dir=SCENARIO", "--out_dir=NEW", "--distiller=llm",
                           "--llm_base_url=http://llm.example.com/v1", "--llm_model=m"], E, r"use https"),

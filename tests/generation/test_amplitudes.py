@@ -13,7 +13,7 @@ from sediff_jax.checkpoints.spec import ExperienceSpec
 from sediff_jax.data.ptbxl import read_ptbxl
 from sediff_jax.diffusion.sampling import SamplerConfig
 from sediff_jax.experience import Profile, ProfileCorpus
-from sediff_jax.generation import Generator, make_prompt
+from sediff_jax.generation import AmplitudeError, Generator, make_prompt
 from sediff_jax.generation.outputs import sampler_summary
 from sediff_jax.generation.amplitudes import (MAX_GAIN, draw_neighbour_amplitudes, match_lead_amplitudes,
                                              model_draws_amplitudes)
@@ -209,6 +209,17 @@ def test_an_amplitude_conditioned_model_is_told_the_drawn_patient_amplitudes(exp
     assert np.isnan(told[-1]).all()
     assert np.abs(informed[0] - uninformed[0]).max() > 1e-4  # told a patient's amplitudes: another ECG
     np.testing.assert_array_equal(informed[1], uninformed[1])  # nothing retrieved: unknown either way
+    given = np.stack([np.full(12, np.nan, np.float32), np.linspace(0.4, 2.0, 12, dtype=np.float32)])
+    generator.generate(prompts, seed=2, sampler=sampler, amplitudes=given)  # given where finite, else the draw
+    np.testing.assert_array_equal(told[-1][0], generator.retrieved_amplitudes(prompts, seed=2)[0])
+    np.testing.assert_array_equal(told[-1][1], given[1])
+    with pytest.raises(ValueError, match=r"expected shape \(2, 12\)"):
+        generator.generate(prompts, seed=2, sampler=sampler, amplitudes=given[:1])
+    partial = given.copy()
+    partial[1, 3] = np.nan
+    for bad in (partial, -given):
+        with pytest.raises(AmplitudeError, match="12 positive lead amplitudes"):
+            generator.amplitude_targets(prompts, sampler, amplitudes=bad)
     batch = generator.conditions(prompts, "auto", None, None)
     assert batch["amplitudes"].shape == (2, 12) and np.isnan(batch["amplitudes"]).all()
     with pytest.raises(ValueError, match="positive and finite"):
@@ -228,7 +239,7 @@ def test_a_record_gives_its_lead_amplitudes_as_the_corpus_measures_them(data_dir
     is close to the percentile range of wfdb's signal; a truncated, too short or flat-lead record is refused by
     name."""
     from sediff_jax.experience.builders import measure_amplitudes
-    from sediff_jax.generation.amplitudes import AmplitudeError, amplitudes_from_record
+    from sediff_jax.generation.amplitudes import amplitudes_from_record
 
     entries = read_ptbxl(str(data_dir / "ptb-xl"), fs=100)[:3]
     for entry in entries:
@@ -261,7 +272,7 @@ def test_a_prompt_takes_the_lead_amplitudes_of_the_record_it_names(experience_mo
     for a model without a corpus ('auto' keeps the model's amplitudes) it rescales that prompt alone; with
     lead_amplitudes='model' it is an error; prompt files resolve the column like rhythm_from."""
     from sediff_jax.generation import read_prompts
-    from sediff_jax.generation.amplitudes import AmplitudeError, amplitudes_from_record
+    from sediff_jax.generation.amplitudes import amplitudes_from_record
 
     record = read_ptbxl(str(data_dir / "ptb-xl"), fs=100)[0].path
     own = amplitudes_from_record(record, 100.0, 2.56)
