@@ -67,7 +67,7 @@ LABELS = {"full": "SE-Diff (full)", "no_simulator": "w/o simulator", "no_interle
           "min_snr": "min-SNR-5 weighting", "v_prediction": "v-prediction",
           "oversample_rare": "rare findings oversampled", "repa": "REPA (weight 0.5)",
           "wide": "wider denoiser (96/192/192)", "deep": "deeper denoiser (4 levels)",
-          "amplitudes": "told lead amplitudes"}
+          "amplitudes": "told lead amplitudes", "ectopic": "scaffold marks premature beats"}
 PAPER_HR_ERROR_BPM = {"full": 8.43, "no_simulator": 14.28, "no_interlead": 19.21, "no_experience": 15.06}
 
 

@@ -172,11 +172,12 @@ class Generator:
         return plans
 
     def rhythm_condition(self, plans: Sequence[RhythmPlan | None]) -> np.ndarray:
-        """(len(plans), latent time, 3) float32: the scaffold of each plan (zeros for None: no scaffold)."""
+        """(len(plans), latent time, rhythm channels) float32: the scaffold of each plan (zeros for None: no
+        scaffold)."""
         length = self.latent_shape[0]
         down = self.model.num_samples // length
         peaks = pad_peaks([np.zeros(0) if p is None else p.r_peak_samples(self.model.fs) for p in plans])
-        return np.asarray(rhythm_features(peaks, length, down), np.float32)
+        return np.asarray(rhythm_features(peaks, length, down, self.model.spec.denoiser.rhythm_channels), np.float32)
 
     def conditions(self, prompts: Sequence[Prompt], experience: str = "auto",
                    rhythms: Sequence[RhythmPlan | None] | None = None,

@@ -27,7 +27,7 @@ from flax import nnx
 
 from sediff_jax.leads import NUM_LEADS
 from sediff_jax.models.conditions import Conditions
-from sediff_jax.signal.phase import RHYTHM_FEATURES
+from sediff_jax.signal.phase import ECTOPIC_RHYTHM_FEATURES, RHYTHM_FEATURES
 
 Array = jax.Array
 DType = jnp.dtype | type
@@ -41,7 +41,7 @@ class DenoiserConfig:
     heads.  context_dim: width of the condition tokens (the text encoder's, 384 for MiniLM).
     time_embed_dim: width of the timestep embedding.  num_groups: GroupNorm groups.  rhythm_channels: channels
     of the rhythm scaffold concatenated to x_t (`sediff_jax.signal.phase.rhythm_features`: cos phi, sin phi,
-    present); 0 = none, SE-Diff as published.  repa_dim: width of the features the middle block's output is
+    present; 4 adds whether the nearest beat is premature); 0 = none, SE-Diff as published.  repa_dim: width of the features the middle block's output is
     projected to for representation alignment (`diffusion.repa`: a frozen ECG encoder's features; 0 = no
     projector).  repa_hidden: the projector MLP's hidden width.  amplitude_leads: 12 = conditioned on each lead's
     amplitude (`AmplitudeEmbedding`), 0 = not (every model before it)."""
@@ -61,8 +61,9 @@ class DenoiserConfig:
     def __post_init__(self):
         if self.amplitude_leads not in (0, NUM_LEADS):
             raise ValueError(f"amplitude_leads={self.amplitude_leads}; expected 0 (none) or {NUM_LEADS}")
-        if self.rhythm_channels not in (0, RHYTHM_FEATURES):
-            raise ValueError(f"rhythm_channels={self.rhythm_channels}; expected 0 (no scaffold) or {RHYTHM_FEATURES}")
+        if self.rhythm_channels not in (0, RHYTHM_FEATURES, ECTOPIC_RHYTHM_FEATURES):
+            raise ValueError(f"rhythm_channels={self.rhythm_channels}; expected 0 (no scaffold), {RHYTHM_FEATURES} "
+                             f"(the cardiac phase) or {ECTOPIC_RHYTHM_FEATURES} (and premature beats)")
         if len(self.channels) != len(self.attention):
             raise ValueError(f"channels {self.channels} and attention {self.attention} need one entry per level")
 

@@ -16,6 +16,8 @@ import numpy as np
 
 Array = jax.Array
 RHYTHM_FEATURES = 3  # cos phi, sin phi, present (1 where the record has a scaffold, 0 where absent or dropped)
+ECTOPIC_RHYTHM_FEATURES = 4  # ... and premature (1 around a premature beat: `premature_beats`)
+PREMATURE_RR_FRACTION = 0.8  # a beat is premature when its RR is shorter than this fraction of the reference RR
 
 
 def cardiac_phase(r_peaks: Array, times: Array) -> tuple[Array, Array]:
@@ -46,13 +48,40 @@ def latent_times(num_latent: int, downsampling: int) -> np.ndarray:
     return np.arange(num_latent, dtype=np.float32) * downsampling + 0.5 * (downsampling - 1)
 
 
-def rhythm_features(r_peaks: Array, num_latent: int, downsampling: int) -> Array:
-    """The scaffold at the latent's resolution: (..., num_latent, 3) float32 = (cos phi, sin phi, 1), all zero for
-    a record with fewer than 2 R peaks. r_peaks: (..., max_peaks) signal samples, -1 padded."""
-    phase, valid = cardiac_phase(r_peaks, latent_times(num_latent, downsampling))
+def premature_beats(r_peaks: Array) -> Array:
+    """(..., max_peaks) bool: whether each R peak comes early. Beat k is premature when the RR interval ending at it
+    is shorter than `PREMATURE_RR_FRACTION` of the larger of the record's median RR and the RR interval after it
+    (the pause that follows an ectopic beat: so every other beat of a bigeminy counts, though half the record's
+    intervals are short). The first peak and padding are never premature. r_peaks: (..., max_peaks) positions,
+    ascending, padded at the end with negative values."""
+    peaks = jnp.asarray(r_peaks, jnp.float32)
+    present = peaks >= 0
+    rr = peaks[..., 1:] - peaks[..., :-1]  # rr[..., j]: the interval ending at peak j + 1
+    known = present[..., 1:] & present[..., :-1]
+    median = jnp.nanmedian(jnp.where(known, rr, jnp.nan), axis=-1, keepdims=True)
+    after = jnp.concatenate([jnp.where(known[..., 1:], rr[..., 1:], 0.0), jnp.zeros_like(rr[..., :1])], axis=-1)
+    early = known & (rr < PREMATURE_RR_FRACTION * jnp.maximum(jnp.nan_to_num(median), after))
+    return jnp.concatenate([jnp.zeros_like(early[..., :1]), early], axis=-1)
+
+
+def rhythm_features(r_peaks: Array, num_latent: int, downsampling: int, channels: int = RHYTHM_FEATURES) -> Array:
+    """The scaffold at the latent's resolution: (..., num_latent, channels) float32 = (cos phi, sin phi, 1) and,
+    with `channels` = `ECTOPIC_RHYTHM_FEATURES`, whether the nearest R peak is premature (`premature_beats`), all
+    zero for a record with fewer than 2 R peaks. r_peaks: (..., max_peaks) signal samples, -1 padded."""
+    if channels not in (RHYTHM_FEATURES, ECTOPIC_RHYTHM_FEATURES):
+        raise ValueError(f"channels={channels}; expected {RHYTHM_FEATURES} or {ECTOPIC_RHYTHM_FEATURES}")
+    times = latent_times(num_latent, downsampling)
+    phase, valid = cardiac_phase(r_peaks, times)
     on = valid[..., None].astype(jnp.float32)
-    features = jnp.stack([jnp.cos(phase) * on, jnp.sin(phase) * on, jnp.broadcast_to(on, phase.shape)], axis=-1)
-    return features
+    features = [jnp.cos(phase) * on, jnp.sin(phase) * on, jnp.broadcast_to(on, phase.shape)]
+    if channels == ECTOPIC_RHYTHM_FEATURES:
+        peaks = jnp.asarray(r_peaks, jnp.float32)
+        distance = jnp.where(peaks[..., None, :] >= 0, jnp.abs(jnp.asarray(times)[:, None] - peaks[..., None, :]),
+                             jnp.inf)  # (..., T, max_peaks)
+        nearest = jnp.argmin(distance, axis=-1)
+        early = jnp.take_along_axis(premature_beats(peaks), nearest, axis=-1)
+        features.append(early.astype(jnp.float32) * on)
+    return jnp.stack(features, axis=-1)
 
 
 def pad_peaks(peaks: list[np.ndarray] | tuple[np.ndarray, ...], max_peaks: int | None = None) -> np.ndarray:

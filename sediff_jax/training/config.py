@@ -43,6 +43,7 @@ VARIANTS = {
     "ddpm_only": {"euler_weight": 0.0, "sim_weight": 0.0, "interlead_weight": 0.0},
     "no_experience": {"experience.dir": ""},
     "scaffold": {"diffusion.model.rhythm_channels": 3},
+    "ectopic": {"diffusion.model.rhythm_channels": 4},
     "paper": {"diffusion.model.rhythm_channels": 0},
     "min_snr": {"ddpm_weighting": "min_snr"},
     "v_prediction": {"prediction": "v"},
@@ -112,7 +113,9 @@ def base_config() -> ml_collections.ConfigDict:
     # The rhythm scaffold (rhythm_channels=3: the cardiac phase of the record's R peaks as input channels; 0 is
     # SE-Diff as published, the `paper` variant) is the default because it won on all of PTB-XL: heart-rate error
     # 1.45 vs 10.06 bpm, sinus RR CV 0.031 vs 0.211, FID 0.80 vs 1.09, MAE within one standard error (docs/evaluation.md).
-    # It is dropped for this fraction of records, so the model also generates without one.
+    # It is dropped for this fraction of records, so the model also generates without one. rhythm_channels=4 (the
+    # `ectopic` variant) adds a channel marking the latent steps nearest a premature beat (`phase.premature_beats`),
+    # so a bigeminy's or a PVC's early beats can take their own shape; a 3-channel model may be fine-tuned into it.
     c.diffusion.rhythm_dropout = 0.1
     # model.amplitude_leads=12 tells the denoiser each record's lead amplitudes (robust peak-to-peak, mV), read from
     # the experience corpus (experience.dir's profiles.npz, built with amplitudes at data.fs); at sampling they come
@@ -296,7 +299,7 @@ RULES: dict[str, Check] = {
     **_optimizer_rules("vae.optimizer"), **_training_rules("vae.training"),
     "diffusion.model.channels": _sequence(_WIDTH), "diffusion.model.attention": _sequence(_flag),
     "diffusion.model.num_heads": _number(int, 1, 64), "diffusion.model.time_embed_dim": _WIDTH,
-    "diffusion.model.num_groups": _number(int, 1, 64), "diffusion.model.rhythm_channels": _enum((0, 3)),
+    "diffusion.model.num_groups": _number(int, 1, 64), "diffusion.model.rhythm_channels": _enum((0, 3, 4)),
     "diffusion.model.repa_dim": _number(int, 0, MAX_WIDTH), "diffusion.model.repa_hidden": _WIDTH,
     "diffusion.loss.repa_weight": _WEIGHT, "diffusion.repa_teacher": _text,
     "diffusion.rhythm_dropout": _FRACTION, "diffusion.amplitude_dropout": _FRACTION,

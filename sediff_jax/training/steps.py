@@ -149,7 +149,8 @@ def make_diffusion_steps(
         denoiser = nnx.merge(graphdef, params)
         conditions = Conditions.from_batch(batch)
         if step_config.rhythm:
-            features = rhythm_features(batch["r_peaks"], x0.shape[1], vae.config.downsampling)
+            features = rhythm_features(batch["r_peaks"], x0.shape[1], vae.config.downsampling,
+                                       denoiser.config.rhythm_channels)
             if drop_conditions:
                 keep = jax.random.uniform(k_rhythm, (b,)) >= step_config.rhythm_dropout
                 features = features * keep[:, None, None].astype(features.dtype)
@@ -214,7 +215,8 @@ def make_sampling_step(graphdef: nnx.GraphDef, vae_graphdef: nnx.GraphDef, sched
         conditions = Conditions.from_batch(batch)
         if step_config.rhythm:
             conditions = conditions.replace(rhythm=rhythm_features(batch["r_peaks"], shape[1],
-                                                                   vae.config.downsampling))
+                                                                   vae.config.downsampling,
+                                                                   denoiser.config.rhythm_channels))
 
         def net(x_t, t, drop):  # x_t stacks 1, 2 or 4 copies of the batch (guidance)
             return denoiser(x_t, t, conditions.tile(x_t.shape[0] // b), drop)

@@ -18,6 +18,7 @@ from sediff_jax.generation.model import load_model
 from sediff_jax.io import jsonio
 from sediff_jax.models.denoiser import DenoiserConfig
 from sediff_jax.parallel import replicated_sharding
+from sediff_jax.signal.phase import ECTOPIC_RHYTHM_FEATURES, RHYTHM_FEATURES
 from sediff_jax.training.state import TrainState, init_state
 
 
@@ -35,19 +36,28 @@ def warm_started(config: ml_collections.ConfigDict, model: Any, model_config: De
 # Denoiser settings a warm start may add (0 in the source model, set in this run): their layers start fresh, from
 # this run's initialisation, and are built to leave the prediction unchanged at the start (zero output layers).
 ADDABLE = {"amplitude_leads": "amplitude_embed"}
+# Denoiser settings a warm start may raise (source value -> values this run may have): the input layer gains input
+# channels, which start at zero weight (the prediction is unchanged at the start): the ectopic scaffold channel.
+GROWABLE = {"rhythm_channels": {RHYTHM_FEATURES: ECTOPIC_RHYTHM_FEATURES}}
+GROWN_INPUT = "denoiser/conv_in/kernel"  # (width, in channels, out channels): channels are appended at the end
 
 
 def with_new_layers(template: Any, params: Any, where: str) -> Any:
     """`template`'s tree (this run's freshly initialised parameters) with every tensor the source model has taken
     from `params` (cast to the template's dtype); a template tensor the source lacks keeps its initialisation only
-    under a layer of `ADDABLE`. Shapes must match; a source tensor the template lacks is an error."""
+    under a layer of `ADDABLE`. Shapes must match, except that the input layer (`GROWN_INPUT`) may have more input
+    channels than the source's (`GROWABLE`), the new ones zero; a source tensor the template lacks is an error."""
     source = flatten_params(params, "denoiser")
     paths, treedef = jax.tree_util.tree_flatten_with_path(template)
     names = flatten_params(template, "denoiser")
     added = tuple(f"denoiser/{layer}/" for layer in ADDABLE.values())
     leaves = []
     for (name, fresh), (_, leaf) in zip(names.items(), paths):
-        if name in source:
+        if name == GROWN_INPUT and name in source and _grows(source[name].shape, fresh.shape):
+            grown = np.zeros(fresh.shape, fresh.dtype)
+            grown[:, :source[name].shape[1]] = np.asarray(source[name], fresh.dtype)
+            leaves.append(grown)
+        elif name in source:
             if source[name].shape != fresh.shape:
                 raise ckpt.CheckpointError(f"{where}: tensor {name!r} has shape {source[name].shape}, this run's "
                                            f"denoiser needs {fresh.shape}")
@@ -62,6 +72,13 @@ def with_new_layers(template: Any, params: Any, where: str) -> Any:
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+def _grows(source: tuple[int, ...], template: tuple[int, ...]) -> bool:
+    """Whether an input-layer kernel of shape `source` becomes `template` by input channels `GROWABLE` adds."""
+    added = {after - before for grow in GROWABLE.values() for before, after in grow.items()}
+    return (len(source) == len(template) == 3 and source[0] == template[0] and source[2] == template[2]
+            and template[1] - source[1] in added)
+
+
 def initial_denoiser(config: ml_collections.ConfigDict, model_config: DenoiserConfig, vae_params: Any, meta: dict
                      ) -> tuple[Any, dict]:
     """(EMA denoiser params as float32, meta additions) of `diffusion.init_from`: stage 2 starts from a trained
@@ -70,12 +87,15 @@ def initial_denoiser(config: ml_collections.ConfigDict, model_config: DenoiserCo
     over; CheckpointError names what differs. Its prediction target may differ (an epsilon model fine-tuned into a
     v-prediction one, as Stable Diffusion 2's 768-v model was): the network stays, its output layer's meaning is
     re-learned, and the meta records the target it started from. It may lack a layer this run adds (`ADDABLE`: the
-    lead-amplitude embedding), which then starts from this run's initialisation."""
+    lead-amplitude embedding), which then starts from this run's initialisation, or input channels (`GROWABLE`: the
+    ectopic scaffold channel), which start at zero weight."""
     source = config.diffusion.init_from
     model = load_model(source)
     spec = model.spec
     added = {key: 0 for key in ADDABLE if getattr(spec.denoiser, key) == 0}  # layers this run may add
-    wanted = {"denoiser": {**dataclasses.asdict(model_config), **added}, "schedule": meta["schedule"],
+    grown = {key: getattr(spec.denoiser, key) for key, grow in GROWABLE.items()
+             if grow.get(getattr(spec.denoiser, key)) == getattr(model_config, key)}  # inputs this run may add
+    wanted = {"denoiser": {**dataclasses.asdict(model_config), **added, **grown}, "schedule": meta["schedule"],
               "text_encoder": meta["text_encoder"],
               "fs": float(meta["fs"]), "duration_s": float(meta["duration_s"])}
     found = {"denoiser": dataclasses.asdict(spec.denoiser),

@@ -139,6 +139,37 @@ def test_amplitude_condition_starts_silent_then_steers_and_unknown_is_nan_or_non
         DenoiserConfig(amplitude_leads=8)
 
 
+def test_the_ectopic_channel_starts_silent_when_a_scaffold_model_grows_it():
+    """rhythm_channels 3 -> 4 (`warm_start.GROWABLE`): the input layer keeps the source's kernel for its channels
+    and the new one starts at zero, so the grown model predicts exactly what the source did whatever the new
+    channel says; once that weight moves, the channel steers it. Other shape changes stay an error."""
+    from sediff_jax.checkpoints.stage import CheckpointError
+    from sediff_jax.signal.phase import pad_peaks, rhythm_features
+    from sediff_jax.training.state import split_params
+    from sediff_jax.training.warm_start import with_new_layers
+
+    x, t, c = _inputs()
+    peaks = jnp.asarray(pad_peaks([20.0 + np.cumsum([0, 100, 100, 100, 65, 135, 100, 100]),
+                                   15.0 + np.cumsum([0, 65, 135, 65, 135, 65, 135])], 16))
+    scaffold = dataclasses.replace(CONFIG, rhythm_channels=3)
+    source = LatentDenoiser(scaffold, rngs=nnx.Rngs(0))
+    source.conv_out.kernel[...] = 0.1 * jax.random.normal(jax.random.key(9), source.conv_out.kernel[...].shape)
+    graphdef, fresh = split_params(LatentDenoiser(dataclasses.replace(CONFIG, rhythm_channels=4), rngs=nnx.Rngs(5)))
+    grown = nnx.merge(graphdef, with_new_layers(fresh, split_params(source)[1], "test"))
+    ectopic = rhythm_features(peaks, 125, 8, 4)
+    assert float(ectopic[..., 3].sum()) > 0
+    before = forward(source, x, t, c.replace(rhythm=ectopic[..., :3]), None)
+    np.testing.assert_array_equal(forward(grown, x, t, c.replace(rhythm=ectopic), None), before)
+    np.testing.assert_array_equal(np.asarray(grown.conv_in.kernel[...][:, :7]), np.asarray(source.conv_in.kernel[...]))
+    grown.conv_in.kernel[...] = grown.conv_in.kernel[...].at[:, 7].set(0.5)
+    assert float(jnp.abs(forward(grown, x, t, c.replace(rhythm=ectopic), None) - before).max()) > 1e-4
+    plain = split_params(_model())[1]  # no scaffold (4 input channels) -> 8: not a growth warm starts make
+    with pytest.raises(CheckpointError, match="conv_in/kernel.*has shape"):
+        with_new_layers(fresh, plain, "test")
+    with pytest.raises(ValueError, match="rhythm_channels=5"):
+        DenoiserConfig(rhythm_channels=5)
+
+
 def test_amplitude_features_are_the_log_where_known():
     from sediff_jax.models.denoiser import MIN_AMPLITUDE_MV, amplitude_features
 

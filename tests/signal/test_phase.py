@@ -49,3 +49,53 @@ def test_latent_times_are_the_centres_of_each_latent_step():
     with pytest.raises(ValueError, match="do not fit"):
         pad_peaks([np.arange(5.0)], 4)
     assert math.isclose(float(pad_peaks([np.arange(3.0)])[0, -1]), 2.0)
+
+
+def _premature_reference(peaks: np.ndarray) -> np.ndarray:
+    """A loop over beats: premature when RR < 0.8 * max(median RR, the next RR)."""
+    rr = np.diff(peaks)
+    out = np.zeros(len(peaks), bool)
+    for k in range(1, len(peaks)):
+        after = rr[k] if k < len(rr) else 0.0
+        out[k] = rr[k - 1] < 0.8 * max(np.median(rr), after)
+    return out
+
+
+def test_premature_beats_mark_bigeminy_trigeminy_and_a_single_ectopic_beat():
+    from sediff_jax.signal.phase import premature_beats
+
+    normal, early, pause = 100.0, 65.0, 135.0
+    bigeminy = 20.0 + np.concatenate([[0.0], np.cumsum([early, pause] * 4)])  # half the intervals short
+    trigeminy = 20.0 + np.concatenate([[0.0], np.cumsum([normal, early, pause] * 3)])
+    single = 20.0 + np.concatenate([[0.0], np.cumsum([normal] * 3 + [early, pause] + [normal] * 3)])
+    sinus = 20.0 + np.concatenate([[0.0], np.cumsum(np.linspace(95.0, 105.0, 9))])
+    cases = [bigeminy, trigeminy, single, sinus, _irregular_peaks(3)]
+    got = np.asarray(premature_beats(jnp.asarray(pad_peaks(cases, 16))))
+    for case, row in zip(cases, got):
+        np.testing.assert_array_equal(row[:len(case)], _premature_reference(case))
+        assert not row[len(case):].any()
+    np.testing.assert_array_equal(np.flatnonzero(got[0]), [1, 3, 5, 7])
+    np.testing.assert_array_equal(np.flatnonzero(got[1]), [2, 5, 8])
+    np.testing.assert_array_equal(np.flatnonzero(got[2]), [4])
+    assert not got[3].any()
+    nothing = np.asarray(premature_beats(jnp.asarray(pad_peaks([np.array([50.0]), np.zeros(0)], 4))))
+    assert not nothing.any()
+
+
+def test_the_ectopic_channel_marks_the_latent_steps_nearest_a_premature_beat():
+    from sediff_jax.signal.phase import ECTOPIC_RHYTHM_FEATURES, premature_beats
+
+    peaks = 20.0 + np.concatenate([[0.0], np.cumsum([100.0] * 3 + [65.0, 135.0] + [100.0] * 3)])  # 4th early
+    padded = jnp.asarray(pad_peaks([peaks, np.array([50.0])], 16))
+    features = jax.jit(rhythm_features, static_argnums=(1, 2, 3))(padded, 125, 8, ECTOPIC_RHYTHM_FEATURES)
+    plain = rhythm_features(padded, 125, 8)
+    assert features.shape == (2, 125, 4)
+    np.testing.assert_array_equal(np.asarray(features[..., :3]), np.asarray(plain))  # the first three unchanged
+    times = latent_times(125, 8)
+    nearest = np.argmin(np.abs(times[:, None] - peaks[None, :]), axis=1)
+    np.testing.assert_array_equal(np.asarray(features[0, :, 3]), (nearest == 4).astype(np.float32))
+    assert 6 <= float(features[0, :, 3].sum()) <= 13  # about one RR (65 + 135) / 2 samples / 8 per step
+    assert not np.asarray(features[1]).any()  # no scaffold, no ectopic marks
+    assert bool(premature_beats(padded)[0, 4])
+    with pytest.raises(ValueError, match="channels=5"):
+        rhythm_features(padded, 125, 8, 5)

@@ -376,6 +376,41 @@ def test_a_warm_start_adds_the_lead_amplitude_condition_read_from_the_experience
         train(config, str(tmp_path / "no_experience"))
 
 
+def test_a_warm_start_grows_the_ectopic_scaffold_channel(uninterrupted, prepared_dir, tmp_path):
+    """diffusion.model.rhythm_channels=4 fine-tuned from a 3-channel scaffold model: the same tensors, the input
+    layer's kernel one input channel wider (the source's weights for the others, zero for the new one: learning
+    rate 1e-12 keeps both); the tuned model generates. A scaffold-less run from it is still refused."""
+    from sediff_jax.checkpoints.weights import flatten_params
+    from sediff_jax.diffusion.sampling import SamplerConfig
+    from sediff_jax.generation import Generator, export_model, load_model, make_prompt
+
+    reference, _ = uninterrupted
+    model_dir = export_model(load_model(reference), tmp_path / "model")
+    source = load_model(model_dir)
+    assert source.spec.denoiser.rhythm_channels == 3
+    config = _fine_tuning_config(prepared_dir, model_dir)
+    config.diffusion.model.rhythm_channels = 4
+    result, = train(config, str(tmp_path / "tuned"))
+    assert result.step == 2 and np.isfinite(result.last_metrics["ddpm"])
+    tuned = load_model(tmp_path / "tuned", which="latest")
+    assert tuned.spec.denoiser.rhythm_channels == 4
+    before, after = flatten_params(source.denoiser_params, "d"), flatten_params(tuned.denoiser_params, "d")
+    assert set(before) == set(after)
+    for name in before:
+        if name != "d/conv_in/kernel":
+            np.testing.assert_allclose(after[name], before[name], rtol=0, atol=1e-6, err_msg=name)
+    kernel = after["d/conv_in/kernel"]
+    assert kernel.shape[1] == before["d/conv_in/kernel"].shape[1] + 1
+    np.testing.assert_allclose(kernel[:, :-1], before["d/conv_in/kernel"], rtol=0, atol=1e-6)
+    assert np.abs(kernel[:, -1]).max() < 1e-6
+    ecg = Generator(tuned).generate([make_prompt("ventricular bigeminy", hr=70)], seed=0,
+                                    sampler=SamplerConfig(kind="ddim", num_steps=2, lead_amplitudes="model"))
+    assert ecg.shape == (1, tuned.num_samples, 12) and np.isfinite(ecg).all()
+    config.diffusion.model.rhythm_channels = 0
+    with pytest.raises(ckpt.CheckpointError, match="cannot start this run"):
+        train(config, str(tmp_path / "no_scaffold"))
+
+
 def test_stage_2_from_a_latent_cache_trains_like_encoding_in_the_step(uninterrupted, prepared_dir, tmp_path):
     """The cache holds the frozen VAE's encoding of every record; stage 2 trained from it (float32) takes the same
     steps as the run that encodes each batch in the step (same batches, same latent scale, same losses up to
