@@ -331,17 +331,20 @@ def test_a_run_trained_with_experience_ships_its_corpus_and_samples_with_reports
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["experience"] == manifest["experience"]
 
 
-def test_a_warm_start_adds_the_lead_amplitude_condition_read_from_the_experience_corpus(uninterrupted, prepared_dir,
-                                                                                         tmp_path):
-    """diffusion.model.amplitude_leads=12 fine-tuned from a model without it: every tensor the model had starts
-    from it (learning rate 1e-12: they stay to float32 rounding), the new embedding starts fresh with its zero
-    output layer; each training record's amplitudes come from the experience corpus, which must have them at the
-    run's rate (else a ConfigError naming the file and the rebuild); without experience.dir the config is refused."""
+def test_a_warm_start_adds_the_lead_amplitude_condition_and_the_ectopic_channel(uninterrupted, prepared_dir,
+                                                                                  tmp_path):
+    """diffusion.model.amplitude_leads=12 and rhythm_channels 3 -> 4, fine-tuned from a model without either: every
+    tensor the model had starts from it (learning rate 1e-12: they stay to float32 rounding), the new embedding
+    starts fresh with its zero output layer, the input layer gains a zero input channel; the tuned model generates.
+    Each training record's amplitudes come from the experience corpus, which must have them at the run's rate (else
+    a ConfigError naming the file and the rebuild); without experience.dir the config is refused; a run without the
+    scaffold cannot start from a scaffold model."""
     from sediff_jax.checkpoints.weights import flatten_params
     from sediff_jax.experience import ExperienceIndex
     from sediff_jax.experience.distill import OfflineDistiller
     from sediff_jax.experience.reports import build_reports, save_experience
-    from sediff_jax.generation import export_model, load_model
+    from sediff_jax.diffusion.sampling import SamplerConfig
+    from sediff_jax.generation import Generator, export_model, load_model, make_prompt
     from tests.experience.test_distill import corpus_of_neighbours
 
     reference, _ = uninterrupted
@@ -355,17 +358,31 @@ def test_a_warm_start_adds_the_lead_amplitude_condition_read_from_the_experience
     save_experience(tmp_path / "exp", corpus.with_amplitudes(amplitudes, 100.0), index, entries, dataset="test")
     config = _fine_tuning_config(prepared_dir, model_dir)
     config.diffusion.model.amplitude_leads = 12
+    config.diffusion.model.rhythm_channels = 4
     config.experience.dir = str(tmp_path / "exp")
     result, = train(config, str(tmp_path / "tuned"))
     assert result.step == 2 and np.isfinite(result.last_metrics["ddpm"])
     tuned = load_model(tmp_path / "tuned", which="latest")
     assert tuned.spec.denoiser.amplitude_leads == 12 and source.spec.denoiser.amplitude_leads == 0
+    assert tuned.spec.denoiser.rhythm_channels == 4 and source.spec.denoiser.rhythm_channels == 3
     before, after = flatten_params(source.denoiser_params, "d"), flatten_params(tuned.denoiser_params, "d")
     added = sorted(set(after) - set(before))
     assert added and all(name.startswith("d/amplitude_embed/") for name in added) and set(before) < set(after)
+    grown = "d/conv_in/kernel"
     for name in before:
-        np.testing.assert_allclose(after[name], before[name], rtol=0, atol=1e-6, err_msg=name)
+        if name != grown:
+            np.testing.assert_allclose(after[name], before[name], rtol=0, atol=1e-6, err_msg=name)
     assert np.abs(after["d/amplitude_embed/out/kernel"]).max() < 1e-6
+    assert after[grown].shape[1] == before[grown].shape[1] + 1
+    np.testing.assert_allclose(after[grown][:, :-1], before[grown], rtol=0, atol=1e-6)
+    assert np.abs(after[grown][:, -1]).max() < 1e-6
+    ecg = Generator(tuned).generate([make_prompt("ventricular bigeminy", hr=70)], seed=0, experience="off",
+                                    sampler=SamplerConfig(kind="ddim", num_steps=2, lead_amplitudes="model"))
+    assert ecg.shape == (1, tuned.num_samples, 12) and np.isfinite(ecg).all()
+    config.diffusion.model.rhythm_channels = 0
+    with pytest.raises(ckpt.CheckpointError, match="cannot start this run"):
+        train(config, str(tmp_path / "no_scaffold"))
+    config.diffusion.model.rhythm_channels = 4
 
     save_experience(tmp_path / "exp", corpus, index, entries, dataset="test")  # no amplitudes
     with pytest.raises(ConfigError, match="profiles.npz: diffusion.model.amplitude_leads needs .* at 100 Hz "
@@ -374,41 +391,6 @@ def test_a_warm_start_adds_the_lead_amplitude_condition_read_from_the_experience
     config.experience.dir = ""
     with pytest.raises(ConfigError, match="amplitude_leads > 0 reads each record's amplitudes from the experience"):
         train(config, str(tmp_path / "no_experience"))
-
-
-def test_a_warm_start_grows_the_ectopic_scaffold_channel(uninterrupted, prepared_dir, tmp_path):
-    """diffusion.model.rhythm_channels=4 fine-tuned from a 3-channel scaffold model: the same tensors, the input
-    layer's kernel one input channel wider (the source's weights for the others, zero for the new one: learning
-    rate 1e-12 keeps both); the tuned model generates. A scaffold-less run from it is still refused."""
-    from sediff_jax.checkpoints.weights import flatten_params
-    from sediff_jax.diffusion.sampling import SamplerConfig
-    from sediff_jax.generation import Generator, export_model, load_model, make_prompt
-
-    reference, _ = uninterrupted
-    model_dir = export_model(load_model(reference), tmp_path / "model")
-    source = load_model(model_dir)
-    assert source.spec.denoiser.rhythm_channels == 3
-    config = _fine_tuning_config(prepared_dir, model_dir)
-    config.diffusion.model.rhythm_channels = 4
-    result, = train(config, str(tmp_path / "tuned"))
-    assert result.step == 2 and np.isfinite(result.last_metrics["ddpm"])
-    tuned = load_model(tmp_path / "tuned", which="latest")
-    assert tuned.spec.denoiser.rhythm_channels == 4
-    before, after = flatten_params(source.denoiser_params, "d"), flatten_params(tuned.denoiser_params, "d")
-    assert set(before) == set(after)
-    for name in before:
-        if name != "d/conv_in/kernel":
-            np.testing.assert_allclose(after[name], before[name], rtol=0, atol=1e-6, err_msg=name)
-    kernel = after["d/conv_in/kernel"]
-    assert kernel.shape[1] == before["d/conv_in/kernel"].shape[1] + 1
-    np.testing.assert_allclose(kernel[:, :-1], before["d/conv_in/kernel"], rtol=0, atol=1e-6)
-    assert np.abs(kernel[:, -1]).max() < 1e-6
-    ecg = Generator(tuned).generate([make_prompt("ventricular bigeminy", hr=70)], seed=0,
-                                    sampler=SamplerConfig(kind="ddim", num_steps=2, lead_amplitudes="model"))
-    assert ecg.shape == (1, tuned.num_samples, 12) and np.isfinite(ecg).all()
-    config.diffusion.model.rhythm_channels = 0
-    with pytest.raises(ckpt.CheckpointError, match="cannot start this run"):
-        train(config, str(tmp_path / "no_scaffold"))
 
 
 def test_stage_2_from_a_latent_cache_trains_like_encoding_in_the_step(uninterrupted, prepared_dir, tmp_path):
