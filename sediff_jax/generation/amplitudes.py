@@ -53,6 +53,23 @@ def amplitudes_from_record(path: str, fs: float, duration_s: float) -> np.ndarra
     return lead_amplitudes(record.ecg).astype(np.float32)  # (the reader refuses a flat lead, naming it)
 
 
+def given_amplitudes(amplitudes: np.ndarray | None, n: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """(amplitudes (n, 12) float32 mV or None, given (n,) bool): lead amplitudes handed to the generator per
+    prompt, a row of NaN where none. ValueError for another shape, AmplitudeError for a row that is partly NaN or
+    not positive."""
+    if amplitudes is None:
+        return None, np.zeros(n, bool)
+    amplitudes = np.asarray(amplitudes, np.float32)
+    if amplitudes.shape != (n, NUM_LEADS):
+        raise ValueError(f"amplitudes: expected shape ({n}, {NUM_LEADS}) (one row of lead amplitudes per prompt), "
+                         f"got {amplitudes.shape}")
+    known = np.isfinite(amplitudes)
+    if np.any(known.any(1) != known.all(1)) or np.any(amplitudes[known] <= 0):
+        raise AmplitudeError("amplitudes: each given row must be 12 positive lead amplitudes (mV), or all NaN for "
+                             "none")
+    return amplitudes, known.all(1)
+
+
 def amplitude_source(lead_amplitudes: str, experience: str, available: bool) -> str:
     """Where a generated ECG's lead amplitudes come from, 'retrieved' or 'model', for `SamplerConfig.lead_amplitudes`
     and the generator's `experience` mode; 'auto' retrieves when `available` (the model's corpus has amplitudes at

@@ -27,8 +27,8 @@ from sediff_jax.experience import ExperienceIndex, ProfileCorpus, RetrievalConfi
 from sediff_jax.experience.distill import OfflineDistiller
 from sediff_jax.experience.reports import PromptExperience
 from sediff_jax.experience.retrieval import PATIENT_FACTOR_KEYS
-from sediff_jax.generation.amplitudes import (AmplitudeError, amplitude_source, amplitudes_from_record, draw_neighbour_amplitudes,
-                                             match_lead_amplitudes)
+from sediff_jax.generation.amplitudes import (AmplitudeError, amplitude_source, amplitudes_from_record,
+                                             draw_neighbour_amplitudes, given_amplitudes, match_lead_amplitudes)
 from sediff_jax.generation.model import SEDiffModel, experience_profiles_path
 from sediff_jax.generation.prompts import Prompt
 from sediff_jax.generation.rhythm import (RhythmError, RhythmPlan, rhythm_from_record, rhythm_from_rr,
@@ -314,17 +314,7 @@ class Generator:
         source is 'retrieved'; None when no prompt gets any (the model's own amplitudes). Amplitudes given or named
         with `lead_amplitudes='model'` are an error, as is a given row that is partly NaN or not positive."""
         given = [p.amplitudes_from for p in prompts]
-        direct = np.zeros((len(prompts), 0), bool)
-        if amplitudes is not None:
-            amplitudes = np.asarray(amplitudes, np.float32)
-            if amplitudes.shape != (len(prompts), NUM_LEADS):
-                raise ValueError(f"amplitudes: expected shape ({len(prompts)}, {NUM_LEADS}) (one row of lead "
-                                 f"amplitudes per prompt), got {amplitudes.shape}")
-            known = np.isfinite(amplitudes)
-            if np.any(known.any(1) != known.all(1)) or np.any(amplitudes[known] <= 0):
-                raise AmplitudeError("amplitudes: each given row must be 12 positive lead amplitudes (mV), or all "
-                                     "NaN for none")
-            direct = known.all(1)
+        amplitudes, direct = given_amplitudes(amplitudes, len(prompts))
         if sampler.lead_amplitudes == "model" and (any(given) or direct.any()):
             raise AmplitudeError(f"{'a prompt names amplitudes_from' if any(given) else 'lead amplitudes are given'}"
                                  ", and lead_amplitudes='model' keeps the model's own amplitudes; use 'auto' or "
