@@ -129,7 +129,8 @@ def paired_per_record(generated: np.ndarray, real: np.ndarray, fs: float,
     Returns (n,) float64 arrays "hr_bpm" (measured), "mae_mv", "nrmse", "hr_error_bpm", "hr_error_rel",
     "hr_error_<detector>_bpm" (XQRS; neurokit2 when installed: `evaluation.rhythm`), "rr_cv_xqrs",
     "limb_residual_mv" (generated), "limb_residual_real_mv" (NaN where unmeasurable), and "intervals_generated",
-    "intervals_real": per row the `Delineation.intervals()` dict, empty where delineation failed."""
+    "intervals_real": per row the `Delineation.intervals()` dict, empty where delineation failed, and
+    "r_peaks_generated": per row our R peaks of the generated ECG (samples)."""
     requested = np.array([np.nan if h is None else h for h in requested_hr], np.float64)
     ours, theirs = measure_batch(generated, fs), measure_batch(real, fs, real_peaks)
     measured = np.array([m.hr_bpm for m in ours], np.float64)
@@ -147,6 +148,7 @@ def paired_per_record(generated: np.ndarray, real: np.ndarray, fs: float,
         "limb_residual_real_mv": np.asarray(limb_lead_residual_mv(real), np.float64),
         "intervals_generated": [m.intervals for m in ours],
         "intervals_real": [m.intervals for m in theirs],
+        "r_peaks_generated": [m.r_peaks for m in ours],
     }
 
 
@@ -162,7 +164,7 @@ def paired_metrics(generated: np.ndarray, real: np.ndarray, fs: float,
     "unmeasurable_hr": count, "undelineated": count}."""
     rows = per_record if per_record is not None else paired_per_record(generated, real, fs, requested_hr, real_peaks)
     gen_intervals, real_intervals = rows["intervals_generated"], rows["intervals_real"]
-    summarised = [key for key in rows if key != "hr_bpm" and not key.startswith("intervals_")]
+    summarised = [key for key in rows if key not in ("hr_bpm", "r_peaks_generated") and not key.startswith("intervals_")]
     return {
         "n": int(len(generated)),
         **{key: summarize(rows[key]) for key in summarised},

@@ -25,6 +25,7 @@ from sediff_jax.evaluation.distribution import (
 )
 from sediff_jax.evaluation.networks import batched_apply
 from sediff_jax.evaluation.paired import RealPairs, markdown_table, paired_metrics, paired_per_record
+from sediff_jax.evaluation.physiology import ectopy_scores
 from sediff_jax.evaluation.signal import amplitude_spread
 from sediff_jax.generation import Generator
 from sediff_jax.io.npz import write_npz
@@ -156,7 +157,8 @@ def vae_reference_metrics(encoder, reconstructed: np.ndarray, pairs: RealPairs, 
 def score(generated: np.ndarray, pairs: RealPairs, encoder=None, reference: RealPairs | None = None,
           reconstructed: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(summary, rows). summary: {"paired": `paired_metrics`, "amplitude": `signal.amplitude_spread` (needs no
-    encoder), "distribution": `distribution_metrics` (with
+    encoder), "ectopy": `physiology.ectopy_scores` of the records coding premature beats, "distribution":
+    `distribution_metrics` (with
     "reference": `reference_metrics` when `reference` is given, "vae_reference": `vae_reference_metrics` when the
     paired records' VAE `reconstructed` are) or {"computed": False, "why": ...}}. rows: `paired_per_record`, the
     per-record values the paired summary was made of (e.g. for `paired_differences`). Each generated ECG goes
@@ -179,7 +181,9 @@ def score(generated: np.ndarray, pairs: RealPairs, encoder=None, reference: Real
             distribution["reference"] = reference_metrics(encoder, reference, pairs)
         if reconstructed is not None:
             distribution["vae_reference"] = vae_reference_metrics(encoder, reconstructed, pairs)
-    return {"paired": paired, "amplitude": amplitude, "distribution": distribution}, rows
+    ectopy = (ectopy_scores(generated, pairs.ecg, pairs.fs, pairs.codes, rows["r_peaks_generated"],
+                            pairs.r_peaks or None) if pairs.codes else {})
+    return {"paired": paired, "amplitude": amplitude, "ectopy": ectopy, "distribution": distribution}, rows
 
 
 def distribution_table(distribution: dict[str, Any]) -> str:
@@ -222,7 +226,17 @@ def amplitude_line(amplitude: dict[str, Any] | None) -> str:
             f"**{amplitude['spread_ratio']:.2f}**; mean amplitude ratio {amplitude['mean_ratio']:.2f}.")
 
 
+def ectopy_line(ectopy: dict[str, Any] | None) -> str:
+    """One sentence on `physiology.ectopy_scores`, or '' when no record codes premature beats."""
+    if not ectopy:
+        return ""
+    parts = [f"{code} ({e['records']}) {e['generated_difference']:.2f} against {e['real_difference']:.2f}"
+             for code, e in ectopy.items()]
+    return ("Premature beats unlike the dominant beat (|beat - template| / |template| over the QRS, median; "
+            "generated against real): " + ", ".join(parts) + ".")
+
+
 def markdown_report(title: str, summary: str, result: dict[str, Any]) -> str:
-    amplitude = amplitude_line(result.get("amplitude"))
+    extra = [line for line in (amplitude_line(result.get("amplitude")), ectopy_line(result.get("ectopy"))) if line]
     return (f"# {title}\n\n{summary}\n\n{markdown_table(result['paired'])}\n\n"
-            + (f"{amplitude}\n\n" if amplitude else "") + f"{distribution_table(result['distribution'])}\n")
+            + "".join(f"{line}\n\n" for line in extra) + f"{distribution_table(result['distribution'])}\n")
