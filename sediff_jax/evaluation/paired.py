@@ -164,7 +164,8 @@ def paired_metrics(generated: np.ndarray, real: np.ndarray, fs: float,
     "unmeasurable_hr": count, "undelineated": count}."""
     rows = per_record if per_record is not None else paired_per_record(generated, real, fs, requested_hr, real_peaks)
     gen_intervals, real_intervals = rows["intervals_generated"], rows["intervals_real"]
-    summarised = [key for key in rows if key not in ("hr_bpm", "r_peaks_generated") and not key.startswith("intervals_")]
+    summarised = [key for key in rows
+                  if key not in ("hr_bpm", "r_peaks_generated") and not key.startswith("intervals_")]
     return {
         "n": int(len(generated)),
         **{key: summarize(rows[key]) for key in summarised},
